@@ -1,0 +1,250 @@
+"""One exception hierarchy for the SDK and the services, and the one table that maps each
+error to a gRPC status code, an HTTP status and a machine-readable reason.
+
+The server turns a :class:`SessionKitError` into ``google.rpc.Status`` carrying
+``ErrorInfo`` (reason, domain, metadata), ``BadRequest`` (field violations) and
+``RetryInfo`` (retry_after); the SDK turns that status back into the same exception
+class, so callers catch ``StateConflict`` whichever side raised it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+DOMAIN = "sessionkit.dev"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class SessionKitError(Exception):
+    """Base of every error sessionkit raises. ``reason`` is stable and machine-readable."""
+
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    http_status: ClassVar[int] = 500
+    default_reason: ClassVar[str] = "INTERNAL"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        violations: list[FieldViolation] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.metadata = dict(metadata or {})
+        self.violations = list(violations or [])
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        if not self.violations:
+            return self.message
+        fields = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
+        return f"{self.message} ({fields})"
+
+
+class InvalidArgument(SessionKitError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    http_status = 400
+    default_reason = "INVALID_ARGUMENT"
+
+
+class NotFound(SessionKitError):
+    code = grpc.StatusCode.NOT_FOUND
+    http_status = 404
+    default_reason = "NOT_FOUND"
+
+
+class SessionNotFound(NotFound):
+    default_reason = "SESSION_NOT_FOUND"
+
+
+class AlreadyExists(SessionKitError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    http_status = 409
+    default_reason = "ALREADY_EXISTS"
+
+
+class StateConflict(SessionKitError):
+    """A write's expected_version is stale: someone else wrote first. Re-read and retry."""
+
+    code = grpc.StatusCode.ABORTED
+    http_status = 409
+    default_reason = "STATE_CONFLICT"
+
+
+class FailedPrecondition(SessionKitError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    http_status = 412
+    default_reason = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(SessionKitError):
+    """Too large (never worth retrying) or rate limited (``retry_after`` is set)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status = 413
+    default_reason = "RESOURCE_EXHAUSTED"
+
+
+class RateLimited(ResourceExhausted):
+    http_status = 429
+    default_reason = "RATE_LIMITED"
+
+
+class Unauthenticated(SessionKitError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    http_status = 401
+    default_reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(SessionKitError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    http_status = 403
+    default_reason = "PERMISSION_DENIED"
+
+
+class ServiceUnavailable(SessionKitError):
+    """The service could not be reached or is not serving; the SDK already retried."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    http_status = 503
+    default_reason = "UNAVAILABLE"
+
+
+class DeadlineExceeded(SessionKitError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    http_status = 504
+    default_reason = "DEADLINE_EXCEEDED"
+
+
+class Cancelled(SessionKitError):
+    code = grpc.StatusCode.CANCELLED
+    http_status = 499
+    default_reason = "CANCELLED"
+
+
+class NotImplementedByServer(SessionKitError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+    http_status = 501
+    default_reason = "UNIMPLEMENTED"
+
+
+class InternalError(SessionKitError):
+    pass
+
+
+# Reason -> class, for the reasons that have a class of their own; otherwise the gRPC code decides.
+_BY_REASON: dict[str, type[SessionKitError]] = {
+    "SESSION_NOT_FOUND": SessionNotFound,
+    "STATE_CONFLICT": StateConflict,
+    "RATE_LIMITED": RateLimited,
+}
+_BY_CODE: dict[grpc.StatusCode, type[SessionKitError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        StateConflict,
+        FailedPrecondition,
+        ResourceExhausted,
+        Unauthenticated,
+        PermissionDenied,
+        ServiceUnavailable,
+        DeadlineExceeded,
+        Cancelled,
+        NotImplementedByServer,
+        InternalError,
+    )
+}
+_BY_CODE[grpc.StatusCode.UNKNOWN] = InternalError
+_BY_CODE[grpc.StatusCode.DATA_LOSS] = InternalError
+_BY_CODE[grpc.StatusCode.OUT_OF_RANGE] = InvalidArgument
+
+
+def error_table() -> list[tuple[str, str, int, str]]:
+    """(class name, gRPC code, HTTP status, default reason) for docs and the gateway."""
+    classes = {*_BY_CODE.values(), *_BY_REASON.values()}
+    return sorted((c.__name__, c.code.name, c.http_status, c.default_reason) for c in classes)
+
+
+def to_status(error: SessionKitError) -> status_pb2.Status:
+    """The google.rpc.Status the server sends for ``error``."""
+    details: list[any_pb2.Any] = []
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
+    packed = any_pb2.Any()
+    packed.Pack(info)
+    details.append(packed)
+    if error.violations:
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                for v in error.violations
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(bad)
+        details.append(packed)
+    if error.retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(error.retry_after * 1e9))
+        packed = any_pb2.Any()
+        packed.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        details.append(packed)
+    return status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
+
+
+def from_status(code: grpc.StatusCode, message: str, status: status_pb2.Status | None) -> SessionKitError:
+    """Rebuild the exception the server raised from its status (or from a bare code)."""
+    reason: str | None = None
+    metadata: dict[str, str] = {}
+    violations: list[FieldViolation] = []
+    retry_after: float | None = None
+    if status is not None:
+        message = status.message or message
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason, metadata = info.reason, dict(info.metadata)
+            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                violations = [FieldViolation(v.field, v.description) for v in bad.field_violations]
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                info_retry = error_details_pb2.RetryInfo()
+                detail.Unpack(info_retry)
+                retry_after = info_retry.retry_delay.ToNanoseconds() / 1e9
+    cls = _BY_REASON.get(reason or "") or _BY_CODE.get(code, InternalError)
+    if cls is ResourceExhausted and retry_after is not None:
+        cls = RateLimited
+    return cls(message, reason=reason, metadata=metadata, violations=violations, retry_after=retry_after)
+
+
+def from_rpc_error(error: grpc.RpcError) -> SessionKitError:
+    """The typed exception for a failed call (sync or asyncio stubs)."""
+    from grpc_status import rpc_status
+
+    status: status_pb2.Status | None = None
+    try:
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    except ValueError:  # status details that do not match code/message: use the bare code
+        status = None
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    details = error.details() if hasattr(error, "details") else str(error)
+    return from_status(code, details or code.name, status)
+

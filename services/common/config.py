@@ -1,0 +1,46 @@
+"""Server configuration from the environment (SESSIONKIT_*) or arguments, via pydantic-settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ServiceName = Literal["state", "memory", "knowledge", "agent"]
+ALL_SERVICES: tuple[ServiceName, ...] = ("state", "memory", "knowledge", "agent")
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SESSIONKIT_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    #: gRPC port; 0 picks a free one (tests).
+    port: int = 50051
+    #: Serve on a unix socket instead of (or as well as) host:port; used by the embedded local server.
+    unix_socket: Path | None = None
+    #: Services registered on this server.
+    services: list[ServiceName] = Field(default_factory=lambda: list(ALL_SERVICES))
+    #: Where embedded data lives (SQLite file, vector index).
+    data_dir: Path = Path(".sessionkit")
+    #: SQLAlchemy URL; empty means a SQLite file in data_dir. postgresql://... uses PostgreSQL.
+    database_url: str = ""
+    history_limit: int = Field(100, ge=1, le=100_000)
+    max_state_bytes: int = Field(1 << 20, ge=1024)
+    max_event_bytes: int = Field(256 << 10, ge=1024)
+    #: Largest gRPC message the server accepts (larger ones answer RESOURCE_EXHAUSTED).
+    max_message_bytes: int = Field(4 << 20, ge=64 << 10)
+    reap_interval_seconds: float = Field(30.0, gt=0)
+    #: Seconds to finish in-flight calls after SIGTERM.
+    drain_seconds: float = Field(10.0, ge=0)
+    #: Shut down after this many seconds with no calls (embedded local servers only; 0 = never).
+    idle_shutdown_seconds: float = Field(0.0, ge=0)
+    log_level: str = "INFO"
+    #: "json" (one JSON object per line) or "text".
+    log_format: Literal["json", "text"] = "json"
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'sessionkit.db').resolve()}"

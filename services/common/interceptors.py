@@ -1,0 +1,140 @@
+"""Server interceptors: the one place where exceptions become gRPC statuses, calls are logged and
+activity is tracked (for the embedded server's idle shutdown)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_status import rpc_status
+
+from sessionkit.errors import InternalError, ServiceUnavailable, SessionKitError, to_status
+
+log = logging.getLogger("sessionkit.rpc")
+
+
+class Activity:
+    """Counts calls in flight and remembers when the last one ended."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.last_active = time.monotonic()
+
+    def idle_for(self) -> float:
+        return 0.0 if self.in_flight else time.monotonic() - self.last_active
+
+
+def _status_for(error: BaseException, method: str) -> grpc.Status:
+    if not isinstance(error, SessionKitError):
+        log.exception("unhandled error in %s", method, exc_info=error)
+        error = InternalError(f"internal error in {method}; the server log has the details")
+    return rpc_status.to_status(to_status(error))
+
+
+class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):
+    """Maps exceptions to statuses, logs calls, tracks activity, and answers UNAVAILABLE (which
+    clients retry) to service calls until ``ready`` is set (storage migrated and open)."""
+
+    def __init__(self, activity: Activity | None = None, ready: asyncio.Event | None = None) -> None:
+        self.activity = activity or Activity()
+        self.ready = ready
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._unary(handler.stream_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._stream(handler.stream_stream, method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _unary(self, behavior: Any, method: str) -> Any:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            start = self._begin()
+            code = "OK"
+            try:
+                self._check_ready(method)
+                return await behavior(request, context)
+            except SessionKitError as error:
+                code = error.code.name
+                await context.abort_with_status(_status_for(error, method))
+            except Exception as error:
+                if _is_abort(error):
+                    raise
+                code = "INTERNAL"
+                await context.abort_with_status(_status_for(error, method))
+            finally:
+                self._end(method, start, code)
+
+        return wrapper
+
+    def _stream(self, behavior: Any, method: str) -> Any:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            start = self._begin()
+            code = "OK"
+            try:
+                self._check_ready(method)
+                async for response in behavior(request, context):
+                    yield response
+            except SessionKitError as error:
+                code = error.code.name
+                await context.abort_with_status(_status_for(error, method))
+            except Exception as error:
+                if _is_abort(error):
+                    raise
+                code = "INTERNAL"
+                await context.abort_with_status(_status_for(error, method))
+            finally:
+                self._end(method, start, code)
+
+        return wrapper
+
+    def _check_ready(self, method: str) -> None:
+        if self.ready is None or self.ready.is_set() or method.startswith(("/grpc.health", "/grpc.reflection")):
+            return
+        raise ServiceUnavailable(f"{method}: the server is starting and its storage is not ready yet")
+
+    def _begin(self) -> float:
+        self.activity.in_flight += 1
+        return time.perf_counter()
+
+    def _end(self, method: str, start: float, code: str) -> None:
+        self.activity.in_flight -= 1
+        self.activity.last_active = time.monotonic()
+        if log.isEnabledFor(logging.DEBUG) or code not in ("OK", "NOT_FOUND", "ABORTED"):
+            log.info(
+                "rpc", extra={"method": method, "code": code, "ms": round((time.perf_counter() - start) * 1e3, 3)}
+            )
+
+
+def _is_abort(error: Exception) -> bool:
+    # context.abort() raises this internally to end the call; it must propagate untouched.
+    return type(error).__name__ == "AbortError"

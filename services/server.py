@@ -1,0 +1,139 @@
+"""The composition root: builds one gRPC server with the configured services, their stores (chosen
+by URL), health checking, reflection, interceptors, and the lifecycle (SIGTERM -> drain)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.config import ServerSettings
+from services.common.interceptors import Activity, ErrorAndLogInterceptor
+from services.state.grpc_servicer import StateServicer
+from services.state.limits import StateLimits
+from services.state.service import StateService
+from services.state.sql_store import SqlStateStore
+from sessionkit.v1 import state_pb2, state_pb2_grpc
+
+log = logging.getLogger("sessionkit.server")
+
+STATE_SERVICE = state_pb2.DESCRIPTOR.services_by_name["StateService"].full_name
+
+
+@dataclass
+class Host:
+    """A built server and what it owns."""
+
+    server: grpc.aio.Server
+    port: int
+    settings: ServerSettings
+    health: Any
+    activity: Activity
+    ready: asyncio.Event
+    state: StateService | None = None
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        """Start answering (health says NOT_SERVING), make storage ready, then SERVING."""
+        await self.server.start()
+        try:
+            if self.state is not None:
+                await self.state.store.start()
+                self.tasks.append(
+                    asyncio.create_task(self.state.reap_forever(self.settings.reap_interval_seconds))
+                )
+        except Exception:
+            await self.server.stop(0)
+            raise
+        self.ready.set()
+        for name in self.served_names():
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "serving",
+            extra={"port": self.port, "services": self.settings.services, "socket": str(self.settings.unix_socket)},
+        )
+
+    def served_names(self) -> list[str]:
+        names = [""]
+        if self.state is not None:
+            names.append(STATE_SERVICE)
+        return names
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: health NOT_SERVING, refuse new calls, let in-flight calls finish within ``grace``."""
+        await self.health.enter_graceful_shutdown()
+        for task in self.tasks:
+            task.cancel()
+        await self.server.stop(self.settings.drain_seconds if grace is None else grace)
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.state is not None:
+            await self.state.store.close()
+
+    async def serve_until_signal(self) -> None:
+        """Run until SIGTERM/SIGINT (or idle shutdown), then drain."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        idle = self.settings.idle_shutdown_seconds
+        if idle > 0:
+            self.tasks.append(asyncio.create_task(self._idle_watch(idle, stop)))
+        await self.start()
+        await stop.wait()
+        log.info("draining", extra={"grace_seconds": self.settings.drain_seconds})
+        await self.stop()
+
+    async def _idle_watch(self, idle: float, stop: asyncio.Event) -> None:
+        while True:
+            await asyncio.sleep(min(idle, 1.0))
+            if self.activity.idle_for() >= idle:
+                log.info("idle shutdown", extra={"idle_seconds": idle})
+                stop.set()
+                return
+
+
+async def create_server(settings: ServerSettings) -> tuple[Host, int]:
+    """Build (not start) a server for ``settings``; returns the host and the bound TCP port (0 if none)."""
+    activity = Activity()
+    ready = asyncio.Event()
+    server = grpc.aio.server(
+        interceptors=[ErrorAndLogInterceptor(activity, ready)],
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    host = Host(server, 0, settings, health_servicer, activity, ready)
+    names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+
+    if "state" in settings.services:
+        store = SqlStateStore(settings.resolved_database_url(), history_limit=settings.history_limit)
+        limits = StateLimits(
+            max_state_bytes=settings.max_state_bytes,
+            max_event_bytes=settings.max_event_bytes,
+            history_limit=settings.history_limit,
+        )
+        host.state = StateService(store, limits)
+        state_pb2_grpc.add_StateServiceServicer_to_server(StateServicer(host.state), server)
+        names.append(STATE_SERVICE)
+    for name in host.served_names():
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(names, server)
+
+    if settings.unix_socket is not None:
+        server.add_insecure_port(f"unix:{settings.unix_socket}")
+    if settings.port >= 0:  # a negative port: unix socket only
+        host.port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    return host, host.port

@@ -1,0 +1,1 @@
+"""The state service: sessions, scoped JSON state, versions, watch, history and event logs."""

@@ -1,0 +1,16 @@
+"""Size and paging limits of the state service (configurable through StateSettings)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StateLimits:
+    #: Largest JSON text of one scope's state (a session's own keys, a user's, an app's).
+    max_state_bytes: int = 1 << 20
+    #: Largest event (content plus metadata JSON).
+    max_event_bytes: int = 256 << 10
+    #: Versions of a session's state kept for history and watch replay.
+    history_limit: int = 100
+    max_page_size: int = 1000

@@ -1,0 +1,554 @@
+"""The state service's business layer: validation, scopes, versions, idempotency and watch.
+
+Adapters (grpc_servicer.py, and later the HTTP gateway) convert messages and call this class;
+everything that decides behaviour is here, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass
+
+from services.state.limits import StateLimits
+from services.state.store import (
+    Change,
+    EventRecord,
+    JsonObject,
+    Operation,
+    SessionKey,
+    SessionRecord,
+    StateStore,
+    VersionRecord,
+    WriteTx,
+)
+from sessionkit.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    SessionNotFound,
+    StateConflict,
+)
+from sessionkit.ids import DEFAULT, id_violation, key_violation, new_session_id
+from sessionkit.jsonvalues import JsonValue, check_json, dumps
+
+log = logging.getLogger("sessionkit.state")
+
+SCOPES = ("user:", "app:")
+TEMP = "temp:"
+IDEMPOTENCY_TTL_US = 24 * 3600 * 1_000_000
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass
+class WriteResult:
+    version: int
+    value: JsonValue = None
+    existed: bool = False
+    length: int = 0
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> WriteResult:
+        return cls(**json.loads(data))
+
+
+@dataclass
+class ChangeView:
+    """One change as a watcher sees it."""
+
+    version: int
+    operation: Operation
+    key: str
+    value: JsonValue
+    state: JsonObject
+    time_us: int
+
+
+def session_key(app_name: str, user_id: str, session_id: str, *, generate: bool = False) -> SessionKey:
+    app_name, user_id = app_name or DEFAULT, user_id or DEFAULT
+    if not session_id and generate:
+        session_id = new_session_id()
+    violations = [
+        v
+        for v in (
+            id_violation("session.app_name", app_name),
+            id_violation("session.user_id", user_id),
+            id_violation("session.session_id", session_id),
+        )
+        if v
+    ]
+    if violations:
+        raise InvalidArgument("invalid session reference", violations=violations)
+    return SessionKey(app_name, user_id, session_id)
+
+
+def _check_key(key: str, field: str = "key") -> str:
+    violation = key_violation(field, key)
+    if violation is None and key.startswith(TEMP):
+        violation = FieldViolation(field, f"{key!r}: temp: keys are never persisted; keep them in the client")
+    if violation:
+        raise InvalidArgument(f"invalid state key {key[:64]!r}", violations=[violation])
+    return key
+
+
+def _split(key: str) -> tuple[str, str]:
+    """('user' | 'app' | '', key without prefix)."""
+    for prefix in SCOPES:
+        if key.startswith(prefix):
+            return prefix[:-1], key[len(prefix) :]
+    return "", key
+
+
+def merge(own: JsonObject, user: JsonObject, app: JsonObject) -> JsonObject:
+    merged = dict(own)
+    merged.update({f"user:{k}": v for k, v in user.items()})
+    merged.update({f"app:{k}": v for k, v in app.items()})
+    return merged
+
+
+def _page_token(value: str) -> str:
+    return base64.urlsafe_b64encode(value.encode()).decode()
+
+
+def _read_token(token: str) -> str | None:
+    if not token:
+        return None
+    try:
+        return base64.urlsafe_b64decode(token.encode()).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidArgument(
+            "invalid page_token", violations=[FieldViolation("page_token", "not a token this service issued")]
+        ) from None
+
+
+class ChangeNotifier:
+    """Wakes this process's watchers of a session when it changes. Watchers also poll the store, so
+    changes written by other replicas arrive too, within ``poll_interval``."""
+
+    def __init__(self) -> None:
+        self._waiters: dict[SessionKey, set[asyncio.Event]] = defaultdict(set)
+
+    def notify(self, key: SessionKey) -> None:
+        for event in self._waiters.get(key, ()):
+            event.set()
+
+    def subscribe(self, key: SessionKey) -> asyncio.Event:
+        event = asyncio.Event()
+        self._waiters[key].add(event)
+        return event
+
+    def unsubscribe(self, key: SessionKey, event: asyncio.Event) -> None:
+        waiters = self._waiters.get(key)
+        if waiters is not None:
+            waiters.discard(event)
+            if not waiters:
+                del self._waiters[key]
+
+
+class StateService:
+    def __init__(self, store: StateStore, limits: StateLimits | None = None, poll_interval: float = 0.5) -> None:
+        self.store = store
+        self.limits = limits or StateLimits()
+        self.poll_interval = poll_interval
+        self.notifier = ChangeNotifier()
+
+    # -- sessions ---------------------------------------------------------------------------------
+
+    async def create_session(
+        self,
+        key: SessionKey,
+        ttl_seconds: int | None = None,
+        initial_state: JsonObject | None = None,
+        get_if_exists: bool = False,
+    ) -> tuple[SessionRecord, bool]:
+        if ttl_seconds is not None and ttl_seconds < 1:
+            raise InvalidArgument(
+                "invalid ttl", violations=[FieldViolation("ttl", "must be at least one second when set")]
+            )
+        state = self._own_state(initial_state or {}, "initial_state")
+        return await self.store.create_session(key, ttl_seconds, state, get_if_exists, now_us())
+
+    async def get_session(self, key: SessionKey) -> SessionRecord:
+        record = await self.store.get_session(key, now_us())
+        if record is None:
+            raise SessionNotFound(
+                f"session {key.session_id!r} of user {key.user_id!r} (app {key.app_name!r}) not found",
+                metadata={"session_id": key.session_id, "user_id": key.user_id, "app_name": key.app_name},
+            )
+        return record
+
+    async def list_sessions(
+        self, app_name: str, user_id: str, page_size: int, page_token: str
+    ) -> tuple[list[SessionRecord], str]:
+        key = session_key(app_name, user_id, "placeholder")
+        size = self._page_size(page_size, 100)
+        page = await self.store.list_sessions(key.app_name, key.user_id, size, _read_token(page_token), now_us())
+        return page.sessions, _page_token(page.next_after) if page.next_after else ""
+
+    async def delete_session(self, key: SessionKey, allow_missing: bool = False) -> bool:
+        deleted = await self.store.delete_session(key)
+        if not deleted and not allow_missing:
+            await self.get_session(key)  # raises SessionNotFound
+        self.notifier.notify(key)
+        return deleted
+
+    # -- state --------------------------------------------------------------------------------------
+
+    async def get_state(self, key: SessionKey, keys: list[str] | None = None) -> tuple[JsonObject, int]:
+        for i, name in enumerate(keys or []):
+            _check_key(name, f"keys[{i}]")
+        record, own, user, app = await self.store.read_state(key, now_us())
+        merged = merge(own, user, app)
+        if keys:
+            merged = {name: merged[name] for name in keys if name in merged}
+        return merged, record.version
+
+    async def save_state(
+        self, key: SessionKey, state: JsonObject, expected_version: int | None = None, idempotency_key: str = ""
+    ) -> WriteResult:
+        checked = check_json(state, "state")
+        assert isinstance(checked, dict)
+        for name in checked:
+            _check_key(name, f"state.{name}")
+        own = {k: v for k, v in checked.items() if not _split(k)[0]}
+        self._check_size(own, "state")
+
+        async def apply(tx: WriteTx) -> tuple[Change, WriteResult]:
+            tx.state.clear()
+            tx.state.update(own)
+            for name, value in checked.items():
+                scope, bare = _split(name)
+                if scope:
+                    await self._scope_state(tx, scope, bare, value)
+            return Change(Operation.SAVE), WriteResult(tx.next_version)
+
+        return await self._write(key, expected_version, idempotency_key, apply)
+
+    async def set_value(
+        self,
+        key: SessionKey,
+        name: str,
+        value: JsonValue,
+        expected_version: int | None = None,
+        idempotency_key: str = "",
+    ) -> WriteResult:
+        _check_key(name)
+        value = check_json(value, "value")
+
+        async def apply(tx: WriteTx) -> tuple[Change, WriteResult]:
+            scope, bare = _split(name)
+            if scope:
+                await self._scope_state(tx, scope, bare, value)
+            else:
+                tx.state[name] = value
+                self._check_size(tx.state, "state")
+            return Change(Operation.SET, name, value), WriteResult(tx.next_version)
+
+        return await self._write(key, expected_version, idempotency_key, apply)
+
+    async def delete_value(
+        self, key: SessionKey, name: str, expected_version: int | None = None, idempotency_key: str = ""
+    ) -> WriteResult:
+        _check_key(name)
+
+        async def apply(tx: WriteTx) -> tuple[Change, WriteResult]:
+            target = await self._target(tx, name)
+            bare = _split(name)[1]
+            existed = bare in target
+            target.pop(bare, None)
+            return Change(Operation.DELETE, name), WriteResult(tx.next_version, existed=existed)
+
+        return await self._write(key, expected_version, idempotency_key, apply)
+
+    async def clear_state(
+        self,
+        key: SessionKey,
+        expected_version: int | None = None,
+        idempotency_key: str = "",
+        include_user_scope: bool = False,
+        include_app_scope: bool = False,
+    ) -> WriteResult:
+        async def apply(tx: WriteTx) -> tuple[Change, WriteResult]:
+            tx.state.clear()
+            if include_user_scope:
+                (await tx.user_state()).clear()
+            if include_app_scope:
+                (await tx.app_state()).clear()
+            return Change(Operation.CLEAR), WriteResult(tx.next_version)
+
+        return await self._write(key, expected_version, idempotency_key, apply)
+
+    async def increment(
+        self,
+        key: SessionKey,
+        name: str,
+        delta: float,
+        expected_version: int | None = None,
+        idempotency_key: str = "",
+    ) -> WriteResult:
+        _check_key(name)
+        delta_value = check_json(delta, "delta")
+
+        async def apply(tx: WriteTx) -> tuple[Change, WriteResult]:
+            target = await self._target(tx, name)
+            bare = _split(name)[1]
+            current = target.get(bare, 0)
+            if isinstance(current, bool) or not isinstance(current, (int, float)):
+                raise FailedPrecondition(
+                    f"cannot increment {name!r}: its value is a {type(current).__name__}, not a number",
+                    reason="VALUE_NOT_NUMBER",
+                    metadata={"key": name},
+                )
+            assert isinstance(delta_value, (int, float))
+            new_value = check_json(current + delta_value, name)
+            target[bare] = new_value
+            self._check_size(target, name)
+            return Change(Operation.INCREMENT, name, new_value), WriteResult(tx.next_version, value=new_value)
+
+        return await self._write(key, expected_version, idempotency_key, apply)
+
+    async def append(
+        self,
+        key: SessionKey,
+        name: str,
+        values: list[JsonValue],
+        expected_version: int | None = None,
+        idempotency_key: str = "",
+    ) -> WriteResult:
+        _check_key(name)
+        checked = check_json(values, "values")
+        assert isinstance(checked, list)
+
+        async def apply(tx: WriteTx) -> tuple[Change, WriteResult]:
+            target = await self._target(tx, name)
+            bare = _split(name)[1]
+            current = target.get(bare, [])
+            if not isinstance(current, list):
+                raise FailedPrecondition(
+                    f"cannot append to {name!r}: its value is a {type(current).__name__}, not a list",
+                    reason="VALUE_NOT_LIST",
+                    metadata={"key": name},
+                )
+            new_value = [*current, *checked]
+            target[bare] = new_value
+            self._check_size(target, name)
+            return Change(Operation.APPEND, name, new_value), WriteResult(tx.next_version, length=len(new_value))
+
+        return await self._write(key, expected_version, idempotency_key, apply)
+
+    async def restore_version(
+        self, key: SessionKey, version: int, expected_version: int | None = None, idempotency_key: str = ""
+    ) -> WriteResult:
+        earlier = await self.store.get_version(key, version)
+        if earlier is None:
+            await self.get_session(key)
+            raise NotFound(
+                f"version {version} of session {key.session_id!r} is not retained "
+                f"(the last {self.limits.history_limit} versions are kept)",
+                reason="VERSION_NOT_FOUND",
+                metadata={"version": str(version)},
+            )
+
+        async def apply(tx: WriteTx) -> tuple[Change, WriteResult]:
+            tx.state.clear()
+            tx.state.update(earlier.state)
+            return Change(Operation.RESTORE, "", version), WriteResult(tx.next_version)
+
+        return await self._write(key, expected_version, idempotency_key, apply)
+
+    async def list_versions(
+        self, key: SessionKey, page_size: int, page_token: str
+    ) -> tuple[list[VersionRecord], str]:
+        size = self._page_size(page_size, 50)
+        token = _read_token(page_token)
+        before = int(token) if token and token.isdigit() else None
+        if token and before is None:
+            raise InvalidArgument("invalid page_token", violations=[FieldViolation("page_token", "not a version")])
+        await self.get_session(key)
+        versions = await self.store.list_versions(key, size + 1, before)
+        more = len(versions) > size
+        versions = versions[:size]
+        return versions, _page_token(str(versions[-1].version)) if more else ""
+
+    # -- watch --------------------------------------------------------------------------------------
+
+    async def watch(self, key: SessionKey, since_version: int = 0) -> AsyncIterator[ChangeView]:
+        """The current state, then every change as it is committed, until the session is deleted."""
+        waker = self.notifier.subscribe(key)
+        try:
+            state, version = await self.get_state(key)
+            yield ChangeView(version, Operation.SNAPSHOT, "", None, state, now_us())
+            last = version
+            if 0 < since_version < version:
+                last = since_version
+            while True:
+                changes = await self.store.list_versions(key, 500, None, after=last)
+                if changes and changes[0].version != last + 1:
+                    # The watcher fell behind the retained history: resynchronise with a snapshot.
+                    state, version = await self.get_state(key)
+                    yield ChangeView(version, Operation.SNAPSHOT, "", None, state, now_us())
+                    last = version
+                    continue
+                for change in changes:
+                    yield ChangeView(
+                        change.version, change.operation, change.key, change.value, change.state, change.time_us
+                    )
+                    last = change.version
+                if changes:
+                    continue
+                waker.clear()
+                try:
+                    await asyncio.wait_for(waker.wait(), self.poll_interval)
+                except TimeoutError:
+                    await self.get_session(key)  # ends the stream with NOT_FOUND once it is deleted
+        finally:
+            self.notifier.unsubscribe(key, waker)
+
+    # -- events -------------------------------------------------------------------------------------
+
+    async def append_event(
+        self,
+        key: SessionKey,
+        role: str,
+        content: str,
+        author: str = "",
+        metadata: JsonObject | None = None,
+        idempotency_key: str = "",
+    ) -> EventRecord:
+        violations = []
+        if not role or len(role) > 64:
+            violations.append(FieldViolation("event.role", "role must be 1-64 characters (e.g. 'user')"))
+        if len(author) > 128:
+            violations.append(FieldViolation("event.author", "author must be at most 128 characters"))
+        if len(idempotency_key) > 128:
+            violations.append(FieldViolation("idempotency_key", "at most 128 characters"))
+        if violations:
+            raise InvalidArgument("invalid event", violations=violations)
+        meta = check_json(metadata or {}, "event.metadata")
+        assert isinstance(meta, dict)
+        size = len(content.encode()) + len(dumps(meta).encode())
+        if size > self.limits.max_event_bytes:
+            raise ResourceExhausted(
+                f"event is {size} bytes; the limit is {self.limits.max_event_bytes}",
+                reason="EVENT_TOO_LARGE",
+                metadata={"limit_bytes": str(self.limits.max_event_bytes), "size_bytes": str(size)},
+            )
+        event = EventRecord(0, role, content, author, meta, 0)
+        return await self.store.append_event(key, event, idempotency_key, now_us())
+
+    async def list_events(
+        self, key: SessionKey, page_size: int = 0, page_token: str = "", tail: int = 0, author: str = ""
+    ) -> tuple[list[EventRecord], str]:
+        if tail < 0 or tail > self.limits.max_page_size:
+            raise InvalidArgument(
+                "invalid tail",
+                violations=[FieldViolation("tail", f"must be between 0 and {self.limits.max_page_size}")],
+            )
+        size = self._page_size(page_size, 100)
+        token = _read_token(page_token)
+        if token is not None and not token.isdigit():
+            raise InvalidArgument("invalid page_token", violations=[FieldViolation("page_token", "not an event id")])
+        await self.get_session(key)
+        events = await self.store.list_events(key, size + 1, int(token or 0), tail, author)
+        if tail:
+            return events, ""
+        more = len(events) > size
+        events = events[:size]
+        return events, _page_token(str(events[-1].id)) if more else ""
+
+    # -- maintenance --------------------------------------------------------------------------------
+
+    async def reap_forever(self, interval: float) -> None:
+        while True:
+            try:
+                now = now_us()
+                reaped = await self.store.reap(now, now - IDEMPOTENCY_TTL_US)
+                if reaped:
+                    log.info("reaped expired sessions", extra={"count": reaped})
+            except Exception:  # keep reaping after a transient database error
+                log.exception("reaper failed")
+            await asyncio.sleep(interval)
+
+    # -- helpers ------------------------------------------------------------------------------------
+
+    async def _write(
+        self,
+        key: SessionKey,
+        expected_version: int | None,
+        idempotency_key: str,
+        apply: Callable[[WriteTx], Awaitable[tuple[Change, WriteResult]]],
+    ) -> WriteResult:
+        if len(idempotency_key) > 128:
+            raise InvalidArgument(
+                "invalid idempotency_key", violations=[FieldViolation("idempotency_key", "at most 128 characters")]
+            )
+        async with self.store.write(key, idempotency_key, now_us()) as tx:
+            if tx.replayed_response is not None:
+                return WriteResult.decode(tx.replayed_response)
+            if expected_version is not None and expected_version != tx.session.version:
+                raise StateConflict(
+                    f"session {key.session_id!r} is at version {tx.session.version}, "
+                    f"not the expected {expected_version}",
+                    metadata={"current_version": str(tx.session.version), "expected_version": str(expected_version)},
+                )
+            change, result = await apply(tx)
+            tx.commit(change, result.encode())
+        self.notifier.notify(key)
+        return result
+
+    async def _target(self, tx: WriteTx, name: str) -> JsonObject:
+        scope = _split(name)[0]
+        if scope == "user":
+            return await tx.user_state()
+        if scope == "app":
+            return await tx.app_state()
+        return tx.state
+
+    async def _scope_state(self, tx: WriteTx, scope: str, bare: str, value: JsonValue) -> None:
+        target = await tx.user_state() if scope == "user" else await tx.app_state()
+        target[bare] = value
+        self._check_size(target, f"{scope}:")
+
+    def _own_state(self, state: JsonObject, field: str) -> JsonObject:
+        checked = check_json(state, field)
+        assert isinstance(checked, dict)
+        for name in checked:
+            _check_key(name, f"{field}.{name}")
+            if _split(name)[0]:
+                raise InvalidArgument(
+                    f"invalid {field}",
+                    violations=[FieldViolation(f"{field}.{name}", "initial_state takes the session's own keys only")],
+                )
+        self._check_size(checked, field)
+        return checked
+
+    def _check_size(self, state: JsonObject, what: str) -> None:
+        size = len(dumps(state).encode())
+        if size > self.limits.max_state_bytes:
+            raise ResourceExhausted(
+                f"{what} would be {size} bytes of JSON; the limit is {self.limits.max_state_bytes}",
+                reason="STATE_TOO_LARGE",
+                metadata={"limit_bytes": str(self.limits.max_state_bytes), "size_bytes": str(size)},
+            )
+
+    def _page_size(self, page_size: int, default: int) -> int:
+        if page_size < 0 or page_size > self.limits.max_page_size:
+            raise InvalidArgument(
+                "invalid page_size",
+                violations=[FieldViolation("page_size", f"must be between 0 and {self.limits.max_page_size}")],
+            )
+        return page_size or default

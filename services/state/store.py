@@ -1,0 +1,181 @@
+"""The state store interface. Implementations live beside it (sql_store.py: SQLite and PostgreSQL);
+one contract suite (tests/test_state_store_contract.py) runs over all of them.
+
+A write is a unit of work: :meth:`StateStore.write` locks the session (and, on demand, its user and
+app scopes), hands the current values to the business layer, and on exit persists what changed
+together with the new version, a history entry and the idempotent response, in one transaction.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+
+from sessionkit.jsonvalues import JsonValue
+
+JsonObject = dict[str, JsonValue]
+
+
+@dataclass(frozen=True, order=True)
+class SessionKey:
+    app_name: str
+    user_id: str
+    session_id: str
+
+
+class Operation(enum.IntEnum):
+    """Mirrors sessionkit.v1.StateChange.Operation."""
+
+    SNAPSHOT = 1
+    SAVE = 2
+    SET = 3
+    DELETE = 4
+    CLEAR = 5
+    INCREMENT = 6
+    APPEND = 7
+    RESTORE = 8
+
+
+@dataclass
+class SessionRecord:
+    key: SessionKey
+    create_us: int
+    update_us: int
+    ttl_seconds: int | None
+    expire_us: int | None
+    version: int
+    event_count: int
+
+
+@dataclass
+class VersionRecord:
+    version: int
+    operation: Operation
+    key: str
+    value: JsonValue  # the key's new value (SET, INCREMENT, APPEND); None otherwise
+    state: JsonObject  # the session's own keys after the write
+    time_us: int
+
+
+@dataclass
+class EventRecord:
+    id: int
+    role: str
+    content: str
+    author: str
+    metadata: JsonObject
+    create_us: int
+
+
+@dataclass
+class Change:
+    """What the business layer did inside a write, for the history and the watchers."""
+
+    operation: Operation
+    key: str = ""
+    value: JsonValue = None
+
+
+class WriteTx(abc.ABC):
+    """An open write on one locked session. Mutate the dicts in place; the store persists them."""
+
+    #: The stored response of an earlier write with the same idempotency key, if any. When set,
+    #: nothing may be changed: the caller returns this response as it is.
+    replayed_response: bytes | None
+    session: SessionRecord
+    state: JsonObject
+
+    @abc.abstractmethod
+    async def user_state(self) -> JsonObject:
+        """The user's scope (``user:`` keys without the prefix), locked for this write."""
+
+    @abc.abstractmethod
+    async def app_state(self) -> JsonObject:
+        """The app's scope (``app:`` keys without the prefix), locked for this write."""
+
+    @property
+    def next_version(self) -> int:
+        """The version this write creates."""
+        return self.session.version + 1
+
+    @abc.abstractmethod
+    def commit(self, change: Change, response: bytes) -> None:
+        """Mark the write done (``response`` is replayed to repeats of its idempotency key); it is
+        persisted when the context exits without an exception."""
+
+
+@dataclass
+class ListPage:
+    sessions: list[SessionRecord] = field(default_factory=list)
+    next_after: str | None = None
+
+
+class StateStore(abc.ABC):
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Create or migrate the schema; the store serves only after this."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def create_session(
+        self,
+        key: SessionKey,
+        ttl_seconds: int | None,
+        initial_state: JsonObject | None,
+        get_if_exists: bool,
+        now_us: int,
+    ) -> tuple[SessionRecord, bool]:
+        """(record, created). Raises AlreadyExists unless get_if_exists."""
+
+    @abc.abstractmethod
+    async def get_session(self, key: SessionKey, now_us: int) -> SessionRecord | None:
+        """None when unknown or expired."""
+
+    @abc.abstractmethod
+    async def list_sessions(
+        self, app_name: str, user_id: str, limit: int, after: str | None, now_us: int
+    ) -> ListPage: ...
+
+    @abc.abstractmethod
+    async def delete_session(self, key: SessionKey) -> bool: ...
+
+    @abc.abstractmethod
+    async def read_state(
+        self, key: SessionKey, now_us: int
+    ) -> tuple[SessionRecord, JsonObject, JsonObject, JsonObject]:
+        """(session, own keys, user scope, app scope). Raises SessionNotFound."""
+
+    @abc.abstractmethod
+    def write(
+        self, key: SessionKey, idempotency_key: str, now_us: int
+    ) -> AbstractAsyncContextManager[WriteTx]:
+        """Lock the session for one write. Raises SessionNotFound."""
+
+    @abc.abstractmethod
+    async def list_versions(
+        self, key: SessionKey, limit: int, before: int | None, after: int | None = None
+    ) -> list[VersionRecord]:
+        """Retained versions, newest first (``before``) or oldest first when ``after`` is given."""
+
+    @abc.abstractmethod
+    async def get_version(self, key: SessionKey, version: int) -> VersionRecord | None: ...
+
+    @abc.abstractmethod
+    async def append_event(
+        self, key: SessionKey, event: EventRecord, idempotency_key: str, now_us: int
+    ) -> EventRecord:
+        """Store the event (id and create_us assigned); a repeated idempotency key returns the first."""
+
+    @abc.abstractmethod
+    async def list_events(
+        self, key: SessionKey, limit: int, after_id: int, tail: int, author: str
+    ) -> list[EventRecord]: ...
+
+    @abc.abstractmethod
+    async def reap(self, now_us: int, idempotency_before_us: int) -> int:
+        """Delete expired sessions (returns how many) and idempotency records older than the cutoff."""
+
