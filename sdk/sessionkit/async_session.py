@@ -1,0 +1,332 @@
+"""AsyncSession: the Session API as coroutines. This is the one implementation; Session wraps it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+from sessionkit.config import ClientSettings
+from sessionkit.errors import InvalidArgument, NotImplementedByServer, SessionNotFound, StateConflict
+from sessionkit.ids import DEFAULT, check_id, new_session_id, path_component
+from sessionkit.jsonvalues import JsonValue, check_json
+from sessionkit.retry import RetryPolicy
+from sessionkit.state_client import Event, SessionInfo, SessionRef, StateChange, StateClient, StateVersion
+from sessionkit.transport import Transport
+
+T = TypeVar("T")
+JsonObject = dict[str, JsonValue]
+TEMP = "temp:"
+_DELETED = object()
+
+
+def normalize_remote_url(url: str) -> str:
+    """The seed's remote URL forms: 'host:port/agent' assumes http://; http(s) is kept."""
+    url = url.strip()
+    if not url:
+        raise InvalidArgument("remote_url/agent_url must not be empty")
+    if "://" not in url:
+        url = "http://" + url
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise InvalidArgument(f"remote_url/agent_url {url!r} is not an http(s) URL")
+    return url
+
+
+class AsyncSession:
+    """A persistent session: state, an event log, and (as their services land) memory, knowledge, agents.
+
+    With no address configured the session talks to an embedded local server that keeps its data
+    under ``storage_path`` (started on first use, shared by every process using that path). With
+    ``address="host:port"`` (or ``SESSIONKIT_ADDRESS``) it talks to running services.
+
+    ``auto_save=True`` (the default) writes each change through at once. With ``auto_save=False``,
+    ``set_state``/``delete_state`` changes stay in this object (``get_state`` sees them) until
+    ``save_state()`` writes them all in one atomic, version-checked write; ``restore_state()``
+    returns the saved state. Keys prefixed ``temp:`` are never persisted: they live in this object.
+    """
+
+    def __init__(
+        self,
+        session_id: str | None = None,
+        user_id: str | None = DEFAULT,
+        remote_url: str | None = None,
+        api_key: str | None = None,
+        auto_save: bool = True,
+        storage_path: str | Path | None = None,
+        memory_config: dict[str, Any] | None = None,
+        knowledge_config: dict[str, Any] | None = None,
+        timeout: float = 30,
+        agent_url: str | None = None,
+        *,
+        address: str | None = None,
+        app_name: str | None = None,
+        ttl: int | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        settings = ClientSettings()
+        self.session_id = check_id("session_id", session_id) if session_id is not None else new_session_id()
+        self.user_id = check_id("user_id", user_id or DEFAULT)
+        self.app_name = check_id("app_name", app_name or settings.app_name)
+        if timeout is None or timeout <= 0:
+            raise InvalidArgument(f"timeout must be a positive number of seconds, not {timeout!r}")
+        if ttl is not None and ttl < 1:
+            raise InvalidArgument(f"ttl must be at least 1 second, not {ttl!r}")
+        for name, config in (("memory_config", memory_config), ("knowledge_config", knowledge_config)):
+            if config is not None and not isinstance(config, dict):
+                raise InvalidArgument(f"{name} must be a dict, not {type(config).__name__}")
+        self.auto_save = auto_save
+        self.timeout = float(timeout)
+        self.ttl = ttl
+        self.api_key = api_key
+        self.memory_config = dict(memory_config or {})
+        self.knowledge_config = dict(knowledge_config or {})
+        remote = remote_url or agent_url
+        self.remote_url = normalize_remote_url(remote) if remote else None
+        self.storage_path = Path(storage_path if storage_path is not None else settings.storage_path)
+        policy = (retry or RetryPolicy()).with_deadline(self.timeout)
+        self._transport = Transport(settings, address, self.storage_path, policy)
+        self._state = StateClient(self._transport)
+        self._ref = SessionRef(self.app_name, self.user_id, self.session_id)
+        self._ensured = False
+        self._temp: JsonObject = {}
+        self._pending: dict[str, Any] = {}
+
+    # -- properties ---------------------------------------------------------------------------------
+
+    @property
+    def is_remote(self) -> bool:
+        """True when this session talks to a remote agent over HTTP (remote_url / agent_url)."""
+        return self.remote_url is not None
+
+    @property
+    def is_embedded(self) -> bool:
+        return self._transport.embedded and not self.is_remote
+
+    @property
+    def session_dir(self) -> Path | None:
+        """This session's directory under storage_path (embedded mode); None when the data lives
+        on remote services. Ids are rendered file-name-safe: no id can name a path outside it."""
+        if not self.is_embedded:
+            return None
+        return self.storage_path / "sessions" / path_component(self.user_id) / path_component(self.session_id)
+
+    @property
+    def memory(self) -> Any:
+        raise NotImplementedByServer("session memory arrives with the memory service (not in this version)")
+
+    @property
+    def knowledge(self) -> Any:
+        raise NotImplementedByServer("session knowledge arrives with the knowledge service (not in this version)")
+
+    # -- plumbing -----------------------------------------------------------------------------------
+
+    def _check_local(self) -> None:
+        if self.is_remote:
+            raise NotImplementedByServer(
+                "state calls on a remote (HTTP) session need the gateway's REST API, not in this version; "
+                "use address= for the gRPC services"
+            )
+
+    async def _ensure(self) -> None:
+        if not self._ensured:
+            await self._state.create_session(self._ref, ttl_seconds=self.ttl, get_if_exists=True)
+            self._ensured = True
+
+    async def _run(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run ``call`` on this session, (re)creating it if it does not exist (first use, deleted, expired)."""
+        self._check_local()
+        await self._ensure()
+        try:
+            return await call()
+        except SessionNotFound:
+            self._ensured = False
+            await self._ensure()
+            return await call()
+
+    # -- state --------------------------------------------------------------------------------------
+
+    async def save_state(self, data: dict[str, Any] | None = None, *, expected_version: int | None = None) -> int:
+        """Replace the saved state with ``data`` (``user:``/``app:`` keys in it are set in their scope;
+        ``temp:`` keys are kept in this object only). Returns the new version. Unsaved ``set_state``
+        changes (auto_save=False) are discarded: ``data`` is the whole new state. With no ``data``,
+        writes the unsaved changes."""
+        if data is None:
+            return await self._flush(expected_version)
+        checked = check_json(data, "state")
+        if not isinstance(checked, dict):
+            raise InvalidArgument(f"save_state takes a dict, not {type(data).__name__}")
+        persisted = {k: v for k, v in checked.items() if not k.startswith(TEMP)}
+        version = await self._run(lambda: self._state.save_state(self._ref, persisted, expected_version))
+        self._temp = {k: v for k, v in checked.items() if k.startswith(TEMP)}
+        self._pending.clear()
+        return version
+
+    async def restore_state(self) -> dict[str, Any]:
+        """The saved state: the session's keys merged with its ``user:`` and ``app:`` keys (and this
+        object's ``temp:`` keys)."""
+        state, _ = await self._run(lambda: self._state.get_state(self._ref))
+        state.update(self._temp)
+        return state
+
+    async def get_state(self, key: str, default: Any = None) -> Any:
+        if key.startswith(TEMP):
+            return self._temp.get(key, default)
+        if key in self._pending:
+            value = self._pending[key]
+            return default if value is _DELETED else value
+        state, _ = await self._run(lambda: self._state.get_state(self._ref, [key]))
+        return state.get(key, default)
+
+    async def set_state(self, key: str, value: Any, *, expected_version: int | None = None) -> int | None:
+        """Set one key. Returns the new version when written through, None when kept for save_state()."""
+        checked = check_json(value, key)
+        if key.startswith(TEMP):
+            self._temp[key] = checked
+            return None
+        if not self.auto_save and expected_version is None:
+            self._pending[key] = checked
+            return None
+        return await self._run(lambda: self._state.set_value(self._ref, key, checked, expected_version))
+
+    async def delete_state(self, key: str, *, expected_version: int | None = None) -> bool:
+        """Delete one key; returns whether it existed (True when kept for save_state())."""
+        if key.startswith(TEMP):
+            return self._temp.pop(key, _DELETED) is not _DELETED
+        if not self.auto_save and expected_version is None:
+            self._pending[key] = _DELETED
+            return True
+        _, existed = await self._run(lambda: self._state.delete_value(self._ref, key, expected_version))
+        return existed
+
+    async def clear_state(
+        self, *, include_user_scope: bool = False, include_app_scope: bool = False, expected_version: int | None = None
+    ) -> int:
+        """Delete the session's own keys (and, when asked, the user's or app's shared keys)."""
+        self._temp.clear()
+        self._pending.clear()
+        return await self._run(
+            lambda: self._state.clear_state(
+                self._ref,
+                expected_version,
+                include_user_scope=include_user_scope,
+                include_app_scope=include_app_scope,
+            )
+        )
+
+    async def increment_state(self, key: str, delta: int | float = 1) -> int | float:
+        """Atomically add ``delta`` to a numeric key on the server (missing counts as 0); the race-free
+        form of ``set_state(key, get_state(key, 0) + delta)``. Returns the new value."""
+        _, value = await self._run(lambda: self._state.increment(self._ref, key, delta))
+        return value
+
+    async def append_state(self, key: str, *values: Any) -> int:
+        """Atomically append values to a list key on the server (missing counts as []). Returns the length."""
+        _, length = await self._run(lambda: self._state.append(self._ref, key, list(values)))
+        return length
+
+    async def state_version(self) -> int:
+        return (await self.info()).version
+
+    async def state_history(self, limit: int = 20) -> list[StateVersion]:
+        """Earlier versions of the session's own keys, newest first (bounded retention on the server)."""
+        versions, _ = await self._run(lambda: self._state.list_versions(self._ref, limit))
+        return versions
+
+    async def restore_state_version(self, version: int, *, expected_version: int | None = None) -> int:
+        """Make an earlier version's keys current again, as a new version (returned)."""
+        self._pending.clear()
+        return await self._run(lambda: self._state.restore_version(self._ref, version, expected_version))
+
+    async def watch_state(self, since_version: int = 0) -> AsyncIterator[StateChange]:
+        """The current state (operation SNAPSHOT), then every change as it happens."""
+        self._check_local()
+        await self._ensure()
+        async for change in self._state.watch(self._ref, since_version):
+            yield change
+
+    async def _flush(self, expected_version: int | None) -> int:
+        pending = dict(self._pending)
+        for _ in range(10):
+            state, version = await self._run(lambda: self._state.get_state(self._ref))
+            if not pending:
+                return version
+            if expected_version is not None and expected_version != version:
+                raise StateConflict(f"session is at version {version}, not the expected {expected_version}")
+            scoped = {k for k in pending if k.startswith(("user:", "app:"))}
+            own = {k: v for k, v in state.items() if not k.startswith(("user:", "app:"))}
+            for key, value in pending.items():
+                if key not in scoped:
+                    if value is _DELETED:
+                        own.pop(key, None)
+                    else:
+                        own[key] = value
+            own.update({k: v for k, v in pending.items() if k in scoped and v is not _DELETED})
+            try:
+                new_version = await self._state.save_state(self._ref, own, version)
+            except StateConflict:
+                if expected_version is not None:
+                    raise
+                continue  # someone wrote in between: re-read and apply the changes again
+            for key in scoped:
+                if pending[key] is _DELETED:
+                    new_version, _ = await self._state.delete_value(self._ref, key)
+            self._pending.clear()
+            return new_version
+        raise StateConflict("save_state() lost the race for the session 10 times in a row; try again")
+
+    # -- events -------------------------------------------------------------------------------------
+
+    async def add_event(
+        self, role: str, content: str, *, author: str = "", metadata: dict[str, Any] | None = None
+    ) -> Event:
+        """Append to the session's event log (chat messages, tool calls, ...)."""
+        return await self._run(lambda: self._state.append_event(self._ref, role, content, author, metadata))
+
+    async def get_events(self, limit: int | None = None, *, author: str = "") -> list[Event]:
+        """The most recent ``limit`` events, oldest first; every event when limit is None."""
+        if limit is not None:
+            if limit < 1:
+                raise InvalidArgument(f"limit must be at least 1, not {limit}")
+            events, _ = await self._run(lambda: self._state.list_events(self._ref, tail=limit, author=author))
+            return events
+        return [event async for event in self.iter_events(author=author)]
+
+    async def iter_events(self, *, author: str = "", page_size: int = 500) -> AsyncIterator[Event]:
+        token = ""
+        while True:
+            page_token = token
+            events, token = await self._run(
+                lambda: self._state.list_events(self._ref, page_size, page_token, author=author)
+            )
+            for event in events:
+                yield event
+            if not token:
+                return
+
+    # -- the session itself -------------------------------------------------------------------------
+
+    async def info(self) -> SessionInfo:
+        return await self._run(lambda: self._state.get_session(self._ref))
+
+    async def delete(self) -> bool:
+        """Delete the session with its state, events and history. Using it again starts it afresh."""
+        self._check_local()
+        self._ensured = False
+        self._temp.clear()
+        self._pending.clear()
+        return await self._state.delete_session(self._ref, allow_missing=True)
+
+    async def close(self) -> None:
+        """Nothing to release per session (channels are shared); kept for symmetry with Session."""
+
+    async def __aenter__(self) -> AsyncSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        where = self.remote_url or ("embedded:" + str(self.storage_path) if self.is_embedded else "connected")
+        return f"AsyncSession(session_id={self.session_id!r}, user_id={self.user_id!r}, {where})"

@@ -1,0 +1,228 @@
+"""Session: the synchronous API of the seed (PraisonAI's Session), a thin wrapper over AsyncSession."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sessionkit import _loop
+from sessionkit.async_session import AsyncSession
+from sessionkit.errors import NotImplementedByServer
+from sessionkit.ids import DEFAULT
+from sessionkit.retry import RetryPolicy
+from sessionkit.state_client import Event, SessionInfo, StateChange, StateVersion
+
+
+class Session:
+    """A persistent session: state, an event log, and (as their services land) memory, knowledge, agents.
+
+    ``Session("x")`` just works: with no address configured it uses an embedded local server that keeps
+    its data under ``storage_path`` (default ``.sessionkit``), shared safely by every process using that
+    path. ``Session("x", address="host:port")`` (or ``SESSIONKIT_ADDRESS``) talks to running services.
+
+    ``auto_save=True`` (the default) writes each change through at once. With ``auto_save=False``,
+    ``set_state``/``delete_state`` changes stay in this object (``get_state`` sees them) until
+    ``save_state()`` writes them in one atomic write; ``restore_state()`` returns the saved state.
+    Keys prefixed ``user:`` are shared by the user's sessions, ``app:`` by every user of the app,
+    and ``temp:`` keys are never persisted.
+    """
+
+    def __init__(
+        self,
+        session_id: str | None = None,
+        user_id: str | None = DEFAULT,
+        remote_url: str | None = None,
+        api_key: str | None = None,
+        auto_save: bool = True,
+        storage_path: str | Path | None = None,
+        memory_config: dict[str, Any] | None = None,
+        knowledge_config: dict[str, Any] | None = None,
+        timeout: float = 30,
+        agent_url: str | None = None,
+        *,
+        address: str | None = None,
+        app_name: str | None = None,
+        ttl: int | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self._async = AsyncSession(
+            session_id,
+            user_id,
+            remote_url,
+            api_key,
+            auto_save,
+            storage_path,
+            memory_config,
+            knowledge_config,
+            timeout,
+            agent_url,
+            address=address,
+            app_name=app_name,
+            ttl=ttl,
+            retry=retry,
+        )
+
+    # -- identity and properties ---------------------------------------------------------------------
+
+    @property
+    def session_id(self) -> str:
+        return self._async.session_id
+
+    @property
+    def user_id(self) -> str:
+        return self._async.user_id
+
+    @property
+    def app_name(self) -> str:
+        return self._async.app_name
+
+    @property
+    def auto_save(self) -> bool:
+        return self._async.auto_save
+
+    @property
+    def storage_path(self) -> Path:
+        return self._async.storage_path
+
+    @property
+    def memory_config(self) -> dict[str, Any]:
+        return self._async.memory_config
+
+    @property
+    def knowledge_config(self) -> dict[str, Any]:
+        return self._async.knowledge_config
+
+    @property
+    def is_remote(self) -> bool:
+        return self._async.is_remote
+
+    @property
+    def session_dir(self) -> Path | None:
+        return self._async.session_dir
+
+    @property
+    def memory(self) -> Any:
+        return self._async.memory
+
+    @property
+    def knowledge(self) -> Any:
+        return self._async.knowledge
+
+    # -- state ---------------------------------------------------------------------------------------
+
+    def save_state(self, data: dict[str, Any] | None = None, *, expected_version: int | None = None) -> int:
+        return _loop.run(self._async.save_state(data, expected_version=expected_version))
+
+    save_state.__doc__ = AsyncSession.save_state.__doc__
+
+    def restore_state(self) -> dict[str, Any]:
+        return _loop.run(self._async.restore_state())
+
+    restore_state.__doc__ = AsyncSession.restore_state.__doc__
+
+    def get_state(self, key: str, default: Any = None) -> Any:
+        return _loop.run(self._async.get_state(key, default))
+
+    def set_state(self, key: str, value: Any, *, expected_version: int | None = None) -> int | None:
+        return _loop.run(self._async.set_state(key, value, expected_version=expected_version))
+
+    set_state.__doc__ = AsyncSession.set_state.__doc__
+
+    def delete_state(self, key: str, *, expected_version: int | None = None) -> bool:
+        return _loop.run(self._async.delete_state(key, expected_version=expected_version))
+
+    def clear_state(
+        self, *, include_user_scope: bool = False, include_app_scope: bool = False, expected_version: int | None = None
+    ) -> int:
+        return _loop.run(
+            self._async.clear_state(
+                include_user_scope=include_user_scope,
+                include_app_scope=include_app_scope,
+                expected_version=expected_version,
+            )
+        )
+
+    clear_state.__doc__ = AsyncSession.clear_state.__doc__
+
+    def increment_state(self, key: str, delta: int | float = 1) -> int | float:
+        return _loop.run(self._async.increment_state(key, delta))
+
+    increment_state.__doc__ = AsyncSession.increment_state.__doc__
+
+    def append_state(self, key: str, *values: Any) -> int:
+        return _loop.run(self._async.append_state(key, *values))
+
+    append_state.__doc__ = AsyncSession.append_state.__doc__
+
+    def state_version(self) -> int:
+        return _loop.run(self._async.state_version())
+
+    def state_history(self, limit: int = 20) -> list[StateVersion]:
+        return _loop.run(self._async.state_history(limit))
+
+    state_history.__doc__ = AsyncSession.state_history.__doc__
+
+    def restore_state_version(self, version: int, *, expected_version: int | None = None) -> int:
+        return _loop.run(self._async.restore_state_version(version, expected_version=expected_version))
+
+    restore_state_version.__doc__ = AsyncSession.restore_state_version.__doc__
+
+    def watch_state(self, since_version: int = 0) -> Iterator[StateChange]:
+        """The current state (operation SNAPSHOT), then every change as it happens (blocking iterator)."""
+        return _loop.iterate(self._async.watch_state(since_version))
+
+    # -- events --------------------------------------------------------------------------------------
+
+    def add_event(self, role: str, content: str, *, author: str = "", metadata: dict[str, Any] | None = None) -> Event:
+        return _loop.run(self._async.add_event(role, content, author=author, metadata=metadata))
+
+    add_event.__doc__ = AsyncSession.add_event.__doc__
+
+    def get_events(self, limit: int | None = None, *, author: str = "") -> list[Event]:
+        return _loop.run(self._async.get_events(limit, author=author))
+
+    get_events.__doc__ = AsyncSession.get_events.__doc__
+
+    # -- remote --------------------------------------------------------------------------------------
+
+    def test_remote_connection(self) -> bool:
+        """True when the remote agent's server answers its health check (GET <base>/health)."""
+        url = self._async.remote_url
+        if url is None:
+            return False
+        base = url.rsplit("/", 1)[0] if url.count("/") > 2 else url
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=self._async.timeout) as reply:  # noqa: S310
+                return bool(reply.status == 200)
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def chat(self, message: str, **kwargs: Any) -> str:
+        raise NotImplementedByServer("chat() with a remote agent arrives with the gateway (not in this version)")
+
+    send_message = chat
+
+    # -- the session itself --------------------------------------------------------------------------
+
+    def info(self) -> SessionInfo:
+        return _loop.run(self._async.info())
+
+    def delete(self) -> bool:
+        return _loop.run(self._async.delete())
+
+    delete.__doc__ = AsyncSession.delete.__doc__
+
+    def close(self) -> None:
+        _loop.run(self._async.close())
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return repr(self._async).replace("AsyncSession", "Session", 1)

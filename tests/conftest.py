@@ -1,0 +1,105 @@
+"""Shared fixtures: storage backends (SQLite file and the real PostgreSQL on 127.0.0.1:5432) and
+real gRPC servers on ephemeral ports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from services.common.config import ServerSettings
+from services.state.sql_store import SqlStateStore
+from tests.servers import ServerThread
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+PG_ADMIN_DSN = os.environ.get("SESSIONKIT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+BACKENDS = ["sqlite", "postgres"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _pg_admin(sql: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test run (dropped at the end). Fails, never skips:
+    the PostgreSQL path is part of what the suite proves."""
+    name = f"sk_test_{uuid.uuid4().hex[:10]}"
+    try:
+        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError) as error:
+        pytest.fail(f"PostgreSQL at {PG_ADMIN_DSN} is needed for the postgres backend tests: {error}")
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
+    yield f"{base}/{name}".replace("postgresql://", "postgresql+asyncpg://")
+    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _truncate(url: str) -> None:
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        tables = [
+            r["tablename"]
+            for r in await conn.fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                "AND tablename LIKE 'sk_%' AND tablename NOT LIKE '%alembic%'"
+            )
+        ]
+        if tables:
+            await conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """One URL per backend; each test starts with empty tables."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'state.db'}"
+        return
+    url: str = request.getfixturevalue("pg_database")
+    yield url
+    asyncio.run(_truncate(url))
+
+
+@pytest.fixture
+async def state_store(database_url: str) -> AsyncIterator[SqlStateStore]:
+    store = SqlStateStore(database_url, history_limit=20)
+    await store.start()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+def server(database_url: str, tmp_path: Path) -> Iterator[ServerThread]:
+    """A real gRPC server (all services registered) on an ephemeral port, on its own thread."""
+    settings = ServerSettings(
+        port=0, data_dir=tmp_path / "data", database_url=database_url, history_limit=20, log_format="text"
+    )
+    thread = ServerThread(settings).start()
+    yield thread
+    thread.stop()
+
+
+@pytest.fixture
+def sqlite_server(tmp_path: Path) -> Iterator[ServerThread]:
+    """A real gRPC server on SQLite only, for tests whose subject is not the storage backend."""
+    settings = ServerSettings(port=0, data_dir=tmp_path / "data", history_limit=20, log_format="text")
+    thread = ServerThread(settings).start()
+    yield thread
+    thread.stop()

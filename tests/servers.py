@@ -1,0 +1,118 @@
+"""Real servers for tests: a sessionkit gRPC server on its own thread and event loop (so sync and
+async tests can both call it), or in a child process (for kill -9 tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.config import ServerSettings
+from services.server import Host, create_server
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ServerThread:
+    """Runs ``create_server(settings)`` on a private event loop in a daemon thread."""
+
+    def __init__(self, settings: ServerSettings, customize: Callable[[Host], None] | None = None) -> None:
+        self.settings = settings
+        self.customize = customize
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="sessionkit-test-server")
+        self.host: Host | None = None
+        self.port = 0
+
+    def start(self) -> ServerThread:
+        self.thread.start()
+        self.host, self.port = self.call(self._start())
+        return self
+
+    async def _start(self) -> tuple[Host, int]:
+        host, port = await create_server(self.settings)
+        if self.customize:
+            self.customize(host)
+        await host.start()
+        return host, port
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def call(self, coro: Any) -> Any:
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return future.result(timeout=60)
+
+    def stop(self) -> None:
+        if self.host is not None:
+            self.call(self.host.stop(0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+
+def wait_serving(target: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with grpc.insecure_channel(target) as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+        except grpc.RpcError as error:
+            last = error
+        time.sleep(0.05)
+    raise TimeoutError(f"server at {target} not SERVING after {timeout}s: {last}")
+
+
+class ServerProcess:
+    """``sessionkit serve`` in a child process."""
+
+    def __init__(self, port: int, data_dir: Path, database_url: str = "", extra_env: dict[str, str] | None = None):
+        self.port = port
+        env = dict(os.environ)
+        env.update(
+            {
+                "SESSIONKIT_PORT": str(port),
+                "SESSIONKIT_DATA_DIR": str(data_dir),
+                "SESSIONKIT_DATABASE_URL": database_url,
+                "PYTHONPATH": f"{ROOT / 'sdk'}{os.pathsep}{ROOT}",
+            }
+        )
+        env.update(extra_env or {})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sessionkit.cli", "serve", "--service", "state"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            wait_serving(self.address)
+        except TimeoutError:
+            self.proc.kill()
+            raise
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def terminate(self) -> int:
+        self.proc.terminate()
+        return self.proc.wait(timeout=30)
