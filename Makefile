@@ -1,32 +1,38 @@
 # sessionkit: every developer and CI task is one target here.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+PYTHON ?= python3
+STAMP := $(VENV)/.installed
 PROTO_SRC := $(wildcard protos/sessionkit/v1/*.proto)
+GENERATED := $(patsubst protos/%.proto,sdk/%_pb2.py,$(PROTO_SRC))
 export HF_HUB_OFFLINE := 1
 
 .PHONY: install protos run test lint bench clean
 
-$(PY):
-	python3 -m venv $(VENV)
+# A virtualenv at .venv with the project (editable), its dev tools, and the generated stubs.
+install: $(STAMP) $(GENERATED)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-
-# A virtualenv at .venv with the project (editable), its dev tools and generated stubs.
-install: $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
-	$(MAKE) protos
+	touch $@
 
-# Python stubs (+ .pyi) for protos/ into the sessionkit package (sessionkit.v1).
-protos:
+# Python stubs (+ .pyi) for protos/ into the sessionkit package (import sessionkit.v1).
+protos: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iprotos \
 		-I$$($(PY) -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))') \
 		--python_out=sdk --pyi_out=sdk --grpc_python_out=sdk $(PROTO_SRC)
 
-# Every service in one process on 127.0.0.1:50051, data under ./.sessionkit.
+$(GENERATED): $(PROTO_SRC) $(STAMP)
+	$(MAKE) protos
+
+# Every service in one process on 127.0.0.1:50051, data under ./.sessionkit (Ctrl-C drains and stops).
 run: install
 	$(VENV)/bin/sessionkit serve
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest
 
 lint: install
 	$(VENV)/bin/ruff check .

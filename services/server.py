@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,12 +102,15 @@ class Host:
                 return
 
 
-async def create_server(settings: ServerSettings) -> tuple[Host, int]:
-    """Build (not start) a server for ``settings``; returns the host and the bound TCP port (0 if none)."""
+async def create_server(
+    settings: ServerSettings, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
+) -> tuple[Host, int]:
+    """Build (not start) a server for ``settings``; returns the host and the bound TCP port (0 if none).
+    ``interceptors`` run inside the error mapping (so their SessionKitErrors become statuses too)."""
     activity = Activity()
     ready = asyncio.Event()
     server = grpc.aio.server(
-        interceptors=[ErrorAndLogInterceptor(activity, ready)],
+        interceptors=[ErrorAndLogInterceptor(activity, ready), *interceptors],
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),

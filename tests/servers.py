@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -27,9 +27,15 @@ ROOT = Path(__file__).resolve().parent.parent
 class ServerThread:
     """Runs ``create_server(settings)`` on a private event loop in a daemon thread."""
 
-    def __init__(self, settings: ServerSettings, customize: Callable[[Host], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        customize: Callable[[Host], None] | None = None,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    ) -> None:
         self.settings = settings
         self.customize = customize
+        self.interceptors = interceptors
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="sessionkit-test-server")
         self.host: Host | None = None
@@ -41,7 +47,7 @@ class ServerThread:
         return self
 
     async def _start(self) -> tuple[Host, int]:
-        host, port = await create_server(self.settings)
+        host, port = await create_server(self.settings, self.interceptors)
         if self.customize:
             self.customize(host)
         await host.start()

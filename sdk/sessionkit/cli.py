@@ -1,0 +1,240 @@
+"""The ``sessionkit`` command line: run the services, look at sessions and their state.
+
+Errors print one line (``error: ...``) and exit with status 1; never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sessionkit.config import ClientSettings
+from sessionkit.errors import SessionKitError
+from sessionkit.ids import DEFAULT
+from sessionkit.retry import RetryPolicy
+from sessionkit.state_client import SessionRef, StateClient
+from sessionkit.transport import Transport, close_channels
+
+T = TypeVar("T")
+app = typer.Typer(help="sessionkit: stateful sessions for AI agents.", no_args_is_help=True, add_completion=False)
+sessions_app = typer.Typer(help="List, show and delete sessions.", no_args_is_help=True)
+state_app = typer.Typer(help="Read and write session state.", no_args_is_help=True)
+app.add_typer(sessions_app, name="sessions")
+app.add_typer(state_app, name="state")
+out = Console()
+err = Console(stderr=True)
+
+AddressOpt = Annotated[
+    str | None, typer.Option("--address", "-a", help="host:port of the services (default: SESSIONKIT_ADDRESS, "
+                             "else the embedded local server of --storage-path)")
+]
+StorageOpt = Annotated[
+    str | None, typer.Option("--storage-path", help="Embedded data directory (default: SESSIONKIT_STORAGE_PATH or .sessionkit)")
+]
+UserOpt = Annotated[str, typer.Option("--user", "-u", help="User id")]
+AppOpt = Annotated[str | None, typer.Option("--app", help="App name (default: SESSIONKIT_APP_NAME or 'default')")]
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    async def main() -> T:
+        try:
+            return await coro
+        finally:
+            await close_channels()
+
+    try:
+        return asyncio.run(main())
+    except SessionKitError as error:
+        err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def _client(address: str | None, storage_path: str | None, timeout: float = 30) -> StateClient:
+    settings = ClientSettings()
+    path = Path(storage_path or settings.storage_path)
+    return StateClient(Transport(settings, address, path, RetryPolicy(deadline=timeout)))
+
+
+def _app(app_name: str | None) -> str:
+    return app_name or ClientSettings().app_name
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to listen on (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="gRPC port (default 50051; 0 picks a free one)")] = None,
+    service: Annotated[
+        list[str] | None, typer.Option("--service", help="Run only this service (repeatable): state")
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory (default .sessionkit)")] = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL, e.g. postgresql://user@host/db (default: SQLite in data dir)")
+    ] = None,
+) -> None:
+    """Run the services in one process on one gRPC port (every service unless --service is given)."""
+    from pydantic import ValidationError
+
+    from services.common import logs
+    from services.common.config import ServerSettings
+    from services.server import create_server
+
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {"host": host, "port": port, "data_dir": data_dir, "database_url": database_url}.items()
+        if v is not None
+    }
+    if service:
+        overrides["services"] = service
+    try:
+        settings = ServerSettings(**overrides)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        err.print(f"[red]error:[/red] invalid settings: {problems}", highlight=False)
+        raise typer.Exit(2) from None
+    logs.configure(settings.log_level, settings.log_format)
+
+    async def main() -> None:
+        server, bound = await create_server(settings)
+        err.print(f"sessionkit serving {', '.join(settings.services)} on {settings.host}:{bound}", highlight=False)
+        await server.serve_until_signal()
+
+    try:
+        asyncio.run(main())
+    except OSError as error:
+        err.print(f"[red]error:[/red] cannot serve on {settings.host}:{settings.port}: {error}", highlight=False)
+        raise typer.Exit(1) from None
+    except SessionKitError as error:
+        err.print(f"[red]error:[/red] {error}", highlight=False)
+        raise typer.Exit(1) from None
+    except RuntimeError as error:  # grpc: "Failed to bind to address"
+        err.print(f"[red]error:[/red] cannot serve on {settings.host}:{settings.port}: {error}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+@sessions_app.command("ls")
+def sessions_ls(
+    user: UserOpt = DEFAULT, app_name: AppOpt = None, address: AddressOpt = None, storage_path: StorageOpt = None
+) -> None:
+    """List a user's sessions."""
+    client = _client(address, storage_path)
+
+    async def main() -> list[Any]:
+        return [info async for info in client.iter_sessions(_app(app_name), user)]
+
+    infos = _run(main())
+    table = Table("session_id", "version", "events", "updated", "expires")
+    for info in infos:
+        table.add_row(
+            info.session_id,
+            str(info.version),
+            str(info.event_count),
+            info.update_time.isoformat(timespec="seconds") if info.update_time else "",
+            info.expire_time.isoformat(timespec="seconds") if info.expire_time else "never",
+        )
+    out.print(table)
+    out.print(f"{len(infos)} session(s) of user {user!r}", highlight=False)
+
+
+@sessions_app.command("show")
+def sessions_show(
+    session_id: str,
+    user: UserOpt = DEFAULT,
+    app_name: AppOpt = None,
+    events: Annotated[int, typer.Option(help="How many recent events to show")] = 10,
+    address: AddressOpt = None,
+    storage_path: StorageOpt = None,
+) -> None:
+    """Show one session: metadata, state and recent events."""
+    client = _client(address, storage_path)
+    ref = SessionRef(_app(app_name), user, session_id)
+
+    async def main() -> tuple[Any, Any, Any]:
+        info = await client.get_session(ref)
+        state, _ = await client.get_state(ref)
+        recent, _ = await client.list_events(ref, tail=events) if events > 0 else ([], "")
+        return info, state, recent
+
+    info, state, recent = _run(main())
+    out.print(f"[bold]{info.session_id}[/bold] (user {info.user_id}, app {info.app_name})", highlight=False)
+    out.print(f"version {info.version}, {info.event_count} events, updated {info.update_time}", highlight=False)
+    out.print_json(_json(state))
+    for event in recent:
+        out.print(f"[dim]{event.id}[/dim] [cyan]{event.role}[/cyan] {event.content}", highlight=False)
+
+
+@sessions_app.command("rm")
+def sessions_rm(
+    session_id: str,
+    user: UserOpt = DEFAULT,
+    app_name: AppOpt = None,
+    address: AddressOpt = None,
+    storage_path: StorageOpt = None,
+) -> None:
+    """Delete a session with its state, events and history."""
+    client = _client(address, storage_path)
+    _run(client.delete_session(SessionRef(_app(app_name), user, session_id)))
+    out.print(f"deleted session {session_id!r} of user {user!r}", highlight=False)
+
+
+@state_app.command("get")
+def state_get(
+    session_id: str,
+    key: Annotated[str | None, typer.Argument(help="One key (default: the whole state)")] = None,
+    user: UserOpt = DEFAULT,
+    app_name: AppOpt = None,
+    address: AddressOpt = None,
+    storage_path: StorageOpt = None,
+) -> None:
+    """Print a session's state (merged with its user: and app: keys), or one key of it, as JSON."""
+    client = _client(address, storage_path)
+    ref = SessionRef(_app(app_name), user, session_id)
+    state, _ = _run(client.get_state(ref, [key] if key else None))
+    if key is not None and key not in state:
+        err.print(f"[red]error:[/red] key {key!r} is not set in session {session_id!r}", highlight=False)
+        raise typer.Exit(1)
+    print(_json(state[key] if key is not None else state))
+
+
+@state_app.command("set")
+def state_set(
+    session_id: str,
+    key: str,
+    value: Annotated[str, typer.Argument(help="A JSON value (a bare word is taken as a string)")],
+    user: UserOpt = DEFAULT,
+    app_name: AppOpt = None,
+    address: AddressOpt = None,
+    storage_path: StorageOpt = None,
+) -> None:
+    """Set one key (creating the session if needed)."""
+    try:
+        parsed: Any = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    client = _client(address, storage_path)
+    ref = SessionRef(_app(app_name), user, session_id)
+
+    async def main() -> int:
+        await client.create_session(ref, get_if_exists=True)
+        return await client.set_value(ref, key, parsed)
+
+    version = _run(main())
+    out.print(f"{key} = {_json(parsed)} (version {version})", highlight=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
