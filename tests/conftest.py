@@ -103,3 +103,14 @@ def sqlite_server(tmp_path: Path) -> Iterator[ServerThread]:
     thread = ServerThread(settings).start()
     yield thread
     thread.stop()
+
+
+@pytest.fixture(autouse=True)
+def _close_sdk_channels() -> Iterator[None]:
+    """The sync SDK keeps channels on its background loop; close them so no test leaks into the next."""
+    yield
+    from sessionkit import _loop
+    from sessionkit.transport import close_channels
+
+    if _loop._loop is not None and _loop._loop.is_running():
+        _loop.run(close_channels())

@@ -67,8 +67,8 @@ class AsyncSession:
     ) -> None:
         settings = ClientSettings()
         self.session_id = check_id("session_id", session_id) if session_id is not None else new_session_id()
-        self.user_id = check_id("user_id", user_id or DEFAULT)
-        self.app_name = check_id("app_name", app_name or settings.app_name)
+        self.user_id = check_id("user_id", DEFAULT if user_id is None else user_id)
+        self.app_name = check_id("app_name", settings.app_name if app_name is None else app_name)
         if timeout is None or timeout <= 0:
             raise InvalidArgument(f"timeout must be a positive number of seconds, not {timeout!r}")
         if ttl is not None and ttl < 1:

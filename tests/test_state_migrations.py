@@ -1,0 +1,86 @@
+"""The Alembic migrations build exactly the schema services/state/tables.py describes, on SQLite and
+PostgreSQL, and starting a store again on a migrated database changes nothing."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, text
+
+from services.state import tables
+from services.state.sql_store import MIGRATIONS, VERSION_TABLE, SqlStateStore
+from services.state.store import SessionKey
+from tests.conftest import BACKENDS, PG_ADMIN_DSN
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=BACKENDS)
+async def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A database with no tables at all (the shared test database may hold other services' tables)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'migrate.db'}"
+        return
+    name = f"sk_migrate_{uuid.uuid4().hex[:10]}"
+    try:
+        await _admin(f'CREATE DATABASE "{name}"')
+    except (OSError, asyncpg.PostgresError) as error:
+        pytest.fail(f"PostgreSQL at {PG_ADMIN_DSN} is needed for the postgres migration test: {error}")
+    try:
+        yield f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}".replace("postgresql://", "postgresql+asyncpg://")
+    finally:
+        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _differences(connection: Connection) -> list[Any]:
+    context = MigrationContext.configure(
+        connection,
+        opts={"version_table": VERSION_TABLE, "compare_type": True, "compare_server_default": True},
+    )
+    return list(compare_metadata(context, tables.metadata))
+
+
+async def test_migrations_build_exactly_the_tables_metadata(empty_database: str) -> None:
+    store = SqlStateStore(empty_database)
+    try:
+        await store.start()
+        async with store.engine.connect() as conn:
+            assert await conn.run_sync(_differences) == []
+            revision = (await conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))).scalar_one()
+        assert revision == ScriptDirectory(str(MIGRATIONS)).get_current_head()
+    finally:
+        await store.close()
+
+
+async def test_starting_again_on_a_migrated_database_keeps_the_data(empty_database: str) -> None:
+    key = SessionKey("app", "alice", "s1")
+    first = SqlStateStore(empty_database)
+    try:
+        await first.start()
+        await first.create_session(key, None, {"a": 1}, False, 1)
+    finally:
+        await first.close()
+
+    second = SqlStateStore(empty_database)
+    try:
+        await second.start()
+        _, own, _, _ = await second.read_state(key, 2)
+        assert own == {"a": 1}
+        async with second.engine.connect() as conn:
+            assert await conn.run_sync(_differences) == []
+    finally:
+        await second.close()
