@@ -58,7 +58,11 @@ class Host:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving",
-            extra={"port": self.port, "services": self.settings.services, "socket": str(self.settings.unix_socket)},
+            extra={
+                "port": self.port,
+                "services": self.settings.services,
+                "socket": str(self.settings.unix_socket),
+            },
         )
 
     def served_names(self) -> list[str]:
@@ -103,7 +107,8 @@ class Host:
 
 
 async def create_server(
-    settings: ServerSettings, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
+    settings: ServerSettings,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),  # type: ignore[type-arg]
 ) -> tuple[Host, int]:
     """Build (not start) a server for ``settings``; returns the host and the bound TCP port (0 if none).
     ``interceptors`` run inside the error mapping (so their SessionKitErrors become statuses too)."""
@@ -117,7 +122,7 @@ async def create_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     host = Host(server, 0, settings, health_servicer, activity, ready)
     names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
@@ -130,7 +135,7 @@ async def create_server(
             history_limit=settings.history_limit,
         )
         host.state = StateService(store, limits)
-        state_pb2_grpc.add_StateServiceServicer_to_server(StateServicer(host.state), server)
+        state_pb2_grpc.add_StateServiceServicer_to_server(StateServicer(host.state), server)  # type: ignore[no-untyped-call]
         names.append(STATE_SERVICE)
     for name in host.served_names():
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)

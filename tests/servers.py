@@ -37,7 +37,9 @@ class ServerThread:
         self.customize = customize
         self.interceptors = interceptors
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="sessionkit-test-server")
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, daemon=True, name="sessionkit-test-server"
+        )
         self.host: Host | None = None
         self.port = 0
 
@@ -87,7 +89,9 @@ def wait_serving(target: str, timeout: float = 30.0) -> None:
 class ServerProcess:
     """``sessionkit serve`` in a child process."""
 
-    def __init__(self, port: int, data_dir: Path, database_url: str = "", extra_env: dict[str, str] | None = None):
+    def __init__(
+        self, port: int, data_dir: Path, database_url: str = "", extra_env: dict[str, str] | None = None
+    ):
         self.port = port
         env = dict(os.environ)
         env.update(

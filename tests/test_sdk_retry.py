@@ -11,7 +11,14 @@ import grpc
 import pytest
 
 from services.common.config import ServerSettings
-from sessionkit import InvalidArgument, RateLimited, ResourceExhausted, RetryPolicy, ServiceUnavailable, Session
+from sessionkit import (
+    InvalidArgument,
+    RateLimited,
+    ResourceExhausted,
+    RetryPolicy,
+    ServiceUnavailable,
+    Session,
+)
 from sessionkit.errors import RateLimited as ServerRateLimited
 from tests.conftest import free_port
 from tests.servers import ServerThread
@@ -31,7 +38,9 @@ class Flaky(grpc.aio.ServerInterceptor):
     """Fails the first ``failures`` calls of ``methods``: after applying them (the reply is lost,
     as when a connection drops) or before, with ``error`` or UNAVAILABLE."""
 
-    def __init__(self, failures: int, after_apply: bool, methods: set[str], error: Exception | None = None) -> None:
+    def __init__(
+        self, failures: int, after_apply: bool, methods: set[str], error: Exception | None = None
+    ) -> None:
         self.failures = failures
         self.after_apply = after_apply
         self.methods = methods
@@ -92,7 +101,9 @@ def test_writes_whose_replies_are_lost_apply_exactly_once(flaky_server: tuple[Se
 
 
 @pytest.mark.parametrize("flaky_server", [Flaky(4, after_apply=False, methods=WRITES)], indirect=True)
-def test_unavailable_is_retried_with_growing_jittered_backoff(flaky_server: tuple[ServerThread, Flaky]) -> None:
+def test_unavailable_is_retried_with_growing_jittered_backoff(
+    flaky_server: tuple[ServerThread, Flaky],
+) -> None:
     server, flaky = flaky_server
     sleeps = Sleeps()
     policy = RetryPolicy(initial_backoff=0.1, max_backoff=1.0, sleep=sleeps)
@@ -110,7 +121,7 @@ def test_unavailable_is_retried_with_growing_jittered_backoff(flaky_server: tupl
     indirect=True,
 )
 def test_rate_limits_are_retried_after_the_servers_delay(flaky_server: tuple[ServerThread, Flaky]) -> None:
-    server, flaky = flaky_server
+    server, _ = flaky_server
     sleeps = Sleeps()
     session = Session("rate_limited", address=server.address, retry=RetryPolicy(sleep=sleeps))
     session.set_state("k", 1)
@@ -123,7 +134,9 @@ def test_rate_limits_are_retried_after_the_servers_delay(flaky_server: tuple[Ser
     [Flaky(1, after_apply=False, methods=WRITES, error=ServerRateLimited("slow down", retry_after=0.5))],
     indirect=True,
 )
-def test_rate_limited_error_keeps_retry_after_when_attempts_run_out(flaky_server: tuple[ServerThread, Flaky]) -> None:
+def test_rate_limited_error_keeps_retry_after_when_attempts_run_out(
+    flaky_server: tuple[ServerThread, Flaky],
+) -> None:
     server, _ = flaky_server
     session = Session("rate_out", address=server.address, retry=RetryPolicy(max_attempts=1, sleep=Sleeps()))
     with pytest.raises(RateLimited) as info:
@@ -144,7 +157,10 @@ def test_too_large_and_invalid_are_never_retried(sqlite_server: ServerThread) ->
 def test_unreachable_server_gives_service_unavailable_after_bounded_attempts() -> None:
     sleeps = Sleeps()
     session = Session(
-        "nowhere", address=f"127.0.0.1:{free_port()}", timeout=5, retry=RetryPolicy(max_attempts=4, sleep=sleeps)
+        "nowhere",
+        address=f"127.0.0.1:{free_port()}",
+        timeout=5,
+        retry=RetryPolicy(max_attempts=4, sleep=sleeps),
     )
     with pytest.raises(ServiceUnavailable):
         session.get_state("k")

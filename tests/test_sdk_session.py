@@ -52,7 +52,9 @@ def test_seed_state_management_patterns(server: ServerThread) -> None:
 
 
 def test_session_restoration_in_a_new_object(server: ServerThread) -> None:
-    Session(session_id="project_alpha", address=server.address).save_state({"progress": 75, "phase": "testing"})
+    Session(session_id="project_alpha", address=server.address).save_state(
+        {"progress": 75, "phase": "testing"}
+    )
     session2 = Session(session_id="project_alpha", address=server.address)
     state = session2.restore_state()
     assert f"Project progress: {state['progress']}%" == "Project progress: 75%"
@@ -109,7 +111,9 @@ def test_expected_version_refuses_stale_writes(server: ServerThread) -> None:
 def test_events_history_and_versions(server: ServerThread) -> None:
     session = Session("chat", address=server.address)
     for i in range(5):
-        session.add_event("user" if i % 2 == 0 else "assistant", f"message {i}", author="bot" if i % 2 else "")
+        session.add_event(
+            "user" if i % 2 == 0 else "assistant", f"message {i}", author="bot" if i % 2 else ""
+        )
     assert [e.content for e in session.get_events(2)] == ["message 3", "message 4"]
     assert len(session.get_events()) == 5
     assert [e.content for e in session.get_events(author="bot")] == ["message 1", "message 3"]

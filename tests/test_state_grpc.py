@@ -48,7 +48,9 @@ async def stub(channel: grpc.aio.Channel) -> state_pb2_grpc.StateServiceStub:
     return stub
 
 
-async def get_state(stub: state_pb2_grpc.StateServiceStub, session: str = "s1") -> tuple[dict[str, object], int]:
+async def get_state(
+    stub: state_pb2_grpc.StateServiceStub, session: str = "s1"
+) -> tuple[dict[str, object], int]:
     reply = await stub.GetState(state_pb2.GetStateRequest(session=ref(session)), timeout=10)
     return from_struct(reply.state), reply.version
 
@@ -112,13 +114,18 @@ async def test_unknown_session_is_not_found(stub: state_pb2_grpc.StateServiceStu
         assert error_info.reason == "SESSION_NOT_FOUND"
         assert error_info.metadata["session_id"] == "ghost"
         assert isinstance(from_rpc_error(info.value), SessionNotFound)
-    reply = await stub.DeleteSession(state_pb2.DeleteSessionRequest(session=ghost, allow_missing=True), timeout=10)
+    reply = await stub.DeleteSession(
+        state_pb2.DeleteSessionRequest(session=ghost, allow_missing=True), timeout=10
+    )
     assert reply.deleted is False
 
 
-async def test_stale_expected_version_is_aborted_and_writes_nothing(stub: state_pb2_grpc.StateServiceStub) -> None:
+async def test_stale_expected_version_is_aborted_and_writes_nothing(
+    stub: state_pb2_grpc.StateServiceStub,
+) -> None:
     first = await stub.SetStateValue(
-        state_pb2.SetStateValueRequest(session=ref(), key="a", value=to_value(1), expected_version=0), timeout=10
+        state_pb2.SetStateValueRequest(session=ref(), key="a", value=to_value(1), expected_version=0),
+        timeout=10,
     )
     assert first.version == 1
     with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -185,16 +192,22 @@ async def test_reflection_lists_the_state_service(channel: grpc.aio.Channel) -> 
 
 
 async def test_watch_state_streams_a_snapshot_then_changes(stub: state_pb2_grpc.StateServiceStub) -> None:
-    await stub.SetStateValue(state_pb2.SetStateValueRequest(session=ref(), key="a", value=to_value(1)), timeout=10)
+    await stub.SetStateValue(
+        state_pb2.SetStateValueRequest(session=ref(), key="a", value=to_value(1)), timeout=10
+    )
     call = stub.WatchState(state_pb2.WatchStateRequest(session=ref()))
     try:
         first = await asyncio.wait_for(call.read(), 10)
         assert (first.operation, first.version) == (StateChange.SNAPSHOT, 1)
         assert from_struct(first.state) == {"a": 1}
 
-        await stub.IncrementState(state_pb2.IncrementStateRequest(session=ref(), key="n", delta=2), timeout=10)
+        await stub.IncrementState(
+            state_pb2.IncrementStateRequest(session=ref(), key="n", delta=2), timeout=10
+        )
         await stub.AppendState(
-            state_pb2.AppendStateRequest(session=ref(), key="l", values=struct_pb2.ListValue(values=[to_value("x")])),
+            state_pb2.AppendStateRequest(
+                session=ref(), key="l", values=struct_pb2.ListValue(values=[to_value("x")])
+            ),
             timeout=10,
         )
         await stub.DeleteStateValue(state_pb2.DeleteStateValueRequest(session=ref(), key="a"), timeout=10)

@@ -55,7 +55,10 @@ async def test_get_state_merges_user_and_app_scopes_with_their_prefixes(service:
     assert await snapshot(service, S1) == ({"score": 1, "user:theme": "dark", "app:banner": "hi"}, 3)
     assert await snapshot(service, S2) == ({"user:theme": "dark", "app:banner": "hi"}, 0)
     assert await snapshot(service, BOB) == ({"app:banner": "hi"}, 0)
-    assert await service.get_state(S1, ["score", "app:banner", "missing"]) == ({"score": 1, "app:banner": "hi"}, 3)
+    assert await service.get_state(S1, ["score", "app:banner", "missing"]) == (
+        {"score": 1, "app:banner": "hi"},
+        3,
+    )
 
     result = await service.delete_value(S2, "user:theme")
     assert result.existed is True and result.version == 1
@@ -168,7 +171,9 @@ async def test_increment_counts_a_missing_key_as_zero_and_keeps_ints_ints(servic
 
 
 @pytest.mark.parametrize("value", ["12", True, None, [1], {"n": 1}])
-async def test_increment_of_a_non_number_fails_with_value_not_number(service: StateService, value: Any) -> None:
+async def test_increment_of_a_non_number_fails_with_value_not_number(
+    service: StateService, value: Any
+) -> None:
     await service.set_value(S1, "n", value)
     with pytest.raises(FailedPrecondition) as info:
         await service.increment(S1, "n", 1)
@@ -185,7 +190,10 @@ async def test_append_counts_a_missing_key_as_empty_and_refuses_non_lists(servic
     with pytest.raises(FailedPrecondition) as info:
         await service.append(S1, "text", ["d"])
     assert info.value.reason == "VALUE_NOT_LIST"
-    assert await snapshot(service) == ({"log": ["a", "b", {"c": 1}, None], "text": "abc", "app:log": [1, 2]}, 4)
+    assert await snapshot(service) == (
+        {"log": ["a", "b", {"c": 1}, None], "text": "abc", "app:log": [1, 2]},
+        4,
+    )
 
 
 # -- limits --------------------------------------------------------------------------------------------------
@@ -455,7 +463,9 @@ async def test_a_watcher_that_falls_behind_the_history_gets_a_fresh_snapshot(ser
         await stream.aclose()
 
 
-async def test_a_watcher_that_is_behind_but_within_the_history_gets_every_change(service: StateService) -> None:
+async def test_a_watcher_that_is_behind_but_within_the_history_gets_every_change(
+    service: StateService,
+) -> None:
     stream = service.watch(S1)
     try:
         await asyncio.wait_for(anext(stream), 5)

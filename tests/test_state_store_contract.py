@@ -54,11 +54,15 @@ async def write_set(
     return None
 
 
-def event(content: str, author: str = "", role: str = "user", metadata: JsonObject | None = None) -> EventRecord:
+def event(
+    content: str, author: str = "", role: str = "user", metadata: JsonObject | None = None
+) -> EventRecord:
     return EventRecord(0, role, content, author, metadata or {}, 0)
 
 
-async def state_of(store: StateStore, key: SessionKey = KEY) -> tuple[int, JsonObject, JsonObject, JsonObject]:
+async def state_of(
+    store: StateStore, key: SessionKey = KEY
+) -> tuple[int, JsonObject, JsonObject, JsonObject]:
     record, own, user, app = await store.read_state(key, now_us())
     return record.version, own, user, app
 
@@ -192,7 +196,12 @@ async def test_users_and_apps_never_see_each_others_sessions_or_state(state_stor
     assert (await state_store.list_sessions("app", "acm", 10, None, t)).sessions == []
     assert await state_of(state_store, acme) == (2, {"owner": "acme"}, {"who": "acme"}, {"app": "corp"})
     assert await state_of(state_store, acme_corp) == (2, {"owner": "corp"}, {"who": "corp"}, {"app": "corp"})
-    assert await state_of(state_store, other_app) == (2, {"owner": "app-2"}, {"who": "app-2"}, {"app": "app-2"})
+    assert await state_of(state_store, other_app) == (
+        2,
+        {"owner": "app-2"},
+        {"who": "app-2"},
+        {"app": "app-2"},
+    )
 
     await state_store.append_event(acme, event("hello acme"), "", t)
     assert await state_store.list_events(acme_corp, 10, 0, 0, "") == []
@@ -238,7 +247,12 @@ async def test_write_persists_state_bumps_version_and_records_history(state_stor
     assert record is not None and record.update_us == t1 and record.create_us == t0
     assert await state_store.list_versions(KEY, 10, None) == [
         VersionRecord(
-            1, Operation.SET, "a", {"nested": [1, 2.5, "x", None, True]}, {"a": {"nested": [1, 2.5, "x", None, True]}}, t1
+            1,
+            Operation.SET,
+            "a",
+            {"nested": [1, 2.5, "x", None, True]},
+            {"a": {"nested": [1, 2.5, "x", None, True]}},
+            t1,
         )
     ]
 
@@ -400,7 +414,9 @@ async def test_list_events_pages_after_id_tails_and_filters_by_author(state_stor
     assert await state_store.list_events(KEY, 3, events[-1].id, 0, "") == []
 
     assert [e.content for e in await state_store.list_events(KEY, 100, 0, 2, "")] == ["m5", "m6"]
-    assert [e.content for e in await state_store.list_events(KEY, 100, 0, 50, "")] == [f"m{i}" for i in range(7)]
+    assert [e.content for e in await state_store.list_events(KEY, 100, 0, 50, "")] == [
+        f"m{i}" for i in range(7)
+    ]
     assert [e.content for e in await state_store.list_events(KEY, 100, 0, 0, "bot")] == ["m1", "m3", "m5"]
     assert [e.content for e in await state_store.list_events(KEY, 100, 0, 2, "alice")] == ["m4", "m6"]
     assert await state_store.list_events(KEY, 100, 0, 0, "nobody") == []

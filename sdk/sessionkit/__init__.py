@@ -1,8 +1,8 @@
 """sessionkit: stateful sessions for AI agents.
 
-    from sessionkit import Session
-    session = Session("customer_support_123")
-    session.save_state({"customer_name": "John Doe", "ticket_id": "SUP-456"})
+from sessionkit import Session
+session = Session("customer_support_123")
+session.save_state({"customer_name": "John Doe", "ticket_id": "SUP-456"})
 """
 
 from sessionkit.async_session import AsyncSession

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -30,10 +31,8 @@ def _shutdown(loop: asyncio.AbstractEventLoop) -> None:
     from sessionkit.transport import close_channels
 
     if loop.is_running():
-        try:
+        with contextlib.suppress(Exception):  # best effort at interpreter exit
             asyncio.run_coroutine_threadsafe(close_channels(), loop).result(timeout=2)
-        except Exception:  # best effort at interpreter exit
-            pass
         loop.call_soon_threadsafe(loop.stop)
 
 

@@ -118,7 +118,9 @@ class AsyncSession:
 
     @property
     def knowledge(self) -> Any:
-        raise NotImplementedByServer("session knowledge arrives with the knowledge service (not in this version)")
+        raise NotImplementedByServer(
+            "session knowledge arrives with the knowledge service (not in this version)"
+        )
 
     # -- plumbing -----------------------------------------------------------------------------------
 
@@ -135,7 +137,8 @@ class AsyncSession:
             self._ensured = True
 
     async def _run(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Run ``call`` on this session, (re)creating it if it does not exist (first use, deleted, expired)."""
+        """Run ``call`` on this session, (re)creating it when it does not exist (first use, deleted,
+        expired)."""
         self._check_local()
         await self._ensure()
         try:
@@ -147,7 +150,9 @@ class AsyncSession:
 
     # -- state --------------------------------------------------------------------------------------
 
-    async def save_state(self, data: dict[str, Any] | None = None, *, expected_version: int | None = None) -> int:
+    async def save_state(
+        self, data: dict[str, Any] | None = None, *, expected_version: int | None = None
+    ) -> int:
         """Replace the saved state with ``data`` (``user:``/``app:`` keys in it are set in their scope;
         ``temp:`` keys are kept in this object only). Returns the new version. Unsaved ``set_state``
         changes (auto_save=False) are discarded: ``data`` is the whole new state. With no ``data``,
@@ -201,7 +206,11 @@ class AsyncSession:
         return existed
 
     async def clear_state(
-        self, *, include_user_scope: bool = False, include_app_scope: bool = False, expected_version: int | None = None
+        self,
+        *,
+        include_user_scope: bool = False,
+        include_app_scope: bool = False,
+        expected_version: int | None = None,
     ) -> int:
         """Delete the session's own keys (and, when asked, the user's or app's shared keys)."""
         self._temp.clear()
@@ -296,9 +305,10 @@ class AsyncSession:
     async def iter_events(self, *, author: str = "", page_size: int = 500) -> AsyncIterator[Event]:
         token = ""
         while True:
-            page_token = token
             events, token = await self._run(
-                lambda: self._state.list_events(self._ref, page_size, page_token, author=author)
+                lambda page_token=token: self._state.list_events(
+                    self._ref, page_size, page_token, author=author
+                )  # type: ignore[misc]
             )
             for event in events:
                 yield event

@@ -23,7 +23,9 @@ from sessionkit.state_client import SessionRef, StateClient
 from sessionkit.transport import Transport, close_channels
 
 T = TypeVar("T")
-app = typer.Typer(help="sessionkit: stateful sessions for AI agents.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="sessionkit: stateful sessions for AI agents.", no_args_is_help=True, add_completion=False
+)
 sessions_app = typer.Typer(help="List, show and delete sessions.", no_args_is_help=True)
 state_app = typer.Typer(help="Read and write session state.", no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
@@ -32,14 +34,24 @@ out = Console()
 err = Console(stderr=True)
 
 AddressOpt = Annotated[
-    str | None, typer.Option("--address", "-a", help="host:port of the services (default: SESSIONKIT_ADDRESS, "
-                             "else the embedded local server of --storage-path)")
+    str | None,
+    typer.Option(
+        "--address",
+        "-a",
+        help="host:port of the services (default: SESSIONKIT_ADDRESS, "
+        "else the embedded local server of --storage-path)",
+    ),
 ]
 StorageOpt = Annotated[
-    str | None, typer.Option("--storage-path", help="Embedded data directory (default: SESSIONKIT_STORAGE_PATH or .sessionkit)")
+    str | None,
+    typer.Option(
+        "--storage-path", help="Embedded data directory (default: SESSIONKIT_STORAGE_PATH or .sessionkit)"
+    ),
 ]
 UserOpt = Annotated[str, typer.Option("--user", "-u", help="User id")]
-AppOpt = Annotated[str | None, typer.Option("--app", help="App name (default: SESSIONKIT_APP_NAME or 'default')")]
+AppOpt = Annotated[
+    str | None, typer.Option("--app", help="App name (default: SESSIONKIT_APP_NAME or 'default')")
+]
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -79,7 +91,8 @@ def serve(
     ] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Data directory (default .sessionkit)")] = None,
     database_url: Annotated[
-        str | None, typer.Option(help="SQLAlchemy URL, e.g. postgresql://user@host/db (default: SQLite in data dir)")
+        str | None,
+        typer.Option(help="SQLAlchemy URL, e.g. postgresql://user@host/db (default: SQLite in data dir)"),
     ] = None,
 ) -> None:
     """Run the services in one process on one gRPC port (every service unless --service is given)."""
@@ -106,25 +119,34 @@ def serve(
 
     async def main() -> None:
         server, bound = await create_server(settings)
-        err.print(f"sessionkit serving {', '.join(settings.services)} on {settings.host}:{bound}", highlight=False)
+        err.print(
+            f"sessionkit serving {', '.join(settings.services)} on {settings.host}:{bound}", highlight=False
+        )
         await server.serve_until_signal()
 
     try:
         asyncio.run(main())
     except OSError as error:
-        err.print(f"[red]error:[/red] cannot serve on {settings.host}:{settings.port}: {error}", highlight=False)
+        err.print(
+            f"[red]error:[/red] cannot serve on {settings.host}:{settings.port}: {error}", highlight=False
+        )
         raise typer.Exit(1) from None
     except SessionKitError as error:
         err.print(f"[red]error:[/red] {error}", highlight=False)
         raise typer.Exit(1) from None
     except RuntimeError as error:  # grpc: "Failed to bind to address"
-        err.print(f"[red]error:[/red] cannot serve on {settings.host}:{settings.port}: {error}", highlight=False)
+        err.print(
+            f"[red]error:[/red] cannot serve on {settings.host}:{settings.port}: {error}", highlight=False
+        )
         raise typer.Exit(1) from None
 
 
 @sessions_app.command("ls")
 def sessions_ls(
-    user: UserOpt = DEFAULT, app_name: AppOpt = None, address: AddressOpt = None, storage_path: StorageOpt = None
+    user: UserOpt = DEFAULT,
+    app_name: AppOpt = None,
+    address: AddressOpt = None,
+    storage_path: StorageOpt = None,
 ) -> None:
     """List a user's sessions."""
     client = _client(address, storage_path)
@@ -167,7 +189,9 @@ def sessions_show(
 
     info, state, recent = _run(main())
     out.print(f"[bold]{info.session_id}[/bold] (user {info.user_id}, app {info.app_name})", highlight=False)
-    out.print(f"version {info.version}, {info.event_count} events, updated {info.update_time}", highlight=False)
+    out.print(
+        f"version {info.version}, {info.event_count} events, updated {info.update_time}", highlight=False
+    )
     out.print_json(_json(state))
     for event in recent:
         out.print(f"[dim]{event.id}[/dim] [cyan]{event.role}[/cyan] {event.content}", highlight=False)

@@ -39,7 +39,9 @@ def socket_path(storage_path: Path) -> Path:
 def _serving(target: str, timeout: float = 1.0) -> bool:
     try:
         with grpc.insecure_channel(target) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
             return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
     except grpc.RpcError:
         return False
@@ -88,7 +90,9 @@ def ensure_local_server(storage_path: str | Path, idle_shutdown: float = 600.0, 
                     + _tail(log_path)
                 )
             time.sleep(0.05)
-        raise ServiceUnavailable(f"the local sessionkit server for {root} did not start in {timeout:g}s; see {log_path}")
+        raise ServiceUnavailable(
+            f"the local sessionkit server for {root} did not start in {timeout:g}s; see {log_path}"
+        )
 
 
 def _pythonpath() -> str:

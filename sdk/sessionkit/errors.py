@@ -247,4 +247,3 @@ def from_rpc_error(error: grpc.RpcError) -> SessionKitError:
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else str(error)
     return from_status(code, details or code.name, status)
-

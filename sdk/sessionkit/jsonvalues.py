@@ -48,11 +48,15 @@ def _check(value: Any, path: str, depth: int) -> JsonValue:
         return out
     if isinstance(value, (list, tuple)):
         return [_check(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
-    raise _invalid(path, f"a {type(value).__name__} is not a JSON value (use dict, list, str, number, bool, None)")
+    raise _invalid(
+        path, f"a {type(value).__name__} is not a JSON value (use dict, list, str, number, bool, None)"
+    )
 
 
 def _invalid(path: str, description: str) -> InvalidArgument:
-    return InvalidArgument(f"{path} is not valid JSON: {description}", violations=[FieldViolation(path, description)])
+    return InvalidArgument(
+        f"{path} is not valid JSON: {description}", violations=[FieldViolation(path, description)]
+    )
 
 
 def _number(value: float) -> int | float:

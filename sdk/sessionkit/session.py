@@ -135,7 +135,11 @@ class Session:
         return _loop.run(self._async.delete_state(key, expected_version=expected_version))
 
     def clear_state(
-        self, *, include_user_scope: bool = False, include_app_scope: bool = False, expected_version: int | None = None
+        self,
+        *,
+        include_user_scope: bool = False,
+        include_app_scope: bool = False,
+        expected_version: int | None = None,
     ) -> int:
         return _loop.run(
             self._async.clear_state(
@@ -176,7 +180,9 @@ class Session:
 
     # -- events --------------------------------------------------------------------------------------
 
-    def add_event(self, role: str, content: str, *, author: str = "", metadata: dict[str, Any] | None = None) -> Event:
+    def add_event(
+        self, role: str, content: str, *, author: str = "", metadata: dict[str, Any] | None = None
+    ) -> Event:
         return _loop.run(self._async.add_event(role, content, author=author, metadata=metadata))
 
     add_event.__doc__ = AsyncSession.add_event.__doc__
@@ -195,13 +201,15 @@ class Session:
             return False
         base = url.rsplit("/", 1)[0] if url.count("/") > 2 else url
         try:
-            with urllib.request.urlopen(base + "/health", timeout=self._async.timeout) as reply:  # noqa: S310
+            with urllib.request.urlopen(base + "/health", timeout=self._async.timeout) as reply:
                 return bool(reply.status == 200)
         except (urllib.error.URLError, OSError, ValueError):
             return False
 
     def chat(self, message: str, **kwargs: Any) -> str:
-        raise NotImplementedByServer("chat() with a remote agent arrives with the gateway (not in this version)")
+        raise NotImplementedByServer(
+            "chat() with a remote agent arrives with the gateway (not in this version)"
+        )
 
     send_message = chat
 

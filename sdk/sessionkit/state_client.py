@@ -216,10 +216,17 @@ class StateClient:
         return int((await self._call("SetStateValue", request)).version)
 
     async def delete_value(
-        self, ref: SessionRef, key: str, expected_version: int | None = None, idempotency_key: str | None = None
+        self,
+        ref: SessionRef,
+        key: str,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
     ) -> tuple[int, bool]:
         request = state_pb2.DeleteStateValueRequest(
-            session=ref.message, key=key, expected_version=expected_version, idempotency_key=_key(idempotency_key)
+            session=ref.message,
+            key=key,
+            expected_version=expected_version,
+            idempotency_key=_key(idempotency_key),
         )
         reply = await self._call("DeleteStateValue", request)
         return int(reply.version), bool(reply.existed)
@@ -294,7 +301,9 @@ class StateClient:
     ) -> tuple[list[StateVersion], str]:
         reply = await self._call(
             "ListStateVersions",
-            state_pb2.ListStateVersionsRequest(session=ref.message, page_size=page_size, page_token=page_token),
+            state_pb2.ListStateVersionsRequest(
+                session=ref.message, page_size=page_size, page_token=page_token
+            ),
         )
         versions = [
             StateVersion(
@@ -337,7 +346,9 @@ class StateClient:
         )
         reply = await self._call(
             "AppendEvent",
-            state_pb2.AppendEventRequest(session=ref.message, event=event, idempotency_key=_key(idempotency_key)),
+            state_pb2.AppendEventRequest(
+                session=ref.message, event=event, idempotency_key=_key(idempotency_key)
+            ),
         )
         return Event.from_message(reply.event)
 

@@ -18,6 +18,7 @@ from sessionkit.errors import InvalidArgument, NotImplementedByServer, ServiceUn
 from sessionkit.retry import RetryPolicy, call_with_retry
 
 T = TypeVar("T")
+_EOF = grpc.aio.EOF  # type: ignore[attr-defined]
 
 _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 64 << 20),
@@ -46,7 +47,7 @@ async def close_channels() -> None:
     """Close this loop's channels (Session.close() of the last session, and tests)."""
     per_loop = _channels.pop(asyncio.get_running_loop(), {})
     for channel in per_loop.values():
-        await channel.close()
+        await channel.close(None)
 
 
 @dataclass
@@ -67,7 +68,9 @@ class Transport:
 
     async def target(self, service: str) -> str:
         if self._targets is None:
-            return await asyncio.to_thread(ensure_local_server, self.storage_path, self.settings.idle_shutdown)
+            return await asyncio.to_thread(
+                ensure_local_server, self.storage_path, self.settings.idle_shutdown
+            )
         target = self._targets.get(service)
         if not target:
             raise InvalidArgument(
@@ -107,7 +110,7 @@ class Transport:
         first = await call_with_retry(attempt, self.policy, self._before_retry)
         call = call_holder[0]
         try:
-            if first is grpc.aio.EOF:
+            if first is _EOF:
                 return
             yield first
             while True:
@@ -115,7 +118,7 @@ class Transport:
                     message = await call.read()
                 except grpc.RpcError as error:
                     raise self._error(service, error) from None
-                if message is grpc.aio.EOF:
+                if message is _EOF:
                     return
                 yield message
         finally:

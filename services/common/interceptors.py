@@ -35,7 +35,7 @@ def _status_for(error: BaseException, method: str) -> grpc.Status:
     return rpc_status.to_status(to_status(error))
 
 
-class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):
+class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Maps exceptions to statuses, logs calls, tracks activity, and answers UNAVAILABLE (which
     clients retry) to service calls until ``ready`` is set (storage migrated and open)."""
 
@@ -45,9 +45,9 @@ class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Any:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
@@ -77,7 +77,7 @@ class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):
         )
 
     def _unary(self, behavior: Any, method: str) -> Any:
-        async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async def wrapper(request: Any, context: Any) -> Any:
             start = self._begin()
             code = "OK"
             try:
@@ -97,7 +97,7 @@ class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):
         return wrapper
 
     def _stream(self, behavior: Any, method: str) -> Any:
-        async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        async def wrapper(request: Any, context: Any) -> AsyncIterator[Any]:
             start = self._begin()
             code = "OK"
             try:
@@ -118,7 +118,11 @@ class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):
         return wrapper
 
     def _check_ready(self, method: str) -> None:
-        if self.ready is None or self.ready.is_set() or method.startswith(("/grpc.health", "/grpc.reflection")):
+        if (
+            self.ready is None
+            or self.ready.is_set()
+            or method.startswith(("/grpc.health", "/grpc.reflection"))
+        ):
             return
         raise ServiceUnavailable(f"{method}: the server is starting and its storage is not ready yet")
 
@@ -131,7 +135,8 @@ class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):
         self.activity.last_active = time.monotonic()
         if log.isEnabledFor(logging.DEBUG) or code not in ("OK", "NOT_FOUND", "ABORTED"):
             log.info(
-                "rpc", extra={"method": method, "code": code, "ms": round((time.perf_counter() - start) * 1e3, 3)}
+                "rpc",
+                extra={"method": method, "code": code, "ms": round((time.perf_counter() - start) * 1e3, 3)},
             )
 
 

@@ -174,7 +174,9 @@ class StateServicer(state_pb2_grpc.StateServiceServicer):
             versions=[version_message(v) for v in versions], next_page_token=token
         )
 
-    async def RestoreStateVersion(self, request: state_pb2.RestoreStateVersionRequest, context: Context) -> Any:
+    async def RestoreStateVersion(
+        self, request: state_pb2.RestoreStateVersionRequest, context: Context
+    ) -> Any:
         result = await self.service.restore_version(
             _key(request.session), request.version, _expected(request), request.idempotency_key
         )

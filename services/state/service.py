@@ -160,7 +160,9 @@ class ChangeNotifier:
 
 
 class StateService:
-    def __init__(self, store: StateStore, limits: StateLimits | None = None, poll_interval: float = 0.5) -> None:
+    def __init__(
+        self, store: StateStore, limits: StateLimits | None = None, poll_interval: float = 0.5
+    ) -> None:
         self.store = store
         self.limits = limits or StateLimits()
         self.poll_interval = poll_interval
@@ -196,7 +198,9 @@ class StateService:
     ) -> tuple[list[SessionRecord], str]:
         key = session_key(app_name, user_id, "placeholder")
         size = self._page_size(page_size, 100)
-        page = await self.store.list_sessions(key.app_name, key.user_id, size, _read_token(page_token), now_us())
+        page = await self.store.list_sessions(
+            key.app_name, key.user_id, size, _read_token(page_token), now_us()
+        )
         return page.sessions, _page_token(page.next_after) if page.next_after else ""
 
     async def delete_session(self, key: SessionKey, allow_missing: bool = False) -> bool:
@@ -218,7 +222,11 @@ class StateService:
         return merged, record.version
 
     async def save_state(
-        self, key: SessionKey, state: JsonObject, expected_version: int | None = None, idempotency_key: str = ""
+        self,
+        key: SessionKey,
+        state: JsonObject,
+        expected_version: int | None = None,
+        idempotency_key: str = "",
     ) -> WriteResult:
         checked = check_json(state, "state")
         assert isinstance(checked, dict)
@@ -346,7 +354,9 @@ class StateService:
             new_value = [*current, *checked]
             target[bare] = new_value
             self._check_size(target, name)
-            return Change(Operation.APPEND, name, new_value), WriteResult(tx.next_version, length=len(new_value))
+            return Change(Operation.APPEND, name, new_value), WriteResult(
+                tx.next_version, length=len(new_value)
+            )
 
         return await self._write(key, expected_version, idempotency_key, apply)
 
@@ -377,7 +387,9 @@ class StateService:
         token = _read_token(page_token)
         before = int(token) if token and token.isdigit() else None
         if token and before is None:
-            raise InvalidArgument("invalid page_token", violations=[FieldViolation("page_token", "not a version")])
+            raise InvalidArgument(
+                "invalid page_token", violations=[FieldViolation("page_token", "not a version")]
+            )
         await self.get_session(key)
         versions = await self.store.list_versions(key, size + 1, before)
         more = len(versions) > size
@@ -405,7 +417,12 @@ class StateService:
                     continue
                 for change in changes:
                     yield ChangeView(
-                        change.version, change.operation, change.key, change.value, change.state, change.time_us
+                        change.version,
+                        change.operation,
+                        change.key,
+                        change.value,
+                        change.state,
+                        change.time_us,
                     )
                     last = change.version
                 if changes:
@@ -461,7 +478,9 @@ class StateService:
         size = self._page_size(page_size, 100)
         token = _read_token(page_token)
         if token is not None and not token.isdigit():
-            raise InvalidArgument("invalid page_token", violations=[FieldViolation("page_token", "not an event id")])
+            raise InvalidArgument(
+                "invalid page_token", violations=[FieldViolation("page_token", "not an event id")]
+            )
         await self.get_session(key)
         events = await self.store.list_events(key, size + 1, int(token or 0), tail, author)
         if tail:
@@ -494,7 +513,8 @@ class StateService:
     ) -> WriteResult:
         if len(idempotency_key) > 128:
             raise InvalidArgument(
-                "invalid idempotency_key", violations=[FieldViolation("idempotency_key", "at most 128 characters")]
+                "invalid idempotency_key",
+                violations=[FieldViolation("idempotency_key", "at most 128 characters")],
             )
         async with self.store.write(key, idempotency_key, now_us()) as tx:
             if tx.replayed_response is not None:
@@ -503,7 +523,10 @@ class StateService:
                 raise StateConflict(
                     f"session {key.session_id!r} is at version {tx.session.version}, "
                     f"not the expected {expected_version}",
-                    metadata={"current_version": str(tx.session.version), "expected_version": str(expected_version)},
+                    metadata={
+                        "current_version": str(tx.session.version),
+                        "expected_version": str(expected_version),
+                    },
                 )
             change, result = await apply(tx)
             tx.commit(change, result.encode())
@@ -531,7 +554,9 @@ class StateService:
             if _split(name)[0]:
                 raise InvalidArgument(
                     f"invalid {field}",
-                    violations=[FieldViolation(f"{field}.{name}", "initial_state takes the session's own keys only")],
+                    violations=[
+                        FieldViolation(f"{field}.{name}", "initial_state takes the session's own keys only")
+                    ],
                 )
         self._check_size(checked, field)
         return checked
@@ -549,6 +574,8 @@ class StateService:
         if page_size < 0 or page_size > self.limits.max_page_size:
             raise InvalidArgument(
                 "invalid page_size",
-                violations=[FieldViolation("page_size", f"must be between 0 and {self.limits.max_page_size}")],
+                violations=[
+                    FieldViolation("page_size", f"must be between 0 and {self.limits.max_page_size}")
+                ],
             )
         return page_size or default

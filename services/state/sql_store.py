@@ -72,7 +72,9 @@ def _event(row: Row[Any]) -> EventRecord:
 def _version(row: Row[Any]) -> VersionRecord:
     m = row._mapping
     value = None if m["value"] is None else loads(m["value"])
-    return VersionRecord(m["version"], Operation(m["operation"]), m["key"], value, loads(m["state"]), m["time_us"])
+    return VersionRecord(
+        m["version"], Operation(m["operation"]), m["key"], value, loads(m["state"]), m["time_us"]
+    )
 
 
 class _Scope:
@@ -102,9 +104,7 @@ class SqlWriteTx(WriteTx):
     async def user_state(self) -> JsonObject:
         if self._user is None:
             k = self.session.key
-            state = await self._lock_scope(
-                t.user_states, {"app_name": k.app_name, "user_id": k.user_id}
-            )
+            state = await self._lock_scope(t.user_states, {"app_name": k.app_name, "user_id": k.user_id})
             self._user = _Scope(state)
         return self._user.state
 
@@ -116,9 +116,7 @@ class SqlWriteTx(WriteTx):
     async def _lock_scope(self, table: Any, ident: dict[str, str]) -> JsonObject:
         dialect_insert = postgresql.insert if self._conn.dialect.name == "postgresql" else sqlite.insert
         await self._conn.execute(
-            dialect_insert(table)
-            .values(**ident, state="{}", update_us=self._now_us)
-            .on_conflict_do_nothing()
+            dialect_insert(table).values(**ident, state="{}", update_us=self._now_us).on_conflict_do_nothing()
         )
         where = and_(*(table.c[name] == value for name, value in ident.items()))
         state = (await self._conn.execute(select(table.c.state).where(where).with_for_update())).scalar_one()
@@ -162,7 +160,9 @@ class SqlWriteTx(WriteTx):
                 version=version,
                 operation=int(change.operation),
                 key=change.key,
-                value=None if change.value is None and change.operation != Operation.SET else dumps(change.value),
+                value=None
+                if change.value is None and change.operation != Operation.SET
+                else dumps(change.value),
                 state=state_text,
                 time_us=now,
             )
@@ -232,7 +232,10 @@ class SqlStateStore(StateStore):
                 "expire_us": _expire(ttl_seconds, now_us),
             }
             result = await conn.execute(
-                dialect_insert(t.sessions).values(**values).on_conflict_do_nothing().returning(t.sessions.c.pk)
+                dialect_insert(t.sessions)
+                .values(**values)
+                .on_conflict_do_nothing()
+                .returning(t.sessions.c.pk)
             )
             pk = result.scalar_one_or_none()
             if pk is None:
@@ -310,7 +313,9 @@ class SqlStateStore(StateStore):
     async def write(self, key: SessionKey, idempotency_key: str, now_us: int) -> AsyncIterator[WriteTx]:
         async with self.engine.begin() as conn:
             row = (
-                await conn.execute(select(t.sessions).where(_where_key(key), _alive(now_us)).with_for_update())
+                await conn.execute(
+                    select(t.sessions).where(_where_key(key), _alive(now_us)).with_for_update()
+                )
             ).first()
             if row is None:
                 raise _not_found(key)
@@ -333,9 +338,7 @@ class SqlStateStore(StateStore):
     ) -> list[VersionRecord]:
         v = t.state_versions.c
         query = (
-            select(t.state_versions)
-            .join(t.sessions, t.sessions.c.pk == v.session_pk)
-            .where(_where_key(key))
+            select(t.state_versions).join(t.sessions, t.sessions.c.pk == v.session_pk).where(_where_key(key))
         )
         if after is not None:
             query = query.where(v.version > after).order_by(v.version)
@@ -363,7 +366,9 @@ class SqlStateStore(StateStore):
     ) -> EventRecord:
         async with self.engine.begin() as conn:
             row = (
-                await conn.execute(select(t.sessions).where(_where_key(key), _alive(now_us)).with_for_update())
+                await conn.execute(
+                    select(t.sessions).where(_where_key(key), _alive(now_us)).with_for_update()
+                )
             ).first()
             if row is None:
                 raise _not_found(key)
@@ -398,7 +403,9 @@ class SqlStateStore(StateStore):
             await conn.execute(
                 update(t.sessions)
                 .where(t.sessions.c.pk == pk)
-                .values(event_count=t.sessions.c.event_count + 1, update_us=now_us, expire_us=_expire(ttl, now_us))
+                .values(
+                    event_count=t.sessions.c.event_count + 1, update_us=now_us, expire_us=_expire(ttl, now_us)
+                )
             )
             if idempotency_key:
                 await conn.execute(

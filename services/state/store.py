@@ -178,4 +178,3 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     async def reap(self, now_us: int, idempotency_before_us: int) -> int:
         """Delete expired sessions (returns how many) and idempotency records older than the cutoff."""
-
