@@ -17,10 +17,12 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common.config import ServerSettings
 from services.common.interceptors import Activity, ErrorAndLogInterceptor
+from services.state.cached_store import CachingStateStore
 from services.state.grpc_servicer import StateServicer
 from services.state.limits import StateLimits
 from services.state.service import StateService
 from services.state.sql_store import SqlStateStore
+from services.state.store import StateStore
 from sessionkit.v1 import state_pb2, state_pb2_grpc
 
 log = logging.getLogger("sessionkit.server")
@@ -128,7 +130,12 @@ async def create_server(
     names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
 
     if "state" in settings.services:
-        store = SqlStateStore(settings.resolved_database_url(), history_limit=settings.history_limit)
+        sql_store = SqlStateStore(
+            settings.resolved_database_url(), history_limit=settings.history_limit, exclusive=True
+        )
+        # A SQLite file is locked to this process, so reads may be cached; PostgreSQL is shared by
+        # replicas and is always read from the database.
+        store: StateStore = sql_store if sql_store.db.is_postgres else CachingStateStore(sql_store)
         limits = StateLimits(
             max_state_bytes=settings.max_state_bytes,
             max_event_bytes=settings.max_event_bytes,

@@ -188,7 +188,7 @@ async def test_reflection_lists_the_state_service(channel: grpc.aio.Channel) -> 
     assert "grpc.health.v1.Health" in names
 
 
-# -- streaming -------------------------------------------------------------------------------------------------
+# -- streaming ---------------------------------------------------------------------------------------------
 
 
 async def test_watch_state_streams_a_snapshot_then_changes(stub: state_pb2_grpc.StateServiceStub) -> None:
@@ -231,7 +231,7 @@ async def test_watch_state_of_an_unknown_session_is_not_found(stub: state_pb2_gr
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-# -- concurrency and idempotency ------------------------------------------------------------------------------
+# -- concurrency and idempotency -------------------------------------------------------------------------
 
 
 async def test_concurrent_increments_from_eight_clients_are_all_counted(server: ServerThread) -> None:

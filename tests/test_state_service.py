@@ -19,6 +19,7 @@ from sessionkit.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    SessionKitError,
     SessionNotFound,
     StateConflict,
 )
@@ -149,6 +150,21 @@ async def test_a_replayed_write_returns_the_first_result_even_with_a_now_stale_e
     assert again == first
     assert first.value == 5 and first.version == 1
     assert await snapshot(service) == ({"n": 5}, 1)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: state writes and events share one idempotency key space per session; replaying a "
+    "key across the two kinds decodes the other kind's stored response and crashes (INTERNAL)",
+)
+async def test_an_idempotency_key_reused_across_an_event_and_a_state_write_gives_no_internal_error(
+    service: StateService,
+) -> None:
+    await service.set_value(S1, "a", 1, idempotency_key="turn-1")
+    try:
+        await service.append_event(S1, "user", "hi", idempotency_key="turn-1")
+    except Exception as error:
+        assert isinstance(error, SessionKitError), f"untyped {type(error).__name__}: {error}"
 
 
 # -- increment and append -----------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from services.state.store import (
     VersionRecord,
 )
 from sessionkit.errors import AlreadyExists, SessionNotFound
+from sessionkit.jsonvalues import JsonValue
 
 SECOND = 1_000_000
 HISTORY_LIMIT = 20  # what the state_store fixture configures
@@ -43,14 +44,14 @@ async def create(
 
 
 async def write_set(
-    store: StateStore, key: SessionKey, name: str, value: object, idem: str = "", now: int | None = None
+    store: StateStore, key: SessionKey, name: str, value: JsonValue, idem: str = "", now: int | None = None
 ) -> bytes | None:
     """One SET through the unit of work; returns the replayed response (None when applied)."""
     async with store.write(key, idem, now_us() if now is None else now) as tx:
         if tx.replayed_response is not None:
             return tx.replayed_response
-        tx.state[name] = value  # type: ignore[assignment]
-        tx.commit(Change(Operation.SET, name, value), f"v{tx.next_version}".encode())  # type: ignore[arg-type]
+        tx.state[name] = value
+        tx.commit(Change(Operation.SET, name, value), f"v{tx.next_version}".encode())
     return None
 
 

@@ -43,4 +43,4 @@ class ServerSettings(BaseSettings):
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite+aiosqlite:///{(self.data_dir / 'sessionkit.db').resolve()}"
+        return f"sqlite:///{(self.data_dir / 'sessionkit.db').resolve()}"

@@ -1,15 +1,13 @@
-"""Run a service's Alembic migrations at start-up, once even when several replicas start together."""
+"""A service's Alembic migrations, run at start-up on the connection Database.migrate hands over."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, text
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from services.common.db import is_postgres
+from sqlalchemy import Connection
 
 
 def alembic_config(script_location: Path, version_table: str, connection: Connection | None = None) -> Config:
@@ -21,12 +19,8 @@ def alembic_config(script_location: Path, version_table: str, connection: Connec
     return config
 
 
-async def upgrade(engine: AsyncEngine, script_location: Path, version_table: str) -> None:
-    def run(connection: Connection) -> None:
+def upgrader(script_location: Path, version_table: str) -> Callable[[Connection], None]:
+    def upgrade(connection: Connection) -> None:
         command.upgrade(alembic_config(script_location, version_table, connection), "head")
 
-    async with engine.begin() as conn:
-        if is_postgres(engine):
-            # Replicas starting at once: one migrates, the others wait and then find nothing to do.
-            await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": version_table})
-        await conn.run_sync(run)
+    return upgrade

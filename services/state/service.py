@@ -9,15 +9,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 
 from services.state.limits import StateLimits
 from services.state.store import (
+    EVENT_RESPONSE_PREFIX,
     Change,
     EventRecord,
     JsonObject,
@@ -27,6 +29,7 @@ from services.state.store import (
     StateStore,
     VersionRecord,
     WriteTx,
+    key_reused,
 )
 from sessionkit.errors import (
     FailedPrecondition,
@@ -235,13 +238,13 @@ class StateService:
         own = {k: v for k, v in checked.items() if not _split(k)[0]}
         self._check_size(own, "state")
 
-        async def apply(tx: WriteTx) -> tuple[Change, WriteResult]:
+        def apply(tx: WriteTx) -> tuple[Change, WriteResult]:
             tx.state.clear()
             tx.state.update(own)
             for name, value in checked.items():
                 scope, bare = _split(name)
                 if scope:
-                    await self._scope_state(tx, scope, bare, value)
+                    self._scope_state(tx, scope, bare, value)
             return Change(Operation.SAVE), WriteResult(tx.next_version)
 
         return await self._write(key, expected_version, idempotency_key, apply)
@@ -257,10 +260,10 @@ class StateService:
         _check_key(name)
         value = check_json(value, "value")
 
-        async def apply(tx: WriteTx) -> tuple[Change, WriteResult]:
+        def apply(tx: WriteTx) -> tuple[Change, WriteResult]:
             scope, bare = _split(name)
             if scope:
-                await self._scope_state(tx, scope, bare, value)
+                self._scope_state(tx, scope, bare, value)
             else:
                 tx.state[name] = value
                 self._check_size(tx.state, "state")
@@ -273,8 +276,8 @@ class StateService:
     ) -> WriteResult:
         _check_key(name)
 
-        async def apply(tx: WriteTx) -> tuple[Change, WriteResult]:
-            target = await self._target(tx, name)
+        def apply(tx: WriteTx) -> tuple[Change, WriteResult]:
+            target = self._target(tx, name)
             bare = _split(name)[1]
             existed = bare in target
             target.pop(bare, None)
@@ -290,12 +293,12 @@ class StateService:
         include_user_scope: bool = False,
         include_app_scope: bool = False,
     ) -> WriteResult:
-        async def apply(tx: WriteTx) -> tuple[Change, WriteResult]:
+        def apply(tx: WriteTx) -> tuple[Change, WriteResult]:
             tx.state.clear()
             if include_user_scope:
-                (await tx.user_state()).clear()
+                tx.user_state().clear()
             if include_app_scope:
-                (await tx.app_state()).clear()
+                tx.app_state().clear()
             return Change(Operation.CLEAR), WriteResult(tx.next_version)
 
         return await self._write(key, expected_version, idempotency_key, apply)
@@ -311,8 +314,8 @@ class StateService:
         _check_key(name)
         delta_value = check_json(delta, "delta")
 
-        async def apply(tx: WriteTx) -> tuple[Change, WriteResult]:
-            target = await self._target(tx, name)
+        def apply(tx: WriteTx) -> tuple[Change, WriteResult]:
+            target = self._target(tx, name)
             bare = _split(name)[1]
             current = target.get(bare, 0)
             if isinstance(current, bool) or not isinstance(current, (int, float)):
@@ -341,8 +344,8 @@ class StateService:
         checked = check_json(values, "values")
         assert isinstance(checked, list)
 
-        async def apply(tx: WriteTx) -> tuple[Change, WriteResult]:
-            target = await self._target(tx, name)
+        def apply(tx: WriteTx) -> tuple[Change, WriteResult]:
+            target = self._target(tx, name)
             bare = _split(name)[1]
             current = target.get(bare, [])
             if not isinstance(current, list):
@@ -373,7 +376,7 @@ class StateService:
                 metadata={"version": str(version)},
             )
 
-        async def apply(tx: WriteTx) -> tuple[Change, WriteResult]:
+        def apply(tx: WriteTx) -> tuple[Change, WriteResult]:
             tx.state.clear()
             tx.state.update(earlier.state)
             return Change(Operation.RESTORE, "", version), WriteResult(tx.next_version)
@@ -402,6 +405,7 @@ class StateService:
         """The current state, then every change as it is committed, until the session is deleted."""
         waker = self.notifier.subscribe(key)
         try:
+            created = (await self.get_session(key)).create_us
             state, version = await self.get_state(key)
             yield ChangeView(version, Operation.SNAPSHOT, "", None, state, now_us())
             last = version
@@ -428,10 +432,12 @@ class StateService:
                 if changes:
                     continue
                 waker.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(waker.wait(), self.poll_interval)
-                except TimeoutError:
-                    await self.get_session(key)  # ends the stream with NOT_FOUND once it is deleted
+                # End the stream with NOT_FOUND once the session is deleted, also when a session
+                # with the same id was created again meanwhile (its versions are another history).
+                if (await self.get_session(key)).create_us != created:
+                    raise SessionNotFound(f"session {key.session_id!r} was deleted while being watched")
         finally:
             self.notifier.unsubscribe(key, waker)
 
@@ -509,15 +515,18 @@ class StateService:
         key: SessionKey,
         expected_version: int | None,
         idempotency_key: str,
-        apply: Callable[[WriteTx], Awaitable[tuple[Change, WriteResult]]],
+        apply: Callable[[WriteTx], tuple[Change, WriteResult]],
     ) -> WriteResult:
         if len(idempotency_key) > 128:
             raise InvalidArgument(
                 "invalid idempotency_key",
                 violations=[FieldViolation("idempotency_key", "at most 128 characters")],
             )
-        async with self.store.write(key, idempotency_key, now_us()) as tx:
+
+        def run(tx: WriteTx) -> WriteResult:
             if tx.replayed_response is not None:
+                if tx.replayed_response.startswith(EVENT_RESPONSE_PREFIX):
+                    raise key_reused(idempotency_key, "an event append")
                 return WriteResult.decode(tx.replayed_response)
             if expected_version is not None and expected_version != tx.session.version:
                 raise StateConflict(
@@ -528,21 +537,25 @@ class StateService:
                         "expected_version": str(expected_version),
                     },
                 )
-            change, result = await apply(tx)
+            change, result = apply(tx)
             tx.commit(change, result.encode())
+            return result
+
+        result = await self.store.write(key, idempotency_key, now_us(), run)
         self.notifier.notify(key)
         return result
 
-    async def _target(self, tx: WriteTx, name: str) -> JsonObject:
+    @staticmethod
+    def _target(tx: WriteTx, name: str) -> JsonObject:
         scope = _split(name)[0]
         if scope == "user":
-            return await tx.user_state()
+            return tx.user_state()
         if scope == "app":
-            return await tx.app_state()
+            return tx.app_state()
         return tx.state
 
-    async def _scope_state(self, tx: WriteTx, scope: str, bare: str, value: JsonValue) -> None:
-        target = await tx.user_state() if scope == "user" else await tx.app_state()
+    def _scope_state(self, tx: WriteTx, scope: str, bare: str, value: JsonValue) -> None:
+        target = tx.user_state() if scope == "user" else tx.app_state()
         target[bare] = value
         self._check_size(target, f"{scope}:")
 

@@ -1,25 +1,25 @@
 """The state store on SQLAlchemy: a SQLite file (the embedded default) or PostgreSQL, chosen by URL.
 
-Writers lock the session row (SELECT ... FOR UPDATE on PostgreSQL; BEGIN IMMEDIATE on SQLite),
-then the user and app scope rows when a write touches them, always in that order, so concurrent
-writers from any number of replicas serialize per session without deadlocks.
+Each method is one transaction function run by services.common.db.Database. Writers lock the
+session row (SELECT ... FOR UPDATE on PostgreSQL; BEGIN IMMEDIATE on SQLite), then the user and app
+scope rows when a write touches them, always in that order, so concurrent writers from any number
+of replicas serialize per session without deadlocks.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Row, and_, delete, insert, or_, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.common.db import create_engine, is_postgres
-from services.common.migrate import upgrade
+from services.common.db import Database
+from services.common.migrate import upgrader
 from services.state import tables as t
 from services.state.store import (
+    EVENT_RESPONSE_PREFIX,
     Change,
     EventRecord,
     JsonObject,
@@ -30,10 +30,12 @@ from services.state.store import (
     StateStore,
     VersionRecord,
     WriteTx,
+    key_reused,
 )
 from sessionkit.errors import AlreadyExists, SessionNotFound
 from sessionkit.jsonvalues import dumps, loads
 
+T = TypeVar("T")
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "sk_state_alembic_version"
 
@@ -77,6 +79,67 @@ def _version(row: Row[Any]) -> VersionRecord:
     )
 
 
+# The write path's statements, built once: bound parameters, compiled once per dialect and cached.
+_S, _I, _V = t.sessions.c, t.idempotency.c, t.state_versions.c
+_LOCK = (
+    select(t.sessions, _I.response.label("replayed"))
+    .outerjoin(t.idempotency, and_(_I.session_pk == _S.pk, _I.key == bindparam("p_idem")))
+    .where(
+        _S.app_name == bindparam("p_app"),
+        _S.user_id == bindparam("p_user"),
+        _S.session_id == bindparam("p_session"),
+        or_(_S.expire_us.is_(None), _S.expire_us > bindparam("p_now")),
+    )
+    .with_for_update(of=t.sessions)
+)
+_UPDATE_SESSION = (
+    update(t.sessions)
+    .where(_S.pk == bindparam("p_pk"))
+    .values(
+        state=bindparam("p_state"),
+        version=bindparam("p_version"),
+        update_us=bindparam("p_now"),
+        expire_us=bindparam("p_expire"),
+    )
+)
+_U, _A = t.user_states.c, t.app_states.c
+_READ = (
+    select(t.sessions, _U.state.label("user_state"), _A.state.label("app_state"))
+    .outerjoin(t.user_states, and_(_U.app_name == _S.app_name, _U.user_id == _S.user_id))
+    .outerjoin(t.app_states, _A.app_name == _S.app_name)
+    .where(
+        _S.app_name == bindparam("p_app"),
+        _S.user_id == bindparam("p_user"),
+        _S.session_id == bindparam("p_session"),
+        or_(_S.expire_us.is_(None), _S.expire_us > bindparam("p_now")),
+    )
+)
+_INSERT_VERSION = insert(t.state_versions)
+_PRUNE_VERSIONS = delete(t.state_versions).where(
+    _V.session_pk == bindparam("p_pk"), _V.version <= bindparam("p_oldest")
+)
+_INSERT_IDEMPOTENCY = insert(t.idempotency)
+
+
+def _insert(conn: Connection) -> Any:
+    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+
+
+def _lock_session(conn: Connection, key: SessionKey, now_us: int, idempotency_key: str) -> Row[Any]:
+    """The live session's row, locked, with the stored response of ``idempotency_key`` (``replayed``)."""
+    params = {
+        "p_app": key.app_name,
+        "p_user": key.user_id,
+        "p_session": key.session_id,
+        "p_now": now_us,
+        "p_idem": idempotency_key,
+    }
+    row = conn.execute(_LOCK, params).first()
+    if row is None:
+        raise _not_found(key)
+    return row
+
+
 class _Scope:
     """A user or app scope row, loaded and locked on first use within a write."""
 
@@ -90,120 +153,108 @@ class _Scope:
 
 
 class SqlWriteTx(WriteTx):
-    def __init__(self, conn: AsyncConnection, row: Row[Any], now_us: int) -> None:
+    def __init__(self, conn: Connection, row: Row[Any], now_us: int) -> None:
         self._conn = conn
         self._pk: int = row._mapping["pk"]
         self._now_us = now_us
         self.session = _record(row)
         self.state = loads(row._mapping["state"])
-        self.replayed_response = None
+        self.replayed_response = row._mapping["replayed"]
         self._user: _Scope | None = None
         self._app: _Scope | None = None
-        self._done: tuple[Change, bytes, int] | None = None
+        self._done: tuple[Change, bytes] | None = None
 
-    async def user_state(self) -> JsonObject:
+    def user_state(self) -> JsonObject:
         if self._user is None:
             k = self.session.key
-            state = await self._lock_scope(t.user_states, {"app_name": k.app_name, "user_id": k.user_id})
-            self._user = _Scope(state)
+            self._user = _Scope(
+                self._lock_scope(t.user_states, {"app_name": k.app_name, "user_id": k.user_id})
+            )
         return self._user.state
 
-    async def app_state(self) -> JsonObject:
+    def app_state(self) -> JsonObject:
         if self._app is None:
-            self._app = _Scope(await self._lock_scope(t.app_states, {"app_name": self.session.key.app_name}))
+            self._app = _Scope(self._lock_scope(t.app_states, {"app_name": self.session.key.app_name}))
         return self._app.state
 
-    async def _lock_scope(self, table: Any, ident: dict[str, str]) -> JsonObject:
-        dialect_insert = postgresql.insert if self._conn.dialect.name == "postgresql" else sqlite.insert
-        await self._conn.execute(
-            dialect_insert(table).values(**ident, state="{}", update_us=self._now_us).on_conflict_do_nothing()
+    def _lock_scope(self, table: Any, ident: dict[str, str]) -> JsonObject:
+        self._conn.execute(
+            _insert(self._conn)(table)
+            .values(**ident, state="{}", update_us=self._now_us)
+            .on_conflict_do_nothing()
         )
         where = and_(*(table.c[name] == value for name, value in ident.items()))
-        state = (await self._conn.execute(select(table.c.state).where(where).with_for_update())).scalar_one()
+        state = self._conn.execute(select(table.c.state).where(where).with_for_update()).scalar_one()
         return dict(loads(state))
 
     def commit(self, change: Change, response: bytes) -> None:
-        self._done = (change, response, self.next_version)
+        self._done = (change, response)
 
-    async def persist(self, idempotency_key: str, history_limit: int) -> None:
+    def persist(self, idempotency_key: str, history_limit: int) -> None:
         if self._done is None:
             return
-        change, response, version = self._done
-        conn, now = self._conn, self._now_us
+        change, response = self._done
+        conn, now, version = self._conn, self._now_us, self.next_version
         state_text = dumps(self.state)
-        await conn.execute(
-            update(t.sessions)
-            .where(t.sessions.c.pk == self._pk)
-            .values(
-                state=state_text,
-                version=version,
-                update_us=now,
-                expire_us=_expire(self.session.ttl_seconds, now),
-            )
+        expire = _expire(self.session.ttl_seconds, now)
+        conn.execute(
+            _UPDATE_SESSION,
+            {"p_pk": self._pk, "p_state": state_text, "p_version": version, "p_now": now, "p_expire": expire},
         )
         k = self.session.key
         if self._user is not None and self._user.changed:
-            await conn.execute(
+            u = t.user_states.c
+            conn.execute(
                 update(t.user_states)
-                .where(and_(t.user_states.c.app_name == k.app_name, t.user_states.c.user_id == k.user_id))
+                .where(u.app_name == k.app_name, u.user_id == k.user_id)
                 .values(state=dumps(self._user.state), update_us=now)
             )
         if self._app is not None and self._app.changed:
-            await conn.execute(
+            conn.execute(
                 update(t.app_states)
                 .where(t.app_states.c.app_name == k.app_name)
                 .values(state=dumps(self._app.state), update_us=now)
             )
-        await conn.execute(
-            insert(t.state_versions).values(
-                session_pk=self._pk,
-                version=version,
-                operation=int(change.operation),
-                key=change.key,
-                value=None
-                if change.value is None and change.operation != Operation.SET
-                else dumps(change.value),
-                state=state_text,
-                time_us=now,
-            )
+        has_value = change.value is not None or change.operation == Operation.SET
+        conn.execute(
+            _INSERT_VERSION,
+            {
+                "session_pk": self._pk,
+                "version": version,
+                "operation": int(change.operation),
+                "key": change.key,
+                "value": dumps(change.value) if has_value else None,
+                "state": state_text,
+                "time_us": now,
+            },
         )
         if version > history_limit:
-            await conn.execute(
-                delete(t.state_versions).where(
-                    and_(
-                        t.state_versions.c.session_pk == self._pk,
-                        t.state_versions.c.version <= version - history_limit,
-                    )
-                )
-            )
+            conn.execute(_PRUNE_VERSIONS, {"p_pk": self._pk, "p_oldest": version - history_limit})
         if idempotency_key:
-            await conn.execute(
-                insert(t.idempotency).values(
-                    session_pk=self._pk, key=idempotency_key, response=response, create_us=now
-                )
+            conn.execute(
+                _INSERT_IDEMPOTENCY,
+                {"session_pk": self._pk, "key": idempotency_key, "response": response, "create_us": now},
             )
-        self.session.version = version
-        self.session.update_us = now
-        self.session.expire_us = _expire(self.session.ttl_seconds, now)
 
 
 class SqlStateStore(StateStore):
-    def __init__(self, url: str, history_limit: int = 100) -> None:
-        self.url = url
+    def __init__(self, url: str, history_limit: int = 100, exclusive: bool = False) -> None:
+        """``exclusive``: take the SQLite file's lock, so no second server process opens it."""
         self.history_limit = history_limit
-        self.engine: AsyncEngine = create_engine(url, immediate=True)
-        # SQLite readers use their own connections with a deferred BEGIN: a WAL snapshot, no lock wait.
-        self.read_engine: AsyncEngine = (
-            self.engine if is_postgres(self.engine) else create_engine(url, immediate=False)
-        )
+        self.db = Database(url)
+        self.exclusive = exclusive
+
+    @property
+    def url(self) -> str:
+        return self.db.url
 
     async def start(self) -> None:
-        await upgrade(self.engine, MIGRATIONS, VERSION_TABLE)
+        if self.exclusive:
+            self.db.lock_exclusive()
+        await self.db.migrate(upgrader(MIGRATIONS, VERSION_TABLE), VERSION_TABLE)
 
     async def close(self) -> None:
-        await self.engine.dispose()
-        if self.read_engine is not self.engine:
-            await self.read_engine.dispose()
+        await self.db.close()
 
     async def create_session(
         self,
@@ -213,41 +264,34 @@ class SqlStateStore(StateStore):
         get_if_exists: bool,
         now_us: int,
     ) -> tuple[SessionRecord, bool]:
-        dialect_insert = postgresql.insert if is_postgres(self.engine) else sqlite.insert
         state_text = dumps(initial_state or {})
-        version = 1 if initial_state else 0
-        async with self.engine.begin() as conn:
-            # An expired session that the reaper has not reached yet is gone for every reader: replace it.
-            await conn.execute(delete(t.sessions).where(and_(_where_key(key), ~_alive(now_us))))
-            values = {
-                "app_name": key.app_name,
-                "user_id": key.user_id,
-                "session_id": key.session_id,
-                "state": state_text,
-                "version": version,
-                "event_count": 0,
-                "create_us": now_us,
-                "update_us": now_us,
-                "ttl_seconds": ttl_seconds,
-                "expire_us": _expire(ttl_seconds, now_us),
-            }
-            result = await conn.execute(
-                dialect_insert(t.sessions)
-                .values(**values)
-                .on_conflict_do_nothing()
-                .returning(t.sessions.c.pk)
-            )
-            pk = result.scalar_one_or_none()
+        values = {
+            "app_name": key.app_name,
+            "user_id": key.user_id,
+            "session_id": key.session_id,
+            "state": state_text,
+            "version": 1 if initial_state else 0,
+            "event_count": 0,
+            "create_us": now_us,
+            "update_us": now_us,
+            "ttl_seconds": ttl_seconds,
+            "expire_us": _expire(ttl_seconds, now_us),
+        }
+
+        def run(conn: Connection) -> tuple[SessionRecord, bool]:
+            # An expired session the reaper has not reached yet is gone for every reader: replace it.
+            conn.execute(delete(t.sessions).where(_where_key(key), ~_alive(now_us)))
+            inserted = _insert(conn)(t.sessions).values(**values).on_conflict_do_nothing()
+            pk = conn.execute(inserted.returning(t.sessions.c.pk)).scalar_one_or_none()
             if pk is None:
                 if not get_if_exists:
                     raise AlreadyExists(
                         f"session {key.session_id!r} of user {key.user_id!r} already exists",
                         reason="SESSION_EXISTS",
                     )
-                row = (await conn.execute(select(t.sessions).where(_where_key(key)))).one()
-                return _record(row), False
+                return _record(conn.execute(select(t.sessions).where(_where_key(key))).one()), False
             if initial_state:
-                await conn.execute(
+                conn.execute(
                     insert(t.state_versions).values(
                         session_pk=pk,
                         version=1,
@@ -260,10 +304,14 @@ class SqlStateStore(StateStore):
                 )
             return _record(values), True
 
+        return await self.db.write(run)
+
     async def get_session(self, key: SessionKey, now_us: int) -> SessionRecord | None:
-        async with self.read_engine.begin() as conn:
-            row = (await conn.execute(select(t.sessions).where(_where_key(key), _alive(now_us)))).first()
-        return None if row is None else _record(row)
+        def run(conn: Connection) -> SessionRecord | None:
+            row = conn.execute(select(t.sessions).where(_where_key(key), _alive(now_us))).first()
+            return None if row is None else _record(row)
+
+        return await self.db.read(run)
 
     async def list_sessions(
         self, app_name: str, user_id: str, limit: int, after: str | None, now_us: int
@@ -273,65 +321,56 @@ class SqlStateStore(StateStore):
         if after is not None:
             query = query.where(s.session_id > after)
         query = query.order_by(s.session_id).limit(limit + 1)
-        async with self.read_engine.begin() as conn:
-            rows = (await conn.execute(query)).all()
-        records = [_record(row) for row in rows[:limit]]
-        more = len(rows) > limit
-        return ListPage(records, records[-1].key.session_id if more else None)
+
+        def run(conn: Connection) -> ListPage:
+            records = [_record(row) for row in conn.execute(query).all()]
+            more = len(records) > limit
+            records = records[:limit]
+            return ListPage(records, records[-1].key.session_id if more else None)
+
+        return await self.db.read(run)
 
     async def delete_session(self, key: SessionKey) -> bool:
-        async with self.engine.begin() as conn:
-            pk = (await conn.execute(select(t.sessions.c.pk).where(_where_key(key)))).scalar_one_or_none()
+        def run(conn: Connection) -> bool:
+            pk = conn.execute(select(t.sessions.c.pk).where(_where_key(key))).scalar_one_or_none()
             if pk is None:
                 return False
-            await self._delete_pks(conn, [pk])
+            _delete_pks(conn, [pk])
             return True
 
-    async def _delete_pks(self, conn: AsyncConnection, pks: list[int]) -> None:
-        # Explicit child deletes: correct whether or not the backend enforces ON DELETE CASCADE.
-        for table in (t.idempotency, t.events, t.state_versions):
-            await conn.execute(delete(table).where(table.c.session_pk.in_(pks)))
-        await conn.execute(delete(t.sessions).where(t.sessions.c.pk.in_(pks)))
+        return await self.db.write(run)
 
     async def read_state(
         self, key: SessionKey, now_us: int
     ) -> tuple[SessionRecord, JsonObject, JsonObject, JsonObject]:
-        async with self.read_engine.begin() as conn:
-            row = (await conn.execute(select(t.sessions).where(_where_key(key), _alive(now_us)))).first()
-            if row is None:
-                raise _not_found(key)
-            u, a = t.user_states.c, t.app_states.c
-            user = (
-                await conn.execute(
-                    select(u.state).where(u.app_name == key.app_name, u.user_id == key.user_id)
-                )
-            ).scalar_one_or_none()
-            app = (await conn.execute(select(a.state).where(a.app_name == key.app_name))).scalar_one_or_none()
-        return _record(row), loads(row._mapping["state"]), loads(user or "{}"), loads(app or "{}")
+        # One statement: the session row with its user and app scopes joined in.
+        params = {"p_app": key.app_name, "p_user": key.user_id, "p_session": key.session_id, "p_now": now_us}
 
-    @asynccontextmanager
-    async def write(self, key: SessionKey, idempotency_key: str, now_us: int) -> AsyncIterator[WriteTx]:
-        async with self.engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    select(t.sessions).where(_where_key(key), _alive(now_us)).with_for_update()
-                )
-            ).first()
+        def run(conn: Connection) -> tuple[SessionRecord, JsonObject, JsonObject, JsonObject]:
+            row = conn.execute(_READ, params).first()
             if row is None:
                 raise _not_found(key)
-            tx = SqlWriteTx(conn, row, now_us)
-            if idempotency_key:
-                tx.replayed_response = (
-                    await conn.execute(
-                        select(t.idempotency.c.response).where(
-                            t.idempotency.c.session_pk == row._mapping["pk"],
-                            t.idempotency.c.key == idempotency_key,
-                        )
-                    )
-                ).scalar_one_or_none()
-            yield tx
+            m = row._mapping
+            return (
+                _record(row),
+                loads(m["state"]),
+                loads(m["user_state"] or "{}"),
+                loads(m["app_state"] or "{}"),
+            )
+
+        return await self.db.read(run)
+
+    async def write(
+        self, key: SessionKey, idempotency_key: str, now_us: int, apply: Callable[[WriteTx], T]
+    ) -> T:
+        def run(conn: Connection) -> T:
+            tx = SqlWriteTx(conn, _lock_session(conn, key, now_us, idempotency_key), now_us)
+            result = apply(tx)
             if tx.replayed_response is None:
-                await tx.persist(idempotency_key, self.history_limit)
+                tx.persist(idempotency_key, self.history_limit)
+            return result
+
+        return await self.db.write(run)
 
     async def list_versions(
         self, key: SessionKey, limit: int, before: int | None, after: int | None = None
@@ -346,9 +385,11 @@ class SqlStateStore(StateStore):
             if before is not None:
                 query = query.where(v.version < before)
             query = query.order_by(v.version.desc())
-        async with self.read_engine.begin() as conn:
-            rows = (await conn.execute(query.limit(limit))).all()
-        return [_version(row) for row in rows]
+
+        def run(conn: Connection) -> list[VersionRecord]:
+            return [_version(row) for row in conn.execute(query.limit(limit)).all()]
+
+        return await self.db.read(run)
 
     async def get_version(self, key: SessionKey, version: int) -> VersionRecord | None:
         v = t.state_versions.c
@@ -357,50 +398,41 @@ class SqlStateStore(StateStore):
             .join(t.sessions, t.sessions.c.pk == v.session_pk)
             .where(_where_key(key), v.version == version)
         )
-        async with self.read_engine.begin() as conn:
-            row = (await conn.execute(query)).first()
-        return None if row is None else _version(row)
+
+        def run(conn: Connection) -> VersionRecord | None:
+            row = conn.execute(query).first()
+            return None if row is None else _version(row)
+
+        return await self.db.read(run)
 
     async def append_event(
         self, key: SessionKey, event: EventRecord, idempotency_key: str, now_us: int
     ) -> EventRecord:
-        async with self.engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    select(t.sessions).where(_where_key(key), _alive(now_us)).with_for_update()
-                )
-            ).first()
-            if row is None:
-                raise _not_found(key)
+        e = t.events.c
+
+        def run(conn: Connection) -> EventRecord:
+            row = _lock_session(conn, key, now_us, idempotency_key)
             pk = row._mapping["pk"]
-            e = t.events.c
-            if idempotency_key:
-                earlier = (
-                    await conn.execute(
-                        select(t.idempotency.c.response).where(
-                            t.idempotency.c.session_pk == pk, t.idempotency.c.key == idempotency_key
-                        )
-                    )
-                ).scalar_one_or_none()
-                if earlier is not None:
-                    first = (await conn.execute(select(t.events).where(e.id == int(earlier)))).one()
-                    return _event(first)
-            event_id = (
-                await conn.execute(
-                    insert(t.events)
-                    .values(
-                        session_pk=pk,
-                        role=event.role,
-                        content=event.content,
-                        author=event.author,
-                        metadata=dumps(event.metadata),
-                        create_us=now_us,
-                    )
-                    .returning(e.id)
+            earlier: bytes | None = row._mapping["replayed"]
+            if earlier is not None:
+                if not earlier.startswith(EVENT_RESPONSE_PREFIX):
+                    raise key_reused(idempotency_key, "a state write")
+                event_id = int(earlier[len(EVENT_RESPONSE_PREFIX) :])
+                return _event(conn.execute(select(t.events).where(e.id == event_id)).one())
+            event_id = conn.execute(
+                insert(t.events)
+                .values(
+                    session_pk=pk,
+                    role=event.role,
+                    content=event.content,
+                    author=event.author,
+                    metadata=dumps(event.metadata),
+                    create_us=now_us,
                 )
+                .returning(e.id)
             ).scalar_one()
             ttl = row._mapping["ttl_seconds"]
-            await conn.execute(
+            conn.execute(
                 update(t.sessions)
                 .where(t.sessions.c.pk == pk)
                 .values(
@@ -408,12 +440,17 @@ class SqlStateStore(StateStore):
                 )
             )
             if idempotency_key:
-                await conn.execute(
+                conn.execute(
                     insert(t.idempotency).values(
-                        session_pk=pk, key=idempotency_key, response=str(event_id).encode(), create_us=now_us
+                        session_pk=pk,
+                        key=idempotency_key,
+                        response=EVENT_RESPONSE_PREFIX + str(event_id).encode(),
+                        create_us=now_us,
                     )
                 )
-        return EventRecord(event_id, event.role, event.content, event.author, event.metadata, now_us)
+            return EventRecord(event_id, event.role, event.content, event.author, event.metadata, now_us)
+
+        return await self.db.write(run)
 
     async def list_events(
         self, key: SessionKey, limit: int, after_id: int, tail: int, author: str
@@ -426,25 +463,32 @@ class SqlStateStore(StateStore):
             query = query.order_by(e.id.desc()).limit(tail)
         else:
             query = query.where(e.id > after_id).order_by(e.id).limit(limit)
-        async with self.read_engine.begin() as conn:
-            rows = (await conn.execute(query)).all()
-        events = [_event(row) for row in rows]
-        return events[::-1] if tail > 0 else events
+
+        def run(conn: Connection) -> list[EventRecord]:
+            events = [_event(row) for row in conn.execute(query).all()]
+            return events[::-1] if tail > 0 else events
+
+        return await self.db.read(run)
 
     async def reap(self, now_us: int, idempotency_before_us: int) -> int:
         s = t.sessions.c
-        async with self.engine.begin() as conn:
-            pks = list(
-                (
-                    await conn.execute(
-                        select(s.pk).where(s.expire_us.is_not(None), s.expire_us <= now_us).limit(1000)
-                    )
-                ).scalars()
-            )
+
+        def run(conn: Connection) -> int:
+            expired = select(s.pk).where(s.expire_us.is_not(None), s.expire_us <= now_us).limit(1000)
+            pks = list(conn.execute(expired).scalars())
             if pks:
-                await self._delete_pks(conn, pks)
-            await conn.execute(delete(t.idempotency).where(t.idempotency.c.create_us < idempotency_before_us))
-        return len(pks)
+                _delete_pks(conn, pks)
+            conn.execute(delete(t.idempotency).where(t.idempotency.c.create_us < idempotency_before_us))
+            return len(pks)
+
+        return await self.db.write(run)
+
+
+def _delete_pks(conn: Connection, pks: list[int]) -> None:
+    # Explicit child deletes: correct whether or not the backend enforces ON DELETE CASCADE.
+    for table in (t.idempotency, t.events, t.state_versions):
+        conn.execute(delete(table).where(table.c.session_pk.in_(pks)))
+    conn.execute(delete(t.sessions).where(t.sessions.c.pk.in_(pks)))
 
 
 def _not_found(key: SessionKey) -> SessionNotFound:

@@ -1,21 +1,37 @@
 """The state store interface. Implementations live beside it (sql_store.py: SQLite and PostgreSQL);
 one contract suite (tests/test_state_store_contract.py) runs over all of them.
 
-A write is a unit of work: :meth:`StateStore.write` locks the session (and, on demand, its user and
-app scopes), hands the current values to the business layer, and on exit persists what changed
-together with the new version, a history entry and the idempotent response, in one transaction.
+A write is a unit of work: :meth:`StateStore.write` opens a transaction, locks the session (and, on
+demand, its user and app scopes), calls the business layer's ``apply(tx)`` with the current values,
+and persists what ``apply`` changed together with the new version, a history entry and the
+idempotent response, all in that one transaction. ``apply`` is plain computation: it runs inside
+the transaction (on SQLite in the database thread) and must not do I/O of its own.
 """
 
 from __future__ import annotations
 
 import abc
 import enum
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+from sessionkit.errors import FailedPrecondition
 from sessionkit.jsonvalues import JsonValue
 
 JsonObject = dict[str, JsonValue]
+T = TypeVar("T")
+#: Stored responses of idempotent event appends start with this; state writes store JSON. A key
+#: reused across the two kinds is refused (IDEMPOTENCY_KEY_REUSED), never misread.
+EVENT_RESPONSE_PREFIX = b"event:"
+
+
+def key_reused(idempotency_key: str, first_use: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"idempotency key {idempotency_key[:64]!r} was already used for {first_use} in this session; "
+        "use a new key for every distinct request",
+        reason="IDEMPOTENCY_KEY_REUSED",
+    )
 
 
 @dataclass(frozen=True, order=True)
@@ -88,11 +104,11 @@ class WriteTx(abc.ABC):
     state: JsonObject
 
     @abc.abstractmethod
-    async def user_state(self) -> JsonObject:
+    def user_state(self) -> JsonObject:
         """The user's scope (``user:`` keys without the prefix), locked for this write."""
 
     @abc.abstractmethod
-    async def app_state(self) -> JsonObject:
+    def app_state(self) -> JsonObject:
         """The app's scope (``app:`` keys without the prefix), locked for this write."""
 
     @property
@@ -103,7 +119,7 @@ class WriteTx(abc.ABC):
     @abc.abstractmethod
     def commit(self, change: Change, response: bytes) -> None:
         """Mark the write done (``response`` is replayed to repeats of its idempotency key); it is
-        persisted when the context exits without an exception."""
+        persisted when ``apply`` returns."""
 
 
 @dataclass
@@ -150,10 +166,11 @@ class StateStore(abc.ABC):
         """(session, own keys, user scope, app scope). Raises SessionNotFound."""
 
     @abc.abstractmethod
-    def write(
-        self, key: SessionKey, idempotency_key: str, now_us: int
-    ) -> AbstractAsyncContextManager[WriteTx]:
-        """Lock the session for one write. Raises SessionNotFound."""
+    async def write(
+        self, key: SessionKey, idempotency_key: str, now_us: int, apply: Callable[[WriteTx], T]
+    ) -> T:
+        """Run ``apply`` on the locked session and persist what it committed, in one transaction.
+        An exception from ``apply`` rolls everything back. Raises SessionNotFound."""
 
     @abc.abstractmethod
     async def list_versions(
