@@ -1,7 +1,7 @@
 """Entry point of the embedded local server (started by sessionkit.embedded, one per storage_path).
 
-Holds an exclusive lock on ``<data-dir>/server.lock`` for its whole life, so at most one server
-opens a storage_path's files; a second one started in a race exits at once with status 0.
+Holds the data directory's lock for its whole life (services.common.storage_lock), so at most one
+server opens a storage_path's files; a second one started in a race exits at once with status 0.
 """
 
 from __future__ import annotations
@@ -9,12 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import fcntl
-import os
 import sys
 from pathlib import Path
 
-from services.common import logs
+from services.common import logs, storage_lock
 from services.common.config import ServerSettings
 from services.server import create_server
 
@@ -26,19 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-shutdown", type=float, default=600.0)
     args = parser.parse_args(argv)
 
-    args.data_dir.mkdir(parents=True, exist_ok=True)
-    lock_file = open(args.data_dir / "server.lock", "a+")  # noqa: SIM115 - held for the process's life
     try:
-        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return 0  # another local server owns this storage_path
-    lock_file.seek(0)
-    lock_file.truncate()
-    lock_file.write(f"{os.getpid()}\n")
-    lock_file.flush()
-
-    with contextlib.suppress(FileNotFoundError):
-        args.socket.unlink()  # left by a server that was killed
+        lock = storage_lock.acquire(args.data_dir)
+    except storage_lock.StorageBusy:
+        return 0  # another server owns this storage_path; the client connects to it
+    storage_lock.remove_stale_socket(args.socket)
     settings = ServerSettings(
         data_dir=args.data_dir,
         unix_socket=args.socket,
@@ -57,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         with contextlib.suppress(FileNotFoundError):
             args.socket.unlink()
+        lock.close()
     return 0
 
 

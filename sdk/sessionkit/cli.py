@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sessionkit.config import ClientSettings
+from sessionkit.embedded import socket_path
 from sessionkit.errors import SessionKitError
 from sessionkit.ids import DEFAULT
 from sessionkit.retry import RetryPolicy
@@ -98,7 +99,7 @@ def serve(
     """Run the services in one process on one gRPC port (every service unless --service is given)."""
     from pydantic import ValidationError
 
-    from services.common import logs
+    from services.common import logs, storage_lock
     from services.common.config import ServerSettings
     from services.server import create_server
 
@@ -116,6 +117,17 @@ def serve(
         err.print(f"[red]error:[/red] invalid settings: {problems}", highlight=False)
         raise typer.Exit(2) from None
     logs.configure(settings.log_level, settings.log_format)
+    lock = None
+    if not settings.database_url:
+        # Serving a SQLite data directory: be its one server, and answer on its unix socket too,
+        # so an SDK with that directory as storage_path uses this server instead of starting one.
+        try:
+            lock = storage_lock.acquire(settings.data_dir.resolve())
+        except storage_lock.StorageBusy as error:
+            err.print(f"[red]error:[/red] {error}; stop it or use another --data-dir", highlight=False)
+            raise typer.Exit(1) from None
+        settings.unix_socket = socket_path(settings.data_dir.resolve())
+        storage_lock.remove_stale_socket(settings.unix_socket)
 
     async def main() -> None:
         server, bound = await create_server(settings)
@@ -126,7 +138,7 @@ def serve(
 
     try:
         asyncio.run(main())
-    except OSError as error:
+    except (OSError, RuntimeError) as error:  # grpc raises RuntimeError("Failed to bind to address ...")
         err.print(
             f"[red]error:[/red] cannot serve on {settings.host}:{settings.port}: {error}", highlight=False
         )
@@ -134,11 +146,11 @@ def serve(
     except SessionKitError as error:
         err.print(f"[red]error:[/red] {error}", highlight=False)
         raise typer.Exit(1) from None
-    except RuntimeError as error:  # grpc: "Failed to bind to address"
-        err.print(
-            f"[red]error:[/red] cannot serve on {settings.host}:{settings.port}: {error}", highlight=False
-        )
-        raise typer.Exit(1) from None
+    finally:
+        if settings.unix_socket is not None:
+            settings.unix_socket.unlink(missing_ok=True)
+        if lock is not None:
+            lock.close()
 
 
 @sessions_app.command("ls")
