@@ -53,7 +53,9 @@ def start_servers(data_dir: Path, database_url: str) -> tuple[list[subprocess.Po
         stderr=subprocess.DEVNULL,
     )
     echo = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "echo_server.py"), str(echo_port)], env=env, stdout=subprocess.PIPE
+        [sys.executable, str(ROOT / "bench" / "echo_server.py"), str(echo_port)],
+        env=env,
+        stdout=subprocess.PIPE,
     )
     assert echo.stdout is not None
     echo.stdout.readline()
@@ -68,6 +70,24 @@ def timed(fn: Callable[[], object], n: int) -> list[float]:
         fn()
         out.append((time.perf_counter() - start) * 1e3)
     return out
+
+
+async def atimed(fn: Callable[[], Awaitable[object]], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        start = time.perf_counter()
+        await fn()
+        out.append((time.perf_counter() - start) * 1e3)
+    return out
+
+
+def report(title: str, samples: dict[str, list[float]], args: argparse.Namespace) -> None:
+    base = statistics.median(next(iter(samples.values())))
+    print(f"\nLatency: {title} ({args.calls} calls each, {args.rounds} interleaved rounds)")
+    print(f"{'operation':26} {'p50 ms':>8} {'p99 ms':>8} {'p50 / echo':>11}")
+    for name, values in samples.items():
+        p50 = statistics.median(values)
+        print(f"{name:26} {p50:8.3f} {percentile(values, 0.99):8.3f} {p50 / base:10.2f}x")
 
 
 async def throughput(fn: Callable[[int], Awaitable[object]], clients: int, seconds: float) -> float:
@@ -126,16 +146,27 @@ def run(args: argparse.Namespace, sk_addr: str, echo_addr: str) -> None:
         for name, fn in ops.items():
             samples[name] += timed(fn, per_round)
 
-    base = statistics.median(samples["grpc echo (baseline)"])
-    print(f"\nLatency, sync SDK vs a bare gRPC echo ({args.calls} calls each, {args.rounds} interleaved rounds)")
-    print(f"{'operation':24} {'p50 ms':>8} {'p99 ms':>8} {'p50 / echo':>11}")
-    for name, values in samples.items():
-        p50 = statistics.median(values)
-        print(f"{name:24} {p50:8.3f} {percentile(values, 0.99):8.3f} {p50 / base:10.2f}x")
+    report("Session (sync) vs a bare gRPC echo", samples, args)
 
     async def async_part() -> None:
         achannel = grpc.aio.insecure_channel(echo_addr)
         aecho = achannel.unary_unary("/bench.Echo/Echo")
+        single = AsyncSession("bench", address=sk_addr)
+        aops: dict[str, Callable[[], Awaitable[object]]] = {
+            "grpc.aio echo (baseline)": lambda: aecho(payload),
+            "get_state": lambda: single.get_state("profile"),
+            "set_state": lambda: single.set_state("counter", next(counter)),
+            "increment_state": lambda: single.increment_state("n"),
+            "restore_state": lambda: single.restore_state(),
+        }
+        for fn in aops.values():
+            await atimed(fn, 100)
+        asamples: dict[str, list[float]] = {name: [] for name in aops}
+        for _ in range(args.rounds):
+            for name, fn in aops.items():
+                asamples[name] += await atimed(fn, per_round)
+        report("AsyncSession vs a bare grpc.aio echo, same client stack", asamples, args)
+
         sessions = [AsyncSession(f"bench-{i}", address=sk_addr) for i in range(args.clients)]
         for s in sessions:
             await s.set_state("k", 0)

@@ -14,12 +14,16 @@ import asyncpg
 import pytest
 
 from services.common.config import ServerSettings
+from services.state.cached_store import CachingStateStore
 from services.state.sql_store import SqlStateStore
+from services.state.store import StateStore
 from tests.servers import ServerThread
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 PG_ADMIN_DSN = os.environ.get("SESSIONKIT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 BACKENDS = ["sqlite", "postgres"]
+#: The StateStore implementations the contract (and the service tests) run over.
+STORE_KINDS = ["sqlite", "sqlite-cached", "postgres"]
 
 
 def free_port() -> int:
@@ -70,7 +74,24 @@ async def _truncate(url: str) -> None:
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """One URL per backend; each test starts with empty tables."""
     if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'state.db'}"
+        yield f"sqlite:///{tmp_path / 'state.db'}"
+        return
+    url: str = request.getfixturevalue("pg_database")
+    yield url
+    asyncio.run(_truncate(url))
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+def store_url(store_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The database of ``state_store`` (a sync fixture: pg_database runs its own event loop)."""
+    if store_kind != "postgres":
+        yield f"sqlite:///{tmp_path / 'state.db'}"
         return
     url: str = request.getfixturevalue("pg_database")
     yield url
@@ -78,8 +99,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
-async def state_store(database_url: str) -> AsyncIterator[SqlStateStore]:
-    store = SqlStateStore(database_url, history_limit=20)
+async def state_store(store_kind: str, store_url: str) -> AsyncIterator[StateStore]:
+    """Every StateStore implementation, started on empty tables: SqlStateStore on a SQLite file,
+    CachingStateStore over an exclusive SQLite store (as the embedded server runs it), and
+    SqlStateStore on PostgreSQL."""
+    store: StateStore
+    if store_kind == "sqlite-cached":
+        store = CachingStateStore(SqlStateStore(store_url, history_limit=20, exclusive=True))
+    else:
+        store = SqlStateStore(store_url, history_limit=20)
     await store.start()
     yield store
     await store.close()

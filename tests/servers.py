@@ -71,6 +71,16 @@ class ServerThread:
         self.loop.close()
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a child Python process running the SDK or the CLI as a user would: this
+    checkout importable, and no SESSIONKIT_* setting inherited from the test run (so no address
+    unless the test gives one: embedded mode by default)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONKIT_")}
+    env["PYTHONPATH"] = f"{ROOT / 'sdk'}{os.pathsep}{ROOT}"
+    env.update(extra)
+    return env
+
+
 def wait_serving(target: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None

@@ -17,6 +17,7 @@ from grpc_status import rpc_status
 
 from sessionkit.errors import (
     DOMAIN,
+    FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     ResourceExhausted,
@@ -282,3 +283,34 @@ async def test_a_write_sent_twice_with_an_idempotency_key_is_applied_once(
     assert a == b
     listed = await stub.ListEvents(state_pb2.ListEventsRequest(session=ref()), timeout=10)
     assert [e.id for e in listed.events] == [a.event.id]
+
+
+async def test_an_idempotency_key_reused_across_a_write_and_an_event_is_failed_precondition(
+    stub: state_pb2_grpc.StateServiceStub,
+) -> None:
+    write = state_pb2.IncrementStateRequest(session=ref(), key="n", delta=1, idempotency_key="turn-1")
+    assert (await stub.IncrementState(write, timeout=10)).version == 1
+    event = state_pb2.Event(role="user", content="hello")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.AppendEvent(
+            state_pb2.AppendEventRequest(session=ref(), event=event, idempotency_key="turn-1"), timeout=10
+        )
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert details(info.value)[0].reason == "IDEMPOTENCY_KEY_REUSED"
+    assert isinstance(from_rpc_error(info.value), FailedPrecondition)
+
+    appended = await stub.AppendEvent(
+        state_pb2.AppendEventRequest(session=ref(), event=event, idempotency_key="turn-2"), timeout=10
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.SetStateValue(
+            state_pb2.SetStateValueRequest(session=ref(), key="a", value=to_value(1), idempotency_key="turn-2"),
+            timeout=10,
+        )
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert details(info.value)[0].reason == "IDEMPOTENCY_KEY_REUSED"
+
+    assert await get_state(stub) == ({"n": 1}, 1)
+    listed = await stub.ListEvents(state_pb2.ListEventsRequest(session=ref()), timeout=10)
+    assert [e.id for e in listed.events] == [appended.event.id]
+    assert (await stub.IncrementState(write, timeout=10)).version == 1  # each key replays its own kind

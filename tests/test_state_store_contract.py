@@ -1,15 +1,17 @@
 """The StateStore contract, run over every implementation (the ``state_store`` fixture is
-parametrized over SQLite and PostgreSQL). Only the StateStore interface is used here, so a new
-backend passes this file or is not a StateStore."""
+parametrized over SQLite, SQLite behind the read cache, and PostgreSQL). Only the StateStore
+interface is used here, so a new backend passes this file or is not a StateStore."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 
 import pytest
 
 from services.state.store import (
+    EVENT_RESPONSE_PREFIX,
     Change,
     EventRecord,
     JsonObject,
@@ -18,8 +20,9 @@ from services.state.store import (
     SessionRecord,
     StateStore,
     VersionRecord,
+    WriteTx,
 )
-from sessionkit.errors import AlreadyExists, SessionNotFound
+from sessionkit.errors import AlreadyExists, FailedPrecondition, SessionNotFound
 from sessionkit.jsonvalues import JsonValue
 
 SECOND = 1_000_000
@@ -47,12 +50,19 @@ async def write_set(
     store: StateStore, key: SessionKey, name: str, value: JsonValue, idem: str = "", now: int | None = None
 ) -> bytes | None:
     """One SET through the unit of work; returns the replayed response (None when applied)."""
-    async with store.write(key, idem, now_us() if now is None else now) as tx:
+
+    def apply(tx: WriteTx) -> bytes | None:
         if tx.replayed_response is not None:
             return tx.replayed_response
         tx.state[name] = value
         tx.commit(Change(Operation.SET, name, value), f"v{tx.next_version}".encode())
-    return None
+        return None
+
+    return await store.write(key, idem, now_us() if now is None else now, apply)
+
+
+def never_called(tx: WriteTx) -> None:
+    raise AssertionError(f"apply ran on session {tx.session.key} that should not be writable")
 
 
 def event(
@@ -118,8 +128,7 @@ async def test_get_session_is_none_for_unknown_and_expired_sessions(state_store:
     with pytest.raises(SessionNotFound):
         await state_store.read_state(KEY, t + 5 * SECOND)
     with pytest.raises(SessionNotFound):
-        async with state_store.write(KEY, "", t + 5 * SECOND):
-            pass
+        await state_store.write(KEY, "", t + 5 * SECOND, never_called)
     with pytest.raises(SessionNotFound):
         await state_store.append_event(KEY, event("late"), "", t + 5 * SECOND)
     page = await state_store.list_sessions("app", "alice", 10, None, t + 5 * SECOND)
@@ -184,10 +193,13 @@ async def test_users_and_apps_never_see_each_others_sessions_or_state(state_stor
     other_app = SessionKey("app-2", "acme", "s1")
     for key, value in ((acme, "acme"), (acme_corp, "corp"), (other_app, "app-2")):
         await create(state_store, key, initial={"owner": value})
-        async with state_store.write(key, "", now_us()) as tx:
-            (await tx.user_state())["who"] = value
-            (await tx.app_state())["app"] = value
+
+        def apply(tx: WriteTx, value: str = value) -> None:
+            tx.user_state()["who"] = value
+            tx.app_state()["app"] = value
             tx.commit(Change(Operation.SET, "user:who", value), b"")
+
+        await state_store.write(key, "", now_us(), apply)
 
     t = now_us()
     assert [r.key for r in (await state_store.list_sessions("app", "acme", 10, None, t)).sessions] == [acme]
@@ -237,12 +249,14 @@ async def test_write_persists_state_bumps_version_and_records_history(state_stor
     t0 = now_us()
     await create(state_store, now=t0)
     t1 = t0 + 10
-    async with state_store.write(KEY, "", t1) as tx:
-        assert tx.replayed_response is None
-        assert tx.session.version == 0 and tx.next_version == 1
-        assert tx.state == {}
+
+    def set_a(tx: WriteTx) -> tuple[bytes | None, int, int, JsonObject]:
+        seen = (tx.replayed_response, tx.session.version, tx.next_version, dict(tx.state))
         tx.state["a"] = {"nested": [1, 2.5, "x", None, True]}
         tx.commit(Change(Operation.SET, "a", tx.state["a"]), b"ok")
+        return seen
+
+    assert await state_store.write(KEY, "", t1, set_a) == (None, 0, 1, {})
     assert await state_of(state_store) == (1, {"a": {"nested": [1, 2.5, "x", None, True]}}, {}, {})
     record = await state_store.get_session(KEY, t1)
     assert record is not None and record.update_us == t1 and record.create_us == t0
@@ -257,19 +271,28 @@ async def test_write_persists_state_bumps_version_and_records_history(state_stor
         )
     ]
 
-    async with state_store.write(KEY, "", t1 + 1) as tx:
-        assert tx.session.version == 1 and tx.next_version == 2
+    def clear(tx: WriteTx) -> tuple[int, int]:
         tx.state.clear()
         tx.commit(Change(Operation.CLEAR), b"ok")
+        return tx.session.version, tx.next_version
+
+    assert await state_store.write(KEY, "", t1 + 1, clear) == (1, 2)
     assert await state_of(state_store) == (2, {}, {}, {})
 
 
 async def test_write_without_commit_persists_nothing(state_store: StateStore) -> None:
     await create(state_store, initial={"a": 1})
-    async with state_store.write(KEY, "k", now_us()) as tx:
+
+    def change_without_commit(tx: WriteTx) -> str:
         tx.state["a"] = 2
+        tx.user_state()["u"] = 1
+        tx.app_state()["p"] = 1
+        return "returned"
+
+    assert await state_store.write(KEY, "k", now_us(), change_without_commit) == "returned"
     assert await state_of(state_store) == (1, {"a": 1}, {}, {})
-    assert await write_set(state_store, KEY, "a", 3, idem="k") is None
+    assert [v.version for v in await state_store.list_versions(KEY, 10, None)] == [1]
+    assert await write_set(state_store, KEY, "a", 3, idem="k") is None  # the key was not consumed
 
 
 async def test_user_scope_is_shared_by_a_users_sessions_and_app_scope_by_all_users(
@@ -280,33 +303,44 @@ async def test_user_scope_is_shared_by_a_users_sessions_and_app_scope_by_all_use
     for key in (s1, s2, bob):
         await create(state_store, key)
 
-    async with state_store.write(s1, "", now_us()) as tx:
-        (await tx.user_state())["theme"] = "dark"
-        (await tx.app_state())["banner"] = "hello"
+    def set_scopes(tx: WriteTx) -> None:
+        tx.user_state()["theme"] = "dark"
+        tx.app_state()["banner"] = "hello"
         tx.commit(Change(Operation.SET, "user:theme", "dark"), b"")
+
+    await state_store.write(s1, "", now_us(), set_scopes)
 
     assert await state_of(state_store, s1) == (1, {}, {"theme": "dark"}, {"banner": "hello"})
     assert await state_of(state_store, s2) == (0, {}, {"theme": "dark"}, {"banner": "hello"})
     assert await state_of(state_store, bob) == (0, {}, {}, {"banner": "hello"})
 
-    async with state_store.write(bob, "", now_us()) as tx:
-        assert await tx.app_state() == {"banner": "hello"}
-        assert await tx.user_state() == {}
-        (await tx.app_state())["banner"] = "bye"
+    def bob_sets_banner(tx: WriteTx) -> tuple[JsonObject, JsonObject]:
+        seen = dict(tx.app_state()), dict(tx.user_state())
+        tx.app_state()["banner"] = "bye"
         tx.commit(Change(Operation.SET, "app:banner", "bye"), b"")
+        return seen
+
+    assert await state_store.write(bob, "", now_us(), bob_sets_banner) == ({"banner": "hello"}, {})
+    assert await state_of(state_store, bob) == (1, {}, {}, {"banner": "bye"})
     assert await state_of(state_store, s2) == (0, {}, {"theme": "dark"}, {"banner": "bye"})
 
 
 async def test_an_exception_inside_a_write_leaves_nothing_written(state_store: StateStore) -> None:
     await create(state_store, initial={"a": 1})
-    with pytest.raises(RuntimeError, match="boom"):
-        async with state_store.write(KEY, "idem-1", now_us()) as tx:
-            tx.state["a"] = 2
-            tx.state["b"] = 3
-            (await tx.user_state())["u"] = 1
-            (await tx.app_state())["p"] = 1
-            tx.commit(Change(Operation.SET, "a", 2), b"response")
-            raise RuntimeError("boom")
+
+    class Boom(RuntimeError):
+        pass
+
+    def fail_after_commit(tx: WriteTx) -> None:
+        tx.state["a"] = 2
+        tx.state["b"] = 3
+        tx.user_state()["u"] = 1
+        tx.app_state()["p"] = 1
+        tx.commit(Change(Operation.SET, "a", 2), b"response")
+        raise Boom("boom")
+
+    with pytest.raises(Boom, match="boom"):  # the very exception apply raised
+        await state_store.write(KEY, "idem-1", now_us(), fail_after_commit)
     assert await state_of(state_store) == (1, {"a": 1}, {}, {})
     assert [v.version for v in await state_store.list_versions(KEY, 10, None)] == [1]
     record = await state_store.get_session(KEY, now_us())
@@ -320,11 +354,15 @@ async def test_a_repeated_idempotency_key_replays_the_first_response(state_store
     other = SessionKey("app", "alice", "s2")
     await create(state_store)
     await create(state_store, other)
-    async with state_store.write(KEY, "req-1", now_us()) as tx:
-        tx.state["n"] = 1
-        tx.commit(Change(Operation.SET, "n", 1), b"\x00first response\xff")
-    async with state_store.write(KEY, "req-1", now_us()) as tx:
-        assert tx.replayed_response == b"\x00first response\xff"
+
+    def set_n(tx: WriteTx) -> bytes | None:
+        if tx.replayed_response is None:
+            tx.state["n"] = 1
+            tx.commit(Change(Operation.SET, "n", 1), b"\x00first response\xff")
+        return tx.replayed_response
+
+    assert await state_store.write(KEY, "req-1", now_us(), set_n) is None
+    assert await state_store.write(KEY, "req-1", now_us(), set_n) == b"\x00first response\xff"
     assert await state_of(state_store) == (1, {"n": 1}, {}, {})
 
     # Another key, or the same key on another session, is a new write.
@@ -333,6 +371,60 @@ async def test_a_repeated_idempotency_key_replays_the_first_response(state_store
     assert await state_of(state_store) == (2, {"n": 2}, {}, {})
     assert await write_set(state_store, KEY, "n", 9, idem="req-2") == b"v2"
     assert await state_of(state_store) == (2, {"n": 2}, {}, {})
+
+
+async def test_an_idempotency_key_is_never_replayed_across_writes_and_events(state_store: StateStore) -> None:
+    await create(state_store)
+    await write_set(state_store, KEY, "a", 1, idem="shared")
+    with pytest.raises(FailedPrecondition) as info:
+        await state_store.append_event(KEY, event("hi"), "shared", now_us())
+    assert info.value.reason == "IDEMPOTENCY_KEY_REUSED"
+    assert await state_store.list_events(KEY, 10, 0, 0, "") == []
+
+    # The other direction: the store hands the event's stored response to apply, marked as one.
+    first = await state_store.append_event(KEY, event("hi"), "ev-key", now_us())
+
+    def replayed(tx: WriteTx) -> bytes | None:
+        return tx.replayed_response
+
+    stored = await state_store.write(KEY, "ev-key", now_us(), replayed)
+    assert stored is not None and stored.startswith(EVENT_RESPONSE_PREFIX)
+    assert await state_of(state_store) == (1, {"a": 1}, {}, {})
+    assert await state_store.list_events(KEY, 10, 0, 0, "") == [first]
+
+
+async def test_concurrent_writes_to_one_session_are_serialized(state_store: StateStore) -> None:
+    await create(state_store)
+    callers = 16
+
+    def increment(tx: WriteTx) -> int:
+        current = tx.state.get("n", 0)
+        assert isinstance(current, int)
+        tx.state["n"] = current + 1
+        tx.user_state()["n"] = current + 1
+        tx.commit(Change(Operation.INCREMENT, "n", current + 1), b"")
+        return tx.next_version
+
+    versions = await asyncio.gather(*(state_store.write(KEY, "", now_us(), increment) for _ in range(callers)))
+    assert sorted(versions) == list(range(1, callers + 1))
+    assert await state_of(state_store) == (callers, {"n": callers}, {"n": callers}, {})
+
+
+async def test_apply_runs_once_and_what_it_holds_when_it_returns_is_persisted(
+    state_store: StateStore,
+) -> None:
+    await create(state_store)
+    calls: list[int] = []
+
+    def commit_then_change(tx: WriteTx) -> None:
+        calls.append(tx.next_version)
+        tx.commit(Change(Operation.SET, "x", 1), b"")
+        tx.state["x"] = 1  # commit() only marks the write: it is persisted when apply returns
+        tx.user_state()["late"] = True
+
+    await state_store.write(KEY, "", now_us(), commit_then_change)
+    assert calls == [1]
+    assert await state_of(state_store) == (1, {"x": 1}, {"late": True}, {})
 
 
 # -- history ---------------------------------------------------------------------------------------------

@@ -122,6 +122,12 @@ class Database:
 
     async def _run(self, fn: Callable[[Connection], T], engine: Engine | None, kind: str) -> T:
         if self._async is not None:
+            if kind == "read":
+                # No BEGIN/COMMIT round trips around a read: each statement is its own snapshot
+                # (reads here are single statements).
+                async with self._async.connect() as conn:
+                    await conn.execution_options(isolation_level="AUTOCOMMIT")
+                    return await conn.run_sync(fn)
             async with self._async.begin() as conn:
                 return await conn.run_sync(fn)
         assert engine is not None
