@@ -304,7 +304,9 @@ async def test_an_idempotency_key_reused_across_a_write_and_an_event_is_failed_p
     )
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.SetStateValue(
-            state_pb2.SetStateValueRequest(session=ref(), key="a", value=to_value(1), idempotency_key="turn-2"),
+            state_pb2.SetStateValueRequest(
+                session=ref(), key="a", value=to_value(1), idempotency_key="turn-2"
+            ),
             timeout=10,
         )
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION

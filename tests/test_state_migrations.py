@@ -92,7 +92,13 @@ def test_urls_are_normalized_to_the_drivers_the_stores_use() -> None:
     assert normalize_url("sqlite+aiosqlite:////data/s.db") == "sqlite:////data/s.db"
     assert normalize_url("sqlite+pysqlite:///rel.db") == "sqlite:///rel.db"
     assert normalize_url("sqlite:////data/s.db") == "sqlite:////data/s.db"
-    for scheme in ("postgresql", "postgres", "postgresql+psycopg2", "postgresql+psycopg", "postgresql+asyncpg"):
+    for scheme in (
+        "postgresql",
+        "postgres",
+        "postgresql+psycopg2",
+        "postgresql+psycopg",
+        "postgresql+asyncpg",
+    ):
         assert normalize_url(f"{scheme}://u:p%40ss@h:5432/db") == "postgresql+asyncpg://u:p%40ss@h:5432/db"
 
 

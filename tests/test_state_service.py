@@ -610,12 +610,6 @@ async def test_a_recreated_session_is_noticed_by_polling_when_another_replica_re
     assert queue.empty()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (services/state/service.py watch): versions listed after the watcher's last one are "
-    "yielded before the create_us check, so a watcher suspended at a yield while the session is "
-    "deleted and recreated with state streams the NEW session's history as if it continued the old",
-)
 async def test_a_suspended_watcher_never_streams_a_recreated_sessions_history(service: StateService) -> None:
     stream = service.watch(S1)
     try:

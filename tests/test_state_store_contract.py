@@ -405,7 +405,8 @@ async def test_concurrent_writes_to_one_session_are_serialized(state_store: Stat
         tx.commit(Change(Operation.INCREMENT, "n", current + 1), b"")
         return tx.next_version
 
-    versions = await asyncio.gather(*(state_store.write(KEY, "", now_us(), increment) for _ in range(callers)))
+    writes = [state_store.write(KEY, "", now_us(), increment) for _ in range(callers)]
+    versions = await asyncio.gather(*writes)
     assert sorted(versions) == list(range(1, callers + 1))
     assert await state_of(state_store) == (callers, {"n": callers}, {"n": callers}, {})
 

@@ -9,8 +9,10 @@ it in front of a store that other processes write (PostgreSQL with several repli
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import asyncio
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TypeVar
 
 from services.state.store import (
@@ -23,6 +25,7 @@ from services.state.store import (
     VersionRecord,
     WriteTx,
 )
+from sessionkit.jsonvalues import dumps, loads
 
 T = TypeVar("T")
 _Entry = tuple[SessionRecord, JsonObject, JsonObject, JsonObject]
@@ -32,48 +35,71 @@ class CachingStateStore(StateStore):
     def __init__(self, inner: StateStore, max_sessions: int = 10_000) -> None:
         self.inner = inner
         self.max_sessions = max_sessions
-        self._sessions: OrderedDict[SessionKey, tuple[SessionRecord, JsonObject]] = OrderedDict()
-        self._users: dict[tuple[str, str], JsonObject] = {}
-        self._apps: dict[str, JsonObject] = {}
+        # Entries hold JSON text, parsed on every hit: callers get objects of their own.
+        self._sessions: OrderedDict[SessionKey, tuple[SessionRecord, str]] = OrderedDict()
+        self._users: dict[tuple[str, str], str] = {}
+        self._apps: dict[str, str] = {}
+        # How many cached sessions use each scope entry: a scope leaves with its last session.
+        self._user_refs: Counter[tuple[str, str]] = Counter()
+        self._app_refs: Counter[str] = Counter()
         self._generation = 0
         self._writing = 0
 
     # -- cache bookkeeping ----------------------------------------------------------------------------
 
-    def _forget(self, key: SessionKey) -> None:
-        self._sessions.pop(key, None)
+    def _drop_session(self, key: SessionKey) -> None:
+        if self._sessions.pop(key, None) is None:
+            return
+        user = (key.app_name, key.user_id)
+        self._user_refs[user] -= 1
+        if self._user_refs[user] <= 0:
+            del self._user_refs[user]
+            self._users.pop(user, None)
+        self._app_refs[key.app_name] -= 1
+        if self._app_refs[key.app_name] <= 0:
+            del self._app_refs[key.app_name]
+            self._apps.pop(key.app_name, None)
+
+    def _forget(self, key: SessionKey | None) -> None:
+        """Drop what a write to ``key`` may have changed (everything when ``key`` is None)."""
+        if key is None:
+            for cached in list(self._sessions):
+                self._drop_session(cached)
+            return
+        self._drop_session(key)
         self._users.pop((key.app_name, key.user_id), None)
         self._apps.pop(key.app_name, None)
 
     async def _guard(self, key: SessionKey | None, write: Awaitable[T]) -> T:
         """Await a write with the cache fenced: no read fills it meanwhile; ``key``'s entries dropped
-        (every entry when ``key`` is None)."""
+        (every entry when ``key`` is None). The fence stays up until the database work is really done,
+        also when the caller is cancelled meanwhile (the SQLite thread still commits)."""
         self._writing += 1
         self._generation += 1
-        try:
-            return await write
-        finally:
+        task = asyncio.ensure_future(write)
+
+        def done(_: asyncio.Future[T]) -> None:
             self._writing -= 1
             self._generation += 1
-            if key is None:
-                self._sessions.clear()
-                self._users.clear()
-                self._apps.clear()
-            else:
-                self._forget(key)
+            self._forget(key)
+
+        task.add_done_callback(done)
+        return await asyncio.shield(task)
 
     def _fill(self, generation: int, entry: _Entry) -> None:
         if self._writing or generation != self._generation:
             return
         record, own, user, app = entry
         key = record.key
-        self._sessions[key] = (record, own)
+        if key not in self._sessions:
+            self._user_refs[(key.app_name, key.user_id)] += 1
+            self._app_refs[key.app_name] += 1
+        self._sessions[key] = (record, dumps(own))
         self._sessions.move_to_end(key)
-        self._users[(key.app_name, key.user_id)] = user
-        self._apps[key.app_name] = app
+        self._users[(key.app_name, key.user_id)] = dumps(user)
+        self._apps[key.app_name] = dumps(app)
         while len(self._sessions) > self.max_sessions:
-            old, _ = self._sessions.popitem(last=False)
-            self._users.pop((old.app_name, old.user_id), None)
+            self._drop_session(next(iter(self._sessions)))
 
     def _cached(self, key: SessionKey, now_us: int) -> _Entry | None:
         hit = self._sessions.get(key)
@@ -85,7 +111,7 @@ class CachingStateStore(StateStore):
         if record.expire_us is not None and record.expire_us <= now_us:
             return None
         self._sessions.move_to_end(key)
-        return record, own, user, app
+        return replace(record), loads(own), loads(user), loads(app)
 
     # -- reads ------------------------------------------------------------------------------------------
 

@@ -413,6 +413,9 @@ class StateService:
                 last = since_version
             while True:
                 changes = await self.store.list_versions(key, 500, None, after=last)
+                if changes:
+                    # Versions are listed by session id: make sure they are still this session's.
+                    await self._check_same_session(key, created)
                 if changes and changes[0].version != last + 1:
                     # The watcher fell behind the retained history: resynchronise with a snapshot.
                     state, version = await self.get_state(key)
@@ -436,10 +439,13 @@ class StateService:
                     await asyncio.wait_for(waker.wait(), self.poll_interval)
                 # End the stream with NOT_FOUND once the session is deleted, also when a session
                 # with the same id was created again meanwhile (its versions are another history).
-                if (await self.get_session(key)).create_us != created:
-                    raise SessionNotFound(f"session {key.session_id!r} was deleted while being watched")
+                await self._check_same_session(key, created)
         finally:
             self.notifier.unsubscribe(key, waker)
+
+    async def _check_same_session(self, key: SessionKey, created_us: int) -> None:
+        if (await self.get_session(key)).create_us != created_us:
+            raise SessionNotFound(f"session {key.session_id!r} was deleted while being watched")
 
     # -- events -------------------------------------------------------------------------------------
 
