@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 PROTO_SRC := $(wildcard protos/sessionkit/v1/*.proto)
-GENERATED := $(patsubst protos/%.proto,sdk/%_pb2.py,$(PROTO_SRC))
+GENERATED := sdk/sessionkit/v1/.generated
 export HF_HUB_OFFLINE := 1
 
 .PHONY: install protos run test lint bench clean
@@ -26,6 +26,7 @@ protos: $(STAMP)
 
 $(GENERATED): $(PROTO_SRC) $(STAMP)
 	$(MAKE) protos
+	touch $@
 
 # Every service in one process on 127.0.0.1:50051, data under ./.sessionkit (Ctrl-C drains and stops).
 run: install
@@ -39,8 +40,13 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# Latency and throughput against a bare gRPC echo, on SQLite and (if reachable) on PostgreSQL.
+BENCH_PG_URL ?= postgresql://postgres@127.0.0.1:5432/test
 bench: install
 	$(PY) bench/state_latency.py
+	@if pg_isready -q -d "$(BENCH_PG_URL)" 2>/dev/null; then \
+		$(PY) bench/state_latency.py --database-url "$(BENCH_PG_URL)"; \
+	else echo "PostgreSQL at $(BENCH_PG_URL) not reachable: skipped its run"; fi
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache sdk/sessionkit/v1/*_pb2*.py sdk/sessionkit/v1/*_pb2*.pyi
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(GENERATED) sdk/sessionkit/v1/*_pb2*.py sdk/sessionkit/v1/*_pb2*.pyi

@@ -114,6 +114,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
+        print(f"state store: {args.database_url or 'SQLite (embedded default, read cache on)'}")
         procs, sk_addr, echo_addr = start_servers(Path(tmp), args.database_url)
         try:
             run(args, sk_addr, echo_addr)

@@ -76,6 +76,8 @@ class Host:
     async def stop(self, grace: float | None = None) -> None:
         """Drain: health NOT_SERVING, refuse new calls, let in-flight calls finish within ``grace``."""
         await self.health.enter_graceful_shutdown()
+        if self.state is not None:
+            self.state.begin_shutdown()
         for task in self.tasks:
             task.cancel()
         await self.server.stop(self.settings.drain_seconds if grace is None else grace)

@@ -136,3 +136,10 @@ class ServerProcess:
     def terminate(self) -> int:
         self.proc.terminate()
         return self.proc.wait(timeout=30)
+
+    def stderr_text(self) -> str:
+        """What the server wrote to stderr; call once it has exited (this closes the pipe)."""
+        assert self.proc.poll() is not None, "stderr_text() of a running server would block"
+        assert self.proc.stderr is not None
+        with self.proc.stderr:
+            return self.proc.stderr.read().decode(errors="replace")

@@ -116,6 +116,16 @@ def serve(
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
         err.print(f"[red]error:[/red] invalid settings: {problems}", highlight=False)
         raise typer.Exit(2) from None
+    # gRPC takes the port modulo 65536 (70000 would serve on 4464) and a negative one means "no TCP
+    # port" (the embedded server's unix-socket-only mode), so check the range here.
+    if not 0 <= settings.port <= 65535:
+        err.print(
+            f"[red]error:[/red] invalid settings: port: {settings.port} is not a TCP port "
+            "(0-65535; 0 picks a free one)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
     logs.configure(settings.log_level, settings.log_format)
     lock = None
     if not settings.database_url:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -61,6 +61,7 @@ class Transport:
 
     def __post_init__(self) -> None:
         self._targets = self.settings.targets(self.address)
+        self._local_target: str | None = None
 
     @property
     def embedded(self) -> bool:
@@ -68,9 +69,12 @@ class Transport:
 
     async def target(self, service: str) -> str:
         if self._targets is None:
-            return await asyncio.to_thread(
-                ensure_local_server, self.storage_path, self.settings.idle_shutdown
-            )
+            # Found (or started) once; if it stops later, the retry hook starts it again.
+            if self._local_target is None:
+                self._local_target = await asyncio.to_thread(
+                    ensure_local_server, self.storage_path, self.settings.idle_shutdown
+                )
+            return self._local_target
         target = self._targets.get(service)
         if not target:
             raise InvalidArgument(
@@ -137,7 +141,6 @@ class Transport:
     async def _before_retry(self, error: BaseException) -> None:
         # An idle-stopped or killed embedded server is restarted before the next attempt.
         if self._targets is None and isinstance(error, ServiceUnavailable):
-            await asyncio.to_thread(ensure_local_server, self.storage_path, self.settings.idle_shutdown)
-
-
-RetryHook = Callable[[BaseException], Awaitable[None]]
+            self._local_target = await asyncio.to_thread(
+                ensure_local_server, self.storage_path, self.settings.idle_shutdown
+            )

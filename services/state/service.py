@@ -37,6 +37,7 @@ from sessionkit.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    ServiceUnavailable,
     SessionNotFound,
     StateConflict,
 )
@@ -154,6 +155,11 @@ class ChangeNotifier:
         self._waiters[key].add(event)
         return event
 
+    def notify_all(self) -> None:
+        for waiters in self._waiters.values():
+            for event in waiters:
+                event.set()
+
     def unsubscribe(self, key: SessionKey, event: asyncio.Event) -> None:
         waiters = self._waiters.get(key)
         if waiters is not None:
@@ -170,6 +176,7 @@ class StateService:
         self.limits = limits or StateLimits()
         self.poll_interval = poll_interval
         self.notifier = ChangeNotifier()
+        self.closing = False
 
     # -- sessions ---------------------------------------------------------------------------------
 
@@ -437,6 +444,10 @@ class StateService:
                 waker.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(waker.wait(), self.poll_interval)
+                if self.closing:
+                    raise ServiceUnavailable(
+                        "the server is shutting down: watch again to resume (since_version)"
+                    )
                 # End the stream with NOT_FOUND once the session is deleted, also when a session
                 # with the same id was created again meanwhile (its versions are another history).
                 await self._check_same_session(key, created)
@@ -500,6 +511,11 @@ class StateService:
         more = len(events) > size
         events = events[:size]
         return events, _page_token(str(events[-1].id)) if more else ""
+
+    def begin_shutdown(self) -> None:
+        """End every watch stream (UNAVAILABLE: clients reconnect), so a drain never waits on them."""
+        self.closing = True
+        self.notifier.notify_all()
 
     # -- maintenance --------------------------------------------------------------------------------
 
