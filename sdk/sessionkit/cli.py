@@ -24,6 +24,8 @@ from sessionkit.state_client import SessionRef, StateClient
 from sessionkit.transport import Transport, close_channels
 
 T = TypeVar("T")
+#: Services this version implements; the others' contracts exist and their RPCs answer UNIMPLEMENTED.
+IMPLEMENTED_SERVICES = {"state"}
 app = typer.Typer(
     help="sessionkit: stateful sessions for AI agents.", no_args_is_help=True, add_completion=False
 )
@@ -124,6 +126,14 @@ def serve(
             "(0-65535; 0 picks a free one)",
             highlight=False,
             soft_wrap=True,
+        )
+        raise typer.Exit(2)
+    missing = sorted(set(service or ()) - IMPLEMENTED_SERVICES)
+    if missing:
+        err.print(
+            f"[red]error:[/red] not implemented in this version: {', '.join(missing)} "
+            f"(available: {', '.join(sorted(IMPLEMENTED_SERVICES))})",
+            highlight=False,
         )
         raise typer.Exit(2)
     logs.configure(settings.log_level, settings.log_format)

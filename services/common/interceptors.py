@@ -78,44 +78,38 @@ class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
 
     def _unary(self, behavior: Any, method: str) -> Any:
         async def wrapper(request: Any, context: Any) -> Any:
-            start = self._begin()
-            code = "OK"
+            start, outcome = self._begin(), ["OK"]
             try:
                 self._check_ready(method)
                 return await behavior(request, context)
-            except SessionKitError as error:
-                code = error.code.name
-                await context.abort_with_status(_status_for(error, method))
             except Exception as error:
-                if _is_abort(error):
-                    raise
-                code = "INTERNAL"
-                await context.abort_with_status(_status_for(error, method))
+                await self._fail(error, context, method, outcome)
             finally:
-                self._end(method, start, code)
+                self._end(method, start, outcome[0])
 
         return wrapper
 
     def _stream(self, behavior: Any, method: str) -> Any:
         async def wrapper(request: Any, context: Any) -> AsyncIterator[Any]:
-            start = self._begin()
-            code = "OK"
+            start, outcome = self._begin(), ["OK"]
             try:
                 self._check_ready(method)
                 async for response in behavior(request, context):
                     yield response
-            except SessionKitError as error:
-                code = error.code.name
-                await context.abort_with_status(_status_for(error, method))
             except Exception as error:
-                if _is_abort(error):
-                    raise
-                code = "INTERNAL"
-                await context.abort_with_status(_status_for(error, method))
+                await self._fail(error, context, method, outcome)
             finally:
-                self._end(method, start, code)
+                self._end(method, start, outcome[0])
 
         return wrapper
+
+    @staticmethod
+    async def _fail(error: Exception, context: Any, method: str, outcome: list[str]) -> None:
+        """End the call with the status for ``error`` (records its code in ``outcome``)."""
+        if _is_abort(error):
+            raise error
+        outcome[0] = error.code.name if isinstance(error, SessionKitError) else "INTERNAL"
+        await context.abort_with_status(_status_for(error, method))
 
     def _check_ready(self, method: str) -> None:
         if (
