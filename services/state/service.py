@@ -7,8 +7,6 @@ everything that decides behaviour is here, once.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import json
 import logging
@@ -17,6 +15,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 
+from services.common import paging
 from services.state.limits import StateLimits
 from services.state.store import (
     EVENT_RESPONSE_PREFIX,
@@ -124,21 +123,6 @@ def merge(own: JsonObject, user: JsonObject, app: JsonObject) -> JsonObject:
     return merged
 
 
-def _page_token(value: str) -> str:
-    return base64.urlsafe_b64encode(value.encode()).decode()
-
-
-def _read_token(token: str) -> str | None:
-    if not token:
-        return None
-    try:
-        return base64.urlsafe_b64decode(token.encode()).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidArgument(
-            "invalid page_token", violations=[FieldViolation("page_token", "not a token this service issued")]
-        ) from None
-
-
 class ChangeNotifier:
     """Wakes this process's watchers of a session when it changes. Watchers also poll the store, so
     changes written by other replicas arrive too, within ``poll_interval``."""
@@ -209,9 +193,9 @@ class StateService:
         key = session_key(app_name, user_id, "placeholder")
         size = self._page_size(page_size, 100)
         page = await self.store.list_sessions(
-            key.app_name, key.user_id, size, _read_token(page_token), now_us()
+            key.app_name, key.user_id, size, paging.read_token(page_token), now_us()
         )
-        return page.sessions, _page_token(page.next_after) if page.next_after else ""
+        return page.sessions, paging.page_token(page.next_after) if page.next_after else ""
 
     async def delete_session(self, key: SessionKey, allow_missing: bool = False) -> bool:
         deleted = await self.store.delete_session(key)
@@ -394,7 +378,7 @@ class StateService:
         self, key: SessionKey, page_size: int, page_token: str
     ) -> tuple[list[VersionRecord], str]:
         size = self._page_size(page_size, 50)
-        token = _read_token(page_token)
+        token = paging.read_token(page_token)
         before = int(token) if token and token.isdigit() else None
         if token and before is None:
             raise InvalidArgument(
@@ -404,7 +388,7 @@ class StateService:
         versions = await self.store.list_versions(key, size + 1, before)
         more = len(versions) > size
         versions = versions[:size]
-        return versions, _page_token(str(versions[-1].version)) if more else ""
+        return versions, paging.page_token(str(versions[-1].version)) if more else ""
 
     # -- watch --------------------------------------------------------------------------------------
 
@@ -499,7 +483,7 @@ class StateService:
                 violations=[FieldViolation("tail", f"must be between 0 and {self.limits.max_page_size}")],
             )
         size = self._page_size(page_size, 100)
-        token = _read_token(page_token)
+        token = paging.read_token(page_token)
         if token is not None and not token.isdigit():
             raise InvalidArgument(
                 "invalid page_token", violations=[FieldViolation("page_token", "not an event id")]
@@ -510,7 +494,7 @@ class StateService:
             return events, ""
         more = len(events) > size
         events = events[:size]
-        return events, _page_token(str(events[-1].id)) if more else ""
+        return events, paging.page_token(str(events[-1].id)) if more else ""
 
     def begin_shutdown(self) -> None:
         """End every watch stream (UNAVAILABLE: clients reconnect), so a drain never waits on them."""
@@ -605,12 +589,5 @@ class StateService:
                 metadata={"limit_bytes": str(self.limits.max_state_bytes), "size_bytes": str(size)},
             )
 
-    def _page_size(self, page_size: int, default: int) -> int:
-        if page_size < 0 or page_size > self.limits.max_page_size:
-            raise InvalidArgument(
-                "invalid page_size",
-                violations=[
-                    FieldViolation("page_size", f"must be between 0 and {self.limits.max_page_size}")
-                ],
-            )
-        return page_size or default
+    def _page_size(self, size: int, default: int) -> int:
+        return paging.page_size(size, default, self.limits.max_page_size)

@@ -238,10 +238,13 @@ class SqlWriteTx(WriteTx):
 
 
 class SqlStateStore(StateStore):
-    def __init__(self, url: str, history_limit: int = 100, exclusive: bool = False) -> None:
-        """``exclusive``: take the SQLite file's lock, so no second server process opens it."""
+    def __init__(self, db: str | Database, history_limit: int = 100, exclusive: bool = False) -> None:
+        """``db``: a URL (the store opens and closes its own Database) or a Database shared with other
+        services' stores (its owner closes it). ``exclusive``: take the SQLite file's lock, so no
+        second server process opens it."""
         self.history_limit = history_limit
-        self.db = Database(url)
+        self._owns_db = isinstance(db, str)
+        self.db = Database(db) if isinstance(db, str) else db
         self.exclusive = exclusive
 
     @property
@@ -254,7 +257,8 @@ class SqlStateStore(StateStore):
         await self.db.migrate(upgrader(MIGRATIONS, VERSION_TABLE), VERSION_TABLE)
 
     async def close(self) -> None:
-        await self.db.close()
+        if self._owns_db:
+            await self.db.close()
 
     async def create_session(
         self,

@@ -1,0 +1,497 @@
+"""The memory store: memories (the source of truth), their change history, the vector outbox and the
+lexical index, on SQLite or PostgreSQL through services.common.db.Database."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Row, and_, delete, func, insert, literal_column, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from services.common.db import Database
+from services.common.migrate import upgrader
+from services.memory import tables as t
+from sessionkit.errors import NotFound, StateConflict
+from sessionkit.jsonvalues import JsonValue, dumps, loads
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+VERSION_TABLE = "sk_memory_alembic_version"
+JsonObject = dict[str, JsonValue]
+
+ADD, UPDATE, MERGE, DELETE = 1, 2, 3, 4
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who is asking: a session of a user of an app. It sees its own short-term memories and the
+    user's long-term memories, nothing else."""
+
+    app_name: str
+    user_id: str
+    session_id: str
+
+
+@dataclass
+class MemoryRecord:
+    id: str
+    app_name: str
+    user_id: str
+    session_id: str
+    memory_type: int
+    text: str
+    content_hash: str
+    quality: float
+    metadata: JsonObject
+    create_us: int
+    update_us: int
+    expire_us: int | None
+    revision: int
+
+    @property
+    def bucket(self) -> str:
+        """The vector index's scope tag: "long", or "short:<session_id>"."""
+        return "long" if self.memory_type == t.LONG else f"short:{self.session_id}"
+
+
+@dataclass
+class ChangeRecord:
+    id: int
+    memory_id: str
+    memory_type: int
+    operation: int
+    old_text: str | None
+    new_text: str | None
+    old_quality: float | None
+    new_quality: float | None
+    old_metadata: JsonObject | None
+    new_metadata: JsonObject | None
+    actor: str
+    session_id: str
+    revision: int
+    time_us: int
+
+
+@dataclass
+class AddOutcome:
+    memory: MemoryRecord
+    deduplicated: bool = False
+    evicted: list[str] = field(default_factory=list)
+
+
+def _memory(row: Row[Any]) -> MemoryRecord:
+    m = row._mapping
+    return MemoryRecord(
+        m["id"],
+        m["app_name"],
+        m["user_id"],
+        m["session_id"],
+        m["memory_type"],
+        m["text"],
+        m["content_hash"],
+        m["quality"],
+        loads(m["metadata"]),
+        m["create_us"],
+        m["update_us"],
+        m["expire_us"],
+        m["revision"],
+    )
+
+
+def _change(row: Row[Any]) -> ChangeRecord:
+    m = row._mapping
+
+    def obj(name: str) -> JsonObject | None:
+        return None if m[name] is None else loads(m[name])
+
+    return ChangeRecord(
+        m["id"],
+        m["memory_id"],
+        m["memory_type"],
+        m["operation"],
+        m["old_text"],
+        m["new_text"],
+        m["old_quality"],
+        m["new_quality"],
+        obj("old_metadata"),
+        obj("new_metadata"),
+        m["actor"],
+        m["session_id"],
+        m["revision"],
+        m["time_us"],
+    )
+
+
+def visible(owner: Owner, memory_type: int | None, now_us: int) -> Any:
+    """The rows ``owner`` may see: its session's short-term memories and its user's long-term ones."""
+    m = t.memories.c
+    short = and_(m.memory_type == t.SHORT, m.scope == owner.session_id)
+    long = m.memory_type == t.LONG
+    kinds = short if memory_type == t.SHORT else long if memory_type == t.LONG else or_(short, long)
+    return and_(
+        m.app_name == owner.app_name,
+        m.user_id == owner.user_id,
+        kinds,
+        or_(m.expire_us.is_(None), m.expire_us > now_us),
+    )
+
+
+_TOKEN = re.compile(r"\w+", re.UNICODE)
+
+
+def lexical_terms(query: str, limit: int = 32) -> list[str]:
+    """The query's words, deduplicated, as plain tokens (no operator of either FTS dialect survives)."""
+    seen: dict[str, None] = {}
+    for token in _TOKEN.findall(query.lower()):
+        if len(token) > 1 or token.isdigit():
+            seen.setdefault(token, None)
+    return list(seen)[:limit]
+
+
+class MemoryStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def start(self) -> None:
+        await self.db.migrate(upgrader(MIGRATIONS, VERSION_TABLE), VERSION_TABLE)
+
+    # -- writes ---------------------------------------------------------------------------------------
+
+    async def add(self, record: MemoryRecord, actor: str, window: int) -> AddOutcome:
+        """Insert ``record`` unless the same content is already in its scope (then return that one).
+        A short-term insert evicts the session's oldest memories beyond ``window``."""
+
+        def run(conn: Connection) -> AddOutcome:
+            dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+            values = _row_values(record)
+            pk = conn.execute(
+                dialect_insert(t.memories)
+                .values(**values)
+                .on_conflict_do_nothing()
+                .returning(t.memories.c.pk)
+            ).scalar_one_or_none()
+            m = t.memories.c
+            if pk is None:
+                existing = conn.execute(
+                    select(t.memories).where(
+                        m.app_name == record.app_name,
+                        m.user_id == record.user_id,
+                        m.memory_type == record.memory_type,
+                        m.scope == values["scope"],
+                        m.content_hash == record.content_hash,
+                    )
+                ).one()
+                return AddOutcome(_memory(existing), deduplicated=True)
+            _log(conn, record, ADD, actor, new=(record.text, record.quality, record.metadata))
+            _outbox(conn, record, "upsert")
+            evicted: list[str] = []
+            if record.memory_type == t.SHORT and window > 0:
+                old = conn.execute(
+                    select(t.memories)
+                    .where(
+                        m.app_name == record.app_name,
+                        m.user_id == record.user_id,
+                        m.memory_type == t.SHORT,
+                        m.scope == record.session_id,
+                    )
+                    .order_by(m.create_us.desc(), m.pk.desc())
+                    .offset(window)
+                ).all()
+                for row in old:
+                    gone = _memory(row)
+                    _delete(conn, gone, actor, record.update_us)
+                    evicted.append(gone.id)
+            return AddOutcome(record, evicted=evicted)
+
+        return await self.db.write(run)
+
+    async def update(
+        self,
+        owner: Owner,
+        memory_id: str,
+        now_us: int,
+        actor: str,
+        *,
+        text_hash: tuple[str, str] | None = None,
+        quality: float | None = None,
+        metadata: JsonObject | None = None,
+        expected_revision: int | None = None,
+        operation: int = UPDATE,
+    ) -> MemoryRecord:
+        def run(conn: Connection) -> MemoryRecord:
+            current = _locked(conn, owner, memory_id, now_us, expected_revision)
+            new_text, new_hash = text_hash or (current.text, current.content_hash)
+            new = MemoryRecord(
+                **{
+                    **current.__dict__,
+                    "text": new_text,
+                    "content_hash": new_hash,
+                    "quality": current.quality if quality is None else quality,
+                    "metadata": current.metadata if metadata is None else metadata,
+                    "update_us": now_us,
+                    "revision": current.revision + 1,
+                }
+            )
+            conn.execute(
+                update(t.memories)
+                .where(t.memories.c.id == memory_id)
+                .values(
+                    text=new.text,
+                    content_hash=new.content_hash,
+                    quality=new.quality,
+                    metadata=dumps(new.metadata),
+                    update_us=now_us,
+                    revision=new.revision,
+                )
+            )
+            _log(
+                conn,
+                new,
+                operation,
+                actor,
+                old=(current.text, current.quality, current.metadata),
+                new=(new.text, new.quality, new.metadata),
+            )
+            if new.text != current.text or new.metadata != current.metadata or new.quality != current.quality:
+                _outbox(conn, new, "upsert")
+            return new
+
+        return await self.db.write(run)
+
+    async def delete(
+        self, owner: Owner, memory_id: str, now_us: int, actor: str, expected_revision: int | None = None
+    ) -> MemoryRecord:
+        def run(conn: Connection) -> MemoryRecord:
+            current = _locked(conn, owner, memory_id, now_us, expected_revision)
+            _delete(conn, current, actor, now_us)
+            return current
+
+        return await self.db.write(run)
+
+    async def clear(self, owner: Owner, memory_type: int | None, now_us: int, actor: str) -> list[str]:
+        def run(conn: Connection) -> list[str]:
+            rows = conn.execute(select(t.memories).where(visible(owner, memory_type, now_us))).all()
+            for row in rows:
+                _delete(conn, _memory(row), actor, now_us)
+            return [row._mapping["id"] for row in rows]
+
+        return await self.db.write(run)
+
+    # -- reads ----------------------------------------------------------------------------------------
+
+    async def get(self, owner: Owner, memory_id: str, now_us: int) -> MemoryRecord | None:
+        def run(conn: Connection) -> MemoryRecord | None:
+            query = select(t.memories).where(t.memories.c.id == memory_id, visible(owner, None, now_us))
+            row = conn.execute(query).first()
+            return None if row is None else _memory(row)
+
+        return await self.db.read(run)
+
+    async def by_ids(self, owner: Owner, ids: list[str], now_us: int) -> dict[str, MemoryRecord]:
+        if not ids:
+            return {}
+
+        def run(conn: Connection) -> dict[str, MemoryRecord]:
+            query = select(t.memories).where(t.memories.c.id.in_(ids), visible(owner, None, now_us))
+            return {row._mapping["id"]: _memory(row) for row in conn.execute(query).all()}
+
+        return await self.db.read(run)
+
+    async def list_page(
+        self, owner: Owner, memory_type: int | None, limit: int, after_pk: int, now_us: int
+    ) -> list[tuple[int, MemoryRecord]]:
+        def run(conn: Connection) -> list[tuple[int, MemoryRecord]]:
+            m = t.memories.c
+            query = (
+                select(t.memories)
+                .where(visible(owner, memory_type, now_us), m.pk > after_pk)
+                .order_by(m.pk)
+                .limit(limit)
+            )
+            return [(row._mapping["pk"], _memory(row)) for row in conn.execute(query).all()]
+
+        return await self.db.read(run)
+
+    async def changes(
+        self, owner: Owner, memory_id: str, memory_type: int | None, limit: int, after_id: int
+    ) -> list[ChangeRecord]:
+        def run(conn: Connection) -> list[ChangeRecord]:
+            c = t.changes.c
+            short = and_(c.memory_type == t.SHORT, c.session_id == owner.session_id)
+            long = c.memory_type == t.LONG
+            kinds = short if memory_type == t.SHORT else long if memory_type == t.LONG else or_(short, long)
+            query = select(t.changes).where(
+                c.app_name == owner.app_name, c.user_id == owner.user_id, kinds, c.id > after_id
+            )
+            if memory_id:
+                query = query.where(c.memory_id == memory_id)
+            return [_change(row) for row in conn.execute(query.order_by(c.id).limit(limit)).all()]
+
+        return await self.db.read(run)
+
+    async def lexical(
+        self, owner: Owner, memory_type: int | None, query: str, k: int, now_us: int
+    ) -> list[tuple[str, float]]:
+        """Best lexical matches among the rows ``owner`` may see: (id, score >= 0, higher is better)."""
+        terms = lexical_terms(query)
+        if not terms:
+            return []
+
+        def run(conn: Connection) -> list[tuple[str, float]]:
+            m = t.memories.c
+            if conn.dialect.name == "postgresql":
+                tsv: Any = literal_column("sk_memories.tsv")
+                tsquery = func.to_tsquery("english", " | ".join(terms))
+                rank = func.ts_rank_cd(tsv, tsquery).label("rank")
+                stmt = (
+                    select(m.id, rank)
+                    .where(visible(owner, memory_type, now_us), tsv.op("@@")(tsquery))
+                    .order_by(rank.desc())
+                    .limit(k)
+                )
+                return [(row[0], float(row[1])) for row in conn.execute(stmt).all()]
+            match = " OR ".join(f'"{term}"' for term in terms)
+            fts = text(
+                "SELECT rowid AS pk, -bm25(sk_memories_fts) AS rank FROM sk_memories_fts "
+                "WHERE sk_memories_fts MATCH :match ORDER BY bm25(sk_memories_fts) LIMIT :limit"
+            ).columns()
+            hits = {
+                row[0]: float(row[1]) for row in conn.execute(fts, {"match": match, "limit": k * 4}).all()
+            }
+            if not hits:
+                return []
+            rows = conn.execute(
+                select(m.pk, m.id).where(m.pk.in_(list(hits)), visible(owner, memory_type, now_us))
+            )
+            ranked = sorted(((row[1], hits[row[0]]) for row in rows), key=lambda item: -item[1])
+            return ranked[:k]
+
+        return await self.db.read(run)
+
+    # -- the vector outbox ----------------------------------------------------------------------------
+
+    async def pending(self, limit: int = 256) -> list[tuple[int, str, str, str]]:
+        """(outbox id, memory id, app, action), oldest first."""
+
+        def run(conn: Connection) -> list[tuple[int, str, str, str]]:
+            o = t.outbox.c
+            rows = conn.execute(select(o.id, o.memory_id, o.app_name, o.action).order_by(o.id).limit(limit))
+            return [(r[0], r[1], r[2], r[3]) for r in rows.all()]
+
+        return await self.db.read(run)
+
+    async def rows_for_index(self, ids: list[str]) -> dict[str, MemoryRecord]:
+        def run(conn: Connection) -> dict[str, MemoryRecord]:
+            query = select(t.memories).where(t.memories.c.id.in_(ids))
+            return {row._mapping["id"]: _memory(row) for row in conn.execute(query).all()}
+
+        return await self.db.read(run)
+
+    async def done(self, outbox_ids: list[int]) -> None:
+        def run(conn: Connection) -> None:
+            conn.execute(delete(t.outbox).where(t.outbox.c.id.in_(outbox_ids)))
+
+        await self.db.write(run)
+
+    async def all_rows(
+        self, app_name: str | None, after_pk: int, limit: int
+    ) -> list[tuple[int, MemoryRecord]]:
+        def run(conn: Connection) -> list[tuple[int, MemoryRecord]]:
+            m = t.memories.c
+            query = select(t.memories).where(m.pk > after_pk)
+            if app_name is not None:
+                query = query.where(m.app_name == app_name)
+            return [
+                (r._mapping["pk"], _memory(r)) for r in conn.execute(query.order_by(m.pk).limit(limit)).all()
+            ]
+
+        return await self.db.read(run)
+
+
+def _row_values(record: MemoryRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "app_name": record.app_name,
+        "user_id": record.user_id,
+        "session_id": record.session_id,
+        "memory_type": record.memory_type,
+        "scope": record.session_id if record.memory_type == t.SHORT else "",
+        "text": record.text,
+        "content_hash": record.content_hash,
+        "quality": record.quality,
+        "metadata": dumps(record.metadata),
+        "create_us": record.create_us,
+        "update_us": record.update_us,
+        "expire_us": record.expire_us,
+        "revision": record.revision,
+    }
+
+
+def _locked(
+    conn: Connection, owner: Owner, memory_id: str, now_us: int, expected_revision: int | None
+) -> MemoryRecord:
+    query = (
+        select(t.memories).where(t.memories.c.id == memory_id, visible(owner, None, now_us)).with_for_update()
+    )
+    row = conn.execute(query).first()
+    if row is None:
+        raise NotFound(
+            f"memory {memory_id!r} not found", reason="MEMORY_NOT_FOUND", metadata={"memory_id": memory_id}
+        )
+    current = _memory(row)
+    if expected_revision is not None and expected_revision != current.revision:
+        raise StateConflict(
+            f"memory {memory_id!r} is at revision {current.revision}, not the expected {expected_revision}",
+            reason="MEMORY_CONFLICT",
+            metadata={"current_revision": str(current.revision)},
+        )
+    return current
+
+
+def _delete(conn: Connection, record: MemoryRecord, actor: str, now_us: int) -> None:
+    conn.execute(delete(t.memories).where(t.memories.c.id == record.id))
+    gone = MemoryRecord(**{**record.__dict__, "revision": record.revision + 1, "update_us": now_us})
+    _log(conn, gone, DELETE, actor, old=(record.text, record.quality, record.metadata))
+    _outbox(conn, gone, "delete")
+
+
+Snapshot = tuple[str, float, JsonObject]
+
+
+def _log(
+    conn: Connection,
+    record: MemoryRecord,
+    operation: int,
+    actor: str,
+    old: Snapshot | None = None,
+    new: Snapshot | None = None,
+) -> None:
+    conn.execute(
+        insert(t.changes).values(
+            memory_id=record.id,
+            app_name=record.app_name,
+            user_id=record.user_id,
+            session_id=record.session_id,
+            memory_type=record.memory_type,
+            operation=operation,
+            old_text=old[0] if old else None,
+            new_text=new[0] if new else None,
+            old_quality=old[1] if old else None,
+            new_quality=new[1] if new else None,
+            old_metadata=dumps(old[2]) if old else None,
+            new_metadata=dumps(new[2]) if new else None,
+            actor=actor,
+            revision=record.revision,
+            time_us=record.update_us,
+        )
+    )
+
+
+def _outbox(conn: Connection, record: MemoryRecord, action: str) -> None:
+    conn.execute(
+        insert(t.outbox).values(
+            memory_id=record.id, app_name=record.app_name, action=action, create_us=record.update_us
+        )
+    )
