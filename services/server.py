@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.config import ServerSettings
+from services.common.db import Database
 from services.common.interceptors import Activity, ErrorAndLogInterceptor
 from services.state.cached_store import CachingStateStore
 from services.state.grpc_servicer import StateServicer
@@ -28,6 +29,30 @@ from sessionkit.v1 import state_pb2, state_pb2_grpc
 log = logging.getLogger("sessionkit.server")
 
 STATE_SERVICE = state_pb2.DESCRIPTOR.services_by_name["StateService"].full_name
+MEMORY_SERVICE = "sessionkit.v1.MemoryService"
+
+
+def build_memory(settings: ServerSettings, db: Database, server: grpc.aio.Server) -> Any:
+    """The memory service and its servicer (imported here: the retrieval stack is heavy to import)."""
+    from services.memory.grpc_servicer import MemoryServicer
+    from services.memory.service import MemoryService, MemorySettings
+    from services.memory.store import MemoryStore
+    from services.retrieval.embeddings import embedder_from_config
+    from services.retrieval.vector_index import index_from_url
+    from sessionkit.v1 import memory_pb2_grpc
+
+    service = MemoryService(
+        MemoryStore(db),
+        index_from_url(settings.vector_url, settings.data_dir),
+        embedder_from_config(settings.embedding_config()),
+        MemorySettings(
+            short_window=settings.memory_short_window,
+            short_ttl_seconds=settings.memory_short_ttl_seconds,
+            merge_threshold=settings.memory_merge_threshold,
+        ),
+    )
+    memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(service), server)  # type: ignore[no-untyped-call]
+    return service
 
 
 @dataclass
@@ -40,20 +65,28 @@ class Host:
     health: Any
     activity: Activity
     ready: asyncio.Event
+    db: Database
     state: StateService | None = None
+    memory: Any = None  # services.memory.service.MemoryService, imported only when configured
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     async def start(self) -> None:
         """Start answering (health says NOT_SERVING), make storage ready, then SERVING."""
         await self.server.start()
         try:
+            if not self.db.is_postgres:
+                # A SQLite file is this process's alone (its read cache relies on it).
+                self.db.lock_exclusive()
             if self.state is not None:
                 await self.state.store.start()
                 self.tasks.append(
                     asyncio.create_task(self.state.reap_forever(self.settings.reap_interval_seconds))
                 )
+            if self.memory is not None:
+                await self.memory.start()
         except Exception:
             await self.server.stop(0)
+            await self.db.close()
             raise
         self.ready.set()
         for name in self.served_names():
@@ -71,6 +104,8 @@ class Host:
         names = [""]
         if self.state is not None:
             names.append(STATE_SERVICE)
+        if self.memory is not None:
+            names.append(MEMORY_SERVICE)
         return names
 
     async def stop(self, grace: float | None = None) -> None:
@@ -86,6 +121,9 @@ class Host:
                 await task
         if self.state is not None:
             await self.state.store.close()
+        if self.memory is not None:
+            await self.memory.close()
+        await self.db.close()
 
     async def serve_until_signal(self) -> None:
         """Run until SIGTERM/SIGINT (or idle shutdown), then drain."""
@@ -128,13 +166,12 @@ async def create_server(
     )
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    host = Host(server, 0, settings, health_servicer, activity, ready)
+    db = Database(settings.resolved_database_url())
+    host = Host(server, 0, settings, health_servicer, activity, ready, db)
     names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
 
     if "state" in settings.services:
-        sql_store = SqlStateStore(
-            settings.resolved_database_url(), history_limit=settings.history_limit, exclusive=True
-        )
+        sql_store = SqlStateStore(db, history_limit=settings.history_limit)
         # A SQLite file is locked to this process, so reads may be cached; PostgreSQL is shared by
         # replicas and is always read from the database.
         store: StateStore = sql_store if sql_store.db.is_postgres else CachingStateStore(sql_store)
@@ -146,6 +183,9 @@ async def create_server(
         host.state = StateService(store, limits)
         state_pb2_grpc.add_StateServiceServicer_to_server(StateServicer(host.state), server)  # type: ignore[no-untyped-call]
         names.append(STATE_SERVICE)
+    if "memory" in settings.services:
+        host.memory = build_memory(settings, db, server)
+        names.append(MEMORY_SERVICE)
     for name in host.served_names():
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection(names, server)

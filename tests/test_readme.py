@@ -41,3 +41,17 @@ def test_readme_example_runs_verbatim(tmp_path: Path) -> None:
     assert outputs[1][0] == "Handling ticket SUP-456 for John Doe (en)"
     assert outputs[1][1] == "['My order #12345 has not arrived', 'My order #12345 has not arrived']"
     assert (tmp_path / ".sessionkit" / "sessionkit.db").exists()
+
+
+@pytest.mark.slow
+def test_readme_memory_example_runs_verbatim(tmp_path: Path) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    script = tmp_path / "memory_example.py"
+    script.write_text(blocks[1])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONKIT_")}
+    env["SESSIONKIT_IDLE_SHUTDOWN"] = "5"
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["Completed unit tests successfully"]

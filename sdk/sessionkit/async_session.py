@@ -8,9 +8,16 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from sessionkit.config import ClientSettings
-from sessionkit.errors import InvalidArgument, NotImplementedByServer, SessionNotFound, StateConflict
+from sessionkit.errors import (
+    FieldViolation,
+    InvalidArgument,
+    NotImplementedByServer,
+    SessionNotFound,
+    StateConflict,
+)
 from sessionkit.ids import DEFAULT, check_id, new_session_id, path_component
 from sessionkit.jsonvalues import JsonValue, check_json
+from sessionkit.memory_client import MemoryClient
 from sessionkit.retry import RetryPolicy
 from sessionkit.state_client import Event, SessionInfo, SessionRef, StateChange, StateClient, StateVersion
 from sessionkit.transport import Transport
@@ -19,6 +26,40 @@ T = TypeVar("T")
 JsonObject = dict[str, JsonValue]
 TEMP = "temp:"
 _DELETED = object()
+
+
+MEMORY_CONFIG_KEYS = {"provider", "use_embedding", "rag_db_path", "short_db", "long_db", "config"}
+MEMORY_PROVIDERS = ("rag", "none", "mem0")
+
+
+def check_memory_config(config: dict[str, Any]) -> None:
+    """The seed's memory_config: provider "rag" (default) or "none"; the seed's path keys are accepted
+    (data lives in the server's data directory). Anything else is refused, naming the key."""
+    for key in config:
+        if key not in MEMORY_CONFIG_KEYS:
+            raise InvalidArgument(
+                f"unknown memory_config key {key!r}",
+                violations=[
+                    FieldViolation(
+                        f"memory_config.{key}", f"allowed: {', '.join(sorted(MEMORY_CONFIG_KEYS))}"
+                    )
+                ],
+            )
+    provider = config.get("provider", "rag")
+    if provider not in MEMORY_PROVIDERS:
+        raise InvalidArgument(
+            f"unknown memory provider {provider!r}",
+            violations=[FieldViolation("memory_config.provider", f"one of {', '.join(MEMORY_PROVIDERS)}")],
+        )
+    if provider == "mem0":
+        raise NotImplementedByServer(
+            'memory_config provider "mem0" (LLM fact extraction) is not implemented in this version; '
+            'use "rag"'
+        )
+    if config.get("use_embedding", True) is not True:
+        raise NotImplementedByServer(
+            "memory_config use_embedding=False is not supported yet: search is hybrid"
+        )
 
 
 def normalize_remote_url(url: str) -> str:
@@ -76,6 +117,7 @@ class AsyncSession:
         for name, config in (("memory_config", memory_config), ("knowledge_config", knowledge_config)):
             if config is not None and not isinstance(config, dict):
                 raise InvalidArgument(f"{name} must be a dict, not {type(config).__name__}")
+        check_memory_config(memory_config or {})
         self.auto_save = auto_save
         self.timeout = float(timeout)
         self.ttl = ttl
@@ -88,6 +130,7 @@ class AsyncSession:
         policy = (retry or RetryPolicy()).with_deadline(self.timeout)
         self._transport = Transport(settings, address, self.storage_path, policy)
         self._state = StateClient(self._transport)
+        self._memory = MemoryClient(self._transport)
         self._ref = SessionRef(self.app_name, self.user_id, self.session_id)
         self._ensured = False
         self._temp: JsonObject = {}
@@ -113,8 +156,13 @@ class AsyncSession:
         return self.storage_path / "sessions" / path_component(self.user_id) / path_component(self.session_id)
 
     @property
-    def memory(self) -> Any:
-        raise NotImplementedByServer("session memory arrives with the memory service (not in this version)")
+    def memory(self) -> SessionMemory:
+        """This session's memory as one object (add, search, context, clear), e.g. for a workflow."""
+        return SessionMemory(self)
+
+    @property
+    def memory_enabled(self) -> bool:
+        return bool(self.memory_config.get("provider", "rag") != "none")
 
     @property
     def knowledge(self) -> Any:
@@ -285,6 +333,98 @@ class AsyncSession:
             return new_version
         raise StateConflict("save_state() lost the race for the session 10 times in a row; try again")
 
+    # -- memory ---------------------------------------------------------------------------------------
+
+    def _check_memory(self) -> bool:
+        self._check_local()
+        return self.memory_enabled
+
+    async def add_memory(
+        self, text: str, memory_type: str = "long", **metadata: Any
+    ) -> dict[str, Any] | None:
+        """Store ``text`` in short-term (this session) or long-term (this user) memory, tagged with
+        ``metadata``. ``quality_score=`` may be passed among the keyword arguments. The same text twice
+        returns the existing memory (``deduplicated``); a near-duplicate is merged into it (``merged``).
+        Returns the memory as a dict (None when memory_config's provider is "none")."""
+        quality = metadata.pop("quality_score", None)
+        if not self._check_memory():
+            return None
+        return await self._memory.add(self._ref, text, memory_type, quality, metadata)
+
+    async def store_short_memory(self, content: str, **metadata: Any) -> dict[str, Any] | None:
+        """Remember ``content`` for this session (bounded: the oldest are dropped beyond the window)."""
+        return await self.add_memory(content, "short", **metadata)
+
+    async def store_long_memory(
+        self, content: str, quality_score: float = 0.7, **metadata: Any
+    ) -> dict[str, Any] | None:
+        """Remember ``content`` for this user, across all their sessions."""
+        return await self.add_memory(content, "long", quality_score=quality_score, **metadata)
+
+    async def search_memory(
+        self,
+        query: str,
+        memory_type: str = "all",
+        limit: int = 5,
+        *,
+        min_quality: float | None = None,
+        metadata_filter: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Memories relevant to ``query`` ("all" = this session's short-term and this user's long-term),
+        best first, each a dict with text, id, memory_type, score (and its components), metadata."""
+        if not self._check_memory():
+            return []
+        return await self._memory.search(self._ref, query, memory_type, limit, min_quality, metadata_filter)
+
+    async def get_memory_context(self, query: str, max_items: int = 3) -> str:
+        """The memories relevant to ``query`` as one text block for a prompt ("" when there are none)."""
+        if not self._check_memory():
+            return ""
+        return await self._memory.context(self._ref, query, max_items)
+
+    async def get_context(self, query: str, max_items: int = 3) -> str:
+        """Context for ``query`` from memory (knowledge joins it when the knowledge service lands)."""
+        memory = await self.get_memory_context(query, max_items)
+        return f"Memories:\n{memory}" if memory else ""
+
+    async def clear_memory(self, memory_type: str = "all") -> int:
+        """Delete this session's short-term memories ("short"), this user's long-term ones ("long"), or
+        both ("all"). Returns how many were deleted."""
+        if not self._check_memory():
+            return 0
+        return await self._memory.clear(self._ref, memory_type)
+
+    async def get_memory(self, memory_id: str) -> dict[str, Any]:
+        self._check_local()
+        return await self._memory.get(self._ref, memory_id)
+
+    async def list_memories(
+        self, memory_type: str = "all", metadata_filter: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        if not self._check_memory():
+            return []
+        return await self._memory.list_all(self._ref, memory_type, metadata_filter)
+
+    async def update_memory(
+        self,
+        memory_id: str,
+        text: str | None = None,
+        *,
+        metadata: dict[str, Any] | None = None,
+        quality_score: float | None = None,
+    ) -> dict[str, Any]:
+        self._check_local()
+        return await self._memory.update(self._ref, memory_id, text, metadata, quality_score)
+
+    async def delete_memory(self, memory_id: str) -> bool:
+        self._check_local()
+        return await self._memory.delete(self._ref, memory_id)
+
+    async def memory_history(self, memory_id: str) -> list[dict[str, Any]]:
+        """Every change of one memory (ADD, UPDATE, MERGE, DELETE), oldest first."""
+        self._check_local()
+        return await self._memory.history(self._ref, memory_id)
+
     # -- events -------------------------------------------------------------------------------------
 
     async def add_event(
@@ -340,3 +480,22 @@ class AsyncSession:
     def __repr__(self) -> str:
         where = self.remote_url or ("embedded:" + str(self.storage_path) if self.is_embedded else "connected")
         return f"AsyncSession(session_id={self.session_id!r}, user_id={self.user_id!r}, {where})"
+
+
+class SessionMemory:
+    """``session.memory``: the session's memory methods on one object."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, text: str, memory_type: str = "long", **metadata: Any) -> dict[str, Any] | None:
+        return await self.session.add_memory(text, memory_type, **metadata)
+
+    async def search(self, query: str, memory_type: str = "all", limit: int = 5) -> list[dict[str, Any]]:
+        return await self.session.search_memory(query, memory_type, limit)
+
+    async def context(self, query: str, max_items: int = 3) -> str:
+        return await self.session.get_memory_context(query, max_items)
+
+    async def clear(self, memory_type: str = "all") -> int:
+        return await self.session.clear_memory(memory_type)

@@ -25,7 +25,7 @@ from sessionkit.transport import Transport, close_channels
 
 T = TypeVar("T")
 #: Services this version implements; the others' contracts exist and their RPCs answer UNIMPLEMENTED.
-IMPLEMENTED_SERVICES = {"state"}
+IMPLEMENTED_SERVICES = {"state", "memory"}
 app = typer.Typer(
     help="sessionkit: stateful sessions for AI agents.", no_args_is_help=True, add_completion=False
 )

