@@ -34,6 +34,7 @@ MEMORY_SERVICE = "sessionkit.v1.MemoryService"
 
 def build_memory(settings: ServerSettings, db: Database, server: grpc.aio.Server) -> Any:
     """The memory service and its servicer (imported here: the retrieval stack is heavy to import)."""
+    from services.memory.extraction import FactExtractor
     from services.memory.grpc_servicer import MemoryServicer
     from services.memory.service import MemoryService, MemorySettings
     from services.memory.store import MemoryStore
@@ -49,7 +50,16 @@ def build_memory(settings: ServerSettings, db: Database, server: grpc.aio.Server
             short_window=settings.memory_short_window,
             short_ttl_seconds=settings.memory_short_ttl_seconds,
             merge_threshold=settings.memory_merge_threshold,
+            purge_interval_seconds=settings.reap_interval_seconds,
         ),
+        FactExtractor(
+            settings.llm_model,
+            base_url=settings.llm_base_url or None,
+            api_key=settings.llm_api_key or None,
+            timeout=settings.llm_timeout_seconds,
+        )
+        if settings.llm_configured
+        else None,
     )
     memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(service), server)  # type: ignore[no-untyped-call]
     return service

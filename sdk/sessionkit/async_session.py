@@ -33,8 +33,9 @@ MEMORY_PROVIDERS = ("rag", "none", "mem0")
 
 
 def check_memory_config(config: dict[str, Any]) -> None:
-    """The seed's memory_config: provider "rag" (default) or "none"; the seed's path keys are accepted
-    (data lives in the server's data directory). Anything else is refused, naming the key."""
+    """The seed's memory_config: provider "rag" (default), "mem0" (LLM fact extraction on the server)
+    or "none"; the seed's path keys are accepted (data lives in the server's data directory). Anything
+    else is refused, naming the key."""
     for key in config:
         if key not in MEMORY_CONFIG_KEYS:
             raise InvalidArgument(
@@ -50,11 +51,6 @@ def check_memory_config(config: dict[str, Any]) -> None:
         raise InvalidArgument(
             f"unknown memory provider {provider!r}",
             violations=[FieldViolation("memory_config.provider", f"one of {', '.join(MEMORY_PROVIDERS)}")],
-        )
-    if provider == "mem0":
-        raise NotImplementedByServer(
-            'memory_config provider "mem0" (LLM fact extraction) is not implemented in this version; '
-            'use "rag"'
         )
     if config.get("use_embedding", True) is not True:
         raise NotImplementedByServer(
@@ -163,6 +159,11 @@ class AsyncSession:
     @property
     def memory_enabled(self) -> bool:
         return bool(self.memory_config.get("provider", "rag") != "none")
+
+    @property
+    def memory_provider(self) -> str:
+        """memory_config's provider: "rag" (the default), "mem0" or "none"."""
+        return str(self.memory_config.get("provider", "rag"))
 
     @property
     def knowledge(self) -> Any:
@@ -345,11 +346,41 @@ class AsyncSession:
         """Store ``text`` in short-term (this session) or long-term (this user) memory, tagged with
         ``metadata``. ``quality_score=`` may be passed among the keyword arguments. The same text twice
         returns the existing memory (``deduplicated``); a near-duplicate is merged into it (``merged``).
-        Returns the memory as a dict (None when memory_config's provider is "none")."""
+        Returns the memory as a dict (None when memory_config's provider is "none").
+
+        With provider "mem0" the text goes through LLM fact extraction instead (as the user's message
+        of a turn, see ``extract_memories``): the result is ``{"operations": [...], "model": ...,
+        "extraction_failed": ...}`` and ``quality_score`` is not used."""
         quality = metadata.pop("quality_score", None)
         if not self._check_memory():
             return None
+        if self.memory_provider == "mem0":
+            if not isinstance(text, str):
+                raise InvalidArgument(f"memory text must be a str, not {type(text).__name__}")
+            return await self._memory.extract(
+                self._ref, [{"role": "user", "content": text}], memory_type, metadata
+            )
         return await self._memory.add(self._ref, text, memory_type, quality, metadata)
+
+    async def extract_memories(
+        self,
+        messages: list[dict[str, str]],
+        memory_type: str = "long",
+        *,
+        metadata: dict[str, Any] | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, Any] | None:
+        """LLM fact extraction from one conversation turn (``[{"role": "user", "content": ...},
+        {"role": "assistant", "content": ...}]``): the server's LLM compares the facts it finds with this
+        user's related memories and adds, updates or deletes memories. Returns ``{"operations":
+        [{"type": "ADD"|"UPDATE"|"DELETE"|"NONE", "fact", "old_text", "memory"}], "model": ...,
+        "extraction_failed": bool}`` (True when the LLM's answers were unusable and the user's messages
+        were stored as they are). ``dry_run=True`` decides without applying. None when memory is off
+        (provider "none"). Works whatever the provider; needs an LLM configured on the server
+        (``FailedPrecondition``, reason EXTRACTION_UNAVAILABLE, otherwise)."""
+        if not self._check_memory():
+            return None
+        return await self._memory.extract(self._ref, messages, memory_type, metadata, dry_run)
 
     async def store_short_memory(self, content: str, **metadata: Any) -> dict[str, Any] | None:
         """Remember ``content`` for this session (bounded: the oldest are dropped beyond the window)."""
@@ -493,6 +524,11 @@ class SessionMemory:
 
     async def search(self, query: str, memory_type: str = "all", limit: int = 5) -> list[dict[str, Any]]:
         return await self.session.search_memory(query, memory_type, limit)
+
+    async def extract(
+        self, messages: list[dict[str, str]], memory_type: str = "long"
+    ) -> dict[str, Any] | None:
+        return await self.session.extract_memories(messages, memory_type)
 
     async def context(self, query: str, max_items: int = 3) -> str:
         return await self.session.get_memory_context(query, max_items)

@@ -1,5 +1,8 @@
 """Typed async client of the memory service (used by AsyncSession and the CLI); results are plain
-dicts, as the seed's ``search_memory`` documents (``List[Dict[str, Any]]``)."""
+dicts, as the seed's ``search_memory`` documents (``List[Dict[str, Any]]``).
+
+Every write carries an idempotency key (a fresh uuid4 per call unless given), kept across the
+transport's retries: a write whose reply was lost is applied once."""
 
 from __future__ import annotations
 
@@ -8,13 +11,14 @@ from typing import Any
 
 from sessionkit.errors import FieldViolation, InvalidArgument
 from sessionkit.jsonvalues import JsonValue, check_json, from_struct, to_struct
-from sessionkit.state_client import SessionRef
+from sessionkit.state_client import SessionRef, _key
 from sessionkit.transport import Transport
 from sessionkit.v1 import memory_pb2, memory_pb2_grpc
 
 Stub = memory_pb2_grpc.MemoryServiceStub
 TYPES = {"short": memory_pb2.MEMORY_TYPE_SHORT, "long": memory_pb2.MEMORY_TYPE_LONG, "all": 0}
 NAMES = {memory_pb2.MEMORY_TYPE_SHORT: "short", memory_pb2.MEMORY_TYPE_LONG: "long"}
+MESSAGE_KEYS = {"role", "content", "name"}
 
 
 def memory_type(value: str, field: str = "memory_type", allow_all: bool = True) -> int:
@@ -60,6 +64,52 @@ def hit_dict(h: memory_pb2.MemoryHit) -> dict[str, Any]:
     return out
 
 
+def operation_dict(o: memory_pb2.MemoryOperation) -> dict[str, Any]:
+    return {
+        "type": memory_pb2.MemoryOperation.Type.Name(o.type),
+        "fact": o.fact,
+        "old_text": o.old_text or None,
+        "memory": memory_dict(o.memory) if o.HasField("memory") else None,
+    }
+
+
+def conversation(messages: Any) -> list[memory_pb2.ConversationMessage]:
+    """``[{"role": "user", "content": "..."}, ...]`` (an optional "name" too) as request messages."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise InvalidArgument(
+            "messages must be a non-empty list of {'role': ..., 'content': ...} dicts",
+            violations=[FieldViolation("messages", "at least one message")],
+        )
+    out: list[memory_pb2.ConversationMessage] = []
+    for n, message in enumerate(messages):
+        where = f"messages[{n}]"
+        if not isinstance(message, dict):
+            raise InvalidArgument(
+                f"{where} must be a dict", violations=[FieldViolation(where, "{'role': ..., 'content': ...}")]
+            )
+        unknown = set(message) - MESSAGE_KEYS
+        if unknown:
+            raise InvalidArgument(
+                f"{where} has unknown keys {sorted(unknown)}",
+                violations=[FieldViolation(where, "allowed keys: content, name, role")],
+            )
+        for key in ("role", "content", "name"):
+            value = message.get(key, "")
+            if not isinstance(value, str) or (key == "role" and not value.strip()):
+                raise InvalidArgument(
+                    f"invalid {where}.{key}",
+                    violations=[FieldViolation(f"{where}.{key}", "must be a non-empty string")]
+                    if key == "role"
+                    else [FieldViolation(f"{where}.{key}", "must be a string")],
+                )
+        out.append(
+            memory_pb2.ConversationMessage(
+                role=message["role"], content=message.get("content", ""), name=message.get("name", "")
+            )
+        )
+    return out
+
+
 def _struct(value: dict[str, Any] | None, field: str) -> Any:
     checked = check_json(value or {}, field)
     if not isinstance(checked, dict):
@@ -81,6 +131,7 @@ class MemoryClient:
         kind: str = "long",
         quality_score: float | None = None,
         metadata: dict[str, JsonValue] | None = None,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         if not isinstance(text, str):
             raise InvalidArgument(f"memory text must be a str, not {type(text).__name__}")
@@ -91,6 +142,7 @@ class MemoryClient:
             quality_score=quality_score,
             metadata=_struct(metadata, "metadata"),
             actor="user",
+            idempotency_key=_key(idempotency_key),
         )
         reply = await self._call("AddMemory", request)
         out = memory_dict(reply.memory)
@@ -131,8 +183,43 @@ class MemoryClient:
         )
         return str((await self._call("BuildMemoryContext", request)).context)
 
-    async def clear(self, ref: SessionRef, kind: str = "all") -> int:
-        request = memory_pb2.ClearMemoriesRequest(session=ref.message, memory_type=memory_type(kind))  # type: ignore[arg-type]
+    async def extract(
+        self,
+        ref: SessionRef,
+        messages: Any,
+        kind: str = "long",
+        metadata: dict[str, JsonValue] | None = None,
+        dry_run: bool = False,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """LLM fact extraction from a conversation turn: ``{"operations": [{"type", "fact", "old_text",
+        "memory"}], "model": ..., "extraction_failed": bool}``."""
+        request = memory_pb2.ExtractMemoriesRequest(
+            session=ref.message,
+            messages=conversation(messages),
+            memory_type=memory_type(kind, allow_all=False),  # type: ignore[arg-type]
+            metadata=_struct(metadata, "metadata"),
+            dry_run=dry_run,
+            idempotency_key=_key(idempotency_key),
+        )
+        reply = await self._call("ExtractMemories", request)
+        operations = [operation_dict(o) for o in reply.operations]
+        return {
+            "operations": operations,
+            "model": reply.model,
+            # The LLM's answers were unusable: the user's text was stored as it is.
+            "extraction_failed": any(
+                o["memory"] is not None and o["memory"]["metadata"].get("extraction") == "failed"
+                for o in operations
+            ),
+        }
+
+    async def clear(self, ref: SessionRef, kind: str = "all", idempotency_key: str | None = None) -> int:
+        request = memory_pb2.ClearMemoriesRequest(
+            session=ref.message,
+            memory_type=memory_type(kind),  # type: ignore[arg-type]
+            idempotency_key=_key(idempotency_key),
+        )
         return int((await self._call("ClearMemories", request)).deleted_count)
 
     async def get(self, ref: SessionRef, memory_id: str) -> dict[str, Any]:
@@ -167,16 +254,24 @@ class MemoryClient:
         text: str | None = None,
         metadata: dict[str, JsonValue] | None = None,
         quality_score: float | None = None,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         request = memory_pb2.UpdateMemoryRequest(
-            session=ref.message, memory_id=memory_id, text=text, quality_score=quality_score, actor="user"
+            session=ref.message,
+            memory_id=memory_id,
+            text=text,
+            quality_score=quality_score,
+            actor="user",
+            idempotency_key=_key(idempotency_key),
         )
         if metadata is not None:
             request.metadata.CopyFrom(_struct(metadata, "metadata"))
         return memory_dict((await self._call("UpdateMemory", request)).memory)
 
-    async def delete(self, ref: SessionRef, memory_id: str) -> bool:
-        request = memory_pb2.DeleteMemoryRequest(session=ref.message, memory_id=memory_id, actor="user")
+    async def delete(self, ref: SessionRef, memory_id: str, idempotency_key: str | None = None) -> bool:
+        request = memory_pb2.DeleteMemoryRequest(
+            session=ref.message, memory_id=memory_id, actor="user", idempotency_key=_key(idempotency_key)
+        )
         return bool((await self._call("DeleteMemory", request)).deleted)
 
     async def history(self, ref: SessionRef, memory_id: str) -> list[dict[str, Any]]:

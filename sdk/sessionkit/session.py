@@ -198,6 +198,20 @@ class Session:
 
     store_long_memory.__doc__ = AsyncSession.store_long_memory.__doc__
 
+    def extract_memories(
+        self,
+        messages: list[dict[str, str]],
+        memory_type: str = "long",
+        *,
+        metadata: dict[str, Any] | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, Any] | None:
+        return _loop.run(
+            self._async.extract_memories(messages, memory_type, metadata=metadata, dry_run=dry_run)
+        )
+
+    extract_memories.__doc__ = AsyncSession.extract_memories.__doc__
+
     def search_memory(
         self,
         query: str,
@@ -327,6 +341,9 @@ class SyncSessionMemory:
 
     def search(self, query: str, memory_type: str = "all", limit: int = 5) -> list[dict[str, Any]]:
         return self.session.search_memory(query, memory_type, limit)
+
+    def extract(self, messages: list[dict[str, str]], memory_type: str = "long") -> dict[str, Any] | None:
+        return self.session.extract_memories(messages, memory_type)
 
     def context(self, query: str, max_items: int = 3) -> str:
         return self.session.get_memory_context(query, max_items)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ServiceName = Literal["state", "memory", "knowledge", "agent"]
@@ -13,7 +13,7 @@ ALL_SERVICES: tuple[ServiceName, ...] = ("state", "memory", "knowledge", "agent"
 
 
 class ServerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SESSIONKIT_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SESSIONKIT_", extra="ignore", populate_by_name=True)
 
     host: str = "127.0.0.1"
     #: gRPC port; 0 picks a free one (tests).
@@ -33,6 +33,18 @@ class ServerSettings(BaseSettings):
     embedding_provider: Literal["local", "openai"] = "local"
     embedding_model: str = ""
     embedding_base_url: str = ""
+    #: The LLM of memory fact extraction (memory_config provider "mem0", ExtractMemories): any
+    #: OpenAI-compatible chat completions endpoint, e.g. http://localhost:11434/v1. Extraction is off
+    #: unless this or the API key is set (the key alone means api.openai.com).
+    llm_base_url: str = ""
+    llm_model: str = "gpt-4o-mini"
+    #: The key sent to the LLM (and to an OpenAI embeddings endpoint): SESSIONKIT_LLM_API_KEY or
+    #: OPENAI_API_KEY.
+    llm_api_key: str = Field(
+        "", validation_alias=AliasChoices("SESSIONKIT_LLM_API_KEY", "OPENAI_API_KEY"), repr=False
+    )
+    #: Seconds one LLM request may take (each of its retries gets as long again).
+    llm_timeout_seconds: float = Field(60.0, gt=0)
     memory_short_window: int = Field(100, ge=1, le=100_000)
     memory_short_ttl_seconds: int | None = Field(None, ge=1)
     memory_merge_threshold: float = Field(0.93, gt=0, le=1)
@@ -57,6 +69,10 @@ class ServerSettings(BaseSettings):
         if self.embedding_base_url:
             config["base_url"] = self.embedding_base_url
         return config
+
+    @property
+    def llm_configured(self) -> bool:
+        return bool(self.llm_base_url or self.llm_api_key)
 
     def resolved_database_url(self) -> str:
         if self.database_url:

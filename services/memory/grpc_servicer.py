@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf.message import Message as ProtoMessage
 
 from services.memory import tables as t
-from services.memory.service import Hit, MemoryService
-from services.memory.store import ChangeRecord, MemoryRecord, Owner
+from services.memory.extraction import Message
+from services.memory.service import AddResult, ExtractResult, Hit, MemoryService, Operation
+from services.memory.store import ChangeRecord, Idempotency, MemoryRecord, Owner, Replayed
 from services.state.service import session_key
-from sessionkit.errors import FieldViolation, InvalidArgument, NotImplementedByServer
+from sessionkit.errors import FieldViolation, InvalidArgument
 from sessionkit.jsonvalues import from_struct, to_struct
 from sessionkit.v1 import common_pb2, memory_pb2, memory_pb2_grpc
 
 Context = Any
+R = TypeVar("R")
+M = TypeVar("M", bound=ProtoMessage)
+OPERATION_TYPES = {
+    "ADD": memory_pb2.MemoryOperation.ADD,
+    "UPDATE": memory_pb2.MemoryOperation.UPDATE,
+    "DELETE": memory_pb2.MemoryOperation.DELETE,
+    "NONE": memory_pb2.MemoryOperation.NONE,
+}
 
 
 def _ts(micros: int) -> timestamp_pb2.Timestamp:
@@ -94,6 +105,48 @@ def _optional(request: Any, name: str) -> Any:
     return getattr(request, name) if request.HasField(name) else None
 
 
+def add_response(result: AddResult) -> memory_pb2.AddMemoryResponse:
+    return memory_pb2.AddMemoryResponse(
+        memory=memory_message(result.memory),
+        deduplicated=result.deduplicated,
+        merged=result.merged,
+        evicted_memory_ids=result.evicted,
+    )
+
+
+def operation_message(operation: Operation) -> memory_pb2.MemoryOperation:
+    message = memory_pb2.MemoryOperation(
+        type=OPERATION_TYPES[operation.type], old_text=operation.old_text, fact=operation.fact
+    )
+    if operation.memory is not None:
+        message.memory.CopyFrom(memory_message(operation.memory))
+    return message
+
+
+def extract_response(result: ExtractResult) -> memory_pb2.ExtractMemoriesResponse:
+    return memory_pb2.ExtractMemoriesResponse(
+        operations=[operation_message(o) for o in result.operations], model=result.model
+    )
+
+
+async def idempotent(
+    key: str,
+    method: str,
+    response_type: type[M],
+    respond: Callable[[R], M],
+    write: Callable[[Idempotency[R] | None], Awaitable[R]],
+) -> M:
+    """Run ``write`` with the request's idempotency key (none when empty): its response is stored with
+    the write, and a repeat of the key answers that stored response."""
+    idem: Idempotency[R] | None = (
+        Idempotency(key, method, lambda result: respond(result).SerializeToString()) if key else None
+    )
+    try:
+        return respond(await write(idem))
+    except Replayed as replay:
+        return response_type.FromString(replay.response)
+
+
 class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     def __init__(self, service: MemoryService) -> None:
         self.service = service
@@ -101,20 +154,21 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     async def AddMemory(self, request: memory_pb2.AddMemoryRequest, context: Context) -> Any:
         memory_type = _type(request.memory_type) or t.LONG
         owner = owner_of(request.session)
-        result = await self.service.add(
-            owner,
-            request.text,
-            memory_type,
-            _optional(request, "quality_score"),
-            from_struct(request.metadata),
-            request.actor or "user",
-            request.skip_merge,
-        )
-        return memory_pb2.AddMemoryResponse(
-            memory=memory_message(result.memory),
-            deduplicated=result.deduplicated,
-            merged=result.merged,
-            evicted_memory_ids=result.evicted,
+        return await idempotent(
+            request.idempotency_key,
+            "AddMemory",
+            memory_pb2.AddMemoryResponse,
+            add_response,
+            lambda idem: self.service.add(
+                owner,
+                request.text,
+                memory_type,
+                _optional(request, "quality_score"),
+                from_struct(request.metadata),
+                request.actor or "user",
+                request.skip_merge,
+                idem,
+            ),
         )
 
     async def GetMemory(self, request: memory_pb2.GetMemoryRequest, context: Context) -> Any:
@@ -135,27 +189,41 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         )
 
     async def UpdateMemory(self, request: memory_pb2.UpdateMemoryRequest, context: Context) -> Any:
-        record = await self.service.update(
-            owner_of(request.session),
-            request.memory_id,
-            text=_optional(request, "text"),
-            metadata=from_struct(request.metadata) if request.HasField("metadata") else None,
-            merge_metadata=request.merge_metadata,
-            quality=_optional(request, "quality_score"),
-            expected_revision=_optional(request, "expected_revision"),
-            actor=request.actor or "user",
+        owner = owner_of(request.session)
+        return await idempotent(
+            request.idempotency_key,
+            "UpdateMemory",
+            memory_pb2.UpdateMemoryResponse,
+            lambda record: memory_pb2.UpdateMemoryResponse(memory=memory_message(record)),
+            lambda idem: self.service.update(
+                owner,
+                request.memory_id,
+                text=_optional(request, "text"),
+                metadata=from_struct(request.metadata) if request.HasField("metadata") else None,
+                merge_metadata=request.merge_metadata,
+                quality=_optional(request, "quality_score"),
+                expected_revision=_optional(request, "expected_revision"),
+                actor=request.actor or "user",
+                idem=idem,
+            ),
         )
-        return memory_pb2.UpdateMemoryResponse(memory=memory_message(record))
 
     async def DeleteMemory(self, request: memory_pb2.DeleteMemoryRequest, context: Context) -> Any:
-        deleted = await self.service.delete(
-            owner_of(request.session),
-            request.memory_id,
-            request.allow_missing,
-            _optional(request, "expected_revision"),
-            request.actor or "user",
+        owner = owner_of(request.session)
+        return await idempotent(
+            request.idempotency_key,
+            "DeleteMemory",
+            memory_pb2.DeleteMemoryResponse,
+            lambda deleted: memory_pb2.DeleteMemoryResponse(deleted=deleted),
+            lambda idem: self.service.delete(
+                owner,
+                request.memory_id,
+                request.allow_missing,
+                _optional(request, "expected_revision"),
+                request.actor or "user",
+                idem,
+            ),
         )
-        return memory_pb2.DeleteMemoryResponse(deleted=deleted)
 
     async def ClearMemories(self, request: memory_pb2.ClearMemoriesRequest, context: Context) -> Any:
         if request.HasField("metadata_filter") and request.metadata_filter.fields:
@@ -163,8 +231,15 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
                 "clearing by metadata_filter is not supported yet",
                 violations=[FieldViolation("metadata_filter", "delete the matching memories one by one")],
             )
-        count = await self.service.clear(owner_of(request.session), _type(request.memory_type))
-        return memory_pb2.ClearMemoriesResponse(deleted_count=count)
+        owner = owner_of(request.session)
+        memory_type = _type(request.memory_type)
+        return await idempotent(
+            request.idempotency_key,
+            "ClearMemories",
+            memory_pb2.ClearMemoriesResponse,
+            lambda count: memory_pb2.ClearMemoriesResponse(deleted_count=count),
+            lambda idem: self.service.clear(owner, memory_type, "user", idem),
+        )
 
     async def ListMemoryChanges(self, request: memory_pb2.ListMemoryChangesRequest, context: Context) -> Any:
         changes, token = await self.service.history(
@@ -205,9 +280,23 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         return memory_pb2.BuildMemoryContextResponse(context=text, hits=[hit_message(h) for h in hits])
 
     async def ExtractMemories(self, request: memory_pb2.ExtractMemoriesRequest, context: Context) -> Any:
-        raise NotImplementedByServer(
-            "LLM fact extraction (memory_config provider 'mem0') is not implemented in this version",
-            reason="EXTRACTION_UNAVAILABLE",
+        owner = owner_of(request.session)
+        memory_type = _type(request.memory_type) or t.LONG
+        messages = [Message(m.role, m.content, m.name) for m in request.messages]
+        return await idempotent(
+            request.idempotency_key,
+            "ExtractMemories",
+            memory_pb2.ExtractMemoriesResponse,
+            extract_response,
+            lambda idem: self.service.extract(
+                owner,
+                messages,
+                memory_type,
+                from_struct(request.metadata),
+                request.dry_run,
+                request.actor,
+                idem,
+            ),
         )
 
     async def ReindexMemories(self, request: memory_pb2.ReindexMemoriesRequest, context: Context) -> Any:

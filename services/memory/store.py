@@ -4,17 +4,19 @@ lexical index, on SQLite or PostgreSQL through services.common.db.Database."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Row, and_, delete, func, insert, literal_column, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 
 from services.common.db import Database
 from services.common.migrate import upgrader
 from services.memory import tables as t
-from sessionkit.errors import NotFound, StateConflict
+from sessionkit.errors import FailedPrecondition, NotFound, ServiceUnavailable, StateConflict
 from sessionkit.jsonvalues import JsonValue, dumps, loads
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -22,6 +24,52 @@ VERSION_TABLE = "sk_memory_alembic_version"
 JsonObject = dict[str, JsonValue]
 
 ADD, UPDATE, MERGE, DELETE = 1, 2, 3, 4
+
+#: How long the response of an idempotent write is kept (and replayed).
+IDEMPOTENCY_TTL_US = 24 * 3600 * 1_000_000
+#: An ExtractMemories claim older than this whose call never finished (the server stopped): its
+#: effects are unknown, so the key is refused rather than applied again.
+CLAIM_LEASE_US = 15 * 60 * 1_000_000
+
+R = TypeVar("R")
+S = TypeVar("S")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Idempotency(Generic[R]):
+    """The idempotency key of a write, the RPC it belongs to, and how to serialize the write's response
+    from its result. ``encode`` runs inside the write's transaction, so the response is stored
+    atomically with the write it describes."""
+
+    key: str
+    method: str
+    encode: Callable[[R], bytes]
+
+    def before(self, convert: Callable[[S], R]) -> Idempotency[S]:
+        """The same key for a step whose result ``convert`` turns into this write's result."""
+        encode = self.encode
+        return Idempotency(self.key, self.method, lambda value: encode(convert(value)))
+
+
+class Replayed(Exception):
+    """The write was already made with this idempotency key: ``response`` is its first response."""
+
+    def __init__(self, response: bytes) -> None:
+        super().__init__("idempotent replay")
+        self.response = response
+
+
+class _KeyTaken(Exception):
+    """A concurrent write recorded the same key first (its transaction committed before ours)."""
+
+
+def key_reused(key: str, method: str, used_by: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"idempotency key {key!r} was already used by {used_by}, not {method}; use a fresh key per write",
+        reason="IDEMPOTENCY_KEY_REUSED",
+        metadata={"idempotency_key": key, "method": used_by},
+    )
 
 
 @dataclass(frozen=True)
@@ -159,7 +207,13 @@ class MemoryStore:
 
     # -- writes ---------------------------------------------------------------------------------------
 
-    async def add(self, record: MemoryRecord, actor: str, window: int) -> AddOutcome:
+    async def add(
+        self,
+        record: MemoryRecord,
+        actor: str,
+        window: int,
+        idem: Idempotency[AddOutcome] | None = None,
+    ) -> AddOutcome:
         """Insert ``record`` unless the same content is already in its scope (then return that one).
         A short-term insert evicts the session's oldest memories beyond ``window``."""
 
@@ -205,7 +259,7 @@ class MemoryStore:
                     evicted.append(gone.id)
             return AddOutcome(record, evicted=evicted)
 
-        return await self.db.write(run)
+        return await self._write(record.app_name, record.user_id, idem, record.update_us, run)
 
     async def update(
         self,
@@ -219,6 +273,7 @@ class MemoryStore:
         metadata: JsonObject | None = None,
         expected_revision: int | None = None,
         operation: int = UPDATE,
+        idem: Idempotency[MemoryRecord] | None = None,
     ) -> MemoryRecord:
         def run(conn: Connection) -> MemoryRecord:
             current = _locked(conn, owner, memory_id, now_us, expected_revision)
@@ -258,24 +313,144 @@ class MemoryStore:
                 _outbox(conn, new, "upsert")
             return new
 
-        return await self.db.write(run)
+        return await self._write(owner.app_name, owner.user_id, idem, now_us, run)
 
     async def delete(
-        self, owner: Owner, memory_id: str, now_us: int, actor: str, expected_revision: int | None = None
+        self,
+        owner: Owner,
+        memory_id: str,
+        now_us: int,
+        actor: str,
+        expected_revision: int | None = None,
+        idem: Idempotency[MemoryRecord] | None = None,
     ) -> MemoryRecord:
         def run(conn: Connection) -> MemoryRecord:
             current = _locked(conn, owner, memory_id, now_us, expected_revision)
             _delete(conn, current, actor, now_us)
             return current
 
-        return await self.db.write(run)
+        return await self._write(owner.app_name, owner.user_id, idem, now_us, run)
 
-    async def clear(self, owner: Owner, memory_type: int | None, now_us: int, actor: str) -> list[str]:
+    async def clear(
+        self,
+        owner: Owner,
+        memory_type: int | None,
+        now_us: int,
+        actor: str,
+        idem: Idempotency[list[str]] | None = None,
+    ) -> list[str]:
         def run(conn: Connection) -> list[str]:
             rows = conn.execute(select(t.memories).where(visible(owner, memory_type, now_us))).all()
             for row in rows:
                 _delete(conn, _memory(row), actor, now_us)
             return [row._mapping["id"] for row in rows]
+
+        return await self._write(owner.app_name, owner.user_id, idem, now_us, run)
+
+    # -- idempotency ----------------------------------------------------------------------------------
+
+    async def _write(
+        self,
+        app_name: str,
+        user_id: str,
+        idem: Idempotency[T] | None,
+        now_us: int,
+        run: Callable[[Connection], T],
+    ) -> T:
+        """Run the write ``run`` in one transaction; with a key, check the key first and store the
+        response in the same transaction (a repeat raises :class:`Replayed` and writes nothing)."""
+        if idem is None:
+            return await self.db.write(run)
+
+        def idempotent(conn: Connection) -> T:
+            _check_key(conn, app_name, user_id, idem.key, idem.method, now_us)
+            result = run(conn)
+            _record_key(conn, app_name, user_id, idem.key, idem.method, idem.encode(result), now_us)
+            return result
+
+        try:
+            return await self.db.write(idempotent)
+        except _KeyTaken:
+            # A concurrent write with this key committed first (ours was rolled back): replay it.
+            await self.replay(app_name, user_id, idem.key, idem.method, now_us)
+            raise
+
+    async def remember(self, owner: Owner, idem: Idempotency[T], result: T, now_us: int) -> None:
+        """Store the response of a write that changed nothing (an exact duplicate, a missing memory
+        deleted with allow_missing), so its repeats answer the same. Raises :class:`Replayed` when the
+        key was used meanwhile."""
+
+        def run(conn: Connection) -> None:
+            _check_key(conn, owner.app_name, owner.user_id, idem.key, idem.method, now_us)
+            _record_key(
+                conn, owner.app_name, owner.user_id, idem.key, idem.method, idem.encode(result), now_us
+            )
+
+        try:
+            await self.db.write(run)
+        except _KeyTaken:
+            await self.replay(owner.app_name, owner.user_id, idem.key, idem.method, now_us)
+            raise
+
+    async def replay(self, app_name: str, user_id: str, key: str, method: str, now_us: int) -> None:
+        """Raise :class:`Replayed` when ``key`` holds a response (a read; the fast path of a repeat)."""
+
+        def run(conn: Connection) -> None:
+            _check_key(conn, app_name, user_id, key, method, now_us, lock=False)
+
+        await self.db.read(run)
+
+    async def claim(self, owner: Owner, key: str, method: str, now_us: int) -> None:
+        """Take ``key`` for a write made of several transactions (ExtractMemories): a pending record is
+        stored, completed by :meth:`finish` or dropped by :meth:`release`. Raises :class:`Replayed` when
+        the key already holds a response, ``ServiceUnavailable`` (retryable) while another call holds it."""
+
+        def run(conn: Connection) -> None:
+            _check_key(conn, owner.app_name, owner.user_id, key, method, now_us)
+            _record_key(conn, owner.app_name, owner.user_id, key, method, None, now_us)
+
+        try:
+            await self.db.write(run)
+        except _KeyTaken:
+            await self.replay(owner.app_name, owner.user_id, key, method, now_us)
+            raise
+
+    async def finish(self, owner: Owner, key: str, response: bytes) -> None:
+        i = t.idempotency.c
+
+        def run(conn: Connection) -> None:
+            conn.execute(
+                update(t.idempotency)
+                .where(i.app_name == owner.app_name, i.user_id == owner.user_id, i.key == key)
+                .values(response=response)
+            )
+
+        await self.db.write(run)
+
+    async def release(self, owner: Owner, key: str) -> None:
+        """Drop a claim whose call failed before writing anything (a retry may then apply it)."""
+        i = t.idempotency.c
+
+        def run(conn: Connection) -> None:
+            conn.execute(
+                delete(t.idempotency).where(
+                    i.app_name == owner.app_name,
+                    i.user_id == owner.user_id,
+                    i.key == key,
+                    i.response.is_(None),
+                )
+            )
+
+        await self.db.write(run)
+
+    async def purge_idempotency(self, now_us: int) -> int:
+        """Delete the idempotency records older than 24 hours; returns how many."""
+
+        def run(conn: Connection) -> int:
+            gone = conn.execute(
+                delete(t.idempotency).where(t.idempotency.c.create_us < now_us - IDEMPOTENCY_TTL_US)
+            )
+            return int(gone.rowcount or 0)
 
         return await self.db.write(run)
 
@@ -417,6 +592,72 @@ class MemoryStore:
             ]
 
         return await self.db.read(run)
+
+
+def _check_key(
+    conn: Connection, app_name: str, user_id: str, key: str, method: str, now_us: int, lock: bool = True
+) -> None:
+    """Raise :class:`Replayed` when ``key`` was used by ``method`` within 24 hours. With ``lock``, first
+    serialize every writer of this key: a PostgreSQL advisory lock held until the transaction ends
+    (SQLite has one writer at a time), so a concurrent repeat waits, then replays."""
+    if lock and conn.dialect.name == "postgresql":
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))"),
+            {"name": f"sk_memory_idempotency\x1f{app_name}\x1f{user_id}\x1f{key}"},
+        )
+    i = t.idempotency.c
+    row = conn.execute(
+        select(i.method, i.response, i.create_us).where(
+            i.app_name == app_name, i.user_id == user_id, i.key == key
+        )
+    ).first()
+    if row is None or row.create_us < now_us - IDEMPOTENCY_TTL_US:
+        return
+    if row.method != method:
+        raise key_reused(key, method, row.method)
+    if row.response is not None:
+        raise Replayed(bytes(row.response))
+    if row.create_us < now_us - CLAIM_LEASE_US:
+        raise FailedPrecondition(
+            f"an earlier {method} call with idempotency key {key!r} never finished (the server stopped); "
+            "what it applied is unknown, so it is not run again: check the memories and use a new key",
+            reason="IDEMPOTENCY_KEY_ABANDONED",
+            metadata={"idempotency_key": key},
+        )
+    raise ServiceUnavailable(
+        f"a {method} call with idempotency key {key!r} is still running; retry to get its response",
+        reason="IDEMPOTENCY_KEY_IN_PROGRESS",
+        metadata={"idempotency_key": key},
+        retry_after=1.0,
+    )
+
+
+def _record_key(
+    conn: Connection, app_name: str, user_id: str, key: str, method: str, response: bytes | None, now_us: int
+) -> None:
+    i = t.idempotency.c
+    # A record older than 24 hours is over: the key may be used again.
+    conn.execute(
+        delete(t.idempotency).where(
+            i.app_name == app_name,
+            i.user_id == user_id,
+            i.key == key,
+            i.create_us < now_us - IDEMPOTENCY_TTL_US,
+        )
+    )
+    try:
+        conn.execute(
+            insert(t.idempotency).values(
+                app_name=app_name,
+                user_id=user_id,
+                key=key,
+                method=method,
+                response=response,
+                create_us=now_us,
+            )
+        )
+    except IntegrityError as error:
+        raise _KeyTaken from error
 
 
 def _row_values(record: MemoryRecord) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     SmallInteger,
     String,
@@ -82,4 +83,20 @@ outbox = Table(
     # "upsert" or "delete"
     Column("action", String(8), nullable=False),
     Column("create_us", BigInteger, nullable=False),
+)
+
+# The responses of idempotent writes (AddMemory, UpdateMemory, DeleteMemory, ClearMemories,
+# ExtractMemories), by (app, user, key), kept 24 hours. ``response`` is the serialized response
+# message; NULL while an ExtractMemories call holds the key (its LLM call and writes are in flight).
+idempotency = Table(
+    "sk_memory_idempotency",
+    metadata,
+    Column("app_name", ID, primary_key=True),
+    Column("user_id", ID, primary_key=True),
+    Column("key", String(128), primary_key=True),
+    # The RPC that used the key (a key reused for another RPC is refused).
+    Column("method", String(32), nullable=False),
+    Column("response", LargeBinary, nullable=True),
+    Column("create_us", BigInteger, nullable=False),
+    Index("ix_sk_memory_idempotency_time", "create_us"),
 )

@@ -1,0 +1,339 @@
+"""LLM fact extraction (memory_config provider "mem0"): an OpenAI-compatible chat model reads a
+conversation turn and the user's related memories and answers which facts to ADD, which memories to
+UPDATE or DELETE, and which facts are already known (NONE).
+
+:class:`FactExtractor` only talks to the model and checks its answer; MemoryService.extract decides what
+to show it and applies the operations through the ordinary write paths.
+
+- Transport: ``openai.AsyncOpenAI`` with a timeout and no retries of its own; tenacity retries
+  connection errors, timeouts, 408, 409, 429 and 5xx with jittered exponential backoff, waiting what a
+  429/503's ``Retry-After`` asks for instead. When the attempts run out: ``ServiceUnavailable``
+  (reason ``EXTRACTION_LLM_UNAVAILABLE``) naming the base URL and the model. Other 4xx answers (a bad
+  key, an unknown model): ``FailedPrecondition`` (reason ``EXTRACTION_LLM_REJECTED``).
+- Output: a JSON object (``response_format={"type": "json_object"}``)
+  ``{"operations": [{"type": "ADD"|"UPDATE"|"DELETE"|"NONE", "fact": "...", "memory_id": "..."}]}``.
+  An answer that is not JSON, has the wrong shape or names a memory id it was not shown is sent back to
+  the model with the problem, up to ``format_retries`` more times; then :class:`MalformedOutput`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from sessionkit.errors import FailedPrecondition, ServiceUnavailable, SessionKitError
+
+if TYPE_CHECKING:
+    import openai
+
+log = logging.getLogger("sessionkit.memory.extraction")
+
+OPERATION_TYPES = ("ADD", "UPDATE", "DELETE", "NONE")
+#: More operations than this in one answer is taken for a runaway answer (malformed).
+MAX_OPERATIONS = 50
+
+SYSTEM_PROMPT = """\
+You maintain the long-term memory of an assistant about its user.
+
+You get the user's existing memories that may be related (each with a memory_id) and one conversation
+turn. Extract the durable facts the turn states about the user: preferences, personal details, plans,
+relationships, decisions, corrections. Ignore small talk, questions and anything only true for the
+moment. Then compare each fact with the existing memories and decide one operation per fact:
+
+- ADD: a new fact that no existing memory holds. "fact" is the fact as one short standalone sentence.
+- UPDATE: the fact refines or corrects an existing memory. "memory_id" is that memory's id and "fact"
+  the memory's complete new text (not just the change).
+- DELETE: the fact contradicts an existing memory, which must be forgotten. "memory_id" is its id;
+  "fact" says why.
+- NONE: the fact is already known. "memory_id" may name the memory that holds it.
+
+Use only memory ids from the existing memories; never invent one. Write facts in the language the
+user writes in. If the turn holds nothing worth keeping, answer {"operations": []}.
+
+Answer with one JSON object and nothing else:
+{"operations": [{"type": "ADD" | "UPDATE" | "DELETE" | "NONE", "fact": "...", "memory_id": "..."}]}"""
+
+RETRY_PROMPT = (
+    "Your answer could not be used: {problem}. Answer again with only the JSON object described in the "
+    'instructions: {{"operations": [...]}}.'
+)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message of a conversation turn."""
+
+    role: str
+    content: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class ProposedOperation:
+    """One operation the model decided on, checked for shape and memory ids (not applied yet)."""
+
+    type: str  # one of OPERATION_TYPES
+    fact: str
+    memory_id: str = ""
+
+
+class MalformedOutput(Exception):
+    """The model's answers were unusable ``attempts`` times in a row; ``problems`` says why, each time."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+        self.attempts = len(problems)
+
+
+def parse_operations(
+    content: str | None, known_ids: set[str], max_fact_bytes: int
+) -> list[ProposedOperation]:
+    """The operations in the model's answer; ``ValueError`` (what is wrong, for the model) otherwise."""
+    if content is None or not content.strip():
+        raise ValueError("the answer was empty")
+    text = content.strip()
+    fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", text, flags=re.DOTALL)
+    if fenced:
+        text = fenced.group(1)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"it is not valid JSON ({error.msg} at position {error.pos})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("operations"), list):
+        raise ValueError('it is not a JSON object with an "operations" list')
+    items: list[Any] = data["operations"]
+    if len(items) > MAX_OPERATIONS:
+        raise ValueError(f"it has {len(items)} operations; at most {MAX_OPERATIONS}")
+    operations: list[ProposedOperation] = []
+    for n, item in enumerate(items):
+        where = f"operations[{n}]"
+        if not isinstance(item, dict):
+            raise ValueError(f"{where} is not an object")
+        kind = item.get("type")
+        if not isinstance(kind, str) or kind.strip().upper() not in OPERATION_TYPES:
+            raise ValueError(f"{where}.type is {kind!r}; it must be one of {', '.join(OPERATION_TYPES)}")
+        kind = kind.strip().upper()
+        fact = item.get("fact", "")
+        if fact is None:
+            fact = ""
+        if not isinstance(fact, str):
+            raise ValueError(f"{where}.fact must be a string")
+        fact = fact.strip()
+        if kind in ("ADD", "UPDATE") and not fact:
+            raise ValueError(f"{where} ({kind}) has no fact")
+        if "\x00" in fact or len(fact.encode()) > max_fact_bytes:
+            raise ValueError(f"{where}.fact is longer than {max_fact_bytes} bytes or contains NUL")
+        memory_id = item.get("memory_id", "")
+        if memory_id is None:
+            memory_id = ""
+        if not isinstance(memory_id, str):
+            raise ValueError(f"{where}.memory_id must be a string")
+        memory_id = memory_id.strip()
+        if kind in ("UPDATE", "DELETE") and not memory_id:
+            raise ValueError(f"{where} ({kind}) has no memory_id")
+        if kind == "ADD":
+            memory_id = ""
+        if memory_id and memory_id not in known_ids:
+            raise ValueError(
+                f"{where}.memory_id {memory_id!r} is not one of the existing memories you were shown"
+            )
+        operations.append(ProposedOperation(kind, fact, memory_id))
+    return operations
+
+
+def build_prompt(messages: Sequence[Message], memories: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
+    """The chat messages sent to the model: the instructions, then the memories and the turn (as JSON,
+    so nothing in them reads as an instruction's structure)."""
+    existing = [{"memory_id": memory_id, "text": text} for memory_id, text in memories]
+    turn = [{"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})} for m in messages]
+    body = (
+        "Existing memories:\n"
+        + json.dumps(existing, ensure_ascii=False, indent=1)
+        + "\n\nConversation turn:\n"
+        + json.dumps(turn, ensure_ascii=False, indent=1)
+    )
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": body}]
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """A ``Retry-After`` (seconds or an HTTP date) or ``retry-after-ms`` header, in seconds."""
+    if headers is None:
+        return None
+    millis = headers.get("retry-after-ms")
+    if millis is not None:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _transient(error: BaseException) -> bool:
+    import openai
+
+    if isinstance(error, openai.APIConnectionError):  # includes timeouts
+        return True
+    if isinstance(error, openai.APIStatusError):
+        return error.status_code in (408, 409, 429) or error.status_code >= 500
+    return False
+
+
+class FactExtractor:
+    """Asks an OpenAI-compatible chat model which memory operations a conversation turn calls for."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        max_attempts: int = 4,
+        initial_backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        max_retry_after: float = 60.0,
+        format_retries: int = 2,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        import openai
+
+        self.model = model
+        self.max_attempts = max_attempts
+        self.max_retry_after = max_retry_after
+        self.format_retries = format_retries
+        self.sleep = sleep
+        self._backoff = wait_random_exponential(multiplier=initial_backoff, max=max_backoff)
+        # A local server often needs no key, but the client insists on one.
+        key = api_key or os.environ.get("OPENAI_API_KEY") or "no-key"
+        self._client = openai.AsyncOpenAI(base_url=base_url, api_key=key, timeout=timeout, max_retries=0)
+        self.base_url = str(self._client.base_url)
+
+    def _metadata(self, status: int | None = None) -> dict[str, str]:
+        metadata = {"base_url": self.base_url, "model": self.model}
+        if status is not None:
+            metadata["status"] = str(status)
+        return metadata
+
+    def _wait(self, state: RetryCallState) -> float:
+        import openai
+
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, openai.APIStatusError) and error.status_code in (429, 503):
+            asked = retry_after_seconds(error.response.headers)
+            if asked is not None:
+                return min(asked, self.max_retry_after)
+        return float(self._backoff(state))
+
+    def _error(self, error: openai.OpenAIError) -> SessionKitError:
+        import openai
+
+        where = f"the extraction LLM at {self.base_url} (model {self.model!r})"
+        if isinstance(error, openai.APIStatusError):
+            status = error.status_code
+            detail = str(error.message)[:300]
+            if _transient(error):
+                retry_after = retry_after_seconds(error.response.headers) if status == 429 else None
+                return ServiceUnavailable(
+                    f"{where} answered {status} {self.max_attempts} times: {detail}",
+                    reason="EXTRACTION_LLM_UNAVAILABLE",
+                    metadata=self._metadata(status),
+                    retry_after=retry_after,
+                )
+            return FailedPrecondition(
+                f"{where} refused the request ({status}): {detail}; check SESSIONKIT_LLM_MODEL and the key",
+                reason="EXTRACTION_LLM_REJECTED",
+                metadata=self._metadata(status),
+            )
+        return ServiceUnavailable(
+            f"{where} could not be reached ({self.max_attempts} attempts): {error}",
+            reason="EXTRACTION_LLM_UNAVAILABLE",
+            metadata=self._metadata(),
+        )
+
+    async def _complete(self, prompt: list[dict[str, str]]) -> str | None:
+        """One answer of the model, retried on transient failures."""
+        import openai
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_transient),
+            stop=stop_after_attempt(self.max_attempts),
+            wait=self._wait,
+            sleep=self.sleep,
+            reraise=True,
+        )
+        chat: Any = prompt  # plain {"role", "content"} dicts: what the typed message params describe
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    response = await self._client.chat.completions.create(
+                        model=self.model,
+                        messages=chat,
+                        temperature=0,
+                        response_format={"type": "json_object"},
+                    )
+        except openai.OpenAIError as error:
+            raise self._error(error) from error
+        if not response.choices:
+            return None
+        return response.choices[0].message.content
+
+    async def extract(
+        self, messages: Sequence[Message], memories: Sequence[tuple[str, str]], max_fact_bytes: int
+    ) -> list[ProposedOperation]:
+        """The operations for the turn ``messages`` given the related ``memories`` ((id, text) pairs).
+        Raises MalformedOutput when every answer was unusable, ServiceUnavailable / FailedPrecondition
+        when the model cannot be asked."""
+        prompt = build_prompt(messages, memories)
+        known = {memory_id for memory_id, _ in memories}
+        problems: list[str] = []
+        for _ in range(1 + self.format_retries):
+            content = await self._complete(prompt)
+            try:
+                return parse_operations(content, known, max_fact_bytes)
+            except ValueError as problem:
+                problems.append(str(problem))
+                log.warning(
+                    "unusable extraction output from %s (attempt %d of %d): %s",
+                    self.model,
+                    len(problems),
+                    1 + self.format_retries,
+                    problem,
+                    extra={"model": self.model, "attempt": len(problems), "problem": str(problem)},
+                )
+                prompt = [
+                    *prompt,
+                    {"role": "assistant", "content": content or ""},
+                    {"role": "user", "content": RETRY_PROMPT.format(problem=problem)},
+                ]
+        raise MalformedOutput(problems)
+
+    async def close(self) -> None:
+        await self._client.close()
