@@ -19,6 +19,7 @@ from sessionkit.config import ClientSettings
 from sessionkit.embedded import socket_path
 from sessionkit.errors import SessionKitError
 from sessionkit.ids import DEFAULT
+from sessionkit.memory_client import MemoryClient
 from sessionkit.retry import RetryPolicy
 from sessionkit.state_client import SessionRef, StateClient
 from sessionkit.transport import Transport, close_channels
@@ -33,6 +34,8 @@ sessions_app = typer.Typer(help="List, show and delete sessions.", no_args_is_he
 state_app = typer.Typer(help="Read and write session state.", no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(state_app, name="state")
+memory_app = typer.Typer(help="Search, list and reindex memories.", no_args_is_help=True)
+app.add_typer(memory_app, name="memory")
 out = Console()
 err = Console(stderr=True)
 
@@ -286,6 +289,67 @@ def state_set(
 
     version = _run(main())
     out.print(f"{key} = {_json(parsed)} (version {version})", highlight=False)
+
+
+SessionOpt = Annotated[str, typer.Option("--session", "-s", help="Session (for its short-term memories)")]
+TypeOpt = Annotated[str, typer.Option("--type", help="all, short or long")]
+
+
+def _memory_client(address: str | None, storage_path: str | None, timeout: float = 300) -> MemoryClient:
+    return MemoryClient(_client(address, storage_path, timeout).transport)
+
+
+@memory_app.command("search")
+def memory_search(
+    query: str,
+    session_id: SessionOpt = "cli",
+    user: UserOpt = DEFAULT,
+    app_name: AppOpt = None,
+    memory_type: TypeOpt = "all",
+    limit: int = 5,
+    address: AddressOpt = None,
+    storage_path: StorageOpt = None,
+) -> None:
+    """Search a user's memories (hybrid: semantic and lexical)."""
+    client = _memory_client(address, storage_path, 60)
+    hits = _run(client.search(SessionRef(_app(app_name), user, session_id), query, memory_type, limit))
+    table = Table("score", "type", "quality", "text", "id")
+    for hit in hits:
+        quality = f"{hit['quality_score']:.2f}"
+        table.add_row(f"{hit['score']:.3f}", hit["memory_type"], quality, hit["text"], hit["id"])
+    out.print(table)
+
+
+@memory_app.command("ls")
+def memory_ls(
+    session_id: SessionOpt = "cli",
+    user: UserOpt = DEFAULT,
+    app_name: AppOpt = None,
+    memory_type: TypeOpt = "all",
+    address: AddressOpt = None,
+    storage_path: StorageOpt = None,
+) -> None:
+    """List a user's memories."""
+    client = _memory_client(address, storage_path, 60)
+    memories = _run(client.list_all(SessionRef(_app(app_name), user, session_id), memory_type))
+    table = Table("type", "quality", "text", "id")
+    for memory in memories:
+        table.add_row(memory["memory_type"], f"{memory['quality_score']:.2f}", memory["text"], memory["id"])
+    out.print(table)
+    out.print(f"{len(memories)} memories", highlight=False)
+
+
+@memory_app.command("reindex")
+def memory_reindex(
+    app_name: AppOpt = None,
+    all_apps: Annotated[bool, typer.Option("--all-apps", help="Every app, not just one")] = False,
+    address: AddressOpt = None,
+    storage_path: StorageOpt = None,
+) -> None:
+    """Rebuild the vector index from the memory rows (the source of truth)."""
+    client = _memory_client(address, storage_path)
+    scanned, written = _run(client.reindex(_app(app_name), all_apps))
+    out.print(f"reindexed: {scanned} memories scanned, {written} vectors written", highlight=False)
 
 
 def main() -> None:

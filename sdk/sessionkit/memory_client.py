@@ -13,7 +13,7 @@ from sessionkit.errors import FieldViolation, InvalidArgument
 from sessionkit.jsonvalues import JsonValue, check_json, from_struct, to_struct
 from sessionkit.state_client import SessionRef, _key
 from sessionkit.transport import Transport
-from sessionkit.v1 import memory_pb2, memory_pb2_grpc
+from sessionkit.v1 import common_pb2, memory_pb2, memory_pb2_grpc
 
 Stub = memory_pb2_grpc.MemoryServiceStub
 TYPES = {"short": memory_pb2.MEMORY_TYPE_SHORT, "long": memory_pb2.MEMORY_TYPE_LONG, "all": 0}
@@ -292,3 +292,11 @@ class MemoryClient:
             }
             for c in reply.changes
         ]
+
+    async def reindex(self, app_name: str, all_apps: bool = False) -> tuple[int, int]:
+        """Rebuild the vector index from the memory rows: (rows scanned, vectors written)."""
+        request = memory_pb2.ReindexMemoriesRequest(
+            session=common_pb2.SessionRef(app_name=app_name), all_users=all_apps
+        )
+        reply = await self._call("ReindexMemories", request)
+        return int(reply.scanned_count), int(reply.indexed_count)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -301,8 +302,10 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
 
     async def ReindexMemories(self, request: memory_pb2.ReindexMemoriesRequest, context: Context) -> Any:
         app = None if request.all_users else (request.session.app_name or "default")
+        started = time.perf_counter()
         scanned, written = await self.service.reindex(app)
         duration = duration_pb2.Duration()
+        duration.FromNanoseconds(int((time.perf_counter() - started) * 1e9))
         return memory_pb2.ReindexMemoriesResponse(
             scanned_count=scanned, indexed_count=written, duration=duration
         )
