@@ -30,6 +30,7 @@ log = logging.getLogger("sessionkit.server")
 
 STATE_SERVICE = state_pb2.DESCRIPTOR.services_by_name["StateService"].full_name
 MEMORY_SERVICE = "sessionkit.v1.MemoryService"
+KNOWLEDGE_SERVICE = "sessionkit.v1.KnowledgeService"
 
 
 def build_memory(settings: ServerSettings, db: Database, server: grpc.aio.Server) -> Any:
@@ -65,6 +66,43 @@ def build_memory(settings: ServerSettings, db: Database, server: grpc.aio.Server
     return service
 
 
+def build_knowledge(settings: ServerSettings, db: Database, server: grpc.aio.Server, memory: Any) -> Any:
+    """The knowledge service and its servicer. It shares the memory service's embedder and vector index
+    when memory is served too (one model and one Chroma client per process)."""
+    from services.knowledge.fetch import FetchSettings
+    from services.knowledge.grpc_servicer import KnowledgeServicer
+    from services.knowledge.service import KnowledgeService, KnowledgeSettings
+    from services.knowledge.store import KnowledgeStore
+    from services.retrieval.embeddings import embedder_from_config
+    from services.retrieval.vector_index import index_from_url
+    from sessionkit.v1 import knowledge_pb2_grpc
+
+    if memory is not None:
+        index, embedder, owns = memory.index, memory.embedder, False
+    else:
+        index = index_from_url(settings.vector_url, settings.data_dir)
+        embedder, owns = embedder_from_config(settings.embedding_config()), True
+    service = KnowledgeService(
+        KnowledgeStore(db),
+        index,
+        embedder,
+        KnowledgeSettings(
+            max_upload_bytes=settings.knowledge_max_upload_bytes,
+            max_text_bytes=settings.knowledge_max_text_bytes,
+            fetch=FetchSettings(
+                timeout_seconds=settings.knowledge_fetch_timeout_seconds,
+                max_bytes=settings.knowledge_max_url_bytes,
+                max_redirects=settings.knowledge_max_redirects,
+                allow_private=settings.knowledge_allow_private_urls,
+                allowed_hosts=frozenset(h.lower() for h in settings.knowledge_allowed_hosts),
+            ),
+        ),
+        owns_retrieval=owns,
+    )
+    knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server(KnowledgeServicer(service), server)  # type: ignore[no-untyped-call]
+    return service
+
+
 @dataclass
 class Host:
     """A built server and what it owns."""
@@ -78,6 +116,7 @@ class Host:
     db: Database
     state: StateService | None = None
     memory: Any = None  # services.memory.service.MemoryService, imported only when configured
+    knowledge: Any = None  # services.knowledge.service.KnowledgeService, likewise
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -94,6 +133,8 @@ class Host:
                 )
             if self.memory is not None:
                 await self.memory.start()
+            if self.knowledge is not None:
+                await self.knowledge.start()
         except Exception:
             await self.server.stop(0)
             await self.db.close()
@@ -116,6 +157,8 @@ class Host:
             names.append(STATE_SERVICE)
         if self.memory is not None:
             names.append(MEMORY_SERVICE)
+        if self.knowledge is not None:
+            names.append(KNOWLEDGE_SERVICE)
         return names
 
     async def stop(self, grace: float | None = None) -> None:
@@ -131,6 +174,8 @@ class Host:
                 await task
         if self.state is not None:
             await self.state.store.close()
+        if self.knowledge is not None:
+            await self.knowledge.close()
         if self.memory is not None:
             await self.memory.close()
         await self.db.close()
@@ -196,6 +241,9 @@ async def create_server(
     if "memory" in settings.services:
         host.memory = build_memory(settings, db, server)
         names.append(MEMORY_SERVICE)
+    if "knowledge" in settings.services:
+        host.knowledge = build_knowledge(settings, db, server, host.memory)
+        names.append(KNOWLEDGE_SERVICE)
     for name in host.served_names():
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection(names, server)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,6 +18,7 @@ from sessionkit.errors import (
 )
 from sessionkit.ids import DEFAULT, check_id, new_session_id, path_component
 from sessionkit.jsonvalues import JsonValue, check_json
+from sessionkit.knowledge_client import KnowledgeClient, ProgressCallback, check_knowledge_config
 from sessionkit.memory_client import MemoryClient
 from sessionkit.retry import RetryPolicy
 from sessionkit.state_client import Event, SessionInfo, SessionRef, StateChange, StateClient, StateVersion
@@ -114,6 +116,7 @@ class AsyncSession:
             if config is not None and not isinstance(config, dict):
                 raise InvalidArgument(f"{name} must be a dict, not {type(config).__name__}")
         check_memory_config(memory_config or {})
+        check_knowledge_config(knowledge_config or {})
         self.auto_save = auto_save
         self.timeout = float(timeout)
         self.ttl = ttl
@@ -127,6 +130,7 @@ class AsyncSession:
         self._transport = Transport(settings, address, self.storage_path, policy)
         self._state = StateClient(self._transport)
         self._memory = MemoryClient(self._transport)
+        self._knowledge = KnowledgeClient(self._transport)
         self._ref = SessionRef(self.app_name, self.user_id, self.session_id)
         self._ensured = False
         self._temp: JsonObject = {}
@@ -166,10 +170,9 @@ class AsyncSession:
         return str(self.memory_config.get("provider", "rag"))
 
     @property
-    def knowledge(self) -> Any:
-        raise NotImplementedByServer(
-            "session knowledge arrives with the knowledge service (not in this version)"
-        )
+    def knowledge(self) -> SessionKnowledge:
+        """This session's knowledge as one object (add, search, list, delete, clear)."""
+        return SessionKnowledge(self)
 
     # -- plumbing -----------------------------------------------------------------------------------
 
@@ -414,9 +417,90 @@ class AsyncSession:
         return await self._memory.context(self._ref, query, max_items)
 
     async def get_context(self, query: str, max_items: int = 3) -> str:
-        """Context for ``query`` from memory (knowledge joins it when the knowledge service lands)."""
+        """Context for ``query``: up to ``max_items`` memories and up to ``max_items`` knowledge chunks,
+        as one text block for a prompt ("" when there is nothing). A server without the knowledge
+        service gives the memories alone."""
+        parts: list[str] = []
         memory = await self.get_memory_context(query, max_items)
-        return f"Memories:\n{memory}" if memory else ""
+        if memory:
+            parts.append(f"Memories:\n{memory}")
+        try:
+            hits = await self.search_knowledge(query, max_items)
+        except NotImplementedByServer:
+            hits = []
+        if hits:
+            lines = [f"- {h['text']} (source: {h['source']['name']})" for h in hits]
+            parts.append("Knowledge:\n" + "\n".join(lines))
+        return "\n\n".join(parts)
+
+    # -- knowledge ------------------------------------------------------------------------------------
+
+    @property
+    def _chunker(self) -> dict[str, Any] | None:
+        chunker = self.knowledge_config.get("chunker")
+        return dict(chunker) if isinstance(chunker, dict) else None
+
+    async def add_knowledge(
+        self,
+        source: str | os.PathLike[str],
+        *,
+        scope: str = "session",
+        collection: str = "",
+        name: str = "",
+        content_type: str = "",
+        metadata: dict[str, Any] | None = None,
+        force: bool = False,
+        on_progress: ProgressCallback | None = None,
+    ) -> dict[str, Any]:
+        """Add a knowledge source: an existing file path (uploaded), an http(s):// URL (fetched by the
+        service) or text. Re-adding a source of the same name replaces it ("updated") or changes nothing
+        ("unchanged", same content). Returns {"kind": "file"|"url"|"text", "outcome", "source", ...}."""
+        self._check_local()
+        return await self._knowledge.add(
+            self._ref,
+            source,
+            scope=scope,
+            collection=collection,
+            name=name,
+            content_type=content_type,
+            chunker=self._chunker,
+            metadata=metadata,
+            force=force,
+            on_progress=on_progress,
+        )
+
+    async def search_knowledge(
+        self,
+        query: str,
+        limit: int = 5,
+        *,
+        scopes: list[str] | None = None,
+        collections: list[str] | None = None,
+        source_names: list[str] | None = None,
+        metadata_filter: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Hybrid search over this session's and this user's knowledge (or the given scopes): chunks,
+        best first, each with text, score, source {id, name, kind}, position and heading_path."""
+        self._check_local()
+        return await self._knowledge.search(
+            self._ref, query, limit, scopes, collections, source_names, metadata_filter
+        )
+
+    async def list_knowledge(self, scopes: list[str] | None = None) -> list[dict[str, Any]]:
+        """The knowledge sources of this session and user (or the given scopes)."""
+        self._check_local()
+        return await self._knowledge.list_all(self._ref, scopes)
+
+    async def delete_knowledge(self, source: str, scope: str = "session") -> bool:
+        """Delete one source, by id or by name in ``scope``; False when there is none."""
+        self._check_local()
+        return await self._knowledge.delete(self._ref, source, scope, allow_missing=True) is not None
+
+    async def clear_knowledge(self, scope: str = "session", collection: str = "") -> int:
+        """Delete every source of this session ("session"), this user ("user") or a collection;
+        returns how many sources were deleted."""
+        self._check_local()
+        return await self._knowledge.clear(self._ref, scope, collection)
 
     async def clear_memory(self, memory_type: str = "all") -> int:
         """Delete this session's short-term memories ("short"), this user's long-term ones ("long"), or
@@ -511,6 +595,28 @@ class AsyncSession:
     def __repr__(self) -> str:
         where = self.remote_url or ("embedded:" + str(self.storage_path) if self.is_embedded else "connected")
         return f"AsyncSession(session_id={self.session_id!r}, user_id={self.user_id!r}, {where})"
+
+
+class SessionKnowledge:
+    """``session.knowledge``: the session's knowledge methods on one object."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, source: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
+        return await self.session.add_knowledge(source, **options)
+
+    async def search(self, query: str, limit: int = 5) -> list[dict[str, Any]]:
+        return await self.session.search_knowledge(query, limit)
+
+    async def list(self) -> list[dict[str, Any]]:
+        return await self.session.list_knowledge()
+
+    async def delete(self, source: str) -> bool:
+        return await self.session.delete_knowledge(source)
+
+    async def clear(self, scope: str = "session") -> int:
+        return await self.session.clear_knowledge(scope)
 
 
 class SessionMemory:

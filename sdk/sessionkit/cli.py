@@ -19,6 +19,7 @@ from sessionkit.config import ClientSettings
 from sessionkit.embedded import socket_path
 from sessionkit.errors import SessionKitError
 from sessionkit.ids import DEFAULT
+from sessionkit.knowledge_client import KnowledgeClient
 from sessionkit.memory_client import MemoryClient
 from sessionkit.retry import RetryPolicy
 from sessionkit.state_client import SessionRef, StateClient
@@ -26,7 +27,7 @@ from sessionkit.transport import Transport, close_channels
 
 T = TypeVar("T")
 #: Services this version implements; the others' contracts exist and their RPCs answer UNIMPLEMENTED.
-IMPLEMENTED_SERVICES = {"state", "memory"}
+IMPLEMENTED_SERVICES = {"state", "memory", "knowledge"}
 app = typer.Typer(
     help="sessionkit: stateful sessions for AI agents.", no_args_is_help=True, add_completion=False
 )
@@ -36,6 +37,8 @@ app.add_typer(sessions_app, name="sessions")
 app.add_typer(state_app, name="state")
 memory_app = typer.Typer(help="Search, list and reindex memories.", no_args_is_help=True)
 app.add_typer(memory_app, name="memory")
+knowledge_app = typer.Typer(help="Add, search, list and delete knowledge sources.", no_args_is_help=True)
+app.add_typer(knowledge_app, name="knowledge")
 out = Console()
 err = Console(stderr=True)
 
@@ -350,6 +353,129 @@ def memory_reindex(
     client = _memory_client(address, storage_path)
     scanned, written = _run(client.reindex(_app(app_name), all_apps))
     out.print(f"reindexed: {scanned} memories scanned, {written} vectors written", highlight=False)
+
+
+KSessionOpt = Annotated[str, typer.Option("--session", "-s", help="Session the knowledge belongs to")]
+ScopeOpt = Annotated[str, typer.Option("--scope", help="session, user or collection")]
+
+
+def _knowledge_client(address: str | None, storage_path: str | None, timeout: float = 600) -> KnowledgeClient:
+    return KnowledgeClient(_client(address, storage_path, timeout).transport)
+
+
+@knowledge_app.command("add")
+def knowledge_add(
+    source: str,
+    session_id: KSessionOpt = "cli",
+    user: UserOpt = DEFAULT,
+    app_name: AppOpt = None,
+    scope: ScopeOpt = "session",
+    collection: Annotated[str, typer.Option("--collection", help="With --scope collection")] = "",
+    name: Annotated[str, typer.Option("--name", help="The source's name (default: from the source)")] = "",
+    force: Annotated[bool, typer.Option("--force", help="Re-ingest even when unchanged")] = False,
+    address: AddressOpt = None,
+    storage_path: StorageOpt = None,
+) -> None:
+    """Add a file (uploaded), a URL (fetched by the service) or text, with a progress bar."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    client = _knowledge_client(address, storage_path)
+    ref = SessionRef(_app(app_name), user, session_id)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TextColumn("{task.fields[chunks]}"),
+        console=err, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("starting", total=None, chunks="")
+
+        def on_progress(p: dict[str, Any]) -> None:
+            chunks = ""
+            if p["chunks_total"]:
+                chunks = f"chunks {p['chunks_embedded']}/{p['chunks_total']} embedded"
+            bar.update(
+                task,
+                description=p["stage"],
+                completed=p["bytes_read"],
+                total=p["bytes_total"] or None,
+                chunks=chunks,
+            )
+
+        result = _run(
+            client.add(
+                ref,
+                source,
+                scope=scope,
+                collection=collection,
+                name=name,
+                force=force,
+                on_progress=on_progress,
+            )
+        )
+    src = result["source"]
+    out.print(
+        f"{result['outcome']} {result['kind']} source {src['name']!r} ({src['id']}): "
+        f"{src['chunk_count']} chunks, {src['size_bytes']} bytes, {src['content_type']}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@knowledge_app.command("search")
+def knowledge_search(
+    query: str,
+    session_id: KSessionOpt = "cli",
+    user: UserOpt = DEFAULT,
+    app_name: AppOpt = None,
+    limit: int = 5,
+    address: AddressOpt = None,
+    storage_path: StorageOpt = None,
+) -> None:
+    """Search the session's and the user's knowledge (hybrid: semantic and lexical)."""
+    client = _knowledge_client(address, storage_path, 60)
+    hits = _run(client.search(SessionRef(_app(app_name), user, session_id), query, limit))
+    table = Table("score", "source", "where", "text")
+    for hit in hits:
+        position = hit["position"]
+        where = f"p.{position['page']}" if position["page"] else f"#{position['chunk_index']}"
+        if hit["heading_path"]:
+            where += " " + " > ".join(hit["heading_path"])
+        table.add_row(f"{hit['score']:.3f}", hit["source"]["name"], where, hit["text"])
+    out.print(table)
+
+
+@knowledge_app.command("ls")
+def knowledge_ls(
+    session_id: KSessionOpt = "cli",
+    user: UserOpt = DEFAULT,
+    app_name: AppOpt = None,
+    address: AddressOpt = None,
+    storage_path: StorageOpt = None,
+) -> None:
+    """List the session's and the user's knowledge sources."""
+    client = _knowledge_client(address, storage_path, 60)
+    sources = _run(client.list_all(SessionRef(_app(app_name), user, session_id)))
+    table = Table("scope", "kind", "name", "chunks", "id")
+    for src in sources:
+        table.add_row(src["scope"], src["kind"], src["name"], str(src["chunk_count"]), src["id"])
+    out.print(table)
+    out.print(f"{len(sources)} sources", highlight=False)
+
+
+@knowledge_app.command("rm")
+def knowledge_rm(
+    source: str,
+    session_id: KSessionOpt = "cli",
+    user: UserOpt = DEFAULT,
+    app_name: AppOpt = None,
+    scope: ScopeOpt = "session",
+    address: AddressOpt = None,
+    storage_path: StorageOpt = None,
+) -> None:
+    """Delete one source, by id or name."""
+    client = _knowledge_client(address, storage_path, 60)
+    removed = _run(
+        client.delete(SessionRef(_app(app_name), user, session_id), source, scope, allow_missing=True)
+    )
+    out.print("no such source" if removed is None else f"deleted ({removed} chunks)", highlight=False)
 
 
 def main() -> None:

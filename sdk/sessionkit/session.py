@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -109,8 +110,9 @@ class Session:
         return SyncSessionMemory(self)
 
     @property
-    def knowledge(self) -> Any:
-        return self._async.knowledge
+    def knowledge(self) -> SyncSessionKnowledge:
+        """This session's knowledge as one object (add, search, list, delete, clear)."""
+        return SyncSessionKnowledge(self)
 
     # -- state ---------------------------------------------------------------------------------------
 
@@ -239,6 +241,33 @@ class Session:
 
     get_context.__doc__ = AsyncSession.get_context.__doc__
 
+    # -- knowledge -----------------------------------------------------------------------------------
+
+    def add_knowledge(self, source: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
+        return _loop.run(self._async.add_knowledge(source, **options))
+
+    add_knowledge.__doc__ = AsyncSession.add_knowledge.__doc__
+
+    def search_knowledge(self, query: str, limit: int = 5, **options: Any) -> list[dict[str, Any]]:
+        return _loop.run(self._async.search_knowledge(query, limit, **options))
+
+    search_knowledge.__doc__ = AsyncSession.search_knowledge.__doc__
+
+    def list_knowledge(self, scopes: list[str] | None = None) -> list[dict[str, Any]]:
+        return _loop.run(self._async.list_knowledge(scopes))
+
+    list_knowledge.__doc__ = AsyncSession.list_knowledge.__doc__
+
+    def delete_knowledge(self, source: str, scope: str = "session") -> bool:
+        return _loop.run(self._async.delete_knowledge(source, scope))
+
+    delete_knowledge.__doc__ = AsyncSession.delete_knowledge.__doc__
+
+    def clear_knowledge(self, scope: str = "session", collection: str = "") -> int:
+        return _loop.run(self._async.clear_knowledge(scope, collection))
+
+    clear_knowledge.__doc__ = AsyncSession.clear_knowledge.__doc__
+
     def clear_memory(self, memory_type: str = "all") -> int:
         return _loop.run(self._async.clear_memory(memory_type))
 
@@ -328,6 +357,28 @@ class Session:
 
     def __repr__(self) -> str:
         return repr(self._async).replace("AsyncSession", "Session", 1)
+
+
+class SyncSessionKnowledge:
+    """``session.knowledge``: the session's knowledge methods on one object."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, source: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
+        return self.session.add_knowledge(source, **options)
+
+    def search(self, query: str, limit: int = 5) -> list[dict[str, Any]]:
+        return self.session.search_knowledge(query, limit)
+
+    def list(self) -> list[dict[str, Any]]:
+        return self.session.list_knowledge()
+
+    def delete(self, source: str) -> bool:
+        return self.session.delete_knowledge(source)
+
+    def clear(self, scope: str = "session") -> int:
+        return self.session.clear_knowledge(scope)
 
 
 class SyncSessionMemory:

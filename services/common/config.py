@@ -48,6 +48,18 @@ class ServerSettings(BaseSettings):
     memory_short_window: int = Field(100, ge=1, le=100_000)
     memory_short_ttl_seconds: int | None = Field(None, ge=1)
     memory_merge_threshold: float = Field(0.93, gt=0, le=1)
+    #: Knowledge: largest uploaded file, largest fetched page, largest TEXT source (bytes).
+    knowledge_max_upload_bytes: int = Field(50 << 20, ge=1)
+    knowledge_max_url_bytes: int = Field(20 << 20, ge=1)
+    knowledge_max_text_bytes: int = Field(10 << 20, ge=1)
+    #: Knowledge URL fetching: timeout per request, redirects followed, and whether private, loopback
+    #: and link-local addresses may be fetched (refused by default: SSRF).
+    knowledge_fetch_timeout_seconds: float = Field(20.0, gt=0)
+    knowledge_max_redirects: int = Field(5, ge=0, le=20)
+    knowledge_allow_private_urls: bool = False
+    #: Host names exempt from that check (exact names, e.g. an internal docs server; JSON list in the
+    #: environment). A redirect to another host is checked again.
+    knowledge_allowed_hosts: list[str] = Field(default_factory=list)
     history_limit: int = Field(100, ge=1, le=100_000)
     max_state_bytes: int = Field(1 << 20, ge=1024)
     max_event_bytes: int = Field(256 << 10, ge=1024)

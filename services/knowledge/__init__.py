@@ -1,0 +1,1 @@
+"""The knowledge service: sources split into chunks, embedded and searched with hybrid retrieval."""

@@ -1,0 +1,397 @@
+"""The knowledge store: sources and their chunks (the source of truth), the vector outbox and the
+lexical index, on SQLite or PostgreSQL through services.common.db.Database.
+
+A source's content is replaced in one transaction: its new chunks are inserted, its row switched to
+the new version, its old chunks deleted (with "delete" outbox entries for their vectors). Reads join
+chunks to their source's current version, so a search sees the old chunks or the new ones, never a
+mix."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Row, and_, delete, func, insert, literal_column, or_, select, text, update
+from sqlalchemy.exc import IntegrityError
+
+from services.common.db import Database
+from services.common.migrate import upgrader
+from services.knowledge import tables as t
+from services.memory.store import lexical_terms
+from sessionkit.jsonvalues import JsonValue, dumps, loads
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+VERSION_TABLE = "sk_knowledge_alembic_version"
+JsonObject = dict[str, JsonValue]
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where a source lives: (kind, owner, key) as stored (see tables.sources)."""
+
+    kind: int
+    owner: str
+    key: str
+
+    @property
+    def bucket(self) -> str:
+        """The vector index's tag for this scope."""
+        return f"{self.kind}\x1f{self.owner}\x1f{self.key}"
+
+
+@dataclass
+class SourceRecord:
+    id: str
+    app_name: str
+    scope: Scope
+    name: str
+    kind: int
+    user_id: str
+    session_id: str
+    uri: str
+    content_type: str
+    title: str
+    content_hash: str
+    size_bytes: int
+    chunk_count: int
+    chunker: JsonObject
+    metadata: JsonObject
+    version: int
+    create_us: int
+    update_us: int
+
+
+@dataclass
+class ChunkRecord:
+    id: str
+    source_id: str
+    version: int
+    app_name: str
+    chunk_index: int
+    text: str
+    page: int
+    start_char: int
+    end_char: int
+    heading_path: list[str] = field(default_factory=list)
+
+
+def _source(row: Row[Any]) -> SourceRecord:
+    m = row._mapping
+    return SourceRecord(
+        m["id"], m["app_name"], Scope(m["scope_kind"], m["owner"], m["scope_key"]), m["name"], m["kind"],
+        m["user_id"], m["session_id"], m["uri"], m["content_type"], m["title"], m["content_hash"],
+        m["size_bytes"], m["chunk_count"], loads(m["chunker"]), loads(m["metadata"]), m["version"],
+        m["create_us"], m["update_us"],
+    )  # fmt: skip
+
+
+def _chunk(row: Row[Any]) -> ChunkRecord:
+    m = row._mapping
+    path = loads(m["heading_path"])
+    return ChunkRecord(
+        m["id"], m["source_id"], m["version"], m["app_name"], m["chunk_index"], m["text"], m["page"],
+        m["start_char"], m["end_char"], [str(p) for p in path] if isinstance(path, list) else [],
+    )  # fmt: skip
+
+
+def in_scopes(app_name: str, scopes: Sequence[Scope]) -> Any:
+    s = t.sources.c
+    return and_(
+        s.app_name == app_name,
+        or_(*(and_(s.scope_kind == x.kind, s.owner == x.owner, s.scope_key == x.key) for x in scopes)),
+    )
+
+
+def _source_values(record: SourceRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "app_name": record.app_name,
+        "scope_kind": record.scope.kind,
+        "owner": record.scope.owner,
+        "scope_key": record.scope.key,
+        "name": record.name,
+        "kind": record.kind,
+        "user_id": record.user_id,
+        "session_id": record.session_id,
+        "uri": record.uri,
+        "content_type": record.content_type,
+        "title": record.title,
+        "content_hash": record.content_hash,
+        "size_bytes": record.size_bytes,
+        "chunk_count": record.chunk_count,
+        "chunker": dumps(record.chunker),
+        "metadata": dumps(record.metadata),
+        "version": record.version,
+        "create_us": record.create_us,
+        "update_us": record.update_us,
+    }
+
+
+@dataclass
+class Replaced:
+    source: SourceRecord
+    created: bool
+    chunks_removed: int
+    unchanged: bool = False
+
+
+class KnowledgeStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def start(self) -> None:
+        await self.db.migrate(upgrader(MIGRATIONS, VERSION_TABLE), VERSION_TABLE)
+
+    # -- writes ---------------------------------------------------------------------------------------
+
+    async def put(self, record: SourceRecord, chunks: list[ChunkRecord], force: bool = False) -> Replaced:
+        """Add ``record`` with ``chunks``, or replace the content of the source of the same name in its
+        scope (keeping its id and create time), in one transaction."""
+
+        def run(conn: Connection) -> Replaced:
+            s = t.sources.c
+            row = conn.execute(
+                select(t.sources)
+                .where(
+                    s.app_name == record.app_name,
+                    s.scope_kind == record.scope.kind,
+                    s.owner == record.scope.owner,
+                    s.scope_key == record.scope.key,
+                    s.name == record.name,
+                )
+                .with_for_update()
+            ).first()
+            removed = 0
+            if row is None:
+                new = record
+                new.version = 1
+                conn.execute(insert(t.sources).values(**_source_values(new)))
+            else:
+                old = _source(row)
+                if not force and (old.content_hash, old.chunker, old.metadata) == (
+                    record.content_hash,
+                    record.chunker,
+                    record.metadata,
+                ):
+                    # A concurrent add of the same content got there first: nothing to change.
+                    return Replaced(old, False, 0, unchanged=True)
+                new = SourceRecord(
+                    **{
+                        **record.__dict__,
+                        "id": old.id,
+                        "create_us": old.create_us,
+                        "version": old.version + 1,
+                    }
+                )
+                removed = _delete_chunks(conn, old.id)
+                conn.execute(update(t.sources).where(s.id == old.id).values(**_source_values(new)))
+            for chunk in chunks:
+                chunk.source_id, chunk.version = new.id, new.version
+            if chunks:
+                conn.execute(
+                    insert(t.chunks),
+                    [
+                        {
+                            "id": c.id,
+                            "source_id": c.source_id,
+                            "version": c.version,
+                            "app_name": c.app_name,
+                            "chunk_index": c.chunk_index,
+                            "text": c.text,
+                            "page": c.page,
+                            "start_char": c.start_char,
+                            "end_char": c.end_char,
+                            "heading_path": dumps(list(c.heading_path)),
+                        }
+                        for c in chunks
+                    ],
+                )
+                conn.execute(
+                    insert(t.outbox),
+                    [{"chunk_id": c.id, "app_name": c.app_name, "action": "upsert"} for c in chunks],
+                )
+            return Replaced(new, row is None, removed)
+
+        try:
+            return await self.db.write(run)
+        except IntegrityError:
+            # A concurrent add of the same name inserted it first: replace that one.
+            return await self.db.write(run)
+
+    async def delete(self, app_name: str, source_id: str, scopes: Sequence[Scope]) -> int | None:
+        """Delete a visible source and its chunks: the chunk count, None when there is no such source."""
+
+        def run(conn: Connection) -> int | None:
+            s = t.sources.c
+            found = conn.execute(
+                select(s.id).where(s.id == source_id, in_scopes(app_name, scopes)).with_for_update()
+            ).first()
+            if found is None:
+                return None
+            removed = _delete_chunks(conn, source_id)
+            conn.execute(delete(t.sources).where(s.id == source_id))
+            return removed
+
+        return await self.db.write(run)
+
+    async def clear(self, app_name: str, scope: Scope) -> tuple[int, int]:
+        def run(conn: Connection) -> tuple[int, int]:
+            s = t.sources.c
+            ids = [r[0] for r in conn.execute(select(s.id).where(in_scopes(app_name, [scope]))).all()]
+            removed = sum(_delete_chunks(conn, i) for i in ids)
+            if ids:
+                conn.execute(delete(t.sources).where(s.id.in_(ids)))
+            return len(ids), removed
+
+        return await self.db.write(run)
+
+    # -- reads ----------------------------------------------------------------------------------------
+
+    async def by_name(self, app_name: str, scope: Scope, name: str) -> SourceRecord | None:
+        def run(conn: Connection) -> SourceRecord | None:
+            row = conn.execute(
+                select(t.sources).where(in_scopes(app_name, [scope]), t.sources.c.name == name)
+            ).first()
+            return None if row is None else _source(row)
+
+        return await self.db.read(run)
+
+    async def by_id(self, app_name: str, source_id: str, scopes: Sequence[Scope]) -> SourceRecord | None:
+        def run(conn: Connection) -> SourceRecord | None:
+            row = conn.execute(
+                select(t.sources).where(t.sources.c.id == source_id, in_scopes(app_name, scopes))
+            ).first()
+            return None if row is None else _source(row)
+
+        return await self.db.read(run)
+
+    async def list_sources(
+        self, app_name: str, scopes: Sequence[Scope], kind: int, offset: int, limit: int
+    ) -> list[SourceRecord]:
+        def run(conn: Connection) -> list[SourceRecord]:
+            s = t.sources.c
+            query = select(t.sources).where(in_scopes(app_name, scopes))
+            if kind:
+                query = query.where(s.kind == kind)
+            query = query.order_by(s.scope_kind, s.scope_key, s.name, s.pk).offset(offset).limit(limit)
+            return [_source(r) for r in conn.execute(query).all()]
+
+        return await self.db.read(run)
+
+    async def current_chunks(
+        self, app_name: str, scopes: Sequence[Scope], chunk_ids: list[str]
+    ) -> dict[str, tuple[ChunkRecord, SourceRecord]]:
+        """The chunks among ``chunk_ids`` that belong to the current version of a visible source."""
+        if not chunk_ids:
+            return {}
+
+        def run(conn: Connection) -> dict[str, tuple[ChunkRecord, SourceRecord]]:
+            c, s = t.chunks.c, t.sources.c
+            query = (
+                select(t.chunks, t.sources.c.id.label("src_id"))
+                .join(t.sources, and_(s.id == c.source_id, s.version == c.version))
+                .where(c.id.in_(chunk_ids), in_scopes(app_name, scopes))
+            )
+            rows = conn.execute(query).all()
+            sources = {
+                r._mapping["id"]: _source(r)
+                for r in conn.execute(
+                    select(t.sources).where(s.id.in_({row._mapping["src_id"] for row in rows}))
+                ).all()
+            }
+            return {
+                row._mapping["id"]: (_chunk(row), sources[row._mapping["src_id"]])
+                for row in rows
+                if row._mapping["src_id"] in sources
+            }
+
+        return await self.db.read(run)
+
+    async def lexical(
+        self, app_name: str, scopes: Sequence[Scope], query: str, k: int
+    ) -> list[tuple[str, float]]:
+        """Best lexical matches among the current chunks of visible sources: (chunk id, score)."""
+        terms = lexical_terms(query)
+        if not terms:
+            return []
+
+        def run(conn: Connection) -> list[tuple[str, float]]:
+            c, s = t.chunks.c, t.sources.c
+            visible = and_(s.id == c.source_id, s.version == c.version)
+            if conn.dialect.name == "postgresql":
+                tsv: Any = literal_column("sk_knowledge_chunks.tsv")
+                tsquery = func.to_tsquery("english", " | ".join(terms))
+                rank = func.ts_rank_cd(tsv, tsquery).label("rank")
+                stmt = (
+                    select(c.id, rank)
+                    .join(t.sources, visible)
+                    .where(in_scopes(app_name, scopes), tsv.op("@@")(tsquery))
+                    .order_by(rank.desc())
+                    .limit(k)
+                )
+                return [(row[0], float(row[1])) for row in conn.execute(stmt).all()]
+            match = " OR ".join(f'"{term}"' for term in terms)
+            fts = text(
+                "SELECT rowid AS pk, -bm25(sk_knowledge_chunks_fts) AS rank "
+                "FROM sk_knowledge_chunks_fts WHERE sk_knowledge_chunks_fts MATCH :match "
+                "ORDER BY bm25(sk_knowledge_chunks_fts) LIMIT :limit"
+            ).columns()
+            hits = {
+                row[0]: float(row[1]) for row in conn.execute(fts, {"match": match, "limit": k * 8}).all()
+            }
+            if not hits:
+                return []
+            rows = conn.execute(
+                select(c.pk, c.id)
+                .join(t.sources, visible)
+                .where(c.pk.in_(list(hits)), in_scopes(app_name, scopes))
+            )
+            return sorted(((row[1], hits[row[0]]) for row in rows), key=lambda item: -item[1])[:k]
+
+        return await self.db.read(run)
+
+    # -- the vector outbox ----------------------------------------------------------------------------
+
+    async def pending(self, limit: int = 512) -> list[tuple[int, str, str]]:
+        """(outbox id, chunk id, app), oldest first."""
+
+        def run(conn: Connection) -> list[tuple[int, str, str]]:
+            o = t.outbox.c
+            rows = conn.execute(select(o.id, o.chunk_id, o.app_name).order_by(o.id).limit(limit)).all()
+            return [(r[0], r[1], r[2]) for r in rows]
+
+        return await self.db.read(run)
+
+    async def chunks_for_index(self, ids: list[str]) -> dict[str, tuple[ChunkRecord, Scope]]:
+        def run(conn: Connection) -> dict[str, tuple[ChunkRecord, Scope]]:
+            c, s = t.chunks.c, t.sources.c
+            query = (
+                select(t.chunks, s.scope_kind, s.owner, s.scope_key)
+                .join(t.sources, s.id == c.source_id)
+                .where(c.id.in_(ids))
+            )
+            out: dict[str, tuple[ChunkRecord, Scope]] = {}
+            for row in conn.execute(query).all():
+                m = row._mapping
+                out[m["id"]] = (_chunk(row), Scope(m["scope_kind"], m["owner"], m["scope_key"]))
+            return out
+
+        return await self.db.read(run)
+
+    async def done(self, outbox_ids: list[int]) -> None:
+        def run(conn: Connection) -> None:
+            conn.execute(delete(t.outbox).where(t.outbox.c.id.in_(outbox_ids)))
+
+        await self.db.write(run)
+
+
+def _delete_chunks(conn: Connection, source_id: str) -> int:
+    c = t.chunks.c
+    rows = conn.execute(select(c.id, c.app_name).where(c.source_id == source_id)).all()
+    if not rows:
+        return 0
+    conn.execute(delete(t.chunks).where(c.source_id == source_id))
+    conn.execute(insert(t.outbox), [{"chunk_id": r[0], "app_name": r[1], "action": "delete"} for r in rows])
+    return len(rows)
