@@ -23,7 +23,9 @@ to shellfish, so keep that in mind for recipes", asked "Is there anything that m
 badly?"), whose answer is the one memory that states the fact's latest value; and one question per
 near-miss that names somebody else ("What is Omar allergic to?" -> "My colleague Omar is allergic to
 shellfish": each other person is named in one such turn only), the kind of question about people
-in the user's life that long-conversation benchmarks ask. A question is tagged "keyword" when it
+in the user's life that long-conversation benchmarks ask; and up to 3 "lookup" questions that quote
+a fact's value and ask what it is about ("What does the number 4417 open?", "Who is Biscuit?"; only
+when no other turn of the user contains the value). A question is tagged "keyword" when it
 shares a content word (not a stop word, compared by a crude 5-letter prefix) with its answer, else
 "paraphrase".
 
@@ -283,6 +285,8 @@ class FactKind:
     distractors: tuple[str, ...] = ()
     #: (statement about somebody else, {who}, and a question whose answer it is)
     others: tuple[tuple[str, str], ...] = ()
+    #: questions that quote the value ({v}) and ask what it is about
+    lookups: tuple[str, ...] = ()
 
 
 def _values(pool: tuple[str, ...] | list[str]) -> Callable[[random.Random], str]:
@@ -323,6 +327,7 @@ KINDS: tuple[FactKind, ...] = (
         ("I accepted an offer from {v}; my last day at {old} is Friday.",),
         (),
         (("{who} has an interview at {v} next week.", "Where is {who} interviewing?"),),
+        lookups=("What do I have to do with {v}?",),
     ),
     FactKind(
         "dog",
@@ -332,6 +337,7 @@ KINDS: tuple[FactKind, ...] = (
         (),
         ("My neighbour's dog is called {v}.",),
         (("{who} wants to name her kitten {v}.", "What name did {who} pick for the kitten?"),),
+        lookups=("Who is {v}?",),
     ),
     FactKind(
         "partner_job",
@@ -350,6 +356,7 @@ KINDS: tuple[FactKind, ...] = (
         ("My sister {sister} moved to {v}.",),
         (),
         (("{who}'s sister lives in {v}.", "Where does {who}'s sister live?"),),
+        lookups=("Who do I know in {v}?",),
     ),
     FactKind(
         "allergy",
@@ -418,6 +425,7 @@ KINDS: tuple[FactKind, ...] = (
         ("Change of plans: we're going to {v} instead of {old}.",),
         (),
         (("{who} just got back from {v}.", "Where was {who} travelling recently?"),),
+        lookups=("Why did I mention {v}?",),
     ),
     FactKind(
         "locker",
@@ -427,6 +435,7 @@ KINDS: tuple[FactKind, ...] = (
         ("They reset the lockers; my new gym locker code is {v}.",),
         ("The door code for the office building is {v}.", "My old bike lock was {v}."),
         (),
+        lookups=("What does the number {v} open?",),
     ),
     FactKind(
         "budget",
@@ -436,6 +445,7 @@ KINDS: tuple[FactKind, ...] = (
         ("We raised the kitchen renovation budget to {v} euros.",),
         (),
         (("{who} spent {v} euros on their bathroom.", "How much did {who} pay for the bathroom?"),),
+        lookups=("What are the {v} euros for?",),
     ),
     FactKind(
         "son_birthday",
@@ -445,6 +455,7 @@ KINDS: tuple[FactKind, ...] = (
         (),
         (),
         (("{who}'s daughter was born on {v}.", "When is {who}'s daughter's birthday?"),),
+        lookups=("What's special about {v}?",),
     ),
     FactKind(
         "instrument",
@@ -454,6 +465,7 @@ KINDS: tuple[FactKind, ...] = (
         ("I gave up on the {old} and started learning the {v}.",),
         (),
         (("{who} plays the {v} in a band.", "What does {who} play in the band?"),),
+        lookups=("What's the deal with the {v}?",),
     ),
     FactKind(
         "language",
@@ -472,6 +484,7 @@ KINDS: tuple[FactKind, ...] = (
         ("We sold the old car and bought a {v}.",),
         ("My brother-in-law just bought a {v}.",),
         (),
+        lookups=("What did I say about the {v}?",),
     ),
     FactKind(
         "club",
@@ -481,6 +494,7 @@ KINDS: tuple[FactKind, ...] = (
         (),
         (),
         (("{who} has a season ticket for {v}.", "Which club does {who} have a season ticket for?"),),
+        lookups=("Why do I care about {v}?",),
     ),
     FactKind(
         "dentist",
@@ -490,6 +504,7 @@ KINDS: tuple[FactKind, ...] = (
         ("The dentist moved my appointment to {v}.",),
         (),
         (("{who}'s physio session is on {v}.", "When is {who}'s physio appointment?"),),
+        lookups=("What's happening on {v}?",),
     ),
     FactKind(
         "book",
@@ -499,6 +514,7 @@ KINDS: tuple[FactKind, ...] = (
         ("I finished {old} and started {v}.",),
         (),
         (("{who} recommended {v} to me.", "Which book did {who} recommend?"),),
+        lookups=("What did I tell you about {v}?",),
     ),
     FactKind(
         "anniversary",
@@ -511,6 +527,7 @@ KINDS: tuple[FactKind, ...] = (
         (),
         (),
         (("{who}'s wedding is on {v}.", "When is {who} getting married?"),),
+        lookups=("What are we celebrating on {v}?",),
     ),
     FactKind(
         "dish",
@@ -529,6 +546,7 @@ KINDS: tuple[FactKind, ...] = (
         ("I switched my registration to the {v} marathon.",),
         (),
         (("{who} ran the {v} marathon last year.", "Which marathon did {who} run?"),),
+        lookups=("What's going on with {v}?",),
     ),
 )
 KIND_BY_KEY = {kind.key: kind for kind in KINDS}
@@ -597,7 +615,8 @@ class Question:
     updated: bool
     #: "keyword" (shares a content word with the answer) or "paraphrase".
     style: str
-    #: "self" (the user's own fact) or "other" (a fact the user mentioned about somebody else).
+    #: "self" (the user's own fact), "other" (a fact the user mentioned about somebody else) or
+    #: "lookup" (a question quoting a fact's value: "What does the number 4417 open?").
     about: str = "self"
 
 
@@ -711,6 +730,19 @@ def conversation(
                 gold_at[(kind.key, value, session)],
                 kind.key in updated and session > 0 and _stated_before(conv, kind.key, session),
                 style,
+            )
+        )
+    lookups = [k for k in kinds if k.lookups]
+    texts = [t.text.lower() for t in conv.turns()]
+    for kind in rng.sample(lookups, min(3, len(lookups))):
+        session, value, text = latest[kind.key]
+        if sum(value.lower() in x for x in texts) != 1:
+            continue  # the value is in another memory too: the question would have two answers
+        question = _fill(rng.choice(kind.lookups), rng, {**persona, "v": value})
+        style = "keyword" if content_words(question) & content_words(text) else "paraphrase"
+        conv.questions.append(
+            Question(
+                user, question, kind.key, value, gold_at[(kind.key, value, session)], False, style, "lookup"
             )
         )
     for key, value, session, text, question in others:

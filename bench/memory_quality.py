@@ -275,6 +275,7 @@ def report(
         "own facts": [i for i, q in enumerate(questions) if q.about == "self"],
         "updated": [i for i, q in enumerate(questions) if q.updated],
         "other people": [i for i, q in enumerate(questions) if q.about == "other"],
+        "lookup": [i for i, q in enumerate(questions) if q.about == "lookup"],
         "paraphrase": [i for i, q in enumerate(questions) if q.style == "paraphrase"],
         "keyword": [i for i, q in enumerate(questions) if q.style == "keyword"],
     }
