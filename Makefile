@@ -40,13 +40,17 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-# Latency and throughput against a bare gRPC echo, on SQLite and (if reachable) on PostgreSQL.
+# Latency and throughput against a bare gRPC echo, on SQLite and (if reachable) on PostgreSQL; then
+# memory throughput and search latency against the model alone (--quick: 1k and 10k memories; the full
+# run, with 100k, is `$(PY) bench/memory_bench.py`) and the retrieval-quality evaluation.
 BENCH_PG_URL ?= postgresql://postgres@127.0.0.1:5432/test
 bench: install
 	$(PY) bench/state_latency.py
 	@if pg_isready -q -d "$(BENCH_PG_URL)" 2>/dev/null; then \
 		$(PY) bench/state_latency.py --database-url "$(BENCH_PG_URL)"; \
 	else echo "PostgreSQL at $(BENCH_PG_URL) not reachable: skipped its run"; fi
+	$(PY) bench/memory_bench.py --quick
+	$(PY) bench/memory_quality.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(GENERATED) sdk/sessionkit/v1/*_pb2*.py sdk/sessionkit/v1/*_pb2*.pyi

@@ -25,8 +25,10 @@ the outbox before it answers (``MemoryService.drain_outbox``: batched embedding,
 Chroma upsert). What was seeded how is printed.
 
 ``--quick`` (what ``make bench`` runs, a few minutes): sizes 1000,10000, fewer calls, 10k seeded by the
-direct path. Full: ``.venv/bin/python bench/memory_bench.py`` (about 30-40 minutes on 2 cores, most of
-it growing 1k -> 10k through the API).
+direct path. Full: ``.venv/bin/python bench/memory_bench.py`` (about 20 minutes on a quiet 2-core
+machine, most of it growing 1k -> 10k through the API and indexing 90k vectors). After the parts of a
+search are timed at the largest size, SQLite's ANALYZE is run and the searches measured once more
+("after ANALYZE": the unchanged service, with table statistics).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from memory_common import MemoryServer, machine, percentile
+from memory_common import MemoryServer, machine, percentile, without_stop_words
 from memory_dataset import scale_queries, scale_texts
 
 from services.common.db import Database
@@ -78,6 +80,7 @@ class Grown:
 @dataclass
 class Latency:
     size: int
+    label: str = ""
     search: list[float] = field(default_factory=list)
     embed: list[float] = field(default_factory=list)
     rpc: list[float] = field(default_factory=list)
@@ -273,6 +276,8 @@ def print_latency(results: list[Latency], grown: list[Grown]) -> None:
     )
     for lat in results:
         s50, e50 = statistics.median(lat.search), statistics.median(lat.embed)
+        if lat.label:
+            print(f"  {lat.label}:")
         print(
             f"{lat.size:9d} {s50:11.1f} {percentile(lat.search, 0.99):7.1f} {e50:10.1f} "
             f"{percentile(lat.embed, 0.99):6.1f} {s50 - e50:9.1f} {statistics.median(lat.rpc):14.2f} "
@@ -356,22 +361,25 @@ def print_profile(
 
 
 async def breakdown(
-    data_dir: Path, embedder: LocalEmbedder, size: int, queries: list[str]
+    data_dir: Path, embedder: LocalEmbedder, queries: list[str], analyze: bool
 ) -> dict[str, float]:
     """p50 ms of each building block of a search, run in this process on the stopped server's data: the
     Chroma query as the service makes it (user and bucket filter) and without a filter (what a
-    collection per user would cost), the FTS5 lexical query, and the rows of ~80 candidates."""
+    collection per user would cost), the FTS5 lexical query (also without stop words), and the rows of
+    the candidates. With ``analyze``, the lexical query and the rows once more after SQLite's ANALYZE
+    (which stays in the database: only for the last size)."""
     db = Database(f"sqlite:///{data_dir / 'sessionkit.db'}")
     store = MemoryStore(db)
     index = ChromaIndex.embedded(data_dir / "chroma")
     owner = Owner(SEARCH_APP, SEARCH_USER, "search-session")
     times: dict[str, list[float]] = {}
+    candidates: list[list[str]] = []
 
     def timed(name: str, start: float) -> None:
         times.setdefault(name, []).append((time.perf_counter() - start) * 1e3)
 
     try:
-        for i, q in enumerate(queries):
+        for n, q in enumerate(queries):
             vector = await embedder.embed_one(q)
             now = time.time_ns() // 1000
             start = time.perf_counter()
@@ -383,11 +391,26 @@ async def breakdown(
             start = time.perf_counter()
             lexical = await store.lexical(owner, None, q, 40, now)
             timed("FTS5 lexical", start)
+            content = without_stop_words(q)
             start = time.perf_counter()
-            await store.by_ids(owner, list({i for i, _ in dense + lexical}), now)
+            await store.lexical(owner, None, content or q, 40, now)
+            timed("FTS5, no stop words", start)
+            candidates.append(list({memory_id for memory_id, _ in dense + lexical}))
+            start = time.perf_counter()
+            await store.by_ids(owner, candidates[-1], now)
             timed("rows (by_ids)", start)
-            if i == 0:  # the first call of each opens files: not measured
+            if n == 0:  # the first call of each opens files: not measured
                 times.clear()
+        if analyze:
+            await db.write(lambda conn: conn.exec_driver_sql("ANALYZE"))
+            for q, ids in zip(queries, candidates, strict=True):
+                now = time.time_ns() // 1000
+                start = time.perf_counter()
+                await store.lexical(owner, None, q, 40, now)
+                timed("FTS5, after ANALYZE", start)
+                start = time.perf_counter()
+                await store.by_ids(owner, ids, now)
+                timed("rows, after ANALYZE", start)
     finally:
         await index.close()
         await db.close()
@@ -397,14 +420,17 @@ async def breakdown(
 def print_breakdown(parts: dict[int, dict[str, float]]) -> None:
     if not parts:
         return
-    names = list(next(iter(parts.values())))
+    names = list(dict.fromkeys(name for values in parts.values() for name in values))
     print("\nParts of a search, each alone in this process on the stopped server's data (p50 ms):")
     print(f"{'memories':>9} " + " ".join(f"{name:>22}" for name in names))
     for size, values in parts.items():
-        print(f"{size:9d} " + " ".join(f"{values[name]:22.1f}" for name in names))
+        cells = (f"{values[name]:22.1f}" if name in values else f"{'-':>22}" for name in names)
+        print(f"{size:9d} " + " ".join(cells))
     print(
         "(Chroma with the service's where = user_id and bucket, k 40; without a filter = what one\n"
-        " collection per user would cost; FTS5 = MemoryStore.lexical, k 40; rows = by_ids of the candidates)"
+        " collection per user would cost; FTS5 = MemoryStore.lexical, k 40, as asked and with the query's\n"
+        " stop words removed; rows = by_ids of the candidates; 'after ANALYZE': the same once SQLite has\n"
+        " table statistics, measured at the largest size only)"
     )
 
 
@@ -468,9 +494,15 @@ async def run(args: argparse.Namespace, data_dir: Path, extra_env: dict[str, str
                 spy.wait()
             if args.breakdown:
                 server.stop()
-                parts[size] = await breakdown(data_dir, embedder, size, queries[: args.breakdown])
+                parts[size] = await breakdown(
+                    data_dir, embedder, queries[: args.breakdown], analyze=size == sizes[-1]
+                )
                 server = MemoryServer(data_dir, extra_env).start(timeout=600)
-            lat = results[-1]
+                if size == sizes[-1]:  # the same service, now that SQLite has table statistics
+                    after = await search_latency(server.address, embedder, size, queries, args.rounds)
+                    after.label = "after ANALYZE"
+                    results.append(after)
+            lat = results[-2] if results[-1].label else results[-1]
             print(
                 f"  search p50 {statistics.median(lat.search):.1f} ms, embed p50 "
                 f"{statistics.median(lat.embed):.1f} ms",
