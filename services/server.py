@@ -31,6 +31,7 @@ log = logging.getLogger("sessionkit.server")
 STATE_SERVICE = state_pb2.DESCRIPTOR.services_by_name["StateService"].full_name
 MEMORY_SERVICE = "sessionkit.v1.MemoryService"
 KNOWLEDGE_SERVICE = "sessionkit.v1.KnowledgeService"
+AGENT_SERVICE = "sessionkit.v1.AgentService"
 
 
 def build_memory(settings: ServerSettings, db: Database, server: grpc.aio.Server) -> Any:
@@ -103,6 +104,47 @@ def build_knowledge(settings: ServerSettings, db: Database, server: grpc.aio.Ser
     return service
 
 
+def build_agent(settings: ServerSettings, db: Database, server: grpc.aio.Server, upstream_target: str) -> Any:
+    """The agent service and its servicer. It calls state, memory and knowledge over gRPC at
+    ``upstream_target`` (this server itself unless SESSIONKIT_AGENT_UPSTREAM_ADDRESS names another)."""
+    from services.agent.grpc_servicer import AgentServicer
+    from services.agent.llm import ChatModel
+    from services.agent.models import EndpointRouter, OfflineRouter
+    from services.agent.service import AgentService, AgentSettings, Upstream
+    from services.agent.store import AgentStore
+    from sessionkit.config import ClientSettings
+    from sessionkit.knowledge_client import KnowledgeClient
+    from sessionkit.memory_client import MemoryClient
+    from sessionkit.retry import RetryPolicy
+    from sessionkit.state_client import StateClient
+    from sessionkit.transport import Transport
+    from sessionkit.v1 import agent_pb2_grpc
+
+    transport = Transport(ClientSettings(), upstream_target, settings.data_dir, RetryPolicy(deadline=30.0))
+    router: Any = (
+        EndpointRouter(
+            ChatModel(
+                base_url=settings.llm_base_url or None,
+                api_key=settings.llm_api_key or None,
+                timeout=settings.llm_timeout_seconds,
+            ),
+            settings.llm_model,
+        )
+        if settings.llm_configured
+        else OfflineRouter(settings.llm_timeout_seconds, settings.agent_offline_threads)
+    )
+    service = AgentService(
+        AgentStore(db),
+        Upstream(StateClient(transport), MemoryClient(transport), KnowledgeClient(transport)),
+        router,
+        AgentSettings(
+            context_tokens=settings.agent_context_tokens, lease_seconds=settings.agent_lease_seconds
+        ),
+    )
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(service), server)  # type: ignore[no-untyped-call]
+    return service
+
+
 @dataclass
 class Host:
     """A built server and what it owns."""
@@ -117,6 +159,7 @@ class Host:
     state: StateService | None = None
     memory: Any = None  # services.memory.service.MemoryService, imported only when configured
     knowledge: Any = None  # services.knowledge.service.KnowledgeService, likewise
+    agent: Any = None  # services.agent.service.AgentService, likewise
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -135,6 +178,8 @@ class Host:
                 await self.memory.start()
             if self.knowledge is not None:
                 await self.knowledge.start()
+            if self.agent is not None:
+                await self.agent.start()
         except Exception:
             await self.server.stop(0)
             await self.db.close()
@@ -159,6 +204,8 @@ class Host:
             names.append(MEMORY_SERVICE)
         if self.knowledge is not None:
             names.append(KNOWLEDGE_SERVICE)
+        if self.agent is not None:
+            names.append(AGENT_SERVICE)
         return names
 
     async def stop(self, grace: float | None = None) -> None:
@@ -174,6 +221,8 @@ class Host:
                 await task
         if self.state is not None:
             await self.state.store.close()
+        if self.agent is not None:
+            await self.agent.close()
         if self.knowledge is not None:
             await self.knowledge.close()
         if self.memory is not None:
@@ -244,12 +293,18 @@ async def create_server(
     if "knowledge" in settings.services:
         host.knowledge = build_knowledge(settings, db, server, host.memory)
         names.append(KNOWLEDGE_SERVICE)
-    for name in host.served_names():
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    reflection.enable_server_reflection(names, server)
-
     if settings.unix_socket is not None:
         server.add_insecure_port(f"unix:{settings.unix_socket}")
     if settings.port >= 0:  # a negative port: unix socket only
         host.port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if "agent" in settings.services:
+        # The agent service calls the others like any client; by default, this very server.
+        upstream = settings.agent_upstream_address or (
+            f"unix:{settings.unix_socket}" if settings.unix_socket is not None else f"127.0.0.1:{host.port}"
+        )
+        host.agent = build_agent(settings, db, server, upstream)
+        names.append(AGENT_SERVICE)
+    for name in host.served_names():
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(names, server)
     return host, host.port

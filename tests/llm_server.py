@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -69,6 +69,8 @@ class Reply:
     delay: float = 0.0
     #: Streaming only: the content split into these pieces (default: word by word).
     chunks: list[str] | None = None
+    #: Streaming only: seconds between pieces (to see that they arrive one by one).
+    piece_delay: float = 0.0
 
 
 @dataclass
@@ -95,6 +97,8 @@ class LLMServer:
     def __init__(self, model: str = DEFAULT_MODEL) -> None:
         self.model = model
         self.requests: list[Received] = []
+        #: Answers requests when the script is empty (e.g. an echo for benchmarks); None: answer 500.
+        self.fallback: Callable[[Received], Reply] | None = None
         self._script: deque[Reply] = deque()
         self._lock = threading.Lock()
         owner = self
@@ -156,7 +160,11 @@ class LLMServer:
 
     def _next(self) -> Reply | None:
         with self._lock:
-            return self._script.popleft() if self._script else None
+            if self._script:
+                return self._script.popleft()
+            if self.fallback is not None and self.requests:
+                return self.fallback(self.requests[-1])
+            return None
 
     def _record(self, request: Received) -> None:
         with self._lock:
@@ -165,6 +173,8 @@ class LLMServer:
 
 class _Handler(BaseHTTPRequestHandler):
     server_owner: LLMServer
+    _prompt_words = 0
+    _include_usage = False
     protocol_version = "HTTP/1.0"  # one request per connection: nothing lingers after stop()
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
@@ -188,6 +198,11 @@ class _Handler(BaseHTTPRequestHandler):
         except json.JSONDecodeError:
             body = raw.decode(errors="replace")
         self._received(body)
+        self._prompt_words = sum(
+            len(str(m.get("content") or "").split())
+            for m in (body.get("messages") or [] if isinstance(body, dict) else [])
+            if isinstance(m, dict)
+        )
         if self.path.rstrip("/") != "/v1/chat/completions":
             self._error(404, f"no route POST {self.path}", "not_found")
             return
@@ -205,6 +220,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif reply.status >= 400:
             self._error(reply.status, reply.error, "scripted_error", reply.headers)
         elif body.get("stream"):
+            options = body.get("stream_options")
+            self._include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
             self._stream(reply, str(body.get("model", "")))
         else:
             self._json(reply.status, self._completion(reply, str(body.get("model", ""))), reply.headers)
@@ -233,7 +250,7 @@ class _Handler(BaseHTTPRequestHandler):
             "created": int(time.time()),
             "model": model or self.server_owner.model,
             "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            "usage": _usage(self._prompt_words, reply),
         }
 
     def _stream(self, reply: Reply, model: str) -> None:
@@ -261,10 +278,22 @@ class _Handler(BaseHTTPRequestHandler):
         content = reply.content or ""
         pieces = reply.chunks if reply.chunks is not None else _words(content)
         for piece in pieces:
+            if reply.piece_delay:
+                time.sleep(reply.piece_delay)
             chunk({"content": piece})
         for i, call in enumerate(reply.tool_calls):
             chunk({"tool_calls": [call.message(i)]})
         chunk({}, reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop"))
+        if self._include_usage:
+            event = {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model or self.server_owner.model,
+                "choices": [],
+                "usage": _usage(self._prompt_words, reply),
+            }
+            self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
 
@@ -283,6 +312,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
+
+
+def _usage(prompt_words: int, reply: Reply) -> dict[str, int]:
+    """Token counts that follow the text (words), so tests can see them add up."""
+    completion = len((reply.content or "").split()) + len(reply.tool_calls)
+    return {
+        "prompt_tokens": prompt_words,
+        "completion_tokens": completion,
+        "total_tokens": prompt_words + completion,
+    }
 
 
 def _words(text: str) -> list[str]:

@@ -5,6 +5,8 @@ session = Session("customer_support_123")
 session.save_state({"customer_name": "John Doe", "ticket_id": "SUP-456"})
 """
 
+from sessionkit.agent import AsyncAgent, AsyncWorkflow, Task
+from sessionkit.agent_sync import Agent, PraisonAIAgents, Workflow
 from sessionkit.async_session import AsyncSession
 from sessionkit.errors import (
     AlreadyExists,
@@ -27,8 +29,11 @@ from sessionkit.session import Session
 from sessionkit.state_client import Event, SessionInfo, StateChange, StateVersion
 
 __all__ = [
+    "Agent",
     "AlreadyExists",
+    "AsyncAgent",
     "AsyncSession",
+    "AsyncWorkflow",
     "DeadlineExceeded",
     "Event",
     "FailedPrecondition",
@@ -36,6 +41,7 @@ __all__ = [
     "NotFound",
     "NotImplementedByServer",
     "PermissionDenied",
+    "PraisonAIAgents",
     "RateLimited",
     "ResourceExhausted",
     "RetryPolicy",
@@ -47,6 +53,8 @@ __all__ = [
     "StateChange",
     "StateConflict",
     "StateVersion",
+    "Task",
     "Unauthenticated",
+    "Workflow",
 ]
 __version__ = "0.1.0"

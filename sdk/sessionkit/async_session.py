@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
+from sessionkit.agent import AsyncAgent
+from sessionkit.agent_client import AgentClient
 from sessionkit.config import ClientSettings
 from sessionkit.errors import (
     FieldViolation,
@@ -131,6 +133,7 @@ class AsyncSession:
         self._state = StateClient(self._transport)
         self._memory = MemoryClient(self._transport)
         self._knowledge = KnowledgeClient(self._transport)
+        self._agents = AgentClient(self._transport)
         self._ref = SessionRef(self.app_name, self.user_id, self.session_id)
         self._ensured = False
         self._temp: JsonObject = {}
@@ -187,6 +190,10 @@ class AsyncSession:
         if not self._ensured:
             await self._state.create_session(self._ref, ttl_seconds=self.ttl, get_if_exists=True)
             self._ensured = True
+
+    async def _ensure_session(self) -> None:
+        self._check_local()
+        await self._ensure()
 
     async def _run(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run ``call`` on this session, (re)creating it when it does not exist (first use, deleted,
@@ -432,6 +439,41 @@ class AsyncSession:
             lines = [f"- {h['text']} (source: {h['source']['name']})" for h in hits]
             parts.append("Knowledge:\n" + "\n".join(lines))
         return "\n\n".join(parts)
+
+    # -- agents ---------------------------------------------------------------------------------------
+
+    def Agent(
+        self,
+        name: str,
+        role: str = "Assistant",
+        instructions: str | None = None,
+        tools: list[Any] | None = None,
+        memory: bool = True,
+        knowledge: list[str] | bool | None = None,
+        llm: str | None = None,
+        model: str | None = None,
+        **kwargs: Any,
+    ) -> AsyncAgent:
+        """An agent bound to this session (stored with it on first use). ``tools``: Python functions
+        (run in this process when the model calls them), built-in tool names ("search_memory",
+        "search_knowledge", "get_state", "set_state") or tool dicts. ``knowledge``: file paths, URLs
+        (added to the session) or source names the agent searches; ``llm``/``model``: the model name."""
+        self._check_local()
+        return AsyncAgent(
+            self, self._agents, name, role, instructions, tools, memory, knowledge, llm, model, **kwargs
+        )
+
+    create_agent = Agent  # the seed's legacy name
+
+    async def agents(self) -> list[AsyncAgent]:
+        """The agents stored with this session (e.g. after restoring it in a new process)."""
+        stored = await self._run(lambda: self._agents.list_agents(self._ref))
+        return [AsyncAgent.from_stored(self, self._agents, a) for a in stored]
+
+    async def get_agent(self, name: str) -> AsyncAgent:
+        """One stored agent by name (NotFound when there is none)."""
+        stored = await self._run(lambda: self._agents.get_agent(self._ref, name))
+        return AsyncAgent.from_stored(self, self._agents, stored)
 
     # -- knowledge ------------------------------------------------------------------------------------
 

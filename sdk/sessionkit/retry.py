@@ -2,7 +2,10 @@
 bounded attempts and one overall deadline; the sleep is injectable so tests run fast.
 
 Transient: UNAVAILABLE and DEADLINE_EXCEEDED, and RESOURCE_EXHAUSTED only when the server says when to
-retry (google.rpc.RetryInfo, e.g. a rate limit). A payload that is too large is never retried.
+retry (google.rpc.RetryInfo, e.g. a rate limit). A payload that is too large is never retried. An
+error that a service reports about its own upstream after retrying it (an LLM that is down or keeps
+rate limiting: reason LLM_UNAVAILABLE, LLM_RATE_LIMITED or EXTRACTION_LLM_UNAVAILABLE) is not retried
+again: the service already did.
 """
 
 from __future__ import annotations
@@ -27,7 +30,13 @@ from sessionkit.errors import DeadlineExceeded, ResourceExhausted, ServiceUnavai
 T = TypeVar("T")
 
 
+#: UNAVAILABLE reasons of a service's upstream that the service itself already retried.
+UPSTREAM_GAVE_UP = frozenset({"LLM_UNAVAILABLE", "LLM_RATE_LIMITED", "EXTRACTION_LLM_UNAVAILABLE"})
+
+
 def is_transient(error: BaseException) -> bool:
+    if getattr(error, "reason", None) in UPSTREAM_GAVE_UP:
+        return False
     if isinstance(error, (ServiceUnavailable, DeadlineExceeded)):
         return True
     return isinstance(error, ResourceExhausted) and error.retry_after is not None

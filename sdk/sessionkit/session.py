@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sessionkit import _loop
+from sessionkit import _loop, agent_sync
 from sessionkit.async_session import AsyncSession
 from sessionkit.errors import NotImplementedByServer
 from sessionkit.ids import DEFAULT
@@ -314,6 +314,38 @@ class Session:
         return _loop.run(self._async.get_events(limit, author=author))
 
     get_events.__doc__ = AsyncSession.get_events.__doc__
+
+    # -- agents ---------------------------------------------------------------------------------------
+
+    def Agent(
+        self,
+        name: str,
+        role: str = "Assistant",
+        instructions: str | None = None,
+        tools: list[Any] | None = None,
+        memory: bool = True,
+        knowledge: list[str] | bool | None = None,
+        llm: str | None = None,
+        model: str | None = None,
+        **kwargs: Any,
+    ) -> agent_sync.Agent:
+        agent = self._async.Agent(name, role, instructions, tools, memory, knowledge, llm, model, **kwargs)
+        # Stored at once, so a bad definition fails here, where it is written.
+        _loop.run(agent.ensure())
+        return agent_sync.Agent(agent)
+
+    Agent.__doc__ = AsyncSession.Agent.__doc__
+    create_agent = Agent  # the seed's legacy name
+
+    def agents(self) -> list[agent_sync.Agent]:
+        return [agent_sync.Agent(a) for a in _loop.run(self._async.agents())]
+
+    agents.__doc__ = AsyncSession.agents.__doc__
+
+    def get_agent(self, name: str) -> agent_sync.Agent:
+        return agent_sync.Agent(_loop.run(self._async.get_agent(name)))
+
+    get_agent.__doc__ = AsyncSession.get_agent.__doc__
 
     # -- remote --------------------------------------------------------------------------------------
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ServiceName = Literal["state", "memory", "knowledge", "agent"]
@@ -36,8 +39,10 @@ class ServerSettings(BaseSettings):
     #: The LLM of memory fact extraction (memory_config provider "mem0", ExtractMemories): any
     #: OpenAI-compatible chat completions endpoint, e.g. http://localhost:11434/v1. Extraction is off
     #: unless this or the API key is set (the key alone means api.openai.com).
-    llm_base_url: str = ""
-    llm_model: str = "gpt-4o-mini"
+    llm_base_url: str = Field("", validation_alias=AliasChoices("SESSIONKIT_LLM_BASE_URL", "OPENAI_BASE_URL"))
+    llm_model: str = Field(
+        "gpt-4o-mini", validation_alias=AliasChoices("SESSIONKIT_LLM_MODEL", "SESSIONKIT_MODEL")
+    )
     #: The key sent to the LLM (and to an OpenAI embeddings endpoint): SESSIONKIT_LLM_API_KEY or
     #: OPENAI_API_KEY.
     llm_api_key: str = Field(
@@ -70,9 +75,73 @@ class ServerSettings(BaseSettings):
     drain_seconds: float = Field(10.0, ge=0)
     #: Shut down after this many seconds with no calls (embedded local servers only; 0 = never).
     idle_shutdown_seconds: float = Field(0.0, ge=0)
+    # ---- agent (services/agent; docs/AGENT.md) ------------------------------------------------------
+    #: gRPC address of the state, memory and knowledge services the agent service calls; empty = this
+    #: server itself (one process serving everything).
+    agent_upstream_address: str = ""
+    #: Prompt budget of a turn in tokens (system prompt, memory and knowledge context, history, message).
+    agent_context_tokens: int = Field(6000, ge=256)
+    #: Seconds a turn holds its session's conversation lease between renewals (a dead replica's lapses).
+    agent_lease_seconds: float = Field(30.0, gt=0)
+    #: CPU threads of the offline model (used when no LLM endpoint is configured).
+    agent_offline_threads: int = Field(2, ge=1)
     log_level: str = "INFO"
     #: "json" (one JSON object per line) or "text".
     log_format: Literal["json", "text"] = "json"
+
+    # ---- gateway / auth / TLS (services/gateway, services/common/auth.py; docs/GATEWAY.md) ------------
+    #: Interface and port of the HTTP gateway `sessionkit serve` starts next to the gRPC server; 0 = none.
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=0, le=65535)
+    #: gRPC address (host:port) of the services the gateway calls when it runs alone
+    #: (`sessionkit serve --service gateway --address host:port`).
+    upstream_address: str = ""
+    #: API keys, each mapped to a tenant: JSON ``{"<key>": "<tenant>"}`` or ``[{"key": ..., "tenant": ...},
+    #: {"sha256": "<hex of the key>", "tenant": ...}]``. Only sha256 digests are kept (the validator
+    #: hashes raw keys at load). Empty (and no api_keys_file) = auth off, allowed on loopback only.
+    api_keys: dict[str, str] = Field(default_factory=dict, repr=False)
+    #: A file with the same JSON (e.g. a mounted Kubernetes Secret); merged into api_keys.
+    api_keys_file: Path | None = None
+    #: Certificate chain and private key (PEM) of the gateway's HTTPS and the gRPC server's TLS.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    #: CA bundle (PEM) the gateway trusts for its gRPC upstream; set it when the services use TLS.
+    tls_ca_file: Path | None = None
+    #: Host name to check in the upstream's certificate instead of the address's (e.g. "localhost").
+    tls_server_name: str = ""
+    #: Largest request body the gateway reads, and the larger limit of knowledge file uploads.
+    http_max_body_bytes: int = Field(4 << 20, ge=1024)
+    http_max_upload_bytes: int = Field(50 << 20, ge=1024)
+    #: Per-key (or, with auth off, per-client-address) token bucket: requests per second and burst.
+    #: 0 requests per second turns rate limiting off.
+    rate_limit_per_second: float = Field(20.0, ge=0)
+    rate_limit_burst: int = Field(40, ge=1)
+    #: Deadline of one upstream gRPC call made by the gateway (retries included), and of an agent turn.
+    upstream_timeout_seconds: float = Field(30.0, gt=0)
+    agent_timeout_seconds: float = Field(300.0, gt=0)
+    #: The agent POST /agent talks to when the request names none (created on first use).
+    default_agent: str = "Assistant"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _hash_api_keys(cls, value: Any) -> dict[str, str]:
+        return hash_api_keys(value, "api_keys")
+
+    @model_validator(mode="after")
+    def _load_api_keys_file(self) -> ServerSettings:
+        if self.api_keys_file is not None:
+            try:
+                loaded = json.loads(self.api_keys_file.read_text())
+            except (OSError, ValueError) as error:
+                raise ValueError(f"api_keys_file {self.api_keys_file}: {error}") from None
+            self.api_keys = {**self.api_keys, **hash_api_keys(loaded, str(self.api_keys_file))}
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
 
     def embedding_config(self) -> dict[str, str]:
         config: dict[str, str] = {"provider": self.embedding_provider}
@@ -90,3 +159,47 @@ class ServerSettings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'sessionkit.db').resolve()}"
+
+
+#: A tenant name: an app_name without ':' (the gateway makes apps "<tenant>" and "<tenant>:<app>"), or
+#: "*" for an operator key that reaches every tenant.
+TENANT_PATTERN = re.compile(r"\*|[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def hash_api_keys(value: Any, where: str) -> dict[str, str]:
+    """``{sha256 hex of the key: tenant}`` from the accepted JSON shapes (see ServerSettings.api_keys).
+    An object's names are always raw keys (``openssl rand -hex 32`` makes 64 hex digits too); digests
+    are given only in the list form, as "sha256"."""
+    if value in (None, "", {}, []):
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as error:
+            raise ValueError(f"{where}: not JSON: {error}") from None
+    entries: list[tuple[str | None, str | None, Any]] = []
+    if isinstance(value, dict):
+        entries = [(k, None, v) for k, v in value.items()]
+    elif isinstance(value, list):
+        for item in value:
+            if not isinstance(item, dict) or not ({"key", "sha256"} & set(item)) or "tenant" not in item:
+                raise ValueError(f'{where}: each entry needs "tenant" and "key" or "sha256"')
+            entries.append((item.get("key"), item.get("sha256"), item["tenant"]))
+    else:
+        raise ValueError(f"{where}: a JSON object or list, not {type(value).__name__}")
+    out: dict[str, str] = {}
+    for key, digest, tenant in entries:
+        if not isinstance(tenant, str) or not TENANT_PATTERN.fullmatch(tenant):
+            raise ValueError(
+                f"{where}: tenant {tenant!r} must be '*' or 1-64 characters from [A-Za-z0-9._@-], "
+                "starting with a letter, digit or '_'"
+            )
+        if key is not None:
+            if not isinstance(key, str) or len(key) < 16:
+                raise ValueError(f"{where}: an API key must be a string of at least 16 characters")
+            digest = hashlib.sha256(key.encode()).hexdigest()
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest.lower()):
+            raise ValueError(f"{where}: sha256 must be 64 hex digits")
+        out[digest.lower()] = tenant
+    return out

@@ -1,0 +1,18 @@
+"""Alembic environment for the agent service: runs on the connection services.common.migrate passes."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from services.agent.tables import metadata
+
+config = context.config
+connection = config.attributes["connection"]
+context.configure(
+    connection=connection,
+    target_metadata=metadata,
+    version_table=config.attributes.get("version_table", "sk_agent_alembic_version"),
+    render_as_batch=connection.dialect.name == "sqlite",
+)
+with context.begin_transaction():
+    context.run_migrations()
