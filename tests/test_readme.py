@@ -55,3 +55,21 @@ def test_readme_memory_example_runs_verbatim(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["Completed unit tests successfully"]
+
+
+@pytest.mark.slow
+def test_readme_agent_example_runs_verbatim_with_the_offline_model(tmp_path: Path) -> None:
+    """The seed's chatbot as a new user runs it with no LLM configured: the packaged SmolLM2 answers."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    script = tmp_path / "agent_example.py"
+    script.write_text(blocks[2])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SESSIONKIT_", "OPENAI_"))}
+    env["SESSIONKIT_IDLE_SHUTDOWN"] = "5"
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    first, second = done.stdout.splitlines()
+    assert first == "Previous issue: order_12345"
+    assert second.startswith("Support Bot answered with SmolLM2-135M-Instruct: ")
+    assert len(second) > len("Support Bot answered with SmolLM2-135M-Instruct: ...")  # a real, non-empty answer
