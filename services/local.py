@@ -35,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
         port=-1,
         idle_shutdown_seconds=args.idle_shutdown,
         drain_seconds=2.0,
+        # The embedded server answers only on a unix socket in the user's own data directory: no API
+        # keys (an SESSIONKIT_API_KEYS meant for a gateway must not lock the SDK out) and no gateway.
+        api_keys={},
+        api_keys_file=None,
+        http_port=0,
     )
     logs.configure(settings.log_level, settings.log_format)
 

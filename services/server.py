@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.auth import server_credentials
 from services.common.config import ServerSettings
 from services.common.db import Database
 from services.common.interceptors import Activity, ErrorAndLogInterceptor
@@ -120,7 +121,18 @@ def build_agent(settings: ServerSettings, db: Database, server: grpc.aio.Server,
     from sessionkit.transport import Transport
     from sessionkit.v1 import agent_pb2_grpc
 
-    transport = Transport(ClientSettings(), upstream_target, settings.data_dir, RetryPolicy(deadline=30.0))
+    # This server's own TLS certificate is the trust root when the agent calls its own TCP port.
+    ca = settings.tls_ca_file or settings.tls_cert_file
+    client = ClientSettings(
+        tls_ca_file=str(ca) if ca and settings.tls_cert_file else "", tls_server_name=settings.tls_server_name
+    )
+
+    def upstream(key: str | None) -> Upstream:
+        transport = Transport(
+            client, upstream_target, settings.data_dir, RetryPolicy(deadline=30.0), key or ""
+        )
+        return Upstream(StateClient(transport), MemoryClient(transport), KnowledgeClient(transport))
+
     router: Any = (
         EndpointRouter(
             ChatModel(
@@ -135,7 +147,7 @@ def build_agent(settings: ServerSettings, db: Database, server: grpc.aio.Server,
     )
     service = AgentService(
         AgentStore(db),
-        Upstream(StateClient(transport), MemoryClient(transport), KnowledgeClient(transport)),
+        upstream,
         router,
         AgentSettings(
             context_tokens=settings.agent_context_tokens, lease_seconds=settings.agent_lease_seconds
@@ -296,7 +308,11 @@ async def create_server(
     if settings.unix_socket is not None:
         server.add_insecure_port(f"unix:{settings.unix_socket}")
     if settings.port >= 0:  # a negative port: unix socket only
-        host.port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+        address = f"{settings.host}:{settings.port}"
+        credentials = server_credentials(settings.tls_cert_file, settings.tls_key_file)
+        host.port = (
+            server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        )
     if "agent" in settings.services:
         # The agent service calls the others like any client; by default, this very server.
         upstream = settings.agent_upstream_address or (

@@ -289,7 +289,7 @@ def test_rate_limits_and_server_errors_are_retried(server: ServerThread, llm_ser
     agent = session(server).Agent(name="Patient")
     llm_server.fail(429, retry_after=1).fail(500).reply("finally")
     assert agent.chat("hello") == "finally"
-    first, second, third = llm_server.chat_requests
+    first, second, _third = llm_server.chat_requests
     assert second.time - first.time >= 0.9  # Retry-After honoured
     # A model that keeps refusing: the clear error, no endless retries.
     for _ in range(4):
@@ -444,3 +444,53 @@ async def test_async_session_agents(server: ServerThread, llm_server: LLMServer)
     pieces = [p async for p in await agent.chat("stream please", stream=True)]
     assert "".join(pieces) == "streamed reply"
     assert [a.name for a in await s.agents()] == ["Async Bot"]
+
+
+def test_knowledge_sources_named_by_the_agent_limit_its_search(
+    server: ServerThread, llm_server: LLMServer, tmp_path: Path
+) -> None:
+    manual = tmp_path / "technical_manual.md"
+    manual.write_text("# Authentication\n\nSend the API key in the X-Api-Key header of every request.\n")
+    s = session(server, sid="doc_assistant_001")
+    s.add_knowledge("Quick reference: the API key is printed on your invoice")
+    assistant = s.Agent(name="DocBot", role="Documentation Assistant", knowledge=[str(manual)])
+    assert assistant.definition is not None
+    assert assistant.definition["knowledge_sources"] == ["technical_manual.md"]
+    llm_server.reply("Use the X-Api-Key header.")
+    assert assistant.chat("How do I authenticate with the API key?") == "Use the X-Api-Key header."
+    prompt = system_prompt(llm_server.chat_requests[0])
+    assert "X-Api-Key header" in prompt and "invoice" not in prompt
+    assert {s_["name"] for s_ in s.list_knowledge()} >= {"technical_manual.md"}
+
+
+def test_mem0_sessions_extract_facts_from_each_exchange(server: ServerThread, llm_server: LLMServer) -> None:
+    s = session(server, memory_config={"provider": "mem0"})
+    agent = s.Agent(name="Personal Assistant", instructions="Remember user preferences")
+    llm_server.script(
+        "Blue is a lovely colour!",
+        json.dumps({"operations": [{"type": "ADD", "fact": "The user's favourite colour is blue"}]}),
+    )
+    assert agent.chat("My favorite color is blue") == "Blue is a lovely colour!"
+    (stored,) = agent.last_metadata["stored_memory_ids"]
+    memory = s.get_memory(stored)
+    assert memory["text"] == "The user's favourite colour is blue" and memory["memory_type"] == "long"
+    extraction = llm_server.chat_requests[1]
+    assert (
+        "My favorite color is blue" in extraction.prompt and "Blue is a lovely colour!" in extraction.prompt
+    )
+
+
+def test_closing_a_stream_early_cancels_the_turn(server: ServerThread, llm_server: LLMServer) -> None:
+    s = session(server)
+    agent = s.Agent(name="Chatty")
+    llm_server.script(Reply(content="one two three four five six", piece_delay=0.3), "short")
+    stream = agent.stream("tell me a long story")
+    assert next(stream) == "one"
+    stream.close()  # the user stopped reading
+    # The conversation is free again at once, and the cancelled turn appended no reply.
+    assert agent.chat("and now?", busy="fail") == "short"
+    assert [(e.role, e.content) for e in s.get_events()] == [
+        ("user", "tell me a long story"),
+        ("user", "and now?"),
+        ("assistant", "short"),
+    ]

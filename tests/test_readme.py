@@ -72,4 +72,5 @@ def test_readme_agent_example_runs_verbatim_with_the_offline_model(tmp_path: Pat
     first, second = done.stdout.splitlines()
     assert first == "Previous issue: order_12345"
     assert second.startswith("Support Bot answered with SmolLM2-135M-Instruct: ")
-    assert len(second) > len("Support Bot answered with SmolLM2-135M-Instruct: ...")  # a real, non-empty answer
+    # a real, non-empty answer
+    assert len(second) > len("Support Bot answered with SmolLM2-135M-Instruct: ...")

@@ -24,6 +24,7 @@ from sessionkit.errors import (
     StateConflict,
     Unauthenticated,
 )
+from sessionkit.remote import RemoteConnectionError
 from sessionkit.retry import RetryPolicy
 from sessionkit.session import Session
 from sessionkit.state_client import Event, SessionInfo, StateChange, StateVersion
@@ -43,6 +44,7 @@ __all__ = [
     "PermissionDenied",
     "PraisonAIAgents",
     "RateLimited",
+    "RemoteConnectionError",
     "ResourceExhausted",
     "RetryPolicy",
     "ServiceUnavailable",

@@ -202,11 +202,14 @@ class AgentClient:
                 f"invalid if_exists {if_exists!r}",
                 violations=[FieldViolation("if_exists", "fail|replace|get")],
             )
+        agent = definition_message(definition)
+        # Ignored by the server, but set: an auth check reads every SessionRef of a request.
+        agent.session.CopyFrom(ref.message)
         reply = await self._call(
             "CreateAgent",
             agent_pb2.CreateAgentRequest(
                 session=ref.message,
-                agent=definition_message(definition),
+                agent=agent,
                 if_exists=IF_EXISTS[if_exists],
                 idempotency_key=_key(None),
             ),

@@ -12,6 +12,7 @@ from sessionkit.agent import AsyncAgent
 from sessionkit.agent_client import AgentClient
 from sessionkit.config import ClientSettings
 from sessionkit.errors import (
+    FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotImplementedByServer,
@@ -22,6 +23,8 @@ from sessionkit.ids import DEFAULT, check_id, new_session_id, path_component
 from sessionkit.jsonvalues import JsonValue, check_json
 from sessionkit.knowledge_client import KnowledgeClient, ProgressCallback, check_knowledge_config
 from sessionkit.memory_client import MemoryClient
+from sessionkit.remote import GatewayClient
+from sessionkit.remote_rest import RemoteKnowledgeClient, RemoteMemoryClient, RemoteStateClient
 from sessionkit.retry import RetryPolicy
 from sessionkit.state_client import Event, SessionInfo, SessionRef, StateChange, StateClient, StateVersion
 from sessionkit.transport import Transport
@@ -129,10 +132,22 @@ class AsyncSession:
         self.remote_url = normalize_remote_url(remote) if remote else None
         self.storage_path = Path(storage_path if storage_path is not None else settings.storage_path)
         policy = (retry or RetryPolicy()).with_deadline(self.timeout)
-        self._transport = Transport(settings, address, self.storage_path, policy)
-        self._state = StateClient(self._transport)
-        self._memory = MemoryClient(self._transport)
-        self._knowledge = KnowledgeClient(self._transport)
+        self._transport = Transport(settings, address, self.storage_path, policy, api_key=api_key)
+        self._state: StateClient | RemoteStateClient
+        self._memory: MemoryClient | RemoteMemoryClient
+        self._knowledge: KnowledgeClient | RemoteKnowledgeClient
+        #: Remote mode: HTTP to the agent URL's server; state, memory and knowledge use its REST API
+        #: through clients with the gRPC clients' methods, so every method below serves both modes.
+        self._remote: GatewayClient | None = None
+        if self.remote_url is not None:
+            self._remote = GatewayClient(self.remote_url, api_key, policy)
+            self._state = RemoteStateClient(self._remote)
+            self._memory = RemoteMemoryClient(self._remote)
+            self._knowledge = RemoteKnowledgeClient(self._remote)
+        else:
+            self._state = StateClient(self._transport)
+            self._memory = MemoryClient(self._transport)
+            self._knowledge = KnowledgeClient(self._transport)
         self._agents = AgentClient(self._transport)
         self._ref = SessionRef(self.app_name, self.user_id, self.session_id)
         self._ensured = False
@@ -180,10 +195,12 @@ class AsyncSession:
     # -- plumbing -----------------------------------------------------------------------------------
 
     def _check_local(self) -> None:
+        """Agents run on the gRPC agent service. State, memory and knowledge work in both modes."""
         if self.is_remote:
             raise NotImplementedByServer(
-                "state calls on a remote (HTTP) session need the gateway's REST API, not in this version; "
-                "use address= for the gRPC services"
+                "a remote (agent_url) session talks to the remote agent with chat()/send_message(); "
+                "session agents need the gRPC services (address='host:port')",
+                reason="NOT_AVAILABLE_REMOTELY",
             )
 
     async def _ensure(self) -> None:
@@ -196,9 +213,13 @@ class AsyncSession:
         await self._ensure()
 
     async def _run(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Run ``call`` on this session, (re)creating it when it does not exist (first use, deleted,
-        expired)."""
+        """Run an agent-service ``call`` on this session (gRPC only), like :meth:`_call`."""
         self._check_local()
+        return await self._call(call)
+
+    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run a state ``call`` on this session (over gRPC, or the gateway's REST API in remote mode),
+        (re)creating it when it does not exist (first use, deleted, expired)."""
         await self._ensure()
         try:
             return await call()
@@ -222,7 +243,7 @@ class AsyncSession:
         if not isinstance(checked, dict):
             raise InvalidArgument(f"save_state takes a dict, not {type(data).__name__}")
         persisted = {k: v for k, v in checked.items() if not k.startswith(TEMP)}
-        version = await self._run(lambda: self._state.save_state(self._ref, persisted, expected_version))
+        version = await self._call(lambda: self._state.save_state(self._ref, persisted, expected_version))
         self._temp = {k: v for k, v in checked.items() if k.startswith(TEMP)}
         self._pending.clear()
         return version
@@ -230,7 +251,7 @@ class AsyncSession:
     async def restore_state(self) -> dict[str, Any]:
         """The saved state: the session's keys merged with its ``user:`` and ``app:`` keys (and this
         object's ``temp:`` keys)."""
-        state, _ = await self._run(lambda: self._state.get_state(self._ref))
+        state, _ = await self._call(lambda: self._state.get_state(self._ref))
         state.update(self._temp)
         return state
 
@@ -240,7 +261,7 @@ class AsyncSession:
         if key in self._pending:
             value = self._pending[key]
             return default if value is _DELETED else value
-        state, _ = await self._run(lambda: self._state.get_state(self._ref, [key]))
+        state, _ = await self._call(lambda: self._state.get_state(self._ref, [key]))
         return state.get(key, default)
 
     async def set_state(self, key: str, value: Any, *, expected_version: int | None = None) -> int | None:
@@ -252,7 +273,7 @@ class AsyncSession:
         if not self.auto_save and expected_version is None:
             self._pending[key] = checked
             return None
-        return await self._run(lambda: self._state.set_value(self._ref, key, checked, expected_version))
+        return await self._call(lambda: self._state.set_value(self._ref, key, checked, expected_version))
 
     async def delete_state(self, key: str, *, expected_version: int | None = None) -> bool:
         """Delete one key; returns whether it existed (True when kept for save_state())."""
@@ -261,7 +282,7 @@ class AsyncSession:
         if not self.auto_save and expected_version is None:
             self._pending[key] = _DELETED
             return True
-        _, existed = await self._run(lambda: self._state.delete_value(self._ref, key, expected_version))
+        _, existed = await self._call(lambda: self._state.delete_value(self._ref, key, expected_version))
         return existed
 
     async def clear_state(
@@ -274,7 +295,7 @@ class AsyncSession:
         """Delete the session's own keys (and, when asked, the user's or app's shared keys)."""
         self._temp.clear()
         self._pending.clear()
-        return await self._run(
+        return await self._call(
             lambda: self._state.clear_state(
                 self._ref,
                 expected_version,
@@ -286,12 +307,12 @@ class AsyncSession:
     async def increment_state(self, key: str, delta: int | float = 1) -> int | float:
         """Atomically add ``delta`` to a numeric key on the server (missing counts as 0); the race-free
         form of ``set_state(key, get_state(key, 0) + delta)``. Returns the new value."""
-        _, value = await self._run(lambda: self._state.increment(self._ref, key, delta))
+        _, value = await self._call(lambda: self._state.increment(self._ref, key, delta))
         return value
 
     async def append_state(self, key: str, *values: Any) -> int:
         """Atomically append values to a list key on the server (missing counts as []). Returns the length."""
-        _, length = await self._run(lambda: self._state.append(self._ref, key, list(values)))
+        _, length = await self._call(lambda: self._state.append(self._ref, key, list(values)))
         return length
 
     async def state_version(self) -> int:
@@ -299,17 +320,16 @@ class AsyncSession:
 
     async def state_history(self, limit: int = 20) -> list[StateVersion]:
         """Earlier versions of the session's own keys, newest first (bounded retention on the server)."""
-        versions, _ = await self._run(lambda: self._state.list_versions(self._ref, limit))
+        versions, _ = await self._call(lambda: self._state.list_versions(self._ref, limit))
         return versions
 
     async def restore_state_version(self, version: int, *, expected_version: int | None = None) -> int:
         """Make an earlier version's keys current again, as a new version (returned)."""
         self._pending.clear()
-        return await self._run(lambda: self._state.restore_version(self._ref, version, expected_version))
+        return await self._call(lambda: self._state.restore_version(self._ref, version, expected_version))
 
     async def watch_state(self, since_version: int = 0) -> AsyncIterator[StateChange]:
         """The current state (operation SNAPSHOT), then every change as it happens."""
-        self._check_local()
         await self._ensure()
         async for change in self._state.watch(self._ref, since_version):
             yield change
@@ -317,7 +337,7 @@ class AsyncSession:
     async def _flush(self, expected_version: int | None) -> int:
         pending = dict(self._pending)
         for _ in range(10):
-            state, version = await self._run(lambda: self._state.get_state(self._ref))
+            state, version = await self._call(lambda: self._state.get_state(self._ref))
             if not pending:
                 return version
             if expected_version is not None and expected_version != version:
@@ -347,7 +367,6 @@ class AsyncSession:
     # -- memory ---------------------------------------------------------------------------------------
 
     def _check_memory(self) -> bool:
-        self._check_local()
         return self.memory_enabled
 
     async def add_memory(
@@ -497,7 +516,6 @@ class AsyncSession:
         """Add a knowledge source: an existing file path (uploaded), an http(s):// URL (fetched by the
         service) or text. Re-adding a source of the same name replaces it ("updated") or changes nothing
         ("unchanged", same content). Returns {"kind": "file"|"url"|"text", "outcome", "source", ...}."""
-        self._check_local()
         return await self._knowledge.add(
             self._ref,
             source,
@@ -523,25 +541,21 @@ class AsyncSession:
     ) -> list[dict[str, Any]]:
         """Hybrid search over this session's and this user's knowledge (or the given scopes): chunks,
         best first, each with text, score, source {id, name, kind}, position and heading_path."""
-        self._check_local()
         return await self._knowledge.search(
             self._ref, query, limit, scopes, collections, source_names, metadata_filter
         )
 
     async def list_knowledge(self, scopes: list[str] | None = None) -> list[dict[str, Any]]:
         """The knowledge sources of this session and user (or the given scopes)."""
-        self._check_local()
         return await self._knowledge.list_all(self._ref, scopes)
 
     async def delete_knowledge(self, source: str, scope: str = "session") -> bool:
         """Delete one source, by id or by name in ``scope``; False when there is none."""
-        self._check_local()
         return await self._knowledge.delete(self._ref, source, scope, allow_missing=True) is not None
 
     async def clear_knowledge(self, scope: str = "session", collection: str = "") -> int:
         """Delete every source of this session ("session"), this user ("user") or a collection;
         returns how many sources were deleted."""
-        self._check_local()
         return await self._knowledge.clear(self._ref, scope, collection)
 
     async def clear_memory(self, memory_type: str = "all") -> int:
@@ -552,7 +566,6 @@ class AsyncSession:
         return await self._memory.clear(self._ref, memory_type)
 
     async def get_memory(self, memory_id: str) -> dict[str, Any]:
-        self._check_local()
         return await self._memory.get(self._ref, memory_id)
 
     async def list_memories(
@@ -570,16 +583,13 @@ class AsyncSession:
         metadata: dict[str, Any] | None = None,
         quality_score: float | None = None,
     ) -> dict[str, Any]:
-        self._check_local()
         return await self._memory.update(self._ref, memory_id, text, metadata, quality_score)
 
     async def delete_memory(self, memory_id: str) -> bool:
-        self._check_local()
         return await self._memory.delete(self._ref, memory_id)
 
     async def memory_history(self, memory_id: str) -> list[dict[str, Any]]:
         """Every change of one memory (ADD, UPDATE, MERGE, DELETE), oldest first."""
-        self._check_local()
         return await self._memory.history(self._ref, memory_id)
 
     # -- events -------------------------------------------------------------------------------------
@@ -588,21 +598,23 @@ class AsyncSession:
         self, role: str, content: str, *, author: str = "", metadata: dict[str, Any] | None = None
     ) -> Event:
         """Append to the session's event log (chat messages, tool calls, ...)."""
-        return await self._run(lambda: self._state.append_event(self._ref, role, content, author, metadata))
+        return await self._call(lambda: self._state.append_event(self._ref, role, content, author, metadata))
 
     async def get_events(self, limit: int | None = None, *, author: str = "") -> list[Event]:
         """The most recent ``limit`` events, oldest first; every event when limit is None."""
         if limit is not None:
             if limit < 1:
                 raise InvalidArgument(f"limit must be at least 1, not {limit}")
-            events, _ = await self._run(lambda: self._state.list_events(self._ref, tail=limit, author=author))
+            events, _ = await self._call(
+                lambda: self._state.list_events(self._ref, tail=limit, author=author)
+            )
             return events
         return [event async for event in self.iter_events(author=author)]
 
     async def iter_events(self, *, author: str = "", page_size: int = 500) -> AsyncIterator[Event]:
         token = ""
         while True:
-            events, token = await self._run(
+            events, token = await self._call(
                 lambda page_token=token: self._state.list_events(
                     self._ref, page_size, page_token, author=author
                 )  # type: ignore[misc]
@@ -612,21 +624,51 @@ class AsyncSession:
             if not token:
                 return
 
+    # -- remote agent -------------------------------------------------------------------------------
+
+    async def test_remote_connection(self) -> bool:
+        """True when the remote agent's server answers its health check (``GET <base>/health`` is 200;
+        ``<base>``: the agent URL without its last path segment). False when it is unreachable or
+        unhealthy, and for a session that is not remote."""
+        if self._remote is None:
+            return False
+        return await self._remote.health()
+
+    async def chat(self, message: str, **kwargs: Any) -> str:
+        """Send ``message`` to the remote agent (the remote agent protocol, with this session's
+        session_id and user_id as context) and return its answer. ``kwargs`` are added to the request
+        body (e.g. ``agent="Researcher"``, ``options={...}``). Retried on connection failures,
+        502/503/504 and 429; raises ``ConnectionError`` (:class:`RemoteConnectionError`) when the agent
+        cannot be reached within ``timeout``, a typed error when it refuses the request."""
+        if self._remote is None:
+            raise FailedPrecondition(
+                "chat() talks to a remote agent: create the session with agent_url= (or remote_url=); "
+                "for a local agent use session.Agent(...).chat()",
+                reason="NOT_REMOTE",
+            )
+        answer = await self._remote.chat(self.session_id, self.user_id, message, kwargs)
+        return str(answer["response"])
+
+    async def send_message(self, message: str, **kwargs: Any) -> str:
+        """The ADK-style name of :meth:`chat`."""
+        return await self.chat(message, **kwargs)
+
     # -- the session itself -------------------------------------------------------------------------
 
     async def info(self) -> SessionInfo:
-        return await self._run(lambda: self._state.get_session(self._ref))
+        return await self._call(lambda: self._state.get_session(self._ref))
 
     async def delete(self) -> bool:
         """Delete the session with its state, events and history. Using it again starts it afresh."""
-        self._check_local()
         self._ensured = False
         self._temp.clear()
         self._pending.clear()
         return await self._state.delete_session(self._ref, allow_missing=True)
 
     async def close(self) -> None:
-        """Nothing to release per session (channels are shared); kept for symmetry with Session."""
+        """Release the remote session's HTTP connections (gRPC channels are shared: nothing to do)."""
+        if self._remote is not None:
+            await self._remote.aclose()
 
     async def __aenter__(self) -> AsyncSession:
         return self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SERVICES = ("state", "memory", "knowledge", "agent")
@@ -22,6 +23,12 @@ class ClientSettings(BaseSettings):
     app_name: str = "default"
     #: Seconds the embedded local server stays up with no calls.
     idle_shutdown: float = 600.0
+    #: API key sent with every gRPC call (``x-api-key`` metadata) when the services require one.
+    api_key: str = Field("", repr=False)
+    #: CA bundle (PEM) to trust: set it when the services serve TLS (then channels are secure).
+    tls_ca_file: str = ""
+    #: Host name to check in the services' certificate instead of the address's.
+    tls_server_name: str = ""
 
     def targets(self, address: str | None = None) -> dict[str, str] | None:
         """Per-service gRPC targets, or None for embedded mode."""

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import os
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from sessionkit import _loop, agent_sync
 from sessionkit.async_session import AsyncSession
-from sessionkit.errors import NotImplementedByServer
 from sessionkit.ids import DEFAULT
 from sessionkit.retry import RetryPolicy
 from sessionkit.state_client import Event, SessionInfo, StateChange, StateVersion
@@ -350,23 +347,18 @@ class Session:
     # -- remote --------------------------------------------------------------------------------------
 
     def test_remote_connection(self) -> bool:
-        """True when the remote agent's server answers its health check (GET <base>/health)."""
-        url = self._async.remote_url
-        if url is None:
-            return False
-        base = url.rsplit("/", 1)[0] if url.count("/") > 2 else url
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=self._async.timeout) as reply:
-                return bool(reply.status == 200)
-        except (urllib.error.URLError, OSError, ValueError):
-            return False
+        return _loop.run(self._async.test_remote_connection())
+
+    test_remote_connection.__doc__ = AsyncSession.test_remote_connection.__doc__
 
     def chat(self, message: str, **kwargs: Any) -> str:
-        raise NotImplementedByServer(
-            "chat() with a remote agent arrives with the gateway (not in this version)"
-        )
+        return _loop.run(self._async.chat(message, **kwargs))
 
-    send_message = chat
+    chat.__doc__ = AsyncSession.chat.__doc__
+
+    def send_message(self, message: str, **kwargs: Any) -> str:
+        """The ADK-style name of :meth:`chat`."""
+        return self.chat(message, **kwargs)
 
     # -- the session itself --------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from sessionkit.retry import RetryPolicy, call_with_retry
 
 T = TypeVar("T")
 _EOF = grpc.aio.EOF  # type: ignore[attr-defined]
+API_KEY_METADATA = "x-api-key"
 
 _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 64 << 20),
@@ -27,19 +28,83 @@ _CHANNEL_OPTIONS = [
     ("grpc.enable_retries", 0),  # retries are ours (idempotency keys make writes safe to repeat)
 ]
 
-# Channels are bound to an event loop: one per (loop, target), shared by every Session on that loop.
-_channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, grpc.aio.Channel]] = (
+#: Which channel: the target, the API key its calls carry, and the TLS trust (CA file, server name).
+ChannelKey = tuple[str, str, str, str]
+
+# Channels are bound to an event loop: one per (loop, target, key, TLS), shared by every Session on it.
+_channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[ChannelKey, grpc.aio.Channel]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def channel_for(target: str) -> grpc.aio.Channel:
+def _with_key(details: Any, key: str) -> Any:
+    metadata = grpc.aio.Metadata(*(details.metadata or ()))
+    metadata.add(API_KEY_METADATA, key)
+    return grpc.aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
+
+
+# grpc.aio sorts a channel's interceptors by type: one class per kind of call.
+class _KeyUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_with_key(details, self.key), request)
+
+
+class _KeyUnaryStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_with_key(details, self.key), request)
+
+
+class _KeyStreamUnary(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[type-arg]
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(_with_key(details, self.key), requests)
+
+
+class _KeyStreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[type-arg]
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(_with_key(details, self.key), requests)
+
+
+def channel_for(target: str, api_key: str = "", ca_file: str = "", server_name: str = "") -> grpc.aio.Channel:
+    """The loop's channel to ``target``; with ``api_key`` every call carries it (``x-api-key``), with
+    ``ca_file`` the channel is TLS, trusting that CA (``server_name`` overrides the name checked)."""
     loop = asyncio.get_running_loop()
     per_loop = _channels.setdefault(loop, {})
-    channel = per_loop.get(target)
+    key: ChannelKey = (target, api_key, ca_file, server_name)
+    channel = per_loop.get(key)
     if channel is None:
-        channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
-        per_loop[target] = channel
+        interceptors: list[Any] = (
+            [
+                _KeyUnaryUnary(api_key),
+                _KeyUnaryStream(api_key),
+                _KeyStreamUnary(api_key),
+                _KeyStreamStream(api_key),
+            ]
+            if api_key
+            else []
+        )
+        options: list[tuple[str, Any]] = list(_CHANNEL_OPTIONS)
+        if ca_file and not target.startswith("unix:"):
+            if server_name:
+                options.append(("grpc.ssl_target_name_override", server_name))
+            credentials = grpc.ssl_channel_credentials(Path(ca_file).read_bytes())
+            channel = grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
+        else:
+            channel = grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+        per_loop[key] = channel
     return channel
 
 
@@ -58,6 +123,8 @@ class Transport:
     address: str | None
     storage_path: Path
     policy: RetryPolicy
+    #: Sent with every call; None: the settings' (SESSIONKIT_API_KEY). The embedded server needs none.
+    api_key: str | None = None
 
     def __post_init__(self) -> None:
         self._targets = self.settings.targets(self.address)
@@ -84,7 +151,11 @@ class Transport:
         return target
 
     async def stub(self, service: str, stub_class: Callable[[grpc.aio.Channel], T]) -> T:
-        return stub_class(channel_for(await self.target(service)))
+        target = await self.target(service)
+        if self._targets is None:  # the embedded server: a local socket, no keys, no TLS
+            return stub_class(channel_for(target))
+        key = self.settings.api_key if self.api_key is None else self.api_key
+        return stub_class(channel_for(target, key, self.settings.tls_ca_file, self.settings.tls_server_name))
 
     async def unary(self, service: str, stub_class: Any, method: str, request: Any) -> Any:
         """One unary call with retries; raises the typed SessionKitError on failure."""

@@ -9,12 +9,18 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from services.agent.service import AgentService, TurnIO, _specs
+from services.agent.service import AgentService, TurnIO, _specs, caller_key
+from services.common.auth import key_from_metadata
 from sessionkit.errors import FieldViolation, InvalidArgument
 from sessionkit.v1 import agent_pb2, agent_pb2_grpc
 
 Context = Any
 _DONE = object()
+
+
+def _caller(context: Context) -> None:
+    """Remember the caller's key for the upstream calls this RPC makes (context-local)."""
+    caller_key.set(key_from_metadata(context.invocation_metadata()))
 
 
 def _deadline(context: Context) -> float | None:
@@ -90,12 +96,14 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def CreateAgent(
         self, request: agent_pb2.CreateAgentRequest, context: Context
     ) -> agent_pb2.CreateAgentResponse:
+        _caller(context)
         agent, created = await self.service.create_agent(request.session, request.agent, request.if_exists)
         return agent_pb2.CreateAgentResponse(agent=agent, created=created)
 
     async def GetAgent(
         self, request: agent_pb2.GetAgentRequest, context: Context
     ) -> agent_pb2.GetAgentResponse:
+        _caller(context)
         return agent_pb2.GetAgentResponse(
             agent=await self.service.get_agent(request.session, request.agent_name)
         )
@@ -103,16 +111,19 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def ListAgents(
         self, request: agent_pb2.ListAgentsRequest, context: Context
     ) -> agent_pb2.ListAgentsResponse:
+        _caller(context)
         agents, token = await self.service.list_agents(request.session, request.page_size, request.page_token)
         return agent_pb2.ListAgentsResponse(agents=agents, next_page_token=token)
 
     async def DeleteAgent(
         self, request: agent_pb2.DeleteAgentRequest, context: Context
     ) -> agent_pb2.DeleteAgentResponse:
+        _caller(context)
         deleted = await self.service.delete_agent(request.session, request.agent_name, request.allow_missing)
         return agent_pb2.DeleteAgentResponse(deleted=deleted)
 
     async def Chat(self, request: agent_pb2.ChatRequest, context: Context) -> agent_pb2.ChatResponse:
+        _caller(context)
         result = await self.service.chat(
             request.session,
             request.agent_name,
@@ -126,6 +137,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def ChatStream(
         self, request_iterator: AsyncIterator[agent_pb2.ChatStreamRequest], context: Context
     ) -> AsyncIterator[agent_pb2.ChatStreamResponse]:
+        _caller(context)
         requests = request_iterator.__aiter__()
         try:
             first = await requests.__anext__()
@@ -199,6 +211,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def RunWorkflow(
         self, request: agent_pb2.RunWorkflowRequest, context: Context
     ) -> AsyncIterator[agent_pb2.RunWorkflowResponse]:
+        _caller(context)
         out: asyncio.Queue[Any] = asyncio.Queue()
         problem: list[BaseException] = []
 

@@ -15,6 +15,9 @@ OFFLINE_ALIASES = frozenset({"", "offline", "default"})
 #: Context of the offline model and what a reply may take of it.
 OFFLINE_CONTEXT = 2048
 OFFLINE_MAX_TOKENS = 256
+#: The offline model reads a prompt at some 40-80 tokens/s on two cores: a full context would keep the
+#: user waiting half a minute, so its prompts are kept short.
+OFFLINE_PROMPT_TOKENS = 768
 
 
 class EndpointRouter:
@@ -62,7 +65,7 @@ class OfflineRouter:
             )
 
     def budget(self, requested: str, max_tokens: int) -> int | None:
-        return OFFLINE_CONTEXT - (max_tokens or OFFLINE_MAX_TOKENS)
+        return min(OFFLINE_PROMPT_TOKENS, OFFLINE_CONTEXT - (max_tokens or OFFLINE_MAX_TOKENS))
 
     def default_max_tokens(self) -> int:
         # A 135M model rambles: bound a reply so a turn stays quick on a CPU.

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import time
@@ -179,17 +180,36 @@ def _tool_message(spec: ToolSpec) -> agent_pb2.AgentTool:
     )
 
 
+#: The API key of the call being served: the service calls the other services with the caller's own
+#: key, so their auth checks apply to what the agent does on the caller's behalf.
+caller_key: contextvars.ContextVar[str | None] = contextvars.ContextVar("caller_key", default=None)
+
+
 class AgentService:
     def __init__(
-        self, store: AgentStore, upstream: Upstream, llm: LLMRouter, settings: AgentSettings | None = None
+        self,
+        store: AgentStore,
+        upstream: Upstream | Callable[[str | None], Upstream],
+        llm: LLMRouter,
+        settings: AgentSettings | None = None,
     ) -> None:
         self.store = store
-        self.upstream = upstream
+        self._upstream_for = upstream if callable(upstream) else (lambda _key: upstream)
+        self._upstreams: dict[str | None, Upstream] = {}
         self.llm = llm
         self.settings = settings or AgentSettings()
         # Turns ending in this process wake the turns waiting for the same session at once; waiters on
         # other replicas find the released lease on their next poll.
         self._released: dict[Conversation, asyncio.Event] = {}
+
+    @property
+    def upstream(self) -> Upstream:
+        """The clients of the other services, with the current caller's key."""
+        key = caller_key.get()
+        found = self._upstreams.get(key)
+        if found is None:
+            found = self._upstreams[key] = self._upstream_for(key)
+        return found
 
     async def start(self) -> None:
         await self.store.start()

@@ -1,0 +1,419 @@
+"""Remote mode: a Session created with ``agent_url=``/``remote_url=`` talks to a sessionkit gateway (or any
+server speaking the seed's remote agent protocol) over HTTP instead of gRPC.
+
+- ``chat()``/``send_message()`` POST the documented body (``{"messages": [...], "context": {"session_id",
+  "user_id"}}``, with the legacy ``query``/``session_id``/``user_id`` fields alongside) to the agent URL
+  and return the ``response`` text.
+- ``test_remote_connection()`` asks ``GET <base>/health`` (``<base>``: the agent URL without its last
+  path segment, so ``host:8000/agent`` -> ``host:8000/health``).
+- State, memory, knowledge and events go through the gateway's REST API (``<base>/v1/sessions/...``),
+  with the clients of sessionkit.remote_rest, which all send their requests through
+  :meth:`GatewayClient.request` (retries and errors in one place).
+
+Retries (tenacity, jittered exponential backoff within the session's ``timeout``): a connection that
+could not be opened and 429 (the rate limit refuses before any work is done; ``Retry-After`` is
+honoured) are always retried; 502/503/504 and a connection lost mid-request only for requests that are
+safe to repeat (reads, whole-value writes, and chat turns, which carry an ``Idempotency-Key``): an
+increment or an appended event is not sent twice. Other 4xx are never retried. What cannot reach the
+server ends as :class:`RemoteConnectionError`, a ``ConnectionError`` (the seed's error) that is also
+a :class:`ServiceUnavailable`; other refusals are the typed errors of sessionkit.errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import ssl
+import time
+import uuid
+from collections.abc import Mapping
+from datetime import UTC
+from typing import Any, NoReturn
+from urllib.parse import urlsplit, urlunsplit
+
+import grpc
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_random_exponential,
+)
+
+from sessionkit.errors import (
+    FieldViolation,
+    InvalidArgument,
+    ServiceUnavailable,
+    SessionKitError,
+    from_status,
+    to_status,
+)
+from sessionkit.retry import UPSTREAM_GAVE_UP, RetryPolicy
+
+#: Statuses that mean "the server (or a proxy in front of it) could not serve this now".
+RETRYABLE_STATUSES = frozenset({502, 503, 504})
+BAD_RESPONSE = "BAD_REMOTE_RESPONSE"
+TLS_FAILED = "TLS_FAILED"
+
+
+def _tls_failure(error: BaseException) -> bool:
+    """Whether a connection failed in the TLS handshake (an untrusted certificate, a plain-HTTP server
+    on an https URL), found in the exception's causes."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class RemoteConnectionError(ConnectionError, ServiceUnavailable):
+    """The remote agent could not be reached, or kept answering 502/503/504, within the timeout.
+
+    A ``ConnectionError`` as in the seed (``except ConnectionError`` keeps working) and a
+    ``ServiceUnavailable`` like the gRPC transport's errors. ``sent`` is False when no byte of the
+    request reached the server (the connection was refused), so repeating it is always safe."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        retry_after: float | None = None,
+        sent: bool = True,
+        status: int | None = None,
+    ) -> None:
+        ServiceUnavailable.__init__(self, message, reason=reason, metadata=metadata, retry_after=retry_after)
+        self.sent = sent
+        self.status = status
+
+
+def agent_base_url(agent_url: str) -> str:
+    """The server's base URL: the agent URL without its last path segment (and without query)."""
+    parts = urlsplit(agent_url)
+    path = parts.path.rstrip("/")
+    base = path.rsplit("/", 1)[0] if "/" in path else ""
+    return urlunsplit((parts.scheme, parts.netloc, base, "", ""))
+
+
+def _retry_after(response: httpx.Response, body_value: Any) -> float | None:
+    """Seconds from the Retry-After header (delta-seconds or an HTTP date), else the error body's."""
+    header = response.headers.get("retry-after")
+    if header:
+        header = header.strip()
+        try:
+            return max(0.0, float(header))
+        except ValueError:
+            pass
+        try:
+            when = email.utils.parsedate_to_datetime(header)
+        except (TypeError, ValueError):
+            when = None  # unreadable: fall back to the body's value, else plain backoff
+        if when is not None:
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            return max(0.0, when.timestamp() - time.time())
+    if isinstance(body_value, (int, float)) and not isinstance(body_value, bool):
+        return max(0.0, float(body_value))
+    return None
+
+
+def _is_retryable(idempotent: bool) -> Any:
+    def predicate(error: BaseException) -> bool:
+        if getattr(error, "reason", None) in UPSTREAM_GAVE_UP:
+            return False  # the service behind already retried its LLM; asking again only adds load
+        if getattr(error, "reason", None) in (BAD_RESPONSE, TLS_FAILED):
+            return False  # not transient: a bad certificate or a non-JSON server stays so
+        if isinstance(error, RemoteConnectionError):
+            return idempotent or not error.sent
+        # 429: the rate limiter refuses before any work is done, so even a non-idempotent call is safe.
+        return isinstance(error, SessionKitError) and getattr(error, "http_status", 0) == 429
+
+    return predicate
+
+
+class _Wait:
+    """Full-jitter exponential backoff, never sooner than the server's Retry-After."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.backoff = wait_random_exponential(multiplier=policy.initial_backoff, max=policy.max_backoff)
+
+    def __call__(self, state: RetryCallState) -> float:
+        delay = float(self.backoff(state))
+        error = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(error, "retry_after", None)
+        return max(delay, retry_after) if retry_after else delay
+
+
+class GatewayClient:
+    """HTTP to one remote agent server: the agent URL, its health check and its REST API.
+
+    One ``httpx.AsyncClient`` (a keep-alive connection pool) per event loop it is used on; ``aclose()``
+    releases them."""
+
+    def __init__(
+        self,
+        agent_url: str,
+        api_key: str | None,
+        policy: RetryPolicy,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.agent_url = agent_url
+        self.base_url = agent_base_url(agent_url)
+        self.policy = policy
+        self.headers = {"Accept": "application/json", "User-Agent": "sessionkit-sdk"}
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
+        self._transport = transport
+        self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+
+    def _client(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None or client.is_closed:
+            client = httpx.AsyncClient(
+                headers=self.headers, timeout=self.policy.deadline, transport=self._transport
+            )
+            self._clients[loop] = client
+        return client
+
+    async def aclose(self) -> None:
+        """Close the connection pool of the running loop (and forget those of loops already closed)."""
+        loop = asyncio.get_running_loop()
+        client = self._clients.pop(loop, None)
+        if client is not None:
+            await client.aclose()
+        for owner in [owner for owner in self._clients if owner.is_closed()]:
+            del self._clients[owner]
+
+    # -- health -------------------------------------------------------------------------------------
+
+    async def health(self) -> bool:
+        """True when the server says it is healthy: ``GET <base>/health`` answers 200. A server with no
+        such route (404) is asked as PraisonAI's client does: ``GET <agent_url>/health``, then ``HEAD
+        <agent_url>`` (200, or 405 for a POST-only route, means the agent route is there). A 503 (the
+        services behind the gateway are down) is False: no fallback hides it."""
+        client = self._client()
+        timeout = self.policy.deadline
+        try:
+            reply = await client.get(self.base_url + "/health", timeout=timeout)
+            if reply.status_code != 404:
+                return reply.status_code == 200
+            reply = await client.get(self.agent_url.rstrip("/") + "/health", timeout=timeout)
+            if reply.status_code != 404:
+                return reply.status_code == 200
+            reply = await client.head(self.agent_url, timeout=timeout)
+            return reply.status_code in (200, 405)
+        except httpx.HTTPError:
+            return False
+
+    # -- requests -----------------------------------------------------------------------------------
+
+    async def chat(
+        self, session_id: str, user_id: str, message: str, extra: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """One turn of the remote agent protocol; the whole JSON answer ({"response", "session_id",
+        "metadata"}). ``extra``: more body fields (e.g. "agent", "options"), as PraisonAI's client
+        merges its kwargs."""
+        if not isinstance(message, str) or not message.strip():
+            raise InvalidArgument(
+                "chat() needs a non-empty message", violations=[FieldViolation("message", "a non-empty str")]
+            )
+        if extra.get("stream"):
+            raise InvalidArgument(
+                "chat() returns the whole answer; streaming is not offered by the SDK's remote mode yet",
+                violations=[FieldViolation("stream", "not supported by chat()")],
+            )
+        body: dict[str, Any] = {
+            "messages": [{"role": "user", "content": message}],
+            "context": {"session_id": session_id, "user_id": user_id},
+            # The legacy fields too: PraisonAI's client and the seed's own example server use
+            # {"query", "session_id", "user_id"} (its handler reads data["query"]), so one body works
+            # with both kinds of servers; the gateway reads the documented fields first.
+            "query": message,
+            "session_id": session_id,
+            "user_id": user_id,
+        }
+        reserved = ("messages", "context", "stream", "query", "session_id", "user_id")
+        body.update({k: v for k, v in extra.items() if k not in reserved})
+        # One key for every attempt: the gateway runs a repeated turn once, so retrying after a 502/504
+        # (the turn may have run) cannot answer twice or store the turn twice.
+        headers = {"Idempotency-Key": uuid.uuid4().hex}
+        answer = await self.request("POST", self.agent_url, json=body, headers=headers, idempotent=True)
+        if not isinstance(answer, dict) or not isinstance(answer.get("response"), str):
+            raise RemoteConnectionError(
+                f"the remote agent at {self.agent_url} answered without a 'response' text: {answer!r:.200}",
+                reason=BAD_RESPONSE,
+                status=200,
+            )
+        return answer
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        files: Any = None,
+        data: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        idempotent: bool = True,
+    ) -> Any:
+        """One HTTP call with retries; the JSON answer. ``url``: absolute, or a path under the base."""
+        if url.startswith("/"):
+            url = self.base_url + url
+        deadline = time.monotonic() + self.policy.deadline
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.policy.max_attempts) | stop_before_delay(self.policy.deadline),
+            wait=_Wait(self.policy),
+            retry=retry_if_exception(_is_retryable(idempotent)),
+            sleep=self.policy.sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise RemoteConnectionError(
+                            f"no answer from the remote agent at {url} within the {self.policy.deadline:g}s "
+                            "timeout",
+                            reason="DEADLINE_EXCEEDED",
+                        )
+                    return await self._attempt(method, url, params, json, files, data, headers, remaining)
+        except RemoteConnectionError as error:
+            error.metadata.setdefault("url", url)
+            raise
+        raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
+
+    async def _attempt(
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, Any] | None,
+        json: Any,
+        files: Any,
+        data: Mapping[str, Any] | None,
+        headers: Mapping[str, str] | None,
+        seconds: float,
+    ) -> Any:
+        try:
+            response = await self._client().request(
+                method,
+                url,
+                params=params,
+                json=json,
+                files=files,
+                data=data,
+                headers=headers,
+                timeout=seconds,
+            )
+        except httpx.ConnectError as error:
+            if _tls_failure(error):
+                raise RemoteConnectionError(
+                    f"TLS with the remote agent at {url} failed: {error}. For a private CA, point "
+                    "SSL_CERT_FILE at its certificate",
+                    reason=TLS_FAILED,
+                    sent=False,
+                ) from error
+            raise RemoteConnectionError(
+                f"cannot connect to the remote agent at {url}: {error or type(error).__name__}",
+                reason="CONNECTION_FAILED",
+                sent=False,
+            ) from error
+        except httpx.ConnectTimeout as error:
+            raise RemoteConnectionError(
+                f"cannot connect to the remote agent at {url}: {error or type(error).__name__}",
+                reason="CONNECTION_FAILED",
+                sent=False,
+            ) from error
+        except httpx.TimeoutException as error:
+            raise RemoteConnectionError(
+                f"timed out waiting for the remote agent at {url} ({seconds:.3g}s)",
+                reason="DEADLINE_EXCEEDED",
+            ) from error
+        except httpx.TransportError as error:
+            raise RemoteConnectionError(
+                f"the connection to the remote agent at {url} failed: {error or type(error).__name__}",
+                reason="CONNECTION_FAILED",
+            ) from error
+        if response.status_code >= 400:
+            self._raise(method, url, response)
+        try:
+            return response.json()
+        except ValueError as error:
+            raise RemoteConnectionError(
+                f"the remote agent at {url} answered {response.status_code} with a body that is not JSON: "
+                f"{response.text[:200]!r}",
+                reason=BAD_RESPONSE,
+                status=response.status_code,
+            ) from error
+
+    def _raise(self, method: str, url: str, response: httpx.Response) -> NoReturn:
+        """The typed error for an error answer: the gateway's one error shape ({"error": {status, reason,
+        message, metadata, violations, retry_after}}) through sessionkit's error table; any other body
+        by its HTTP status."""
+        status = response.status_code
+        detail: dict[str, Any] = {}
+        try:
+            body = response.json()
+            if isinstance(body, dict) and isinstance(body.get("error"), dict):
+                detail = body["error"]
+        except ValueError:
+            pass
+        text = str(detail.get("message") or response.text[:300] or response.reason_phrase)
+        where = f"{method} {url} -> {status}"
+        retry_after = _retry_after(response, detail.get("retry_after"))
+        if status == 429 and retry_after is None:
+            retry_after = 0.0  # retried with plain backoff
+        metadata = {str(k): str(v) for k, v in (detail.get("metadata") or {}).items()}
+        reason = detail.get("reason") if isinstance(detail.get("reason"), str) else None
+        if status in RETRYABLE_STATUSES:
+            raise RemoteConnectionError(
+                f"the remote agent at {url} is unavailable ({status}): {text}",
+                reason=reason or ("DEADLINE_EXCEEDED" if status == 504 else "UNAVAILABLE"),
+                metadata=metadata,
+                retry_after=retry_after,
+                status=status,
+            )
+        violations = [
+            FieldViolation(str(v.get("field", "")), str(v.get("description", "")))
+            for v in detail.get("violations") or []
+            if isinstance(v, dict)
+        ]
+        code = _grpc_code(detail.get("status"), status)
+        # Rebuilt through the one table (reason first, then the gRPC code), as the gRPC transport does.
+        carrier = SessionKitError(
+            text, reason=reason, metadata=metadata, violations=violations, retry_after=retry_after
+        )
+        error = from_status(code, text, to_status(carrier))
+        error.message = f"{text} ({where})"
+        error.args = (error.message,)
+        raise error
+
+
+_HTTP_TO_GRPC = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    405: grpc.StatusCode.UNIMPLEMENTED,
+    409: grpc.StatusCode.ABORTED,
+    412: grpc.StatusCode.FAILED_PRECONDITION,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    499: grpc.StatusCode.CANCELLED,
+    501: grpc.StatusCode.UNIMPLEMENTED,
+}
+
+
+def _grpc_code(name: Any, http_status: int) -> grpc.StatusCode:
+    if isinstance(name, str) and name in grpc.StatusCode.__members__:
+        return grpc.StatusCode[name]
+    return _HTTP_TO_GRPC.get(http_status, grpc.StatusCode.INTERNAL)

@@ -1,0 +1,439 @@
+"""The gateway's REST API (``<base>/v1/sessions/...``) behind the SDK's client interfaces: the state,
+memory and knowledge calls AsyncSession makes, with the same signatures and results as the gRPC
+clients (StateClient, MemoryClient, KnowledgeClient), so a remote session runs the same session logic
+(auto_save, ``temp:`` keys, creation on first use) as a gRPC one. What the REST API does not offer
+raises NotImplementedByServer (reason NOT_AVAILABLE_REMOTELY) naming the call.
+
+Each request says whether repeating it is safe (see sessionkit.remote): whole-value writes and
+reads are retried after a 502/503/504; increments, appends and events are not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from sessionkit.errors import FieldViolation, InvalidArgument, NotImplementedByServer
+from sessionkit.ids import DEFAULT
+from sessionkit.jsonvalues import JsonValue, check_json
+from sessionkit.knowledge_client import ProgressCallback, source_kind
+from sessionkit.remote import GatewayClient
+from sessionkit.state_client import Event, SessionInfo, SessionRef, StateChange, StateVersion
+
+JsonObject = dict[str, JsonValue]
+
+
+def _time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _session_info(ref: SessionRef, body: dict[str, Any]) -> SessionInfo:
+    return SessionInfo(
+        ref.app_name,
+        str(body["user_id"]),
+        str(body["session_id"]),
+        _time(body.get("create_time")),
+        _time(body.get("update_time")),
+        _time(body.get("expire_time")),
+        body.get("ttl_seconds"),
+        int(body.get("version", 0)),
+        int(body.get("event_count", 0)),
+    )
+
+
+def _event(body: dict[str, Any]) -> Event:
+    return Event(
+        int(body["id"]),
+        str(body["role"]),
+        str(body.get("content", "")),
+        str(body.get("author", "")),
+        dict(body.get("metadata") or {}),
+        _time(body.get("create_time")),
+    )
+
+
+def _number(value: Any) -> int | float:
+    number = float(value)
+    return int(number) if number.is_integer() else number
+
+
+class _Rest:
+    def __init__(self, gateway: GatewayClient) -> None:
+        self.gateway = gateway
+
+    @staticmethod
+    def path(ref: SessionRef, *parts: str) -> str:
+        return "/".join(["/v1/sessions", quote(ref.session_id, safe=""), *(quote(p, safe="") for p in parts)])
+
+    @staticmethod
+    def params(ref: SessionRef, **extra: Any) -> dict[str, Any]:
+        """user_id, and app unless it is the default: with API keys the gateway puts every call in the
+        key's tenant (``?app=`` picks an app inside it), so the default app is sent as no app at all."""
+        params: dict[str, Any] = {"user_id": ref.user_id}
+        if ref.app_name != DEFAULT:
+            params["app"] = ref.app_name
+        params.update({k: v for k, v in extra.items() if v is not None})
+        return params
+
+    async def call(
+        self, method: str, ref: SessionRef, *parts: str, idempotent: bool = True, **kwargs: Any
+    ) -> Any:
+        params = self.params(ref, **kwargs.pop("params", {}))
+        return await self.gateway.request(
+            method, self.path(ref, *parts), params=params, idempotent=idempotent, **kwargs
+        )
+
+
+def _unsupported(what: str) -> NotImplementedByServer:
+    return NotImplementedByServer(
+        f"{what} is not offered by the gateway's REST API, so not by remote (agent_url) sessions; "
+        "use address='host:port' to reach the gRPC services",
+        reason="NOT_AVAILABLE_REMOTELY",
+    )
+
+
+class RemoteStateClient(_Rest):
+    """The state calls AsyncSession makes, over ``/v1/sessions/{id}[/state|/events]``."""
+
+    async def create_session(
+        self,
+        ref: SessionRef,
+        *,
+        ttl_seconds: int | None = None,
+        initial_state: JsonObject | None = None,
+        get_if_exists: bool = True,
+    ) -> tuple[SessionInfo, bool]:
+        body: dict[str, Any] = {"session_id": ref.session_id, "get_if_exists": get_if_exists}
+        if ttl_seconds is not None:
+            body["ttl_seconds"] = ttl_seconds
+        if initial_state is not None:
+            body["state"] = initial_state
+        params = self.params(ref)
+        # With get_if_exists a repeat is harmless (200, created=false).
+        reply = await self.gateway.request(
+            "POST", "/v1/sessions", params=params, json=body, idempotent=get_if_exists
+        )
+        return _session_info(ref, reply), bool(reply.get("created"))
+
+    async def get_session(self, ref: SessionRef) -> SessionInfo:
+        return _session_info(ref, await self.call("GET", ref))
+
+    async def delete_session(self, ref: SessionRef, allow_missing: bool = False) -> bool:
+        reply = await self.call("DELETE", ref, params={"allow_missing": allow_missing})
+        return bool(reply["deleted"])
+
+    async def get_state(self, ref: SessionRef, keys: list[str] | None = None) -> tuple[JsonObject, int]:
+        # Keys as query parameters (not /state/{key}): a key may contain '/', which a path cannot carry.
+        reply = await self.call("GET", ref, "state", params={"keys": keys or None})
+        return dict(reply["state"]), int(reply["version"])
+
+    async def save_state(
+        self,
+        ref: SessionRef,
+        state: JsonObject,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> int:
+        body = {"state": check_json(state, "state"), "expected_version": expected_version}
+        return int((await self.call("PUT", ref, "state", json=body))["version"])
+
+    async def set_value(
+        self,
+        ref: SessionRef,
+        key: str,
+        value: Any,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> int:
+        body = {"value": check_json(value, key), "expected_version": expected_version}
+        # A repeat sets the same value again; only with expected_version could a repeat look stale.
+        reply = await self.call("PUT", ref, "state", key, json=body, idempotent=expected_version is None)
+        return int(reply["version"])
+
+    async def delete_value(
+        self,
+        ref: SessionRef,
+        key: str,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[int, bool]:
+        reply = await self.call(
+            "DELETE",
+            ref,
+            "state",
+            key,
+            params={"expected_version": expected_version},
+            idempotent=expected_version is None,
+        )
+        return int(reply["version"]), bool(reply["existed"])
+
+    async def clear_state(
+        self,
+        ref: SessionRef,
+        expected_version: int | None = None,
+        *,
+        include_user_scope: bool = False,
+        include_app_scope: bool = False,
+        idempotency_key: str | None = None,
+    ) -> int:
+        params = {
+            "expected_version": expected_version,
+            "include_user_scope": include_user_scope,
+            "include_app_scope": include_app_scope,
+        }
+        reply = await self.call("DELETE", ref, "state", params=params, idempotent=expected_version is None)
+        return int(reply["version"])
+
+    async def increment(
+        self,
+        ref: SessionRef,
+        key: str,
+        delta: float = 1,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[int, int | float]:
+        if isinstance(delta, bool) or not isinstance(delta, (int, float)):
+            raise InvalidArgument(f"delta must be a number, not {type(delta).__name__}")
+        body = {"increment": delta, "expected_version": expected_version}
+        reply = await self.call("PATCH", ref, "state", key, json=body, idempotent=False)
+        return int(reply["version"]), _number(reply["value"])
+
+    async def append(
+        self,
+        ref: SessionRef,
+        key: str,
+        values: list[Any],
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[int, int]:
+        body = {"append": check_json(list(values), "values"), "expected_version": expected_version}
+        reply = await self.call("PATCH", ref, "state", key, json=body, idempotent=False)
+        return int(reply["version"]), int(reply["length"])
+
+    async def append_event(
+        self,
+        ref: SessionRef,
+        role: str,
+        content: str,
+        author: str = "",
+        metadata: JsonObject | None = None,
+        idempotency_key: str | None = None,
+    ) -> Event:
+        body = {"role": role, "content": content, "author": author, "metadata": metadata or {}}
+        return _event(await self.call("POST", ref, "events", json=body, idempotent=False))
+
+    async def list_events(
+        self, ref: SessionRef, page_size: int = 0, page_token: str = "", tail: int = 0, author: str = ""
+    ) -> tuple[list[Event], str]:
+        params = {"page_size": page_size, "page_token": page_token, "tail": tail, "author": author}
+        reply = await self.call("GET", ref, "events", params=params)
+        return [_event(e) for e in reply["events"]], str(reply.get("next_page_token", ""))
+
+    async def watch(self, ref: SessionRef, since_version: int = 0) -> AsyncIterator[StateChange]:
+        raise _unsupported("watch_state()")
+        yield  # pragma: no cover - makes this an async generator like StateClient.watch
+
+    async def list_versions(
+        self, ref: SessionRef, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[StateVersion], str]:
+        raise _unsupported("state_history()")
+
+    async def restore_version(
+        self,
+        ref: SessionRef,
+        version: int,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> int:
+        raise _unsupported("restore_state_version()")
+
+
+class RemoteMemoryClient(_Rest):
+    """The memory calls AsyncSession makes, over ``/v1/sessions/{id}/memories``."""
+
+    async def add(
+        self,
+        ref: SessionRef,
+        text: str,
+        kind: str = "long",
+        quality_score: float | None = None,
+        metadata: dict[str, JsonValue] | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        if not isinstance(text, str):
+            raise InvalidArgument(f"memory text must be a str, not {type(text).__name__}")
+        body: dict[str, Any] = {"text": text, "memory_type": kind, "metadata": metadata}
+        if quality_score is not None:
+            body["quality_score"] = quality_score
+        # The memory service deduplicates the same text, so a repeated add returns the first one.
+        return dict(await self.call("POST", ref, "memories", json=body))
+
+    async def search(
+        self,
+        ref: SessionRef,
+        query: str,
+        kind: str = "all",
+        limit: int = 5,
+        min_quality: float | None = None,
+        metadata_filter: dict[str, JsonValue] | None = None,
+    ) -> list[dict[str, Any]]:
+        body = {
+            "query": query,
+            "memory_type": kind,
+            "limit": limit,
+            "min_quality": min_quality,
+            "metadata_filter": metadata_filter,
+        }
+        return list((await self.call("POST", ref, "memories", "search", json=body))["hits"])
+
+    async def context(self, ref: SessionRef, query: str, max_items: int = 3, kind: str = "all") -> str:
+        """The memory service's context block, built from a search (the REST API has no context route):
+        one line per memory, ``- <text> (long-term|short-term)``, best first."""
+        if max_items < 1:
+            raise InvalidArgument("invalid max_items", violations=[FieldViolation("max_items", "at least 1")])
+        hits = await self.search(ref, query, kind, max_items)
+        kinds = {"long": "long-term", "short": "short-term"}
+        return "\n".join(f"- {h['text']} ({kinds.get(h['memory_type'], h['memory_type'])})" for h in hits)
+
+    async def extract(
+        self,
+        ref: SessionRef,
+        messages: Any,
+        kind: str = "long",
+        metadata: dict[str, JsonValue] | None = None,
+        dry_run: bool = False,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        raise _unsupported("memory extraction (extract_memories(), memory_config provider 'mem0')")
+
+    async def clear(self, ref: SessionRef, kind: str = "all", idempotency_key: str | None = None) -> int:
+        reply = await self.call("DELETE", ref, "memories", params={"memory_type": kind})
+        return int(reply["deleted_count"])
+
+    async def get(self, ref: SessionRef, memory_id: str) -> dict[str, Any]:
+        return dict(await self.call("GET", ref, "memories", memory_id))
+
+    async def list_all(
+        self, ref: SessionRef, kind: str = "all", metadata_filter: dict[str, JsonValue] | None = None
+    ) -> list[dict[str, Any]]:
+        if metadata_filter:
+            raise _unsupported("list_memories(metadata_filter=...)")
+        return list((await self.call("GET", ref, "memories", params={"memory_type": kind}))["memories"])
+
+    async def update(
+        self,
+        ref: SessionRef,
+        memory_id: str,
+        text: str | None = None,
+        metadata: dict[str, JsonValue] | None = None,
+        quality_score: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        body = {
+            k: v
+            for k, v in (("text", text), ("metadata", metadata), ("quality_score", quality_score))
+            if v is not None
+        }
+        return dict(await self.call("PATCH", ref, "memories", memory_id, json=body))
+
+    async def delete(self, ref: SessionRef, memory_id: str, idempotency_key: str | None = None) -> bool:
+        return bool((await self.call("DELETE", ref, "memories", memory_id))["deleted"])
+
+    async def history(self, ref: SessionRef, memory_id: str) -> list[dict[str, Any]]:
+        raise _unsupported("memory_history()")
+
+
+class RemoteKnowledgeClient(_Rest):
+    """The knowledge calls AsyncSession makes, over ``/v1/sessions/{id}/knowledge``."""
+
+    async def add(
+        self,
+        ref: SessionRef,
+        source: str | os.PathLike[str],
+        *,
+        scope: str = "session",
+        collection: str = "",
+        name: str = "",
+        content_type: str = "",
+        chunker: dict[str, Any] | None = None,
+        metadata: dict[str, JsonValue] | None = None,
+        force: bool = False,
+        on_progress: ProgressCallback | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """A file path on this machine is uploaded (multipart), a URL is fetched by the service, anything
+        else is text. Re-adding a source of the same name replaces it, so a repeat is harmless."""
+        kind = source_kind(source)
+        if kind == "file":
+            if chunker:
+                raise _unsupported("knowledge_config 'chunker' for uploaded files")
+            path = Path(source)
+            form = {"name": name, "scope": scope, "collection": collection, "content_type": content_type}
+            form["force"] = "true" if force else "false"
+            if metadata is not None:
+                form["metadata"] = json.dumps(check_json(metadata, "metadata"))
+            # Read in a thread (no blocking I/O on the loop); the gateway caps uploads, so this is bounded,
+            # and bytes can be sent again as they are when the upload is retried.
+            content = await asyncio.to_thread(path.read_bytes)
+            files = {"file": (path.name, content, content_type or "application/octet-stream")}
+            reply = await self.call("POST", ref, "knowledge", "files", files=files, data=form)
+        else:
+            body: dict[str, Any] = {
+                "url" if kind == "url" else "text": str(source),
+                "name": name,
+                "scope": scope,
+                "collection": collection,
+                "content_type": content_type,
+                "chunker": chunker,
+                "metadata": metadata,
+                "force": force,
+            }
+            reply = await self.call("POST", ref, "knowledge", json=body)
+        reply = dict(reply)
+        reply["kind"] = kind
+        return reply
+
+    async def search(
+        self,
+        ref: SessionRef,
+        query: str,
+        limit: int = 5,
+        scopes: list[str] | None = None,
+        collections: list[str] | None = None,
+        source_names: list[str] | None = None,
+        metadata_filter: dict[str, JsonValue] | None = None,
+    ) -> list[dict[str, Any]]:
+        if limit < 1:
+            raise InvalidArgument("invalid limit", violations=[FieldViolation("limit", "must be at least 1")])
+        body = {
+            "query": query,
+            "limit": limit,
+            "scopes": scopes,
+            "collections": collections,
+            "source_names": source_names,
+            "metadata_filter": metadata_filter,
+        }
+        return list((await self.call("POST", ref, "knowledge", "search", json=body))["hits"])
+
+    async def list_all(self, ref: SessionRef, scopes: list[str] | None = None) -> list[dict[str, Any]]:
+        return list((await self.call("GET", ref, "knowledge", params={"scope": scopes or None}))["sources"])
+
+    async def delete(
+        self, ref: SessionRef, source: str, scope: str = "session", allow_missing: bool = False
+    ) -> int | None:
+        params = {"scope": scope, "allow_missing": allow_missing}
+        reply = await self.call("DELETE", ref, "knowledge", source, params=params)
+        return int(reply["deleted_chunk_count"]) if reply["deleted"] else None
+
+    async def clear(self, ref: SessionRef, scope: str = "session", collection: str = "") -> int:
+        params = {"scope": scope, "collection": collection}
+        return int((await self.call("DELETE", ref, "knowledge", params=params))["deleted_source_count"])

@@ -1,0 +1,100 @@
+"""The gateway's ASGI app: the remote agent protocol (POST /agent), /health, and REST over the state,
+memory and knowledge services (/v1/...), each route a thin adapter onto one SDK client call.
+
+Tenancy: with API keys configured, a request's key decides its tenant, and the SessionRef.app_name of
+every call is ``<tenant>`` (or ``<tenant>:<app>`` with ``?app=``), whatever ids the request names;
+with auth off ``?app=`` is the app name itself (default "default"). See docs/GATEWAY.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+
+from services.common.auth import KeyRing
+from services.common.config import ServerSettings
+from services.gateway import agent_routes, errors, rest_routes
+from services.gateway.deps import COMMON_ERRORS, Gateway
+from services.gateway.limits import BodyLimit, RateLimiter
+from services.gateway.models import Health
+from services.gateway.upstream import Upstream
+
+
+def create_app(settings: ServerSettings, upstream: Upstream) -> FastAPI:
+    """The app for ``settings``, calling the services through ``upstream``."""
+    gateway = Gateway(
+        settings,
+        upstream,
+        KeyRing(settings.api_keys),
+        RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await upstream.pool.close()
+
+    app = FastAPI(
+        title="sessionkit gateway",
+        version="1.0.0",
+        description="The remote agent protocol (POST /agent) and REST over sessionkit's state, memory and "
+        'knowledge services. Errors: one JSON shape, {"error": {code, status, reason, message, metadata, '
+        "violations, retry_after}}.",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.gateway = gateway
+    errors.install(app)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.http_max_body_bytes, upload_bytes=settings.http_max_upload_bytes
+    )
+
+    @app.get(
+        "/health",
+        response_model=Health,
+        responses={503: {"model": Health, "description": "A service behind the gateway is not SERVING"}},
+        tags=["health"],
+    )
+    @app.get(
+        "/agent/health",
+        response_model=Health,
+        responses={503: {"model": Health, "description": "A service behind the gateway is not SERVING"}},
+        tags=["health"],
+        summary="Health (alias)",
+        description="The same as /health: PraisonAI's remote Session probes <agent_url>/health.",
+    )
+    async def health() -> JSONResponse:
+        """200 when every service behind the gateway answers SERVING on the gRPC health service."""
+        statuses = await upstream.health()
+        ok = statuses.pop("overall") == "SERVING"
+        body = Health(status="ok" if ok else "unavailable", services=statuses)
+        return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+    router = APIRouter(responses=COMMON_ERRORS)
+    agent_routes.add(router)
+    rest_routes.add(router)
+    app.include_router(router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        # Validation errors are answered 400 in the one error shape, not FastAPI's 422 body.
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

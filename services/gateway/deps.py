@@ -1,0 +1,117 @@
+"""What every route depends on: the caller (API key -> tenant -> app, rate limit) and its clients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Path, Query, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from services.common.auth import KeyRing, Principal
+from services.common.config import ServerSettings
+from services.gateway.limits import RateLimiter
+from services.gateway.models import ErrorBody
+from services.gateway.upstream import Clients, Upstream
+from sessionkit.errors import RateLimited, Unauthenticated
+from sessionkit.state_client import SessionRef
+
+ID_REGEX = r"^[A-Za-z0-9_][A-Za-z0-9._@:-]{0,127}$"
+APP_REGEX = r"^[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}$"
+
+_bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: <API key>")
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+#: Documented on every authenticated route.
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("Invalid request (reason INVALID_REQUEST / INVALID_ARGUMENT; violations name each field)"),
+    401: _error("Missing or invalid API key"),
+    403: _error("The key's tenant may not reach this app"),
+    404: _error("No such session, memory, source or route"),
+    409: _error("Conflict: stale expected_version, existing session or memory"),
+    412: _error("Failed precondition"),
+    413: _error("Request body or value too large"),
+    429: _error("Rate limited; Retry-After says when to retry"),
+    499: _error("The call was cancelled upstream"),
+    500: _error("Internal error (logged; no traceback is sent)"),
+    501: _error("Service not implemented on this server"),
+    503: _error("The services behind the gateway are unavailable"),
+    504: _error("Upstream deadline exceeded"),
+}
+
+
+@dataclass
+class Caller:
+    """One request's principal, clients and app."""
+
+    principal: Principal
+    clients: Clients
+    app: str | None
+
+    @property
+    def app_name(self) -> str:
+        return self.principal.app_name(self.app)
+
+    def ref(self, user_id: str, session_id: str) -> SessionRef:
+        return SessionRef(self.app_name, user_id, session_id)
+
+
+def _client_host(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def caller(
+    request: Request,
+    app: Annotated[
+        str | None,
+        Query(
+            pattern=APP_REGEX,
+            description="App within the key's tenant (auth off: the app name itself; default 'default').",
+        ),
+    ] = None,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
+    api_key: Annotated[str | None, Depends(_api_key)] = None,
+) -> Caller:
+    gateway: Gateway = request.app.state.gateway
+    key = api_key or (bearer.credentials if bearer else None)
+    try:
+        if not key and request.headers.get("authorization") and gateway.keys.enabled:
+            # Sent, but not as "Bearer <key>": say so instead of "missing".
+            raise Unauthenticated(
+                "the Authorization header must be 'Bearer <key>'", reason="API_KEY_MALFORMED"
+            )
+        principal = gateway.keys.authenticate(key)
+    except Unauthenticated:
+        # Failed attempts share their client address's bucket, so guessing keys is rate limited too.
+        _take(gateway, f"addr:{_client_host(request)}")
+        raise
+    _take(gateway, principal.key_id if gateway.keys.enabled else f"addr:{_client_host(request)}")
+    return Caller(principal, gateway.upstream.clients(key if gateway.keys.enabled else None), app)
+
+
+def _take(gateway: Gateway, bucket: str) -> None:
+    wait = gateway.limiter.take(bucket)
+    if wait is not None:
+        raise RateLimited(
+            f"rate limit exceeded: {gateway.limiter.rate:g} requests/s (bursts of {gateway.limiter.burst:g}) "
+            "per API key; retry after the Retry-After delay",
+            retry_after=wait,
+        )
+
+
+CallerDep = Annotated[Caller, Depends(caller)]
+SessionIdPath = Annotated[str, Path(pattern=ID_REGEX, description="Session id")]
+UserQuery = Annotated[str, Query(pattern=ID_REGEX, description="User id (default 'default')")]
+
+
+@dataclass
+class Gateway:
+    settings: ServerSettings
+    upstream: Upstream
+    keys: KeyRing
+    limiter: RateLimiter
