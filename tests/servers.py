@@ -109,6 +109,7 @@ class ServerProcess:
                 "SESSIONKIT_PORT": str(port),
                 "SESSIONKIT_DATA_DIR": str(data_dir),
                 "SESSIONKIT_DATABASE_URL": database_url,
+                "SESSIONKIT_HTTP_PORT": "0",  # no gateway: tests running side by side would share :8080
                 "PYTHONPATH": f"{ROOT / 'sdk'}{os.pathsep}{ROOT}",
             }
         )
