@@ -15,7 +15,7 @@ install: $(STAMP) $(GENERATED)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
 # Python stubs (+ .pyi) for protos/ into the sessionkit package (import sessionkit.v1).
@@ -51,6 +51,7 @@ bench: install
 	else echo "PostgreSQL at $(BENCH_PG_URL) not reachable: skipped its run"; fi
 	$(PY) bench/memory_bench.py --quick
 	$(PY) bench/memory_quality.py
+	$(PY) bench/agent_bench.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(GENERATED) sdk/sessionkit/v1/*_pb2*.py sdk/sessionkit/v1/*_pb2*.pyi

@@ -150,7 +150,9 @@ def build_agent(settings: ServerSettings, db: Database, server: grpc.aio.Server,
         upstream,
         router,
         AgentSettings(
-            context_tokens=settings.agent_context_tokens, lease_seconds=settings.agent_lease_seconds
+            context_tokens=settings.agent_context_tokens,
+            lease_seconds=settings.agent_lease_seconds,
+            memory_after_reply=settings.agent_memory_after_reply,
         ),
     )
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(service), server)  # type: ignore[no-untyped-call]

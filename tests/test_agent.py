@@ -60,6 +60,16 @@ def session(server: ServerThread, sid: str = "chat-1", user: str = "alice", **kw
     return Session(sid, user, address=server.address, **kwargs)
 
 
+def eventually(check: Any, timeout: float = 20.0) -> Any:
+    """``check()``'s first truthy value (memory is written after the reply, in the background)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
 def system_prompt(request: Any) -> str:
     return str(request.messages[0]["content"])
 
@@ -109,9 +119,12 @@ def test_chat_answers_remembers_the_conversation_and_logs_it(
     ]
     assert [e.id for e in events[2:]] == meta["event_ids"]
     assert events[3].metadata["turn_id"] == meta["turn_id"] and events[3].author == "Support Bot"
-    # Each exchange was kept as a short-term memory of the session.
-    (stored,) = meta["stored_memory_ids"]
-    assert "Which order was it?" in s.get_memory(stored)["text"]
+    # Each exchange is kept as a short-term memory of the session (written after the reply).
+    assert meta["stored_memory_ids"] == []
+    texts = eventually(
+        lambda: [m["text"] for m in s.list_memories("short")] if len(s.list_memories("short")) == 2 else []
+    )
+    assert any("Which order was it?" in t and "Your order is #12345." in t for t in texts)
 
 
 def test_streaming_yields_pieces_as_they_are_generated(server: ServerThread, llm_server: LLMServer) -> None:
@@ -471,8 +484,7 @@ def test_mem0_sessions_extract_facts_from_each_exchange(server: ServerThread, ll
         json.dumps({"operations": [{"type": "ADD", "fact": "The user's favourite colour is blue"}]}),
     )
     assert agent.chat("My favorite color is blue") == "Blue is a lovely colour!"
-    (stored,) = agent.last_metadata["stored_memory_ids"]
-    memory = s.get_memory(stored)
+    (memory,) = eventually(lambda: s.list_memories("long"))
     assert memory["text"] == "The user's favourite colour is blue" and memory["memory_type"] == "long"
     extraction = llm_server.chat_requests[1]
     assert (
@@ -494,3 +506,17 @@ def test_closing_a_stream_early_cancels_the_turn(server: ServerThread, llm_serve
         ("user", "and now?"),
         ("assistant", "short"),
     ]
+
+
+def test_memory_written_before_the_reply_is_in_the_metadata(tmp_path: Path, llm_server: LLMServer) -> None:
+    config = settings(tmp_path, llm_server.base_url).model_copy(update={"agent_memory_after_reply": False})
+    thread = ServerThread(config).start()
+    try:
+        s = session(thread)
+        agent = s.Agent(name="Careful")
+        llm_server.reply("Noted.")
+        agent.chat("I moved to Porto")
+        (stored,) = agent.last_metadata["stored_memory_ids"]
+        assert s.get_memory(stored)["text"] == "User: I moved to Porto\nCareful: Noted."
+    finally:
+        thread.stop()

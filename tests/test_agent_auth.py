@@ -4,6 +4,7 @@ SDK sends its key and trusts the server's certificate."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,7 +51,10 @@ def test_an_agent_acts_with_the_callers_key(keyed: ServerThread, llm_server: LLM
     # The agent read memory and wrote events and memory upstream, all under acme's key.
     assert "prefers tea" in llm_server.chat_requests[0].prompt
     assert [e.role for e in s.get_events()] == ["user", "assistant"]
-    assert agent.last_metadata["stored_memory_ids"]
+    deadline = time.monotonic() + 20
+    while len(s.list_memories("short")) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the exchange is written to memory after the reply
+    assert len(s.list_memories("short")) == 1
 
     with pytest.raises(Unauthenticated):
         Session("chat", "u", address=keyed.address, app_name="acme").Agent(name="Bot")

@@ -96,6 +96,10 @@ class AgentSettings:
     default_history_events: int = 20
     default_tool_rounds: int = 8
     default_tool_timeout: float = 60.0
+    #: Write each turn's memory after answering (the exchange is in the event log already, durably):
+    #: embedding it took 40% of a turn's own time (bench/agent_bench.py). False: before answering,
+    #: with the ids in TurnMetadata.stored_memory_ids.
+    memory_after_reply: bool = True
 
 
 class LLMRouter(Protocol):
@@ -201,6 +205,7 @@ class AgentService:
         # Turns ending in this process wake the turns waiting for the same session at once; waiters on
         # other replicas find the released lease on their next poll.
         self._released: dict[Conversation, asyncio.Event] = {}
+        self._writes: set[asyncio.Task[Any]] = set()
 
     @property
     def upstream(self) -> Upstream:
@@ -215,6 +220,8 @@ class AgentService:
         await self.store.start()
 
     async def close(self) -> None:
+        if self._writes:  # memory writes of answered turns: let them land
+            await asyncio.wait(set(self._writes), timeout=30)
         close = getattr(self.llm, "close", None)
         if close is not None:
             await close()
@@ -579,6 +586,12 @@ class AgentService:
                 idempotency_key=f"{turn_id}:tool:{record.call_id}",
             )
             meta.event_ids.append(event.id)
+        remember = self._remember(ref, agent, message, text, turn_id) if use_memory else _nothing()
+        if self.settings.memory_after_reply:
+            task = asyncio.create_task(self._quietly(remember))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+            remember = _nothing()
         reply_event, stored = await asyncio.gather(
             state.append_event(
                 ref,
@@ -588,7 +601,7 @@ class AgentService:
                 metadata={**event_meta, "model": model},
                 idempotency_key=f"{turn_id}:assistant",
             ),
-            self._remember(ref, agent, message, text, turn_id) if use_memory else _nothing(),
+            remember,
         )
         meta.event_ids.append(reply_event.id)
         meta.stored_memory_ids.extend(stored)
@@ -639,6 +652,13 @@ class AgentService:
         finally:
             lat.knowledge_ms = _ms(time.perf_counter() - t0)
         return [prompts.ContextItem(h["chunk_id"], h["text"], h["source"]["name"]) for h in hits]
+
+    @staticmethod
+    async def _quietly(write: Awaitable[list[str]]) -> None:
+        try:
+            await write
+        except Exception as error:  # the turn was answered; its exchange stays in the event log
+            log.warning("memory write after a turn failed: %s", error)
 
     async def _remember(
         self, ref: SessionRef, agent: agent_pb2.AgentDefinition, message: str, reply: str, turn_id: str

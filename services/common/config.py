@@ -83,6 +83,9 @@ class ServerSettings(BaseSettings):
     agent_context_tokens: int = Field(6000, ge=256)
     #: Seconds a turn holds its session's conversation lease between renewals (a dead replica's lapses).
     agent_lease_seconds: float = Field(30.0, gt=0)
+    #: Write a turn's memory after answering (faster turns; TurnMetadata.stored_memory_ids stays empty)
+    #: or before (the ids in the metadata).
+    agent_memory_after_reply: bool = True
     #: CPU threads of the offline model (used when no LLM endpoint is configured); unset: min(2, cores - 1)
     #: (llama.cpp's threads spin-wait for each other, so using every core collapses under any other load).
     agent_offline_threads: int | None = Field(None, ge=1)

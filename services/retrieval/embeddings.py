@@ -21,6 +21,7 @@ import abc
 import asyncio
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,6 +44,9 @@ if TYPE_CHECKING:
 #: The name reported for the packaged default model.
 DEFAULT_LOCAL_MODEL = "all-MiniLM-L6-v2"
 LOCAL_BATCH_SIZE = 64
+#: Single texts whose vectors a LocalEmbedder keeps (queries repeat: a turn searches memory and
+#: knowledge with the same message).
+RECENT_TEXTS = 256
 OPENAI_BATCH_SIZE = 256
 
 
@@ -125,8 +129,13 @@ def _load_model(path: Path) -> SentenceTransformer:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        import torch
         from sentence_transformers import SentenceTransformer
 
+        # Intra-op threads spin-wait for each other: on a small machine that also serves gRPC, the
+        # database and maybe the offline LLM, using every core made one short query 10x slower under
+        # load (bench/agent_bench.py: 368 ms with 2 threads, 31 ms with 1, on 2 busy cores).
+        torch.set_num_threads(embedding_threads())
         try:
             model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
         except Exception as error:  # corrupt or incomplete files: the same answer as missing ones
@@ -137,6 +146,14 @@ def _load_model(path: Path) -> SentenceTransformer:
             ) from error
         _models[key] = model
         return model
+
+
+def embedding_threads() -> int:
+    """SESSIONKIT_EMBEDDING_THREADS, else one core fewer than the machine has (1 to 4)."""
+    configured = os.environ.get("SESSIONKIT_EMBEDDING_THREADS", "")
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
 def _encode(model: SentenceTransformer, texts: list[str]) -> list[list[float]]:
@@ -165,6 +182,10 @@ class LocalEmbedder(Embedder):
         self.batch_size = LOCAL_BATCH_SIZE
         self.expected_dimension = dimension
         self.dimension = 0
+        # One text asked for twice at once (a turn searches memory and knowledge for the same message)
+        # or again soon after is embedded once.
+        self._recent: OrderedDict[str, list[float]] = OrderedDict()
+        self._inflight: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Future[list[float]]] = {}
         loaded = _models.get(str(self.path))
         if loaded is not None:
             self._learn_dimension(loaded)
@@ -188,6 +209,36 @@ class LocalEmbedder(Embedder):
         return model
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
+        if len(texts) == 1:
+            return [list(await self._embed_one(texts[0]))]
+        return await self._embed_many(texts)
+
+    async def _embed_one(self, text: str) -> list[float]:
+        cached = self._recent.get(text)
+        if cached is not None:
+            self._recent.move_to_end(text)
+            return cached
+        key = (asyncio.get_running_loop(), text)
+        running = self._inflight.get(key)
+        if running is not None:
+            return await asyncio.shield(running)
+        future: asyncio.Future[list[float]] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            (vector,) = await self._embed_many([text])
+        except BaseException as error:
+            future.set_exception(error)
+            future.exception()  # retrieved: no "never retrieved" warning when nobody else waited
+            raise
+        finally:
+            self._inflight.pop(key, None)
+        self._recent[text] = vector
+        if len(self._recent) > RECENT_TEXTS:
+            self._recent.popitem(last=False)
+        future.set_result(vector)
+        return vector
+
+    async def _embed_many(self, texts: list[str]) -> list[list[float]]:
         if not texts:
             return []
         model = await self._model()
