@@ -8,17 +8,19 @@ and settings the server uses) for the baselines.
 
 1. Ingestion, in interleaved rounds so machine noise hits every case alike: the model alone embedding
    one text per call (what one add needs) and in batches of 64 (its best throughput); then
-   ``store_long_memory`` with 1, 4 and 16 concurrent clients. There is no batch RPC: 16 concurrent
-   clients is the "batched" case (the server still embeds each add on its own). Ratios are to the
+   ``store_long_memory`` with 1, 4 and 16 concurrent clients (the server coalesces concurrent adds'
+   embeddings into one model call), and the batch RPC ``AddMemories`` (``MemoryClient.add_many``, what
+   ``add_memories([...])`` sends) with 64 and 256 memories per call from one client. Ratios are to the
    model alone.
 2. Search latency at each size (default 1k, 10k, 100k memories, all in ONE user's long-term memory,
-   the worst case for a filtered search): ``search_memory(query)`` as a user calls it, interleaved
+   the worst case for one user's partition): ``search_memory(query)`` as a user calls it, interleaved
    with the query's embedding in this process (``embed_one``: the part of a search that is the model)
    and a ``get_state`` call (a plain RPC round trip to the same server). "rest" = search p50 minus
    embedding p50: the index, lexical search, rows, fusion and the RPC.
 
-Memories are grown through the API (16 concurrent clients, distinct texts from bench/memory_dataset.py)
-up to ``--api-seed-max`` (default 10000); larger sizes are seeded by a faster documented path, the
+Memories are grown through the API (AddMemories, 256 per call, distinct texts from
+bench/memory_dataset.py) up to ``--api-seed-max`` (default 10000); larger sizes are seeded by a faster
+documented path, the
 service's own building blocks with the server stopped: rows written with ``MemoryStore.add`` (the same
 transaction as an add: row, history, outbox entry, FTS5 trigger), then the restarted server applies
 the outbox before it answers (``MemoryService.drain_outbox``: batched embedding, 256 vectors per
@@ -26,9 +28,7 @@ Chroma upsert). What was seeded how is printed.
 
 ``--quick`` (what ``make bench`` runs, a few minutes): sizes 1000,10000, fewer calls, 10k seeded by the
 direct path. Full: ``.venv/bin/python bench/memory_bench.py`` (about 20 minutes on a quiet 2-core
-machine, most of it growing 1k -> 10k through the API and indexing 90k vectors). After the parts of a
-search are timed at the largest size, SQLite's ANALYZE is run and the searches measured once more
-("after ANALYZE": the unchanged service, with table statistics).
+machine, most of it growing 1k -> 10k through the API and indexing 90k vectors).
 """
 
 from __future__ import annotations
@@ -47,16 +47,17 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from memory_common import MemoryServer, machine, percentile, without_stop_words
+from memory_common import MemoryServer, machine, percentile
 from memory_dataset import scale_queries, scale_texts
 
 from services.common.db import Database
 from services.memory import tables as t
-from services.memory.service import collection, content_hash, where
-from services.memory.store import MemoryRecord, MemoryStore, Owner
+from services.memory.service import content_hash
+from services.memory.store import MemoryRecord, MemoryStore, Owner, vector_collection
 from services.retrieval.embeddings import LocalEmbedder
 from services.retrieval.vector_index import ChromaIndex
 from sessionkit import AsyncSession
+from sessionkit.memory_client import MemoryClient
 
 INGEST_APP = "bench-ingest"
 SEARCH_APP = "bench"
@@ -116,6 +117,25 @@ async def add_many(
     return rate, outcomes
 
 
+async def add_batches(
+    address: str, app: str, user: str, texts: list[str], per_call: int, tag: str
+) -> tuple[float, Counter[str]]:
+    """Add ``texts`` as long-term memories of ``user`` through AddMemories, ``per_call`` per call, from
+    one client: (memories per second, outcome counts)."""
+    session = AsyncSession(tag, user_id=user, address=address, app_name=app)
+    await session.get_state("x")  # connect first
+    # The SDK's MemoryClient over the session's transport: AsyncSession.add_memories sends this call.
+    client = MemoryClient(session._transport)
+    outcomes: Counter[str] = Counter()
+    start = time.perf_counter()
+    for at in range(0, len(texts), per_call):
+        for reply in await client.add_many(session._ref, texts[at : at + per_call]):
+            outcomes["merged" if reply["merged"] else "deduplicated" if reply["deduplicated"] else "new"] += 1
+    rate = len(texts) / (time.perf_counter() - start)
+    await session.close()
+    return rate, outcomes
+
+
 async def model_one_by_one(embedder: LocalEmbedder, texts: list[str]) -> float:
     start = time.perf_counter()
     for text in texts:
@@ -152,8 +172,16 @@ async def ingestion(
             outcomes.update(counts)
             return rate
 
-        label = "(the 'batched' case)" if clients == 16 else "(one by one)" if clients == 1 else ""
+        label = "(one by one)" if clients == 1 else ""
         cases.append((f"store_long_memory, {clients} client{'s' if clients > 1 else ''} {label}", add_case))
+    for per_call in (64, 256):
+
+        async def batch_case(xs: list[str], per_call: int = per_call) -> float:
+            rate, counts = await add_batches(address, INGEST_APP, "ingest-user", xs, per_call, f"b{per_call}")
+            outcomes.update(counts)
+            return rate
+
+        cases.append((f"AddMemories, {per_call} per call, 1 client", batch_case))
     for r in range(rounds):
         for name, case in cases:
             batch = list(itertools.islice(texts, per_case))
@@ -162,7 +190,7 @@ async def ingestion(
     spy = profile()
     if spy is not None:
         await asyncio.sleep(0.5)
-        await cases[-1][1](list(itertools.islice(texts, per_case)))
+        await cases[4][1](list(itertools.islice(texts, per_case)))  # store_long_memory, 16 clients
         spy.send_signal(signal.SIGINT)  # py-spy writes what it has recorded on SIGINT
         spy.wait()
     print(f"  adds: {dict(outcomes)}")
@@ -183,14 +211,14 @@ def print_ingestion(rates: dict[str, list[float]], per_case: int, rounds: int) -
 # -- growing the searched memory ---------------------------------------------------------------------------
 
 
-async def grow_api(address: str, texts: Iterator[str], have: int, size: int, clients: int) -> Grown:
-    """Add distinct texts with ``clients`` concurrent sessions until ``size`` memories are stored
+async def grow_api(address: str, texts: Iterator[str], have: int, size: int, per_call: int) -> Grown:
+    """Add distinct texts through AddMemories, ``per_call`` per call, until ``size`` memories are stored
     (merged and deduplicated adds do not count)."""
-    grown = Grown(size, f"API, {clients} concurrent clients", 0.0)
+    grown = Grown(size, f"API, AddMemories with {per_call} per call", 0.0)
     start = time.perf_counter()
     while have < size:
         batch = list(itertools.islice(texts, min(1000, size - have)))
-        rate, counts = await add_many(address, SEARCH_APP, SEARCH_USER, batch, clients, "grow")
+        rate, counts = await add_batches(address, SEARCH_APP, SEARCH_USER, batch, per_call, "grow")
         grown.adds += len(batch)
         grown.merged += counts["merged"]
         grown.deduplicated += counts["deduplicated"]
@@ -313,7 +341,7 @@ def py_spy(path: str, pid: int, seconds: int, out: Path) -> subprocess.Popen[byt
 IDLE = ("thread.py:81)", "Condition.wait", "EpollSelector.select", "Thread.run (threading.py:982)")
 #: (part, markers): a busy sample belongs to the first part with a marker in its stack.
 SEARCH_PARTS = (
-    ("Chroma query (filtered by user and bucket)", ("Collection.query",)),
+    ("Chroma query (the user's partition)", ("Collection.query",)),
     ("FTS5 lexical query (MemoryStore.lexical)", ("MemoryStore.lexical",)),
     ("rows of the candidates (MemoryStore.by_ids)", ("MemoryStore.by_ids",)),
     ("query embedding (the model)", ("_encode",)),
@@ -321,8 +349,8 @@ SEARCH_PARTS = (
 ADD_PARTS = (
     ("SQLite commits (fsync, synchronous=FULL)", ("do_commit",)),
     ("Chroma upsert (outbox drain)", ("Collection.upsert",)),
-    ("Chroma query (near-duplicate check, filtered)", ("Collection.query",)),
-    ("embedding (the model, one text per add)", ("_encode",)),
+    ("Chroma query (near-duplicate check, the user's partition)", ("Collection.query",)),
+    ("embedding (the model, concurrent adds coalesced)", ("_encode",)),
     ("row insert (MemoryStore.add)", ("MemoryStore.add",)),
     ("exact-duplicate lookup (MemoryStore.by_hash)", ("MemoryStore.by_hash",)),
     (
@@ -360,20 +388,17 @@ def print_profile(
         print(f"  {n / busy * 100:5.1f}%  {frame[:110]}")
 
 
-async def breakdown(
-    data_dir: Path, embedder: LocalEmbedder, queries: list[str], analyze: bool
-) -> dict[str, float]:
+async def breakdown(data_dir: Path, embedder: LocalEmbedder, queries: list[str]) -> dict[str, float]:
     """p50 ms of each building block of a search, run in this process on the stopped server's data: the
-    Chroma query as the service makes it (user and bucket filter) and without a filter (what a
-    collection per user would cost), the FTS5 lexical query (also without stop words), and the rows of
-    the candidates. With ``analyze``, the lexical query and the rows once more after SQLite's ANALYZE
-    (which stays in the database: only for the last size)."""
+    Chroma query of the user's partition (as the service makes it), the FTS5 lexical query (as the
+    service makes it, and with the query's stop words kept, as before), and the rows of the
+    candidates."""
     db = Database(f"sqlite:///{data_dir / 'sessionkit.db'}")
     store = MemoryStore(db)
     index = ChromaIndex.embedded(data_dir / "chroma")
     owner = Owner(SEARCH_APP, SEARCH_USER, "search-session")
+    partition = vector_collection(SEARCH_APP, SEARCH_USER, t.LONG, "")
     times: dict[str, list[float]] = {}
-    candidates: list[list[str]] = []
 
     def timed(name: str, start: float) -> None:
         times.setdefault(name, []).append((time.perf_counter() - start) * 1e3)
@@ -383,34 +408,20 @@ async def breakdown(
             vector = await embedder.embed_one(q)
             now = time.time_ns() // 1000
             start = time.perf_counter()
-            dense = await index.query(collection(SEARCH_APP), vector, 40, where(owner, None))
-            timed("Chroma, service filter", start)
-            start = time.perf_counter()
-            await index.query(collection(SEARCH_APP), vector, 40, None)
-            timed("Chroma, no filter", start)
+            dense = await index.query(partition, vector, 40)
+            timed("Chroma, user's partition", start)
             start = time.perf_counter()
             lexical = await store.lexical(owner, None, q, 40, now)
             timed("FTS5 lexical", start)
-            content = without_stop_words(q)
             start = time.perf_counter()
-            await store.lexical(owner, None, content or q, 40, now)
-            timed("FTS5, no stop words", start)
-            candidates.append(list({memory_id for memory_id, _ in dense + lexical}))
+            await store.lexical(owner, None, q, 40, now, keep_stop_words=True)
+            timed("FTS5, stop words kept", start)
+            candidates = list({memory_id for memory_id, _ in dense + lexical})
             start = time.perf_counter()
-            await store.by_ids(owner, candidates[-1], now)
+            await store.by_ids(owner, candidates, now)
             timed("rows (by_ids)", start)
             if n == 0:  # the first call of each opens files: not measured
                 times.clear()
-        if analyze:
-            await db.write(lambda conn: conn.exec_driver_sql("ANALYZE"))
-            for q, ids in zip(queries, candidates, strict=True):
-                now = time.time_ns() // 1000
-                start = time.perf_counter()
-                await store.lexical(owner, None, q, 40, now)
-                timed("FTS5, after ANALYZE", start)
-                start = time.perf_counter()
-                await store.by_ids(owner, ids, now)
-                timed("rows, after ANALYZE", start)
     finally:
         await index.close()
         await db.close()
@@ -422,15 +433,13 @@ def print_breakdown(parts: dict[int, dict[str, float]]) -> None:
         return
     names = list(dict.fromkeys(name for values in parts.values() for name in values))
     print("\nParts of a search, each alone in this process on the stopped server's data (p50 ms):")
-    print(f"{'memories':>9} " + " ".join(f"{name:>22}" for name in names))
+    print(f"{'memories':>9} " + " ".join(f"{name:>24}" for name in names))
     for size, values in parts.items():
-        cells = (f"{values[name]:22.1f}" if name in values else f"{'-':>22}" for name in names)
+        cells = (f"{values[name]:24.1f}" if name in values else f"{'-':>24}" for name in names)
         print(f"{size:9d} " + " ".join(cells))
     print(
-        "(Chroma with the service's where = user_id and bucket, k 40; without a filter = what one\n"
-        " collection per user would cost; FTS5 = MemoryStore.lexical, k 40, as asked and with the query's\n"
-        " stop words removed; rows = by_ids of the candidates; 'after ANALYZE': the same once SQLite has\n"
-        " table statistics, measured at the largest size only)"
+        "(Chroma = the user's long-term partition, no filter, k 40; FTS5 = MemoryStore.lexical, k 40, as\n"
+        " the service asks (stop words dropped) and with them kept; rows = by_ids of the candidates)"
     )
 
 
@@ -467,7 +476,7 @@ async def run(args: argparse.Namespace, data_dir: Path, extra_env: dict[str, str
         for size in sizes:
             if size <= args.api_seed_max:
                 print(f"\ngrowing {SEARCH_USER} to {size} memories through the API ...", flush=True)
-                grown.append(await grow_api(server.address, texts, have, size, 16))
+                grown.append(await grow_api(server.address, texts, have, size, 256))
             else:
                 print(f"\nseeding {SEARCH_USER} to {size} memories by the direct path ...", flush=True)
                 server.stop()
@@ -494,15 +503,9 @@ async def run(args: argparse.Namespace, data_dir: Path, extra_env: dict[str, str
                 spy.wait()
             if args.breakdown:
                 server.stop()
-                parts[size] = await breakdown(
-                    data_dir, embedder, queries[: args.breakdown], analyze=size == sizes[-1]
-                )
+                parts[size] = await breakdown(data_dir, embedder, queries[: args.breakdown])
                 server = MemoryServer(data_dir, extra_env).start(timeout=600)
-                if size == sizes[-1]:  # the same service, now that SQLite has table statistics
-                    after = await search_latency(server.address, embedder, size, queries, args.rounds)
-                    after.label = "after ANALYZE"
-                    results.append(after)
-            lat = results[-2] if results[-1].label else results[-1]
+            lat = results[-1]
             print(
                 f"  search p50 {statistics.median(lat.search):.1f} ms, embed p50 "
                 f"{statistics.median(lat.embed):.1f} ms",

@@ -11,12 +11,13 @@ limits are in that module's docstring). Method:
 2. Each question is asked with ``search_memory(question, memory_type="long", limit=10)``: "hybrid".
 3. The server is stopped, and the same building blocks the service searches with are queried on its
    data directory, in this process: "dense-only" = the all-MiniLM-L6-v2 embedding of the question
-   (services.retrieval.embeddings.LocalEmbedder) against the Chroma index (ChromaIndex.query, the same
-   collection, filter and depth of 40 as the service); "lexical-only" = MemoryStore.lexical (FTS5 bm25,
-   the same call as the service). "hybrid (recomputed)" fuses those two lists with
-   services.retrieval.fusion exactly as the service does, as a check that the offline lists are the
-   service's. "lexical, per-user FTS" and "hybrid with per-user FTS" query FTS5 directly with the
-   user filter inside the query (see the note printed under the table).
+   (services.retrieval.embeddings.LocalEmbedder) against the Chroma index (ChromaIndex.query on the
+   user's long-term partition, depth 40, as the service); "lexical-only" = MemoryStore.lexical (FTS5
+   bm25 among the user's rows, stop words dropped: the same call as the service). "hybrid
+   (recomputed)" fuses those two lists with services.retrieval.fusion exactly as the service does
+   (lexical ranking weighted 0.5), as a check that the offline lists are the service's. The what-if
+   rows change one thing each: equal weights, stop words kept, or both (the fusion before issue 3's
+   changes, with the user filter inside the lexical query).
 
 A question is answered at rank r when the r-th result is the memory that stores the answer (the one the
 add of the answering turn returned, still holding the answer's text: a turn merged into an older memory
@@ -31,20 +32,18 @@ import re
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from memory_common import MemoryServer, machine, percentile, without_stop_words
+from memory_common import MemoryServer, machine, percentile
 from memory_dataset import SEED, Conversation, Question, describe, generate
-from sqlalchemy import Connection, text
 
 from services.common.db import Database
 from services.memory import tables as t
-from services.memory.service import collection, where
-from services.memory.store import MemoryStore, Owner, lexical_terms
+from services.memory.service import MemorySettings
+from services.memory.store import MemoryStore, Owner, vector_collection
 from services.retrieval.embeddings import LocalEmbedder
-from services.retrieval.fusion import RRF_K, FusionWeights, fused_score, recency, rrf_normalized
+from services.retrieval.fusion import FusionWeights, fused_score, recency, rrf_normalized
 from services.retrieval.vector_index import ChromaIndex
 from sessionkit import AsyncSession
 
@@ -148,39 +147,13 @@ async def hybrid_on_server(address: str, questions: list[Question]) -> tuple[lis
     return results, latencies
 
 
-def per_user_fts(owner: Owner, query: str, k: int) -> Callable[[Connection], list[tuple[str, float]]]:
-    """FTS5 bm25 with the user filter inside the query (SQLite), the same terms as the store's."""
-    terms = lexical_terms(query)
-    match = " OR ".join(f'"{term}"' for term in terms)
-
-    def run(conn: Connection) -> list[tuple[str, float]]:
-        if not terms:
-            return []
-        rows = conn.execute(
-            text(
-                "SELECT m.id, -bm25(sk_memories_fts) AS rank FROM sk_memories_fts "
-                "JOIN sk_memories m ON m.pk = sk_memories_fts.rowid "
-                "WHERE sk_memories_fts MATCH :match AND m.app_name = :app AND m.user_id = :user "
-                "AND m.memory_type = :type ORDER BY bm25(sk_memories_fts) LIMIT :k"
-            ),
-            {"match": match, "app": owner.app_name, "user": owner.user_id, "type": t.LONG, "k": k},
-        ).all()
-        return [(row[0], float(row[1])) for row in rows]
-
-    return run
+#: The service's weight of the lexical ranking in the fusion.
+LEXICAL_WEIGHT = MemorySettings().weight_lexical_rank
 
 
-def fuse(dense: list[str], lexical: list[str], lexical_weight: float = 1.0) -> dict[str, float]:
-    """Weighted reciprocal rank fusion, normalized like services.retrieval.fusion.rrf_normalized
-    (with weight 1.0 it is exactly that)."""
-    if lexical_weight == 1.0:
-        return rrf_normalized([dense, lexical])
-    scores: dict[str, float] = {}
-    for weight, ranking in ((1.0, dense), (lexical_weight, lexical)):
-        for rank, item in enumerate(dict.fromkeys(ranking), start=1):
-            scores[item] = scores.get(item, 0.0) + weight / (RRF_K + rank)
-    best = (1.0 + lexical_weight) / (RRF_K + 1)
-    return {item: score / best for item, score in sorted(scores.items(), key=lambda kv: -kv[1])}
+def fuse(dense: list[str], lexical: list[str], lexical_weight: float = LEXICAL_WEIGHT) -> dict[str, float]:
+    """Reciprocal rank fusion as the service computes it (services.retrieval.fusion.rrf_normalized)."""
+    return rrf_normalized([dense, lexical], weights=[1.0, lexical_weight])
 
 
 async def final_order(store: MemoryStore, owner: Owner, fused: dict[str, float], now: int) -> list[str]:
@@ -209,26 +182,26 @@ async def offline_rankings(data_dir: Path, questions: list[Question]) -> dict[st
             owner = Owner(APP, q.user, f"{q.user}-questions")
             now = time.time_ns() // 1000
             vector = await embedder.embed_one(q.text)
-            hits = await index.query(collection(APP), vector, DEPTH, where(owner, t.LONG))
+            hits = await index.query(vector_collection(APP, q.user, t.LONG, ""), vector, DEPTH)
             dense = [i for i, _ in hits]
             lexical = [i for i, _ in await store.lexical(owner, t.LONG, q.text, DEPTH, now)]
-            per_user = [i for i, _ in await db.read(per_user_fts(owner, q.text, DEPTH))]
-            content = without_stop_words(q.text)
-            no_stop = (
-                [i for i, _ in await store.lexical(owner, t.LONG, content, DEPTH, now)] if content else []
-            )
+            with_stop = [
+                i for i, _ in await store.lexical(owner, t.LONG, q.text, DEPTH, now, keep_stop_words=True)
+            ]
             lists = {
                 "dense-only": dense,
                 "lexical-only": lexical,
                 "hybrid (recomputed)": await final_order(store, owner, fuse(dense, lexical), now),
-                "what-if: lexical, per-user FTS": per_user,
-                "what-if: hybrid, per-user FTS": await final_order(store, owner, fuse(dense, per_user), now),
-                "what-if: lexical, no stop words": no_stop,
-                "what-if: hybrid, no stop words": await final_order(store, owner, fuse(dense, no_stop), now),
-                "what-if: hybrid, lexical weight 0.5": await final_order(
-                    store, owner, fuse(dense, lexical, 0.5), now
+                "what-if: lexical, stop words kept": with_stop,
+                "what-if: hybrid, equal weights": await final_order(
+                    store, owner, fuse(dense, lexical, 1.0), now
                 ),
-                "what-if: hybrid, both": await final_order(store, owner, fuse(dense, no_stop, 0.5), now),
+                "what-if: hybrid, stop words kept": await final_order(
+                    store, owner, fuse(dense, with_stop), now
+                ),
+                "what-if: hybrid, both (as before)": await final_order(
+                    store, owner, fuse(dense, with_stop, 1.0), now
+                ),
             }
             for name, ranked in lists.items():
                 out.setdefault(name, []).append(ranked)
@@ -352,11 +325,6 @@ def main() -> None:
     print(
         f"\nThe recomputed hybrid has the service's top 5 for {same}/{len(questions)} questions "
         "(differences: ties, and memories changed between the two runs; none are changed here)."
-    )
-    print(
-        "lexical-only is the store's own query: FTS5 MATCH over every user's memories, LIMIT 4 x depth,\n"
-        "then the user filter. 'per-user FTS' applies the user filter inside the query (what a per-user\n"
-        "candidate list would give); the gap between the two is what the global cut loses."
     )
 
 

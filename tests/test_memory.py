@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from services.common.config import ServerSettings
+from services.retrieval.embeddings import LocalEmbedder
 from sessionkit import AsyncSession, InvalidArgument, NotFound, NotImplementedByServer, Session
 from tests.chroma_server import chroma_server  # noqa: F401 - fixture
 from tests.conftest import _truncate
@@ -126,6 +127,41 @@ def test_near_duplicates_are_merged_keeping_the_higher_quality(memory_server: Se
     assert merged["quality_score"] == 0.9
     assert len(s.list_memories()) == 1
     assert [c["operation"] for c in s.memory_history(first["id"])] == ["ADD", "MERGE"]
+
+
+# Pairs the embedding model finds near-identical (cosine >= the 0.93 merge threshold, checked below)
+# that state different facts: merging the second into the first would lose it.
+DIFFERENT_DETAILS = [
+    ("My dentist appointment is on Tuesday at 3 pm.", "My dentist appointment is on Friday at 10 am."),
+    (
+        "Can you give me three ideas for a Saturday dinner?",
+        "Can you give me three ideas for a Wednesday dinner?",
+    ),
+    ("I have a meeting with the design team at 2 pm.", "I have a meeting with the design team at 4 pm."),
+    ("My flight to Tokyo is on May 3rd.", "My flight to Tokyo is on May 5th."),
+    ("Remind me to call the plumber tomorrow morning", "Remind me to call the plumber tomorrow evening"),
+    ("I am allergic to peanuts.", "I am not allergic to peanuts."),
+]
+
+
+async def test_the_premise_those_pairs_are_above_the_merge_threshold() -> None:
+    embedder = LocalEmbedder()
+    for first, second in DIFFERENT_DETAILS:
+        a, b = await embedder.embed([first, second])
+        assert sum(x * y for x, y in zip(a, b, strict=True)) >= 0.93, (first, second)
+
+
+@pytest.mark.parametrize(("first", "second"), DIFFERENT_DETAILS)
+def test_near_duplicates_with_different_details_are_both_kept(
+    memory_server: ServerThread, first: str, second: str
+) -> None:
+    s = session(memory_server)
+    old = s.store_long_memory(first)
+    new = s.store_long_memory(second)
+    assert old is not None and new is not None
+    assert new["merged"] is False and new["id"] != old["id"] and new["text"] == second
+    assert sorted(m["text"] for m in s.list_memories()) == sorted([first, second])
+    assert [c["operation"] for c in s.memory_history(old["id"])] == ["ADD"]  # the old one untouched
 
 
 def test_search_filters_and_ranking(memory_server: ServerThread) -> None:

@@ -8,11 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 
-from services.memory.service import collection
+from services.memory import tables as t
+from services.memory.store import vector_collection
 from services.retrieval.vector_index import ChromaIndex
 from sessionkit import RetryPolicy, ServiceUnavailable, Session
+from sessionkit.v1 import common_pb2, memory_pb2, memory_pb2_grpc
 from tests.conftest import free_port
 from tests.servers import child_env, wait_serving
 
@@ -37,7 +40,8 @@ def serve(data_dir: Path, port: int, **env: str) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    wait_serving(f"127.0.0.1:{port}", timeout=60)
+    # The restarted server applies the outbox before serving, loading the model: slow on a busy machine.
+    wait_serving(f"127.0.0.1:{port}", timeout=180)
     return proc
 
 
@@ -46,8 +50,10 @@ def test_crash_between_row_and_vector_is_repaired_on_restart(tmp_path: Path) -> 
     port = free_port()
     crashing = serve(tmp_path, port, SESSIONKIT_FAILPOINT="memory.after_row_commit")
     try:
+        # A generous deadline: this first add loads the model in the child process (over 10 s while
+        # other jobs load the machine); the death at the failpoint is what must end the call.
         s = Session(
-            "s1", user_id="u1", address=f"127.0.0.1:{port}", timeout=10, retry=RetryPolicy(max_attempts=1)
+            "s1", user_id="u1", address=f"127.0.0.1:{port}", timeout=60, retry=RetryPolicy(max_attempts=1)
         )
         with pytest.raises(ServiceUnavailable):
             s.store_long_memory("Penguins huddle together to survive Antarctic winters")
@@ -71,8 +77,48 @@ def test_crash_between_row_and_vector_is_repaired_on_restart(tmp_path: Path) -> 
     async def vector_ids() -> set[str]:
         index = ChromaIndex.embedded(tmp_path / "chroma")
         try:
-            return await index.ids(collection("default"))
+            return await index.ids(vector_collection("default", "u1", t.LONG, "s1"))
         finally:
             await index.close()
 
     assert asyncio.run(vector_ids()) == {memories[0]["id"]}  # no orphan, none missing
+
+
+@pytest.mark.slow
+def test_crash_after_a_batch_commit_is_repaired_on_restart(tmp_path: Path) -> None:
+    texts = ["Keeps bees on the roof", "Learning Portuguese on Tuesdays", "Allergic to penicillin"]
+    request = memory_pb2.AddMemoriesRequest(
+        session=common_pb2.SessionRef(app_name="default", user_id="u2", session_id="s1"),
+        memories=[memory_pb2.NewMemory(text=text) for text in texts],
+    )
+    port = free_port()
+    crashing = serve(tmp_path, port, SESSIONKIT_FAILPOINT="memory.after_row_commit")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = memory_pb2_grpc.MemoryServiceStub(channel)  # type: ignore[no-untyped-call]
+            with pytest.raises(grpc.RpcError):
+                stub.AddMemories(request, timeout=60)
+        assert crashing.wait(timeout=30) == 137  # died after the batch's commit, before its vectors
+    finally:
+        crashing.kill()
+        crashing.wait()
+
+    port = free_port()
+    restarted = serve(tmp_path, port)
+    try:
+        s = Session("s1", user_id="u2", address=f"127.0.0.1:{port}", timeout=30)
+        memories = {m["text"]: m["id"] for m in s.list_memories()}
+        assert sorted(memories) == sorted(texts)
+        assert s.search_memory("beekeeping", memory_type="long", limit=1)[0]["id"] == memories[texts[0]]
+    finally:
+        restarted.terminate()
+        assert restarted.wait(timeout=30) == 0
+
+    async def vector_ids() -> set[str]:
+        index = ChromaIndex.embedded(tmp_path / "chroma")
+        try:
+            return await index.ids(vector_collection("default", "u2", t.LONG, "s1"))
+        finally:
+            await index.close()
+
+    assert asyncio.run(vector_ids()) == set(memories.values())

@@ -282,7 +282,7 @@ async def test_records_expire_and_are_purged(tmp_path: Path) -> None:
     await db.close()
 
 
-async def test_migration_0002_upgrades_a_0001_database(tmp_path: Path) -> None:
+async def test_migrations_upgrade_a_0001_database(tmp_path: Path) -> None:
     from services.memory.store import MIGRATIONS, VERSION_TABLE
 
     db = Database(f"sqlite:///{tmp_path / 'old.db'}")
@@ -294,6 +294,12 @@ async def test_migration_0002_upgrades_a_0001_database(tmp_path: Path) -> None:
                 "INSERT INTO sk_memories (id, app_name, user_id, session_id, memory_type, scope, text, "
                 "content_hash, quality, metadata, create_us, update_us, expire_us, revision) VALUES "
                 "('m-old', 'app', 'u', 's', 2, '', 'kept', 'h', 0.5, '{}', 1, 1, NULL, 1)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO sk_memory_outbox (memory_id, app_name, action, create_us) "
+                "VALUES ('m-old', 'app', 'upsert', 1)"
             )
         )
 
@@ -308,7 +314,10 @@ async def test_migration_0002_upgrades_a_0001_database(tmp_path: Path) -> None:
         return version, columns, texts
 
     version, columns, texts = await db.read(check)
-    assert version == "m0002"
+    assert version == "m0003"
     assert columns == ["app_name", "user_id", "key", "method", "response", "create_us"]
     assert texts == ["kept"]
+    # m0003: outbox entries say which partition their vector is in; an older entry has none.
+    (entry,) = await store.pending()
+    assert (entry.memory_id, entry.action, entry.vector_collection) == ("m-old", "upsert", None)
     await db.close()

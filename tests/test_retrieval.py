@@ -35,7 +35,13 @@ from services.retrieval.fusion import (
     rrf,
     rrf_normalized,
 )
-from services.retrieval.vector_index import ChromaIndex, collection_name, index_from_url
+from services.retrieval.vector_index import (
+    ChromaIndex,
+    collection_name,
+    index_from_url,
+    partition,
+    partition_prefix,
+)
 from sessionkit.errors import FailedPrecondition, InvalidArgument, ServiceUnavailable
 from tests.chroma_server import ChromaServer, chroma_server, free_port  # noqa: F401
 
@@ -602,6 +608,51 @@ def test_index_from_url() -> None:
         assert caught.value.violations[0].field == "vector_url"
 
 
+async def test_partitions_are_separate_collections_found_by_prefix(index: ChromaIndex) -> None:
+    base = unique()
+    alice, bob = partition(base, "alice", "long"), partition(base, "bob", "long")
+    await index.upsert(alice, ["a1", "a2"], [unit(1, 0), unit(0, 1)], [{"n": 1}, {"n": 2}])
+    await index.upsert(bob, ["b1"], [unit(1, 0)], [{}])
+    # A query of one partition sees only its vectors, with no filter.
+    assert [i for i, _ in await index.query(alice, unit(1, 0), 10)] == ["a1", "a2"]
+    assert [i for i, _ in await index.query(bob, unit(1, 0), 10)] == ["b1"]
+    # Key tuples that would read alike never share a partition.
+    assert len({partition(base, "a/b", "c"), partition(base, "a", "b/c"), partition(base, "a/b/c")}) == 3
+    assert partition(base, "u") != partition(base + "/u")
+    assert await index.collections(partition_prefix(base)) == sorted([alice, bob])
+    assert await index.collections(partition_prefix(base, "alice")) == [alice]
+    assert await index.exists(alice) and not await index.exists(partition(base, "carol", "long"))
+    # Reads never create a partition.
+    assert await index.query(partition(base, "carol", "long"), unit(1, 0), 3) == []
+    assert not await index.exists(partition(base, "carol", "long"))
+    await index.drop(alice)
+    assert await index.collections(partition_prefix(base)) == [bob]
+
+
+async def test_query_many_answers_each_vector_in_order(index: ChromaIndex) -> None:
+    coll = unique()
+    await index.upsert(coll, ["x", "y"], [unit(1, 0, 0), unit(0, 1, 0)], [{}, {}])
+    found = await index.query_many(coll, [unit(0, 1, 0), unit(1, 0.1, 0), unit(0, 0, 1)], 1)
+    assert [[i for i, _ in hits] for hits in found] == [["y"], ["x"], [found[2][0][0]]]
+    assert found[0][0][1] == pytest.approx(1.0, abs=1e-5)
+    assert await index.query_many(unique(), [unit(1, 0, 0)], 1) == [[]]  # a missing collection
+    assert await index.query_many(coll, [], 1) == []
+
+
+async def test_entries_page_through_a_collection(index: ChromaIndex) -> None:
+    coll = unique()
+    ids = [f"id{n:02d}" for n in range(25)]
+    await index.upsert(coll, ids, [unit(1, n) for n in range(25)], [{"n": n} for n in range(25)])
+    seen = []
+    for offset in range(0, 30, 10):
+        seen.extend(await index.entries(coll, offset, 10))
+    assert sorted(e.id for e in seen) == ids
+    by_id = {e.id: e for e in seen}
+    assert by_id["id07"].metadata == {"n": 7}
+    assert cosine(by_id["id07"].vector, unit(1, 7)) == pytest.approx(1.0, abs=1e-5)
+    assert await index.entries(unique(), 0, 10) == []
+
+
 # -- fusion ----------------------------------------------------------------------------------------------
 
 
@@ -637,3 +688,22 @@ def test_normalized_rrf_and_the_final_score() -> None:
     ) == pytest.approx(0.65)
     # A fresher, better item outranks an equally relevant stale one.
     assert fused_score(0.6, 0.9, recency(1, 30)) > fused_score(0.6, 0.9, recency(90, 30))
+
+
+def test_weighted_rrf_discounts_a_ranking() -> None:
+    # The memory service weights its lexical ranking 0.5: the item first by meaning (10th lexically)
+    # then beats one 8th by meaning that is first lexically, which equal weights rank first.
+    dense = ["answer"] + [f"d{n}" for n in range(6)] + ["keyword"]
+    lexical = ["keyword"] + [f"l{n}" for n in range(8)] + ["answer"]
+    equal = rrf_normalized([dense, lexical])
+    weighted = rrf_normalized([dense, lexical], weights=[1.0, 0.5])
+    assert next(iter(equal)) == "keyword"
+    assert next(iter(weighted)) == "answer"
+    assert weighted["answer"] == pytest.approx((1 / 61 + 0.5 / 70) / (1.5 / 61))
+    assert rrf_normalized([["a"], ["a"]], weights=[1.0, 0.5])["a"] == pytest.approx(1.0)
+    assert best_rrf(2, weights=[1.0, 0.5]) == pytest.approx(1.5 / 61)
+    assert rrf([["a"], ["b"]], weights=[1.0, 0.0])["b"] == 0.0
+    with pytest.raises(ValueError):
+        rrf([["a"], ["b"]], weights=[1.0])
+    with pytest.raises(ValueError):
+        rrf([["a"]], weights=[-1.0])

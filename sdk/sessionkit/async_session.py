@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 from urllib.parse import urlparse
 
 from sessionkit.agent import AsyncAgent
@@ -558,12 +558,40 @@ class AsyncSession:
         returns how many sources were deleted."""
         return await self._knowledge.clear(self._ref, scope, collection)
 
-    async def clear_memory(self, memory_type: str = "all") -> int:
+    async def clear_memory(
+        self, memory_type: str = "all", metadata_filter: dict[str, Any] | None = None
+    ) -> int:
         """Delete this session's short-term memories ("short"), this user's long-term ones ("long"), or
-        both ("all"). Returns how many were deleted."""
+        both ("all"); with ``metadata_filter``, only those whose metadata has these exact values.
+        Returns how many were deleted."""
         if not self._check_memory():
             return 0
+        if metadata_filter:
+            if not isinstance(self._memory, MemoryClient):
+                raise NotImplementedByServer(
+                    "clear_memory(metadata_filter=...) is not available on a remote session",
+                    reason="NOT_AVAILABLE_REMOTELY",
+                )
+            return await self._memory.clear(self._ref, memory_type, metadata_filter=metadata_filter)
         return await self._memory.clear(self._ref, memory_type)
+
+    async def add_memories(
+        self, memories: list[Any], memory_type: str = "long"
+    ) -> list[dict[str, Any]] | None:
+        """Store many memories in one call (one transaction, one batched embedding): texts, or dicts
+        {"text", "memory_type", "quality_score", "metadata"}. One memory dict per item, in order, with
+        "deduplicated" / "merged". None when memory_config's provider is "none"."""
+        if not self._check_memory():
+            return None
+        if self.memory_provider == "mem0" or not isinstance(self._memory, MemoryClient):
+            # Extraction is per turn, and the REST API adds one memory per request.
+            out: list[dict[str, Any]] = []
+            for m in memories:
+                text = m if isinstance(m, str) else m["text"]
+                added = await self.add_memory(text, memory_type)
+                out.append(added or {})
+            return out
+        return await self._memory.add_many(self._ref, memories, memory_type)
 
     async def get_memory(self, memory_id: str) -> dict[str, Any]:
         return await self._memory.get(self._ref, memory_id)
@@ -634,24 +662,45 @@ class AsyncSession:
             return False
         return await self._remote.health()
 
-    async def chat(self, message: str, **kwargs: Any) -> str:
+    @overload
+    async def chat(self, message: str, *, stream: Literal[False] = False, **kwargs: Any) -> str: ...
+
+    @overload
+    async def chat(self, message: str, *, stream: Literal[True], **kwargs: Any) -> AsyncIterator[str]: ...
+
+    async def chat(self, message: str, *, stream: bool = False, **kwargs: Any) -> str | AsyncIterator[str]:
         """Send ``message`` to the remote agent (the remote agent protocol, with this session's
         session_id and user_id as context) and return its answer. ``kwargs`` are added to the request
         body (e.g. ``agent="Researcher"``, ``options={...}``). Retried on connection failures,
         502/503/504 and 429; raises ``ConnectionError`` (:class:`RemoteConnectionError`) when the agent
-        cannot be reached within ``timeout``, a typed error when it refuses the request."""
+        cannot be reached within ``timeout``, a typed error when it refuses the request.
+
+        ``stream=True``: an async iterator of the reply's text pieces as the agent produces them
+        (``async for piece in await session.chat("hi", stream=True)``)."""
         if self._remote is None:
             raise FailedPrecondition(
                 "chat() talks to a remote agent: create the session with agent_url= (or remote_url=); "
                 "for a local agent use session.Agent(...).chat()",
                 reason="NOT_REMOTE",
             )
+        if stream:
+            return self._remote.chat_stream(self.session_id, self.user_id, message, kwargs)
         answer = await self._remote.chat(self.session_id, self.user_id, message, kwargs)
         return str(answer["response"])
 
-    async def send_message(self, message: str, **kwargs: Any) -> str:
+    @overload
+    async def send_message(self, message: str, *, stream: Literal[False] = False, **kwargs: Any) -> str: ...
+
+    @overload
+    async def send_message(
+        self, message: str, *, stream: Literal[True], **kwargs: Any
+    ) -> AsyncIterator[str]: ...
+
+    async def send_message(
+        self, message: str, *, stream: bool = False, **kwargs: Any
+    ) -> str | AsyncIterator[str]:
         """The ADK-style name of :meth:`chat`."""
-        return await self.chat(message, **kwargs)
+        return await self.chat(message, stream=stream, **kwargs)  # type: ignore[call-overload,no-any-return]
 
     # -- the session itself -------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ Stub = memory_pb2_grpc.MemoryServiceStub
 TYPES = {"short": memory_pb2.MEMORY_TYPE_SHORT, "long": memory_pb2.MEMORY_TYPE_LONG, "all": 0}
 NAMES = {memory_pb2.MEMORY_TYPE_SHORT: "short", memory_pb2.MEMORY_TYPE_LONG: "long"}
 MESSAGE_KEYS = {"role", "content", "name"}
+NEW_MEMORY_KEYS = {"text", "memory_type", "quality_score", "metadata"}
 
 
 def memory_type(value: str, field: str = "memory_type", allow_all: bool = True) -> int:
@@ -150,6 +151,70 @@ class MemoryClient:
         out["merged"] = reply.merged
         return out
 
+    async def add_many(
+        self,
+        ref: SessionRef,
+        memories: Any,
+        kind: str = "long",
+        skip_merge: bool = False,
+        idempotency_key: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Store many memories in one call (one transaction, one batched embedding on the server).
+        ``memories``: texts, or dicts ``{"text", "memory_type", "quality_score", "metadata"}`` (only
+        "text" required; ``kind`` is the default memory type). Returns one memory dict per item, in
+        order, each with ``deduplicated`` and ``merged`` as ``add`` returns them."""
+        if not isinstance(memories, (list, tuple)) or not memories:
+            raise InvalidArgument(
+                "memories must be a non-empty list of texts or dicts",
+                violations=[FieldViolation("memories", "at least one memory")],
+            )
+        items: list[memory_pb2.NewMemory] = []
+        for n, item in enumerate(memories):
+            where = f"memories[{n}]"
+            if isinstance(item, str):
+                item = {"text": item}
+            if not isinstance(item, dict):
+                raise InvalidArgument(
+                    f"{where} must be a str or a dict",
+                    violations=[FieldViolation(where, "a text, or {'text': ..., 'metadata': ...}")],
+                )
+            unknown = set(item) - NEW_MEMORY_KEYS
+            if unknown:
+                raise InvalidArgument(
+                    f"{where} has unknown keys {sorted(unknown)}",
+                    violations=[FieldViolation(where, f"allowed keys: {', '.join(sorted(NEW_MEMORY_KEYS))}")],
+                )
+            text = item.get("text")
+            if not isinstance(text, str):
+                raise InvalidArgument(
+                    f"{where}.text must be a str", violations=[FieldViolation(f"{where}.text", "a string")]
+                )
+            items.append(
+                memory_pb2.NewMemory(
+                    text=text,
+                    memory_type=memory_type(  # type: ignore[arg-type]
+                        item.get("memory_type", kind), f"{where}.memory_type", allow_all=False
+                    ),
+                    quality_score=item.get("quality_score"),
+                    metadata=_struct(item.get("metadata"), f"{where}.metadata"),
+                )
+            )
+        request = memory_pb2.AddMemoriesRequest(
+            session=ref.message,
+            memories=items,
+            skip_merge=skip_merge,
+            actor="user",
+            idempotency_key=_key(idempotency_key),
+        )
+        reply = await self._call("AddMemories", request)
+        out: list[dict[str, Any]] = []
+        for result in reply.results:
+            memory = memory_dict(result.memory)
+            memory["deduplicated"] = result.deduplicated
+            memory["merged"] = result.merged
+            out.append(memory)
+        return out
+
     async def search(
         self,
         ref: SessionRef,
@@ -214,12 +279,22 @@ class MemoryClient:
             ),
         }
 
-    async def clear(self, ref: SessionRef, kind: str = "all", idempotency_key: str | None = None) -> int:
+    async def clear(
+        self,
+        ref: SessionRef,
+        kind: str = "all",
+        idempotency_key: str | None = None,
+        metadata_filter: dict[str, JsonValue] | None = None,
+    ) -> int:
+        """Delete this session's short-term and/or this user's long-term memories (only those whose
+        metadata has these exact values, with ``metadata_filter``); returns how many."""
         request = memory_pb2.ClearMemoriesRequest(
             session=ref.message,
             memory_type=memory_type(kind),  # type: ignore[arg-type]
             idempotency_key=_key(idempotency_key),
         )
+        if metadata_filter:
+            request.metadata_filter.CopyFrom(_struct(metadata_filter, "metadata_filter"))
         return int((await self._call("ClearMemories", request)).deleted_count)
 
     async def get(self, ref: SessionRef, memory_id: str) -> dict[str, Any]:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from sessionkit import _loop, agent_sync
 from sessionkit.async_session import AsyncSession
@@ -265,10 +265,15 @@ class Session:
 
     clear_knowledge.__doc__ = AsyncSession.clear_knowledge.__doc__
 
-    def clear_memory(self, memory_type: str = "all") -> int:
-        return _loop.run(self._async.clear_memory(memory_type))
+    def clear_memory(self, memory_type: str = "all", metadata_filter: dict[str, Any] | None = None) -> int:
+        return _loop.run(self._async.clear_memory(memory_type, metadata_filter))
 
     clear_memory.__doc__ = AsyncSession.clear_memory.__doc__
+
+    def add_memories(self, memories: list[Any], memory_type: str = "long") -> list[dict[str, Any]] | None:
+        return _loop.run(self._async.add_memories(memories, memory_type))
+
+    add_memories.__doc__ = AsyncSession.add_memories.__doc__
 
     def get_memory(self, memory_id: str) -> dict[str, Any]:
         return _loop.run(self._async.get_memory(memory_id))
@@ -351,14 +356,31 @@ class Session:
 
     test_remote_connection.__doc__ = AsyncSession.test_remote_connection.__doc__
 
-    def chat(self, message: str, **kwargs: Any) -> str:
-        return _loop.run(self._async.chat(message, **kwargs))
+    @overload
+    def chat(self, message: str, *, stream: Literal[False] = False, **kwargs: Any) -> str: ...
 
-    chat.__doc__ = AsyncSession.chat.__doc__
+    @overload
+    def chat(self, message: str, *, stream: Literal[True], **kwargs: Any) -> Iterator[str]: ...
 
-    def send_message(self, message: str, **kwargs: Any) -> str:
+    def chat(self, message: str, *, stream: bool = False, **kwargs: Any) -> str | Iterator[str]:
+        """Send ``message`` to the remote agent and return its answer (see AsyncSession.chat).
+        ``stream=True``: a blocking iterator of the reply's text pieces as they arrive
+        (``for piece in session.chat("hi", stream=True): ...``)."""
+        if stream:
+            pieces: AsyncIterator[str] = _loop.run(self._async.chat(message, stream=True, **kwargs))
+            return _loop.iterate(pieces)
+        answer: str = _loop.run(self._async.chat(message, **kwargs))
+        return answer
+
+    @overload
+    def send_message(self, message: str, *, stream: Literal[False] = False, **kwargs: Any) -> str: ...
+
+    @overload
+    def send_message(self, message: str, *, stream: Literal[True], **kwargs: Any) -> Iterator[str]: ...
+
+    def send_message(self, message: str, *, stream: bool = False, **kwargs: Any) -> str | Iterator[str]:
         """The ADK-style name of :meth:`chat`."""
-        return self.chat(message, **kwargs)
+        return self.chat(message, stream=stream, **kwargs)  # type: ignore[call-overload,no-any-return]
 
     # -- the session itself --------------------------------------------------------------------------
 

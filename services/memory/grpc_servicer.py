@@ -11,7 +11,7 @@ from google.protobuf.message import Message as ProtoMessage
 
 from services.memory import tables as t
 from services.memory.extraction import Message
-from services.memory.service import AddResult, ExtractResult, Hit, MemoryService, Operation
+from services.memory.service import AddResult, ExtractResult, Hit, MemoryService, NewMemory, Operation
 from services.memory.store import ChangeRecord, Idempotency, MemoryRecord, Owner, Replayed
 from services.state.service import session_key
 from sessionkit.errors import FieldViolation, InvalidArgument
@@ -172,6 +172,27 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             ),
         )
 
+    async def AddMemories(self, request: memory_pb2.AddMemoriesRequest, context: Context) -> Any:
+        owner = owner_of(request.session)
+        items = [
+            NewMemory(
+                m.text,
+                _type(m.memory_type, f"memories[{n}].memory_type") or t.LONG,
+                _optional(m, "quality_score"),
+                from_struct(m.metadata),
+            )
+            for n, m in enumerate(request.memories)
+        ]
+        return await idempotent(
+            request.idempotency_key,
+            "AddMemories",
+            memory_pb2.AddMemoriesResponse,
+            lambda results: memory_pb2.AddMemoriesResponse(results=[add_response(r) for r in results]),
+            lambda idem: self.service.add_many(
+                owner, items, request.actor or "user", request.skip_merge, idem
+            ),
+        )
+
     async def GetMemory(self, request: memory_pb2.GetMemoryRequest, context: Context) -> Any:
         record = await self.service.get(owner_of(request.session), request.memory_id)
         return memory_pb2.GetMemoryResponse(memory=memory_message(record))
@@ -227,19 +248,17 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         )
 
     async def ClearMemories(self, request: memory_pb2.ClearMemoriesRequest, context: Context) -> Any:
-        if request.HasField("metadata_filter") and request.metadata_filter.fields:
-            raise InvalidArgument(
-                "clearing by metadata_filter is not supported yet",
-                violations=[FieldViolation("metadata_filter", "delete the matching memories one by one")],
-            )
         owner = owner_of(request.session)
         memory_type = _type(request.memory_type)
+        metadata_filter = (
+            from_struct(request.metadata_filter) if request.HasField("metadata_filter") else None
+        )
         return await idempotent(
             request.idempotency_key,
             "ClearMemories",
             memory_pb2.ClearMemoriesResponse,
             lambda count: memory_pb2.ClearMemoriesResponse(deleted_count=count),
-            lambda idem: self.service.clear(owner, memory_type, "user", idem),
+            lambda idem: self.service.clear(owner, memory_type, "user", idem, metadata_filter),
         )
 
     async def ListMemoryChanges(self, request: memory_pb2.ListMemoryChangesRequest, context: Context) -> Any:

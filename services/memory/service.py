@@ -19,8 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import numpy as np
+
 from services.common import failpoints, paging
 from services.memory import tables as t
+from services.memory.batching import EmbeddingBatcher
 from services.memory.extraction import FactExtractor, MalformedOutput, Message, ProposedOperation
 from services.memory.store import (
     MERGE,
@@ -29,11 +32,15 @@ from services.memory.store import (
     Idempotency,
     MemoryRecord,
     MemoryStore,
+    MergeInto,
     Owner,
+    app_collection,
+    owner_collections,
 )
+from services.memory.tokens import details_differ
 from services.retrieval.embeddings import Embedder
 from services.retrieval.fusion import FusionWeights, fused_score, recency, rrf_normalized
-from services.retrieval.vector_index import VectorIndex
+from services.retrieval.vector_index import VectorIndex, partition, partition_prefix
 from sessionkit.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from sessionkit.jsonvalues import JsonValue, check_json
 
@@ -71,6 +78,11 @@ class MemorySettings:
     weight_quality: float = 0.15
     weight_recency: float = 0.10
     recency_half_life_days: float = 30.0
+    #: Weight of the lexical ranking in the reciprocal rank fusion (the dense ranking's is 1): on
+    #: paraphrased questions the lexical list is mostly noise (docs/MEMORY.md, "Retrieval quality").
+    weight_lexical_rank: float = 0.5
+    #: Most memories one AddMemories call may carry.
+    max_batch_items: int = 1000
     #: Seconds between purges of idempotency records older than 24 hours.
     purge_interval_seconds: float = 300.0
     #: Existing memories shown to the extraction LLM (the best matches of the turn).
@@ -123,17 +135,19 @@ def _then(idem: Idempotency[R] | None, convert: Callable[[S], R]) -> Idempotency
     return None if idem is None else idem.before(convert)
 
 
-def collection(app_name: str) -> str:
-    return f"memories:{app_name}"
+@dataclass(frozen=True)
+class NewMemory:
+    """One item of a batch add (AddMemories)."""
+
+    text: str
+    memory_type: int = t.LONG
+    quality: float | None = None
+    metadata: JsonObject | None = None
 
 
-def buckets(owner: Owner, memory_type: int | None) -> list[str]:
-    short, long = f"short:{owner.session_id}", "long"
-    return [short] if memory_type == t.SHORT else [long] if memory_type == t.LONG else [short, long]
-
-
-def where(owner: Owner, memory_type: int | None) -> dict[str, Any]:
-    return {"$and": [{"user_id": owner.user_id}, {"bucket": {"$in": buckets(owner, memory_type)}}]}
+#: Nearest neighbours looked at for a near-duplicate merge: the nearest may differ in a detail while
+#: the next is a true rewording.
+MERGE_CANDIDATES = 3
 
 
 class MemoryService:
@@ -153,10 +167,14 @@ class MemoryService:
         self.extractor = extractor
         self._drain_lock = asyncio.Lock()
         self._purger: asyncio.Task[None] | None = None
+        #: Concurrent single adds share one model call (see services/memory/batching.py).
+        self._add_embedder = EmbeddingBatcher(embedder)
 
     async def start(self) -> None:
-        """Migrate, then apply what a crash left in the outbox (rows written, vectors not yet)."""
+        """Migrate the rows, move vectors of the single collection of old into partitions, then apply
+        what a crash left in the outbox (rows written, vectors not yet)."""
         await self.store.start()
+        await self.migrate_vectors()
         await self.drain_outbox()
         self._purger = asyncio.create_task(self._purge_forever(self.settings.purge_interval_seconds))
 
@@ -208,11 +226,12 @@ class MemoryService:
             if idem is not None:
                 await self.store.remember(owner, idem, result, now_us())
             return result
-        vector = await self.embedder.embed_one(text)
+        vector = await self._add_embedder.embed_one(text)
         if not skip_merge and self.settings.merge_threshold < 1.0:
             merged = await self._merge_into_neighbour(
                 owner,
                 memory_type,
+                text,
                 vector,
                 quality,
                 meta,
@@ -221,9 +240,29 @@ class MemoryService:
             )
             if merged is not None:
                 return AddResult(merged, merged=True)
-        now = now_us()
+        record = self._new_record(owner, memory_type, text, digest, quality, meta, now_us())
+        outcome: AddOutcome = await self.store.add(
+            record,
+            actor,
+            self.settings.short_window,
+            _then(idem, lambda o: AddResult(o.memory, deduplicated=o.deduplicated, evicted=o.evicted)),
+        )
+        failpoints.hit("memory.after_row_commit")
+        await self.drain_outbox({outcome.memory.id: (outcome.memory.content_hash, vector)})
+        return AddResult(outcome.memory, deduplicated=outcome.deduplicated, evicted=outcome.evicted)
+
+    def _new_record(
+        self,
+        owner: Owner,
+        memory_type: int,
+        text: str,
+        digest: str,
+        quality: float,
+        meta: JsonObject,
+        now: int,
+    ) -> MemoryRecord:
         ttl = self.settings.short_ttl_seconds if memory_type == t.SHORT else None
-        record = MemoryRecord(
+        return MemoryRecord(
             id="m-" + uuid.uuid4().hex,
             app_name=owner.app_name,
             user_id=owner.user_id,
@@ -238,15 +277,175 @@ class MemoryService:
             expire_us=None if ttl is None else now + ttl * 1_000_000,
             revision=1,
         )
-        outcome: AddOutcome = await self.store.add(
-            record,
+
+    async def add_many(
+        self,
+        owner: Owner,
+        items: list[NewMemory],
+        actor: str = "",
+        skip_merge: bool = False,
+        idem: Idempotency[list[AddResult]] | None = None,
+    ) -> list[AddResult]:
+        """Store many memories in one transaction, with one batched embedding and one vector write per
+        partition: the results are in the order of ``items``, each as :meth:`add` would answer it.
+        Exact duplicates (of stored memories or of an earlier item) are deduplicated; a near-duplicate
+        of a stored memory is merged into it, and one of an earlier item of the batch is folded into
+        that item (the higher quality and combined metadata are stored with its ADD)."""
+        checked = self._check_batch(items)
+        await self._replay(owner, idem)
+        now = now_us()
+        digests = [content_hash(text) for text, _, _, _ in checked]
+        stored = await self.store.by_hashes(owner, sorted(set(digests)), now)
+        # Texts to embed: not stored yet, first occurrence in the batch only.
+        first_of: dict[tuple[int, str], int] = {}
+        todo: list[int] = []
+        for n, ((_, kind, _, _), digest) in enumerate(zip(checked, digests, strict=True)):
+            if (kind, digest) in stored or (kind, digest) in first_of:
+                continue
+            first_of[(kind, digest)] = n
+            todo.append(n)
+        vectors = await self.embedder.embed([checked[n][0] for n in todo]) if todo else []
+        vector_of = dict(zip(todo, vectors, strict=True))
+        merge_target = {} if skip_merge else await self._batch_merge_targets(owner, checked, todo, vector_of)
+        # Plan: one store item per batch item, in order (duplicates resolve to the first occurrence).
+        plan: list[MemoryRecord | MergeInto] = []
+        slot: dict[int, int] = {}  # batch item -> its store item
+        folded: dict[int, int] = {}  # batch item -> the earlier batch item it was folded into
+        records: dict[int, MemoryRecord] = {}
+        for n in todo:
+            text, kind, quality, meta = checked[n]
+            target = merge_target.get(n)
+            if isinstance(target, int):  # an earlier item of this batch
+                base = records[target]
+                base.quality = max(base.quality, quality)
+                base.metadata = {**meta, **base.metadata}
+                folded[n] = target
+                continue
+            record = self._new_record(owner, kind, text, digests[n], quality, meta, now)
+            records[n] = record
+            slot[n] = len(plan)
+            plan.append(record if target is None else MergeInto(target, quality, meta, record))
+        outcomes = await self.store.add_many(
+            owner,
+            plan,
             actor,
             self.settings.short_window,
-            _then(idem, lambda o: AddResult(o.memory, deduplicated=o.deduplicated, evicted=o.evicted)),
+            now,
+            _then(
+                idem, lambda outs: self._batch_results(checked, digests, stored, first_of, slot, folded, outs)
+            ),
         )
         failpoints.hit("memory.after_row_commit")
-        await self.drain_outbox({outcome.memory.id: (outcome.memory.content_hash, vector)})
-        return AddResult(outcome.memory, deduplicated=outcome.deduplicated, evicted=outcome.evicted)
+        # The vectors just computed, for the memories this call inserted (a merge target or an existing
+        # duplicate keeps its own vector: its text is not this item's).
+        fresh = {
+            records[n].id: (records[n].content_hash, vector_of[n])
+            for n, i in slot.items()
+            if outcomes[i].memory.id == records[n].id
+        }
+        await self.drain_outbox(fresh)
+        return self._batch_results(checked, digests, stored, first_of, slot, folded, outcomes)
+
+    @staticmethod
+    def _batch_results(
+        checked: list[tuple[str, int, float, JsonObject]],
+        digests: list[str],
+        stored: dict[tuple[int, str], MemoryRecord],
+        first_of: dict[tuple[int, str], int],
+        slot: dict[int, int],
+        folded: dict[int, int],
+        outcomes: list[AddOutcome],
+    ) -> list[AddResult]:
+        def of(n: int) -> AddOutcome:
+            return outcomes[slot[n]] if n in slot else of(folded[n])
+
+        results: list[AddResult] = []
+        for n, ((_, kind, _, _), digest) in enumerate(zip(checked, digests, strict=True)):
+            key = (kind, digest)
+            if key in stored:
+                results.append(AddResult(stored[key], deduplicated=True))
+            elif first_of[key] != n:
+                results.append(AddResult(of(first_of[key]).memory, deduplicated=True))
+            elif n in folded:
+                results.append(AddResult(of(n).memory, merged=True))
+            else:
+                o = outcomes[slot[n]]
+                results.append(AddResult(o.memory, o.deduplicated, o.merged, o.evicted))
+        return results
+
+    async def _batch_merge_targets(
+        self,
+        owner: Owner,
+        checked: list[tuple[str, int, float, JsonObject]],
+        todo: list[int],
+        vector_of: dict[int, list[float]],
+    ) -> dict[int, str | int]:
+        """For each new batch item that is a near-duplicate: the stored memory's id, or the index of
+        the earlier batch item, it merges into (stored memories first)."""
+        threshold = self.settings.merge_threshold
+        if threshold >= 1.0 or not todo:
+            return {}
+        targets: dict[int, str | int] = {}
+        by_collection: dict[str, list[int]] = defaultdict(list)
+        for n in todo:
+            kind = checked[n][1]
+            by_collection[owner_collections(owner, kind)[0]].append(n)
+        neighbours: dict[int, list[tuple[str, float]]] = {}
+        for coll, members in by_collection.items():
+            found = await self.index.query_many(coll, [vector_of[n] for n in members], MERGE_CANDIDATES)
+            neighbours.update(zip(members, found, strict=True))
+        candidate_ids = sorted({i for hits in neighbours.values() for i, sim in hits if sim >= threshold})
+        rows = await self.store.by_ids(owner, candidate_ids, now_us())
+        for n in todo:
+            text, kind = checked[n][0], checked[n][1]
+            for memory_id, sim in neighbours.get(n, []):
+                row = rows.get(memory_id)
+                if (
+                    sim >= threshold
+                    and row is not None
+                    and row.memory_type == kind
+                    and not details_differ(row.text, text)
+                ):
+                    targets[n] = memory_id
+                    break
+        # Within the batch: cosine of unit vectors is their dot product (one matrix product).
+        matrix = np.asarray([vector_of[n] for n in todo], dtype=np.float32)
+        similar = (matrix @ matrix.T) >= threshold
+        for j_pos, j in enumerate(todo):
+            if j in targets:
+                continue
+            for i_pos in np.flatnonzero(similar[j_pos, :j_pos]):
+                i = todo[int(i_pos)]
+                if i in targets or checked[i][1] != checked[j][1]:
+                    continue
+                if not details_differ(checked[i][0], checked[j][0]):
+                    targets[j] = i
+                    break
+        return targets
+
+    def _check_batch(self, items: list[NewMemory]) -> list[tuple[str, int, float, JsonObject]]:
+        if not items:
+            raise InvalidArgument(
+                "no memories to add", violations=[FieldViolation("memories", "at least one")]
+            )
+        if len(items) > self.settings.max_batch_items:
+            raise InvalidArgument(
+                "too many memories in one call",
+                violations=[FieldViolation("memories", f"at most {self.settings.max_batch_items}")],
+            )
+        checked: list[tuple[str, int, float, JsonObject]] = []
+        for n, item in enumerate(items):
+            checked.append(
+                (
+                    self._check_text(item.text, f"memories[{n}].text"),
+                    item.memory_type,
+                    self._check_quality(
+                        0.5 if item.quality is None else item.quality, f"memories[{n}].quality_score"
+                    ),
+                    self._check_metadata(item.metadata),
+                )
+            )
+        return checked
 
     async def _same_content(self, owner: Owner, memory_type: int, digest: str) -> MemoryRecord | None:
         # A fast path only: the unique constraint is what guarantees one row under concurrency.
@@ -256,18 +455,36 @@ class MemoryService:
         self,
         owner: Owner,
         memory_type: int,
+        text: str,
         vector: list[float],
         quality: float,
         meta: JsonObject,
         actor: str,
         idem: Idempotency[MemoryRecord] | None = None,
     ) -> MemoryRecord | None:
-        nearest = await self.index.query(collection(owner.app_name), vector, 1, where(owner, memory_type))
-        if not nearest or nearest[0][1] < self.settings.merge_threshold:
+        """Merge into the nearest memory at or above the threshold that says the same thing: a
+        neighbour differing in a detail (a number, date, weekday, name, negation: services.memory.tokens)
+        is another fact, and merging would lose the new one."""
+        (coll,) = owner_collections(owner, memory_type)
+        threshold = self.settings.merge_threshold
+        nearest = [
+            hit for hit in await self.index.query(coll, vector, MERGE_CANDIDATES) if hit[1] >= threshold
+        ]
+        if not nearest:
             return None
-        current = await self.store.get(owner, nearest[0][0], now_us())
+        rows = await self.store.by_ids(owner, [memory_id for memory_id, _ in nearest], now_us())
+        current = next(
+            (
+                rows[memory_id]
+                for memory_id, _ in nearest
+                if memory_id in rows  # not: a vector the outbox has not removed yet
+                and rows[memory_id].memory_type == memory_type
+                and not details_differ(rows[memory_id].text, text)
+            ),
+            None,
+        )
         if current is None:
-            return None  # a vector the outbox has not removed yet
+            return None
         merged = await self.store.update(
             owner,
             current.id,
@@ -350,10 +567,18 @@ class MemoryService:
         return True
 
     async def clear(
-        self, owner: Owner, memory_type: int | None, actor: str = "", idem: Idempotency[int] | None = None
+        self,
+        owner: Owner,
+        memory_type: int | None,
+        actor: str = "",
+        idem: Idempotency[int] | None = None,
+        metadata_filter: JsonObject | None = None,
     ) -> int:
+        """Delete the owner's memories of ``memory_type`` (all when None), only those whose metadata
+        matches ``metadata_filter`` when given (exact values, as search and list match)."""
+        matches = self._filter(metadata_filter, None) if metadata_filter else None
         await self._replay(owner, idem)
-        deleted = await self.store.clear(owner, memory_type, now_us(), actor, _then(idem, len))
+        deleted = await self.store.clear(owner, memory_type, now_us(), actor, _then(idem, len), matches)
         await self.drain_outbox()
         return len(deleted)
 
@@ -675,10 +900,13 @@ class MemoryService:
         now = now_us()
         vector = await self.embedder.embed_one(query)
         dense, lexical = await asyncio.gather(
-            self.index.query(collection(owner.app_name), vector, k, where(owner, memory_type)),
+            self._dense(owner, memory_type, vector, k),
             self.store.lexical(owner, memory_type, query, k, now),
         )
-        fused = rrf_normalized([[i for i, _ in dense], [i for i, _ in lexical]])
+        fused = rrf_normalized(
+            [[i for i, _ in dense], [i for i, _ in lexical]],
+            weights=[1.0, self.settings.weight_lexical_rank],
+        )
         if not fused:
             return []
         semantic = dict(dense)
@@ -707,6 +935,17 @@ class MemoryService:
         if min_score is not None:
             hits = [h for h in hits if h.score >= min_score]
         return hits[:limit]
+
+    async def _dense(
+        self, owner: Owner, memory_type: int | None, vector: list[float], k: int
+    ) -> list[tuple[str, float]]:
+        """The ``k`` nearest of the owner's partitions (the session's short-term and/or the user's
+        long-term memories), best first."""
+        found: list[tuple[str, float]] = []
+        for coll in owner_collections(owner, memory_type):
+            found.extend(await self.index.query(coll, vector, k))
+        found.sort(key=lambda hit: -hit[1])
+        return found[:k]
 
     async def context(
         self,
@@ -744,15 +983,19 @@ class MemoryService:
                 pending = await self.store.pending()
                 if not pending:
                     return applied
-                rows = await self.store.rows_for_index([memory_id for _, memory_id, _, _ in pending])
+                rows = await self.store.rows_for_index([entry.memory_id for entry in pending])
                 upserts: dict[str, dict[str, MemoryRecord]] = defaultdict(dict)
                 deletes: dict[str, set[str]] = defaultdict(set)
-                for _, memory_id, app_name, _ in pending:
-                    record = rows.get(memory_id)  # the row decides: gone means delete
-                    if record is None:
-                        deletes[collection(app_name)].add(memory_id)
+                for entry in pending:
+                    record = rows.get(entry.memory_id)  # the row decides: gone means delete
+                    if record is not None:
+                        upserts[record.vector_collection][record.id] = record
                     else:
-                        upserts[collection(app_name)][memory_id] = record
+                        # An entry from before partitions has no collection: its vector is in the
+                        # app's collection of old (or was not moved, its row being gone).
+                        deletes[entry.vector_collection or app_collection(entry.app_name)].add(
+                            entry.memory_id
+                        )
                 for coll, records in upserts.items():
                     todo = [r for r in records.values() if vectors.get(r.id, ("",))[0] != r.content_hash]
                     fresh = await self.embedder.embed([r.text for r in todo]) if todo else []
@@ -766,14 +1009,61 @@ class MemoryService:
                     )
                 for coll, gone in deletes.items():
                     await self.index.delete(coll, sorted(gone))
-                await self.store.done([outbox_id for outbox_id, _, _, _ in pending])
+                await self.store.done([entry.id for entry in pending])
                 applied += len(pending)
 
+    async def migrate_vectors(self, page: int = 1000) -> int:
+        """Move the vectors of each app's single collection of old (before partitions, filtered by user
+        and bucket) into the per-user and per-session partitions, then drop it. Vectors are copied, not
+        re-embedded; those whose row is gone are left behind. Safe to repeat after a crash (upserts by
+        id; the old collection is dropped last). Returns the vectors moved."""
+        moved = 0
+        for app_name in await self.store.apps():
+            legacy = app_collection(app_name)
+            if not await self.index.exists(legacy):
+                continue
+            log.warning("moving memory vectors into per-user partitions", extra={"app_name": app_name})
+            offset = 0
+            while True:
+                entries = await self.index.entries(legacy, offset, page)
+                if not entries:
+                    break
+                offset += len(entries)
+                rows = await self.store.rows_for_index([e.id for e in entries])
+                by_collection: dict[str, list[tuple[MemoryRecord, list[float]]]] = defaultdict(list)
+                for entry in entries:
+                    record = rows.get(entry.id)
+                    if record is not None:
+                        by_collection[record.vector_collection].append((record, entry.vector))
+                for coll, items in by_collection.items():
+                    await self.index.upsert(
+                        coll,
+                        [r.id for r, _ in items],
+                        [v for _, v in items],
+                        [_vector_metadata(r) for r, _ in items],
+                    )
+                    moved += len(items)
+            await self.index.drop(legacy)
+            log.warning("moved memory vectors", extra={"app_name": app_name, "count": moved})
+        return moved
+
     async def reindex(self, app_name: str | None) -> tuple[int, int]:
-        """Rebuild the vector index from the rows (the source of truth): (rows scanned, vectors written)."""
+        """Rebuild the vector index from the rows (the source of truth): every partition of the app
+        (of every app when None) is dropped, then each row re-embedded into its partition.
+        Returns (rows scanned, vectors written)."""
         await self.drain_outbox()
+        apps = [app_name] if app_name is not None else await self.store.apps()
+        # Every app's partitions start with the encoded "memories:" (see vector_index.partition).
+        prefix = (
+            partition_prefix(app_collection(app_name))
+            if app_name is not None
+            else partition(app_collection(""))
+        )
+        for coll in await self.index.collections(prefix):
+            await self.index.drop(coll)
+        for app in apps:
+            await self.index.drop(app_collection(app))  # a collection from before partitions
         scanned = written = 0
-        dropped: set[str] = set()
         after = 0
         while True:
             rows = await self.store.all_rows(app_name, after, 256)
@@ -782,19 +1072,18 @@ class MemoryService:
             after = rows[-1][0]
             by_collection: dict[str, list[MemoryRecord]] = defaultdict(list)
             for _, record in rows:
-                by_collection[collection(record.app_name)].append(record)
+                by_collection[record.vector_collection].append(record)
+            vectors = await self.embedder.embed([r.text for _, r in rows])
+            vector_of = {r.id: v for (_, r), v in zip(rows, vectors, strict=True)}
             for coll, records in by_collection.items():
-                if coll not in dropped:
-                    await self.index.drop(coll)
-                    dropped.add(coll)
-                vectors = await self.embedder.embed([r.text for r in records])
                 await self.index.upsert(
-                    coll, [r.id for r in records], vectors, [_vector_metadata(r) for r in records]
+                    coll,
+                    [r.id for r in records],
+                    [vector_of[r.id] for r in records],
+                    [_vector_metadata(r) for r in records],
                 )
                 written += len(records)
             scanned += len(rows)
-        if app_name is not None and collection(app_name) not in dropped:
-            await self.index.drop(collection(app_name))
         return scanned, written
 
     # -- validation -----------------------------------------------------------------------------------
@@ -858,12 +1147,10 @@ class MemoryService:
 
 
 def _vector_metadata(record: MemoryRecord) -> dict[str, str | int | float | bool]:
-    return {
-        "user_id": record.user_id,
-        "bucket": record.bucket,
-        "memory_type": record.memory_type,
-        "quality": record.quality,
-    }
+    """What the index stores next to a vector: who it belongs to, for inspecting the index (queries
+    need no filter: each partition holds one owner's vectors). Only what never changes, so a memory's
+    vector is rewritten only when its text changes."""
+    return {"user_id": record.user_id, "bucket": record.bucket, "memory_type": record.memory_type}
 
 
 def _truncate(text: str, max_bytes: int) -> str:

@@ -83,6 +83,9 @@ outbox = Table(
     # "upsert" or "delete"
     Column("action", String(8), nullable=False),
     Column("create_us", BigInteger, nullable=False),
+    # The vector index collection (partition) holding the memory's vector; NULL for entries written
+    # before partitions (migration m0003).
+    Column("vector_collection", Text, nullable=True),
 )
 
 # The responses of idempotent writes (AddMemory, UpdateMemory, DeleteMemory, ClearMemories,

@@ -1,9 +1,10 @@
 """Rank fusion and the final retrieval score.
 
-Reciprocal rank fusion (Cormack et al., 2009) over ``n`` rankings (e.g. dense cosine and lexical)::
+Reciprocal rank fusion (Cormack et al., 2009) over rankings r with weights w_r (1 unless given; the
+memory service weights its lexical ranking 0.5, see docs/MEMORY.md)::
 
-    rrf(d)      = sum over the rankings r that contain d of  1 / (k + rank_r(d))      (rank from 1, k = 60)
-    rrf_norm(d) = rrf(d) / (n / (k + 1))            (1.0 = ranked first by every ranking; in [0, 1])
+    rrf(d)      = sum over the rankings r that contain d of  w_r / (k + rank_r(d))    (rank from 1, k = 60)
+    rrf_norm(d) = rrf(d) / (sum of w_r / (k + 1))   (1.0 = ranked first by every ranking; in [0, 1])
 
 The final score of a result combines it with the item's quality and recency::
 
@@ -32,35 +33,49 @@ class FusionWeights(NamedTuple):
 DEFAULT_WEIGHTS = FusionWeights()
 
 
-def rrf(rankings: list[list[str]], k: int = RRF_K) -> dict[str, float]:
-    """Reciprocal rank fusion: id -> sum of 1 / (k + rank) over the rankings that contain it (rank from
-    1; a repeated id counts at its first position), ordered best first (ties: the best single rank,
-    then the id)."""
+def _weights(rankings: list[list[str]], weights: list[float] | None) -> list[float]:
+    if weights is None:
+        return [1.0] * len(rankings)
+    if len(weights) != len(rankings) or any(w < 0 for w in weights):
+        raise ValueError(f"need one weight >= 0 per ranking: {len(rankings)} rankings, weights {weights}")
+    return list(weights)
+
+
+def rrf(rankings: list[list[str]], k: int = RRF_K, weights: list[float] | None = None) -> dict[str, float]:
+    """Reciprocal rank fusion: id -> sum of w / (k + rank) over the rankings that contain it (rank from
+    1; a repeated id counts at its first position; ``weights`` one per ranking, default 1), ordered
+    best first (ties: the best single rank, then the id)."""
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
     scores: dict[str, float] = {}
     best_rank: dict[str, int] = {}
-    for ranking in rankings:
+    for ranking, weight in zip(rankings, _weights(rankings, weights), strict=True):
         seen: set[str] = set()
         for rank, item in enumerate(ranking, start=1):
             if item in seen:
                 continue
             seen.add(item)
-            scores[item] = scores.get(item, 0.0) + 1.0 / (k + rank)
+            scores[item] = scores.get(item, 0.0) + weight / (k + rank)
             best_rank[item] = min(best_rank.get(item, rank), rank)
     ordered = sorted(scores, key=lambda item: (-scores[item], best_rank[item], item))
     return {item: scores[item] for item in ordered}
 
 
-def best_rrf(n_rankings: int, k: int = RRF_K) -> float:
-    """The largest possible RRF score over ``n_rankings``: first in every one."""
-    return n_rankings / (k + 1)
+def best_rrf(n_rankings: int, k: int = RRF_K, weights: list[float] | None = None) -> float:
+    """The largest possible RRF score over ``n_rankings`` (with these weights): first in every one."""
+    total = float(n_rankings) if weights is None else sum(weights)
+    return total / (k + 1)
 
 
-def rrf_normalized(rankings: list[list[str]], k: int = RRF_K) -> dict[str, float]:
-    """:func:`rrf` divided by :func:`best_rrf` for these rankings: each value in (0, 1]."""
-    fused = rrf(rankings, k)
-    best = best_rrf(len(rankings), k)
+def rrf_normalized(
+    rankings: list[list[str]], k: int = RRF_K, weights: list[float] | None = None
+) -> dict[str, float]:
+    """:func:`rrf` divided by :func:`best_rrf` for these rankings and weights: each value in [0, 1]
+    (an id found only by rankings of weight 0 scores 0)."""
+    fused = rrf(rankings, k, weights)
+    best = best_rrf(len(rankings), k, _weights(rankings, weights))
+    if best == 0:
+        return {item: 0.0 for item in fused}
     return {item: score / best for item, score in fused.items()}
 
 

@@ -11,7 +11,16 @@ dict with several fields means all of them (``{"user_id": "u", "bucket": "long"}
 
 Callers name collections freely ("memories:my-app"); :func:`collection_name` maps each name to a valid
 Chroma name (3-512 characters of ``[A-Za-z0-9_-]``, alphanumeric at both ends) that is deterministic and
-unique per logical name: a readable prefix plus a hash of the whole name.
+unique per logical name: a readable prefix plus a hash of the whole name. Each Chroma collection records
+its logical name in its metadata, so :meth:`VectorIndex.collections` can list them by logical prefix.
+
+Partitions: Chroma 1.5.9 answers a query with a ``where`` filter in time linear in the collection's size,
+whatever the filter matches (100 matching records of 20k: 16 ms; no filter: 1.6 ms). A caller whose
+queries always name one owner (a user's memories, a session's) therefore keeps each owner in its own
+collection, :func:`partition` ("memories:my-app" + ("alice", "long") ->
+"memories%3Amy-app/alice/long"), and queries it without a filter. Partitions are ordinary collections:
+created on the first upsert, a missing one answers [] (so nothing is created by a read), and every
+partition of a collection is found again with ``collections(partition_prefix(name))``.
 """
 
 from __future__ import annotations
@@ -22,8 +31,10 @@ import contextlib
 import hashlib
 import re
 import urllib.parse
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -44,6 +55,20 @@ T = TypeVar("T")
 
 #: Seconds a Chroma server may take to answer one request before the index reports it unavailable.
 SERVER_TIMEOUT = 30.0
+#: The collection metadata key holding the caller's logical name (see :meth:`VectorIndex.collections`).
+LOGICAL_NAME_KEY = "sessionkit_name"
+#: Collection handles kept open per index. With one partition per user there are as many collections
+#: as users: the least recently used handles are forgotten (and looked up again, ~0.2 ms, when needed).
+MAX_CACHED_COLLECTIONS = 4096
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stored item: its id, vector and metadata."""
+
+    id: str
+    vector: list[float]
+    metadata: Metadata
 
 
 class VectorIndex(abc.ABC):
@@ -70,9 +95,29 @@ class VectorIndex(abc.ABC):
         """Up to ``k`` (id, cosine similarity in [-1, 1]) nearest to ``vector``, best first;
         [] for an empty or missing collection."""
 
+    async def query_many(
+        self, collection: str, vectors: list[list[float]], k: int, where: Where | None = None
+    ) -> list[list[tuple[str, float]]]:
+        """:meth:`query` for each vector, in order (one round trip where the store allows it)."""
+        return [await self.query(collection, vector, k, where) for vector in vectors]
+
     @abc.abstractmethod
     async def ids(self, collection: str, where: Where | None = None) -> set[str]:
         """Every id in the collection (matching ``where``); empty for a missing collection."""
+
+    @abc.abstractmethod
+    async def entries(self, collection: str, offset: int, limit: int) -> list[Entry]:
+        """Up to ``limit`` entries from position ``offset`` (a stable order while nothing is written;
+        [] past the end or for a missing collection): for copying a collection elsewhere."""
+
+    @abc.abstractmethod
+    async def exists(self, collection: str) -> bool:
+        """Whether the collection exists (it may be empty)."""
+
+    @abc.abstractmethod
+    async def collections(self, prefix: str) -> list[str]:
+        """The logical names of the existing collections that start with ``prefix``, sorted (e.g.
+        every partition of a collection: ``collections(partition_prefix(name))``)."""
 
     @abc.abstractmethod
     async def drop(self, collection: str) -> None:
@@ -88,6 +133,19 @@ def collection_name(logical: str) -> str:
     digest = hashlib.sha256(logical.encode("utf-8")).hexdigest()[:16]
     readable = re.sub(r"[^A-Za-z0-9_-]+", "-", logical).strip("-_")[:64].strip("-_")
     return f"sk-{readable}-{digest}" if readable else f"sk-{digest}"
+
+
+def partition(collection: str, *keys: str) -> str:
+    """The logical name of the partition of ``collection`` for ``keys``, e.g. "memories:app" +
+    ("alice", "long") -> "memories%3Aapp/alice/long". The collection and each key are percent-encoded
+    and joined by "/", so distinct (collection, keys) never share a name ("a/b" + "c" vs "a" + "b/c")."""
+    return "/".join(urllib.parse.quote(part, safe="") for part in (collection, *keys))
+
+
+def partition_prefix(collection: str, *keys: str) -> str:
+    """The prefix shared by the logical names of every partition of ``collection`` under ``keys``
+    (for :meth:`VectorIndex.collections`)."""
+    return partition(collection, *keys) + "/"
 
 
 def chroma_where(where: Where | None) -> Where | None:
@@ -127,7 +185,7 @@ class ChromaIndex(VectorIndex):
         self._unavailable = unavailable
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sessionkit-chroma")
         self._client: ClientAPI | None = None
-        self._collections: dict[str, Collection] = {}
+        self._collections: OrderedDict[str, Collection] = OrderedDict()
         self._max_batch: int | None = None
         self._closed = False
 
@@ -197,14 +255,19 @@ class ChromaIndex(VectorIndex):
             self._max_batch = max(1, int(self._get_client().get_max_batch_size()))
         return self._max_batch
 
-    def _collection(self, name: str, create: bool) -> Collection | None:
+    def _collection(self, logical: str, create: bool) -> Collection | None:
+        name = collection_name(logical)
         collection = self._collections.get(name)
         if collection is not None:
+            self._collections.move_to_end(name)
             return collection
         client = self._get_client()
         if create:
             collection = client.get_or_create_collection(
-                name, embedding_function=None, configuration={"hnsw": {"space": "cosine"}}
+                name,
+                embedding_function=None,
+                configuration={"hnsw": {"space": "cosine"}},
+                metadata={LOGICAL_NAME_KEY: logical},
             )
         else:
             try:
@@ -212,6 +275,8 @@ class ChromaIndex(VectorIndex):
             except NotFoundError:
                 return None
         self._collections[name] = collection
+        while len(self._collections) > MAX_CACHED_COLLECTIONS:
+            self._collections.popitem(last=False)
         return collection
 
     def _on_collection(self, logical: str, create: bool, op: Callable[[Collection], T], missing: T) -> T:
@@ -219,7 +284,7 @@ class ChromaIndex(VectorIndex):
         collection dropped meanwhile (by another client of a shared server) is looked up once more."""
         name = collection_name(logical)
         for attempt in range(2):
-            collection = self._collection(name, create)
+            collection = self._collection(logical, create)
             if collection is None:
                 return missing
             try:
@@ -295,6 +360,25 @@ class ChromaIndex(VectorIndex):
 
         return await self._run(lambda: self._on_collection(collection, False, op, []))
 
+    async def query_many(
+        self, collection: str, vectors: list[list[float]], k: int, where: Where | None = None
+    ) -> list[list[tuple[str, float]]]:
+        if k < 1 or not vectors:
+            return [[] for _ in vectors]
+        chroma = chroma_where(where)
+
+        def op(coll: Collection) -> list[list[tuple[str, float]]]:
+            queries: list[PyEmbedding] = list(vectors)
+            result = coll.query(query_embeddings=queries, n_results=k, where=chroma, include=["distances"])
+            found = result["ids"] or [[] for _ in vectors]
+            distances = result["distances"] or [[] for _ in vectors]
+            return [
+                [(i, max(-1.0, min(1.0, 1.0 - float(d)))) for i, d in zip(ids, dist, strict=True)]
+                for ids, dist in zip(found, distances, strict=True)
+            ]
+
+        return await self._run(lambda: self._on_collection(collection, False, op, [[] for _ in vectors]))
+
     async def ids(self, collection: str, where: Where | None = None) -> set[str]:
         chroma = chroma_where(where)
 
@@ -302,6 +386,41 @@ class ChromaIndex(VectorIndex):
             return set(coll.get(where=chroma, include=[])["ids"])
 
         return await self._run(lambda: self._on_collection(collection, False, op, set()))
+
+    async def entries(self, collection: str, offset: int, limit: int) -> list[Entry]:
+        if limit < 1:
+            return []
+
+        def op(coll: Collection) -> list[Entry]:
+            got = coll.get(offset=offset, limit=limit, include=["embeddings", "metadatas"])
+            embeddings = got["embeddings"] if got["embeddings"] is not None else []
+            found_metadatas: list[Any] | None = got["metadatas"]
+            metadatas = found_metadatas or [None] * len(got["ids"])
+            return [
+                Entry(i, [float(x) for x in vector], dict(meta or {}))
+                for i, vector, meta in zip(got["ids"], embeddings, metadatas, strict=True)
+            ]
+
+        return await self._run(lambda: self._on_collection(collection, False, op, []))
+
+    async def exists(self, collection: str) -> bool:
+        return await self._run(lambda: self._collection(collection, False) is not None)
+
+    async def collections(self, prefix: str) -> list[str]:
+        def op() -> list[str]:
+            names: list[str] = []
+            client, offset, page = self._get_client(), 0, 1000
+            while True:
+                found = client.list_collections(limit=page, offset=offset)
+                for coll in found:
+                    logical = (coll.metadata or {}).get(LOGICAL_NAME_KEY)
+                    if isinstance(logical, str) and logical.startswith(prefix):
+                        names.append(logical)
+                if len(found) < page:
+                    return sorted(names)
+                offset += page
+
+        return await self._run(op)
 
     async def drop(self, collection: str) -> None:
         name = collection_name(collection)
