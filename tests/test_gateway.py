@@ -5,6 +5,7 @@ going around the gateway to gRPC), limits (413, 429 + Retry-After, 504), TLS, an
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import ssl
 import time
@@ -583,6 +584,129 @@ def test_memories_and_knowledge_round_trip(retrieval_gateway: GatewayThread, tmp
         assert_error(
             http.post(f"{base}/knowledge?user_id=ann", json={"text": "a", "url": "http://x.org"}), 400
         )
+
+
+def test_memory_context_history_filter_and_idempotent_writes(retrieval_gateway: GatewayThread) -> None:
+    with httpx.Client(base_url=retrieval_gateway.url, timeout=120) as http:
+        base = "/v1/sessions/s"
+        http.post("/v1/sessions?user_id=ann", json={"session_id": "s"})
+        once = {"Idempotency-Key": "add-tea-1"}
+        tea = http.post(f"{base}/memories?user_id=ann", json={"text": "Ann drinks green tea"}, headers=once)
+        again = http.post(f"{base}/memories?user_id=ann", json={"text": "Ann drinks green tea"}, headers=once)
+        assert tea.status_code == again.status_code == 201 and again.json() == tea.json()
+        tea_id = tea.json()["id"]
+        http.post(
+            f"{base}/memories?user_id=ann",
+            json={"text": "Ann lives in Porto", "metadata": {"topic": "places"}},
+        )
+        edit = {"Idempotency-Key": "edit-tea-1"}
+        for _ in range(2):
+            updated = http.patch(
+                f"{base}/memories/{tea_id}?user_id=ann", json={"text": "Ann drinks oolong tea"}, headers=edit
+            )
+            assert updated.json()["revision"] == 2  # the repeat is answered, not applied again
+        history = http.get(f"{base}/memories/{tea_id}/history?user_id=ann").json()["changes"]
+        assert [c["operation"] for c in history] == ["ADD", "UPDATE"]
+        assert (
+            history[1]["old_text"] == "Ann drinks green tea"
+            and history[1]["new_text"] == "Ann drinks oolong tea"
+        )
+        assert http.get(f"{base}/memories/m-missing/history?user_id=ann").json() == {"changes": []}
+        filtered = http.get(
+            f"{base}/memories", params={"user_id": "ann", "metadata_filter": '{"topic": "places"}'}
+        )
+        assert [m["text"] for m in filtered.json()["memories"]] == ["Ann lives in Porto"]
+        assert_error(
+            http.get(f"{base}/memories", params={"user_id": "ann", "metadata_filter": "[1]"}),
+            400,
+            "INVALID_REQUEST",
+        )
+        context = http.post(
+            f"{base}/memories/context?user_id=ann", json={"query": "what does Ann drink?", "max_items": 1}
+        )
+        assert context.status_code == 200, context.text
+        assert "oolong" in context.json()["context"] and "Porto" not in context.json()["context"]
+        assert [h["id"] for h in context.json()["hits"]] == [tea_id]
+        assert_error(http.post(f"{base}/memories/context?user_id=ann", json={"query": ""}), 400)
+        # Knowledge writes with a key: a repeated delete answers as the first time.
+        http.post(f"{base}/knowledge?user_id=ann", json={"text": "Porto is in Portugal.", "name": "porto"})
+        drop = {"Idempotency-Key": "drop-porto"}
+        first = http.delete(f"{base}/knowledge/porto?user_id=ann", headers=drop)
+        assert first.json() == http.delete(f"{base}/knowledge/porto?user_id=ann", headers=drop).json()
+        assert first.json()["deleted"] is True
+
+
+def test_idempotency_keys_keys_with_slashes_versions_and_watch(http: httpx.Client) -> None:
+    base = "/v1/sessions/s"
+    http.post("/v1/sessions", json={"session_id": "s"})
+    key = {"Idempotency-Key": "inc-1"}
+    first = http.patch(f"{base}/state/n", json={"increment": 5}, headers=key)
+    again = http.patch(f"{base}/state/n", json={"increment": 5}, headers=key)
+    assert first.json() == again.json() == {"version": 1, "value": 5.0, "length": None}
+    assert http.get(f"{base}/state/n").json()["value"] == 5
+    event = {"Idempotency-Key": "event-1"}
+    one = http.post(f"{base}/events", json={"role": "user", "content": "hi"}, headers=event)
+    two = http.post(f"{base}/events", json={"role": "user", "content": "hi"}, headers=event)
+    assert one.json() == two.json() and len(http.get(f"{base}/events").json()["events"]) == 1
+    assert_error(http.put(f"{base}/state/k", json={"value": 1}, headers={"Idempotency-Key": "x" * 129}), 400)
+    assert_error(http.put(f"{base}/state/k", json={"value": 1}, headers={"Idempotency-Key": "a b"}), 400)
+    # Keys with '/', raw or encoded as %2F.
+    assert http.put(f"{base}/state/a/b/c", json={"value": 1}).status_code == 200
+    assert http.get(f"{base}/state/a%2Fb%2Fc").json()["value"] == 1
+    assert http.patch(f"{base}/state/a/b/c", json={"increment": 1}).json()["value"] == 2
+    assert http.delete(f"{base}/state/a/b/c").json()["existed"] is True
+    assert_error(http.get(f"{base}/state/a/b/c"), 404, "STATE_KEY_NOT_FOUND")
+    # Versions and restore.
+    versions = http.get(f"{base}/versions").json()["versions"]
+    assert [v["version"] for v in versions] == [4, 3, 2, 1]
+    assert versions[-1] == {**versions[-1], "operation": "INCREMENT", "key": "n", "state": {"n": 5}}
+    assert versions[0]["operation"] == "DELETE" and versions[0]["key"] == "a/b/c"
+    assert http.post(f"{base}/versions/2/restore").json() == {"version": 5}
+    assert http.get(f"{base}/state").json()["state"] == {"n": 5, "a/b/c": 1}
+    assert_error(http.post(f"{base}/versions/2/restore?expected_version=1"), 409, "STATE_CONFLICT")
+    assert_error(http.post(f"{base}/versions/9999/restore"), 404, "VERSION_NOT_FOUND")
+    # The watch stream: a snapshot, then each change.
+    with http.stream("GET", f"{base}/watch", timeout=10) as watch:
+        assert watch.headers["content-type"].startswith("text/event-stream")
+        lines = watch.iter_lines()
+        assert next(lines) == "event: change"
+        snapshot = json.loads(next(lines).removeprefix("data: "))
+        assert snapshot["operation"] == "SNAPSHOT" and snapshot["state"] == {"n": 5, "a/b/c": 1}
+        assert next(lines) == ""
+        with httpx.Client(base_url=str(http.base_url)) as other:
+            other.put(f"{base}/state/w", json={"value": "x"})
+        assert next(lines) == "event: change"
+        change = json.loads(next(lines).removeprefix("data: "))
+        assert (change["operation"], change["key"], change["value"], change["version"]) == (
+            "SET",
+            "w",
+            "x",
+            6,
+        )
+    assert_error(http.get("/v1/sessions/nope/watch"), 404, "SESSION_NOT_FOUND")
+    # /openapi.json documents the header on every write.
+    paths = http.get("/openapi.json").json()["paths"]
+    writes = [
+        ("put", "/v1/sessions/{session_id}/state"),
+        ("delete", "/v1/sessions/{session_id}/state"),
+        ("put", "/v1/sessions/{session_id}/state/{key}"),
+        ("patch", "/v1/sessions/{session_id}/state/{key}"),
+        ("delete", "/v1/sessions/{session_id}/state/{key}"),
+        ("post", "/v1/sessions/{session_id}/events"),
+        ("post", "/v1/sessions/{session_id}/versions/{version}/restore"),
+        ("post", "/v1/sessions/{session_id}/memories"),
+        ("patch", "/v1/sessions/{session_id}/memories/{memory_id}"),
+        ("delete", "/v1/sessions/{session_id}/memories/{memory_id}"),
+        ("delete", "/v1/sessions/{session_id}/memories"),
+        ("post", "/v1/sessions/{session_id}/knowledge"),
+        ("post", "/v1/sessions/{session_id}/knowledge/files"),
+        ("delete", "/v1/sessions/{session_id}/knowledge/{source}"),
+        ("delete", "/v1/sessions/{session_id}/knowledge"),
+        ("post", "/agent"),
+    ]
+    for method, path in writes:
+        headers = [p["name"] for p in paths[path][method]["parameters"] if p["in"] == "header"]
+        assert "idempotency-key" in [h.lower() for h in headers], (method, path)
 
 
 def test_keep_alive_requests_do_not_wait_for_delayed_acks(http: httpx.Client) -> None:

@@ -27,11 +27,12 @@ from sessionkit.errors import (
     InvalidArgument,
     NotFound,
     NotImplementedByServer,
+    SessionKitError,
     Unauthenticated,
 )
 from sessionkit.remote import RemoteConnectionError, agent_base_url
 from tests.conftest import free_port
-from tests.llm_server import LLMServer
+from tests.llm_server import LLMServer, Reply
 from tests.servers import ServerThread
 from tests.test_gateway_support import KEY_A, GatewayThread, gateway_settings, self_signed
 
@@ -99,6 +100,8 @@ class Fault:
     status: int
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    #: Forward the request to the gateway first (it is applied), then answer the fault: a lost reply.
+    forward: bool = False
 
 
 class FaultyProxy:
@@ -133,7 +136,9 @@ class FaultyProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
-    def fail(self, status: int, times: int = 1, headers: dict[str, str] | None = None) -> None:
+    def fail(
+        self, status: int, times: int = 1, headers: dict[str, str] | None = None, forward: bool = False
+    ) -> None:
         for _ in range(times):
             body = json.dumps(
                 {
@@ -145,7 +150,7 @@ class FaultyProxy:
                     }
                 }
             ).encode()
-            self.faults.append(Fault(status, dict(headers or {}), body))
+            self.faults.append(Fault(status, dict(headers or {}), body, forward))
 
     def _serve(self, handler: BaseHTTPRequestHandler) -> None:
         length = int(handler.headers.get("content-length") or 0)
@@ -154,6 +159,8 @@ class FaultyProxy:
         self.seen.append(Seen(handler.command, handler.path, headers, time.monotonic()))
         if self.faults:
             fault = self.faults.popleft()
+            if fault.forward:
+                self._forward(handler, headers, body)
             status, out_headers, out = (
                 fault.status,
                 {"content-type": "application/json", **fault.headers},
@@ -162,10 +169,7 @@ class FaultyProxy:
         elif handler.path.split("?")[0].endswith("/health") and not self.health:
             status, out_headers, out = 404, {"content-type": "text/plain"}, b"no such route"
         else:
-            forwarded = {
-                k: v for k, v in headers.items() if k not in ("host", "content-length", "connection")
-            }
-            reply = self.http.request(handler.command, handler.path, content=body, headers=forwarded)
+            reply = self._forward(handler, headers, body)
             status, out = reply.status_code, reply.content
             out_headers = {"content-type": reply.headers.get("content-type", "application/json")}
         handler.send_response(status)
@@ -175,6 +179,12 @@ class FaultyProxy:
         handler.end_headers()
         if handler.command != "HEAD":
             handler.wfile.write(out)
+
+    def _forward(
+        self, handler: BaseHTTPRequestHandler, headers: dict[str, str], body: bytes
+    ) -> httpx.Response:
+        forwarded = {k: v for k, v in headers.items() if k not in ("host", "content-length", "connection")}
+        return self.http.request(handler.command, handler.path, content=body, headers=forwarded)
 
     def posts(self, path: str) -> list[Seen]:
         return [s for s in self.seen if s.method == "POST" and s.path.split("?")[0] == path]
@@ -289,6 +299,66 @@ async def test_async_session_in_remote_mode(agent_url: str, llm: LLMServer) -> N
         await session.save_state({"a": 1})
         assert await session.restore_state() == {"a": 1}
         assert [e.content for e in await session.get_events()] == ["hello", "async answer"]
+
+
+def test_chat_streams_text_pieces_as_they_come(agent_url: str, llm: LLMServer) -> None:
+    llm.script(Reply(content="one two three four", piece_delay=0.3))
+    with Session(session_id="streamed", agent_url=agent_url) as session:
+        started = time.monotonic()
+        arrivals: list[tuple[str, float]] = []
+        for piece in session.chat("count for me", stream=True):
+            arrivals.append((piece, time.monotonic() - started))
+        assert "".join(p for p, _ in arrivals) == "one two three four"
+        assert len(arrivals) == 4
+        # Pieces arrive as the model makes them, not all at once at the end.
+        assert arrivals[-1][1] - arrivals[0][1] >= 0.6
+        # The turn is stored like a plain chat() turn.
+        assert [e.content for e in session.get_events()][-2:] == ["count for me", "one two three four"]
+    assert llm.chat_requests[0].body["stream"] is True
+
+
+async def test_async_chat_stream_and_errors(agent_url: str, llm: LLMServer, tmp_path: Path) -> None:
+    llm.script(Reply(content="async pieces here", piece_delay=0.05))
+    async with AsyncSession(session_id="astream", agent_url=agent_url) as session:
+        pieces = [p async for p in await session.send_message("go", stream=True)]
+        assert "".join(pieces) == "async pieces here" and len(pieces) == 3
+        with pytest.raises(InvalidArgument):
+            await session.chat("  ", stream=True)  # checked at once, before any request
+
+
+def test_a_stream_that_fails_raises_the_typed_error(agent_url: str, llm: LLMServer) -> None:
+    llm.script(Reply(status=400, error="the model refused the request"))
+    with Session(session_id="sfail", agent_url=agent_url) as session:
+        with pytest.raises(SessionKitError) as failed:
+            list(session.chat("hello", stream=True))
+        assert failed.value.reason == "LLM_REJECTED", failed.value
+        assert not isinstance(failed.value, ConnectionError)
+    assert len(llm.chat_requests) == 1  # a refusal is not retried
+    # On the wire: the turn had started, so the refusal came as the stream's `event: error`.
+    llm.script(Reply(status=400, error="the model refused the request"))
+    body = {"query": "again", "session_id": "sfail", "stream": True}
+    raw = httpx.post(f"http://{agent_url}", json=body, timeout=30)
+    assert raw.status_code == 200 and "event: error" in raw.text and "LLM_REJECTED" in raw.text
+
+
+def test_stream_against_a_server_that_answers_json() -> None:
+    with (
+        SeedExampleServer() as server,
+        Session(session_id="plain", agent_url=f"http://127.0.0.1:{server.port}/agent") as session,
+    ):
+        assert list(session.chat("hi", stream=True)) == ["echo: hi"]
+    assert server.received[0]["stream"] is True
+
+
+def test_a_stream_refused_before_it_starts_is_retried(proxy: FaultyProxy, llm: LLMServer) -> None:
+    llm.reply("after one 503")
+    proxy.fail(503)
+    with Session(session_id="sretry", agent_url=f"{proxy.url}/agent") as session:
+        assert "".join(session.chat("hello", stream=True)) == "after one 503"
+    first, second = proxy.posts("/agent")
+    assert first.headers["idempotency-key"] == second.headers["idempotency-key"]
+    assert second.headers["accept"] == "text/event-stream"
+    assert len(llm.chat_requests) == 1
 
 
 def test_chat_needs_a_remote_session_and_agents_need_grpc(agent_url: str, tmp_path: Path) -> None:
@@ -450,15 +520,51 @@ def test_503_until_the_timeout_is_a_connection_error(proxy: FaultyProxy) -> None
     proxy.faults.clear()
 
 
-def test_a_write_that_is_not_idempotent_is_not_repeated_after_503(proxy: FaultyProxy) -> None:
+def test_an_increment_retried_after_a_503_is_applied_once(proxy: FaultyProxy) -> None:
     with Session(session_id="counter", agent_url=f"{proxy.url}/agent") as session:
         session.set_state("n", 0)
-        proxy.fail(503)
-        with pytest.raises(ConnectionError):
-            session.increment_state("n")  # the 503 may have come after the increment was applied
-        assert session.increment_state("n") == 1
+        # The gateway applies the increment, then its reply is lost: a 503 reaches the SDK instead.
+        proxy.fail(503, forward=True)
+        assert session.increment_state("n") == 1  # retried with the same key: answered, not re-applied
+        assert session.get_state("n") == 1
+        proxy.fail(503, forward=True)
+        assert session.append_state("log", "a") == 1
+        proxy.fail(502, forward=True)
+        session.add_event("user", "once")
+        assert [e.content for e in session.get_events()] == ["once"]
+        assert session.get_state("log") == ["a"]
+        assert session.increment_state("n") == 2  # a new call: a new key
     patches = [s for s in proxy.seen if s.method == "PATCH"]
-    assert len(patches) == 2
+    assert len(patches) == 5
+    keys = [p.headers["idempotency-key"] for p in patches]
+    assert keys[0] == keys[1] and keys[2] == keys[3] and len(set(keys)) == 3
+    events = proxy.posts("/v1/sessions/counter/events")
+    assert len(events) == 2 and events[0].headers["idempotency-key"] == events[1].headers["idempotency-key"]
+
+
+def test_every_rest_write_sends_an_idempotency_key(proxy: FaultyProxy, tmp_path: Path) -> None:
+    doc = tmp_path / "doc.txt"
+    doc.write_text("Idempotency keys make retries safe.")
+    with Session(session_id="keys", agent_url=f"{proxy.url}/agent") as session:
+        session.save_state({"a": 1})
+        session.set_state("b", 2)
+        session.delete_state("b")
+        session.clear_state()
+        memory = session.add_memory("a fact worth keeping")
+        assert memory is not None
+        session.update_memory(memory["id"], "a fact worth keeping, updated")
+        session.delete_memory(memory["id"])
+        session.clear_memory()
+        session.add_knowledge("some text to know")
+        session.add_knowledge(str(doc))
+        session.delete_knowledge("doc.txt")
+        session.clear_knowledge()
+    writes = [
+        s for s in proxy.seen if s.method in ("PUT", "PATCH", "DELETE", "POST") and "/v1/sessions/" in s.path
+    ]
+    assert len(writes) == 12, [(w.method, w.path) for w in writes]
+    keys = [w.headers.get("idempotency-key", "") for w in writes]
+    assert all(keys) and len(set(keys)) == len(keys)
 
 
 # -- state, events, memory and knowledge over REST ----------------------------------------------------
@@ -498,15 +604,15 @@ def test_state_round_trip_matches_grpc(agent_url: str, services: ServerThread) -
         assert remote.delete() is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway: the /state/{key} routes need a path converter ({key:path}) for keys with '/'",
-)
 def test_a_key_with_a_slash(agent_url: str) -> None:
     with Session(session_id="slash", agent_url=agent_url) as session:
         session.set_state("path/with/slash", 1)
         assert session.get_state("path/with/slash") == 1
+        assert session.increment_state("path/with/slash") == 2
+        assert session.append_state("a/b/", "x") == 1
+        assert session.restore_state() == {"path/with/slash": 2, "a/b/": ["x"]}
         assert session.delete_state("path/with/slash") is True
+        assert session.get_state("path/with/slash") is None
 
 
 def test_auto_save_off_writes_once(agent_url: str) -> None:
@@ -547,12 +653,64 @@ def test_knowledge_text_and_file_through_rest(agent_url: str, tmp_path: Path) ->
         assert "Knowledge:" in session.get_context("How do I authenticate?")
         assert len(session.list_knowledge()) == 2
         assert session.delete_knowledge("technical_manual.md") is True
+        # A source name with '/' (sent as %2F) reaches the route whole.
+        session.add_knowledge("Nested guide text", name="guides/nested.md")
+        assert session.delete_knowledge("guides/nested.md") is True
         assert session.clear_knowledge() == 1
 
 
+def test_state_versions_and_restore(agent_url: str, services: ServerThread) -> None:
+    with Session(session_id="versions", agent_url=agent_url) as session:
+        first = session.save_state({"step": 1})
+        session.set_state("step", 2)
+        session.set_state("extra", True)
+        history = session.state_history()
+        assert [v.version for v in history][:3] == [first + 2, first + 1, first]
+        assert history[0].operation == "SET" and history[0].key == "extra"
+        assert history[-1].state == {"step": 1} and history[-1].time is not None
+        restored = session.restore_state_version(first)
+        assert restored == first + 3
+        assert session.restore_state() == {"step": 1}
+        with pytest.raises(NotFound):
+            session.restore_state_version(10_000)
+        with Session(session_id="versions", address=services.address) as direct:
+            assert [v.version for v in direct.state_history()] == [v.version for v in session.state_history()]
+
+
+async def test_watch_state_over_sse(agent_url: str) -> None:
+    import asyncio
+
+    async with AsyncSession(session_id="watched", agent_url=agent_url) as session:
+        await session.save_state({"a": 1})
+        changes = session.watch_state()
+        snapshot = await anext(changes)
+        assert snapshot.operation == "SNAPSHOT" and snapshot.state == {"a": 1}
+        async with AsyncSession(session_id="watched", agent_url=agent_url) as writer:
+            await writer.set_state("b", 2)
+        change = await asyncio.wait_for(anext(changes), 10)
+        assert (change.operation, change.key, change.value, change.state) == ("SET", "b", 2, {"a": 1, "b": 2})
+        await changes.aclose()  # type: ignore[attr-defined]
+
+
+def test_memory_history_context_and_filtered_list(agent_url: str) -> None:
+    with Session(session_id="mem2", user_id="mem2_user", agent_url=agent_url) as session:
+        first = session.add_memory("The user likes green tea", topic="drinks")
+        second = session.add_memory("The user lives in Lisbon", topic="places")
+        assert first is not None and second is not None
+        session.update_memory(first["id"], "The user likes jasmine green tea")
+        history = session.memory_history(first["id"])
+        assert [h["operation"] for h in history] == ["ADD", "UPDATE"]
+        assert history[1]["old_text"] == "The user likes green tea"
+        listed = session.list_memories(metadata_filter={"topic": "places"})
+        assert [m["id"] for m in listed] == [second["id"]]
+        # The memory service's own context block (BuildMemoryContext), as over gRPC.
+        context = session.get_memory_context("what does the user drink?", max_items=1)
+        assert "jasmine green tea" in context and "Lisbon" not in context
+
+
 def test_calls_the_rest_api_does_not_offer_say_so(agent_url: str) -> None:
-    with Session(session_id="unsupported", agent_url=agent_url) as session:
-        with pytest.raises(NotImplementedByServer, match="address="):
-            session.state_history()
-        with pytest.raises(NotImplementedByServer):
-            next(iter(session.watch_state()))
+    with (
+        Session(session_id="unsupported", agent_url=agent_url) as session,
+        pytest.raises(NotImplementedByServer, match="address="),
+    ):
+        session.extract_memories([{"role": "user", "content": "I like tea"}])

@@ -10,23 +10,31 @@ server speaking the seed's remote agent protocol) over HTTP instead of gRPC.
   with the clients of sessionkit.remote_rest, which all send their requests through
   :meth:`GatewayClient.request` (retries and errors in one place).
 
+- ``chat(message, stream=True)`` asks for Server-Sent Events (``"stream": true``) and yields the text
+  pieces as they arrive (a server that answers plain JSON yields its whole answer once).
+
 Retries (tenacity, jittered exponential backoff within the session's ``timeout``): a connection that
 could not be opened and 429 (the rate limit refuses before any work is done; ``Retry-After`` is
 honoured) are always retried; 502/503/504 and a connection lost mid-request only for requests that are
-safe to repeat (reads, whole-value writes, and chat turns, which carry an ``Idempotency-Key``): an
-increment or an appended event is not sent twice. Other 4xx are never retried. What cannot reach the
-server ends as :class:`RemoteConnectionError`, a ``ConnectionError`` (the seed's error) that is also
-a :class:`ServiceUnavailable`; other refusals are the typed errors of sessionkit.errors.
+safe to repeat: reads, and writes and chat turns, which carry an ``Idempotency-Key`` (one per logical
+call, the same on every attempt), so the server applies a repeated write once. CreateSession and
+DeleteSession have no key in the proto: they are repeated only when that is harmless (get_if_exists,
+allow_missing, which AsyncSession uses). A stream is
+retried until it starts, never after. Other 4xx are never retried. What cannot reach the server ends as
+:class:`RemoteConnectionError`, a ``ConnectionError`` (the seed's error) that is also a
+:class:`ServiceUnavailable`; other refusals are the typed errors of sessionkit.errors.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
+import json as jsonlib
 import ssl
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from datetime import UTC
 from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
@@ -213,20 +221,11 @@ class GatewayClient:
 
     # -- requests -----------------------------------------------------------------------------------
 
-    async def chat(
-        self, session_id: str, user_id: str, message: str, extra: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        """One turn of the remote agent protocol; the whole JSON answer ({"response", "session_id",
-        "metadata"}). ``extra``: more body fields (e.g. "agent", "options"), as PraisonAI's client
-        merges its kwargs."""
+    @staticmethod
+    def _chat_body(session_id: str, user_id: str, message: str, extra: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(message, str) or not message.strip():
             raise InvalidArgument(
                 "chat() needs a non-empty message", violations=[FieldViolation("message", "a non-empty str")]
-            )
-        if extra.get("stream"):
-            raise InvalidArgument(
-                "chat() returns the whole answer; streaming is not offered by the SDK's remote mode yet",
-                violations=[FieldViolation("stream", "not supported by chat()")],
             )
         body: dict[str, Any] = {
             "messages": [{"role": "user", "content": message}],
@@ -240,6 +239,15 @@ class GatewayClient:
         }
         reserved = ("messages", "context", "stream", "query", "session_id", "user_id")
         body.update({k: v for k, v in extra.items() if k not in reserved})
+        return body
+
+    async def chat(
+        self, session_id: str, user_id: str, message: str, extra: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """One turn of the remote agent protocol; the whole JSON answer ({"response", "session_id",
+        "metadata"}). ``extra``: more body fields (e.g. "agent", "options"), as PraisonAI's client
+        merges its kwargs."""
+        body = self._chat_body(session_id, user_id, message, extra)
         # One key for every attempt: the gateway runs a repeated turn once, so retrying after a 502/504
         # (the turn may have run) cannot answer twice or store the turn twice.
         headers = {"Idempotency-Key": uuid.uuid4().hex}
@@ -251,6 +259,95 @@ class GatewayClient:
                 status=200,
             )
         return answer
+
+    def chat_stream(
+        self, session_id: str, user_id: str, message: str, extra: Mapping[str, Any]
+    ) -> AsyncIterator[str]:
+        """One turn with ``"stream": true``: the reply's text pieces as the server sends them (SSE
+        ``delta`` events). The request is checked at once; the turn starts on the first ``anext``.
+        Opening the stream is retried like :meth:`chat` (same Idempotency-Key); once text has
+        arrived, a failure is raised (an SSE ``error`` event as its typed error), never retried."""
+        body = self._chat_body(session_id, user_id, message, extra)
+        body["stream"] = True
+        headers = {"Idempotency-Key": uuid.uuid4().hex, "Accept": "text/event-stream"}
+        return self._chat_stream(body, headers)
+
+    async def _chat_stream(self, body: dict[str, Any], headers: dict[str, str]) -> AsyncIterator[str]:
+        streamed = False
+        events = self.events(
+            "POST", self.agent_url, json=body, headers=headers, read_timeout=self.policy.deadline
+        )
+        try:
+            async for event, data in events:
+                if event == "delta" and isinstance(data, dict):
+                    text = data.get("text")
+                    if isinstance(text, str) and text:
+                        streamed = True
+                        yield text
+                elif event == "result":
+                    if not isinstance(data, dict) or not isinstance(data.get("response"), str):
+                        raise RemoteConnectionError(
+                            f"the remote agent at {self.agent_url} ended its stream without a 'response' "
+                            f"text: {data!r:.200}",
+                            reason=BAD_RESPONSE,
+                            status=200,
+                        )
+                    if not streamed and data["response"]:
+                        yield data["response"]  # a server that answered JSON, or sent no deltas
+                    return
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+
+    async def events(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+        read_timeout: float | None = None,
+    ) -> AsyncIterator[tuple[str, Any]]:
+        """Server-Sent Events of one request: ``(event, data)`` pairs, data parsed as JSON. Opening is
+        retried as :meth:`request` does (the request must be safe to repeat); an ``error`` event is raised
+        as its typed error. ``read_timeout``: the longest wait for the next bytes (None: no limit, for a
+        watch). A server that answers JSON instead of a stream gives one ``("result", body)``."""
+        if url.startswith("/"):
+            url = self.base_url + url
+        accept = {"Accept": "text/event-stream", **(headers or {})}
+
+        async def attempt(remaining: float) -> httpx.Response:
+            client = self._client()
+            timeout = httpx.Timeout(remaining, read=read_timeout)
+            request = client.build_request(
+                method, url, params=params, json=json, headers=accept, timeout=timeout
+            )
+            with self._mapped(url, remaining):
+                response = await client.send(request, stream=True)
+            if response.status_code >= 400:
+                with self._mapped(url, remaining):
+                    await response.aread()
+                await response.aclose()
+                self._raise(method, url, response)
+            return response
+
+        response = await self._retrying(url, True, attempt)
+        try:
+            if "text/event-stream" not in response.headers.get("content-type", ""):
+                with self._mapped(url, self.policy.deadline):
+                    await response.aread()
+                yield "result", self._json(url, response)
+                return
+            with self._mapped(url, read_timeout or self.policy.deadline):
+                async for event, data in _sse_events(response.aiter_lines()):
+                    if event == "error":
+                        detail = data.get("error") if isinstance(data, dict) else None
+                        code = detail.get("code") if isinstance(detail, dict) else None
+                        status = code if isinstance(code, int) and 400 <= code < 600 else 500
+                        self._raise(method, url, httpx.Response(status, json=data))
+                    yield event, data
+        finally:
+            await response.aclose()
 
     async def request(
         self,
@@ -267,6 +364,14 @@ class GatewayClient:
         """One HTTP call with retries; the JSON answer. ``url``: absolute, or a path under the base."""
         if url.startswith("/"):
             url = self.base_url + url
+
+        async def attempt(remaining: float) -> Any:
+            return await self._attempt(method, url, params, json, files, data, headers, remaining)
+
+        return await self._retrying(url, idempotent, attempt)
+
+    async def _retrying(self, url: str, idempotent: bool, attempt: Callable[[float], Awaitable[Any]]) -> Any:
+        """``attempt(seconds left)`` with the retry rules, within the policy's deadline."""
         deadline = time.monotonic() + self.policy.deadline
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.policy.max_attempts) | stop_before_delay(self.policy.deadline),
@@ -276,8 +381,8 @@ class GatewayClient:
             reraise=True,
         )
         try:
-            async for attempt in retrying:
-                with attempt:
+            async for trying in retrying:
+                with trying:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise RemoteConnectionError(
@@ -285,7 +390,7 @@ class GatewayClient:
                             "timeout",
                             reason="DEADLINE_EXCEEDED",
                         )
-                    return await self._attempt(method, url, params, json, files, data, headers, remaining)
+                    return await attempt(remaining)
         except RemoteConnectionError as error:
             error.metadata.setdefault("url", url)
             raise
@@ -302,7 +407,7 @@ class GatewayClient:
         headers: Mapping[str, str] | None,
         seconds: float,
     ) -> Any:
-        try:
+        with self._mapped(url, seconds):
             response = await self._client().request(
                 method,
                 url,
@@ -313,6 +418,17 @@ class GatewayClient:
                 headers=headers,
                 timeout=seconds,
             )
+        if response.status_code >= 400:
+            self._raise(method, url, response)
+        return self._json(url, response)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _mapped(url: str, seconds: float) -> Iterator[None]:
+        """httpx's transport errors as RemoteConnectionError (``sent``: whether the request may have
+        reached the server)."""
+        try:
+            yield
         except httpx.ConnectError as error:
             if _tls_failure(error):
                 raise RemoteConnectionError(
@@ -342,8 +458,9 @@ class GatewayClient:
                 f"the connection to the remote agent at {url} failed: {error or type(error).__name__}",
                 reason="CONNECTION_FAILED",
             ) from error
-        if response.status_code >= 400:
-            self._raise(method, url, response)
+
+    @staticmethod
+    def _json(url: str, response: httpx.Response) -> Any:
         try:
             return response.json()
         except ValueError as error:
@@ -395,6 +512,30 @@ class GatewayClient:
         error.message = f"{text} ({where})"
         error.args = (error.message,)
         raise error
+
+
+async def _sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, Any]]:
+    """Server-Sent Events from a stream of lines: ``(event, data)``, data parsed as JSON when it is."""
+    event, data = "message", list[str]()
+    async for line in lines:
+        if not line:
+            if data:
+                text = "\n".join(data)
+                try:
+                    parsed: Any = jsonlib.loads(text)
+                except ValueError:
+                    parsed = text
+                yield event, parsed
+            event, data = "message", []
+        elif line.startswith(":"):
+            continue  # a comment (keep-alive)
+        else:
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "event":
+                event = value
+            elif name == "data":
+                data.append(value)
 
 
 _HTTP_TO_GRPC = {

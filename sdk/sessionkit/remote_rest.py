@@ -4,8 +4,10 @@ clients (StateClient, MemoryClient, KnowledgeClient), so a remote session runs t
 (auto_save, ``temp:`` keys, creation on first use) as a gRPC one. What the REST API does not offer
 raises NotImplementedByServer (reason NOT_AVAILABLE_REMOTELY) naming the call.
 
-Each request says whether repeating it is safe (see sessionkit.remote): whole-value writes and
-reads are retried after a 502/503/504; increments, appends and events are not.
+Every write sends an ``Idempotency-Key`` header (a fresh key per call unless the caller gives one),
+the same on each of its retries; the gateway passes it to the gRPC request's idempotency_key, so a write
+repeated after a lost reply (a 502/503/504, a dropped connection) is applied once and answered as the
+first time. So writes are retried like reads, increments, appends and events included.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +30,7 @@ from sessionkit.remote import GatewayClient
 from sessionkit.state_client import Event, SessionInfo, SessionRef, StateChange, StateVersion
 
 JsonObject = dict[str, JsonValue]
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 def _time(value: Any) -> datetime | None:
@@ -61,6 +65,17 @@ def _event(body: dict[str, Any]) -> Event:
     )
 
 
+def _change(body: dict[str, Any]) -> StateChange:
+    return StateChange(
+        int(body["version"]),
+        str(body["operation"]),
+        str(body.get("key", "")),
+        body.get("value"),
+        dict(body.get("state") or {}),
+        _time(body.get("time")),
+    )
+
+
 def _number(value: Any) -> int | float:
     number = float(value)
     return int(number) if number.is_integer() else number
@@ -85,12 +100,24 @@ class _Rest:
         return params
 
     async def call(
-        self, method: str, ref: SessionRef, *parts: str, idempotent: bool = True, **kwargs: Any
+        self,
+        method: str,
+        ref: SessionRef,
+        *parts: str,
+        idempotent: bool = True,
+        idempotency_key: str | None = None,
+        **kwargs: Any,
     ) -> Any:
         params = self.params(ref, **kwargs.pop("params", {}))
+        headers = {IDEMPOTENCY_HEADER: idempotency_key} if idempotency_key else None
         return await self.gateway.request(
-            method, self.path(ref, *parts), params=params, idempotent=idempotent, **kwargs
+            method, self.path(ref, *parts), params=params, idempotent=idempotent, headers=headers, **kwargs
         )
+
+    async def write(self, method: str, ref: SessionRef, *parts: str, key: str | None, **kwargs: Any) -> Any:
+        """A write: one idempotency key for the call (``key``, else a fresh one), sent with every attempt,
+        so it is retried after a 502/503/504 and applied once."""
+        return await self.call(method, ref, *parts, idempotency_key=key or uuid.uuid4().hex, **kwargs)
 
 
 def _unsupported(what: str) -> NotImplementedByServer:
@@ -128,7 +155,10 @@ class RemoteStateClient(_Rest):
         return _session_info(ref, await self.call("GET", ref))
 
     async def delete_session(self, ref: SessionRef, allow_missing: bool = False) -> bool:
-        reply = await self.call("DELETE", ref, params={"allow_missing": allow_missing})
+        # No idempotency key in the proto: repeated only when a repeat is harmless (allow_missing).
+        reply = await self.call(
+            "DELETE", ref, params={"allow_missing": allow_missing}, idempotent=allow_missing
+        )
         return bool(reply["deleted"])
 
     async def get_state(self, ref: SessionRef, keys: list[str] | None = None) -> tuple[JsonObject, int]:
@@ -144,7 +174,7 @@ class RemoteStateClient(_Rest):
         idempotency_key: str | None = None,
     ) -> int:
         body = {"state": check_json(state, "state"), "expected_version": expected_version}
-        return int((await self.call("PUT", ref, "state", json=body))["version"])
+        return int((await self.write("PUT", ref, "state", key=idempotency_key, json=body))["version"])
 
     async def set_value(
         self,
@@ -155,8 +185,7 @@ class RemoteStateClient(_Rest):
         idempotency_key: str | None = None,
     ) -> int:
         body = {"value": check_json(value, key), "expected_version": expected_version}
-        # A repeat sets the same value again; only with expected_version could a repeat look stale.
-        reply = await self.call("PUT", ref, "state", key, json=body, idempotent=expected_version is None)
+        reply = await self.write("PUT", ref, "state", key, key=idempotency_key, json=body)
         return int(reply["version"])
 
     async def delete_value(
@@ -166,14 +195,8 @@ class RemoteStateClient(_Rest):
         expected_version: int | None = None,
         idempotency_key: str | None = None,
     ) -> tuple[int, bool]:
-        reply = await self.call(
-            "DELETE",
-            ref,
-            "state",
-            key,
-            params={"expected_version": expected_version},
-            idempotent=expected_version is None,
-        )
+        params = {"expected_version": expected_version}
+        reply = await self.write("DELETE", ref, "state", key, key=idempotency_key, params=params)
         return int(reply["version"]), bool(reply["existed"])
 
     async def clear_state(
@@ -190,7 +213,7 @@ class RemoteStateClient(_Rest):
             "include_user_scope": include_user_scope,
             "include_app_scope": include_app_scope,
         }
-        reply = await self.call("DELETE", ref, "state", params=params, idempotent=expected_version is None)
+        reply = await self.write("DELETE", ref, "state", key=idempotency_key, params=params)
         return int(reply["version"])
 
     async def increment(
@@ -204,7 +227,7 @@ class RemoteStateClient(_Rest):
         if isinstance(delta, bool) or not isinstance(delta, (int, float)):
             raise InvalidArgument(f"delta must be a number, not {type(delta).__name__}")
         body = {"increment": delta, "expected_version": expected_version}
-        reply = await self.call("PATCH", ref, "state", key, json=body, idempotent=False)
+        reply = await self.write("PATCH", ref, "state", key, key=idempotency_key, json=body)
         return int(reply["version"]), _number(reply["value"])
 
     async def append(
@@ -216,7 +239,7 @@ class RemoteStateClient(_Rest):
         idempotency_key: str | None = None,
     ) -> tuple[int, int]:
         body = {"append": check_json(list(values), "values"), "expected_version": expected_version}
-        reply = await self.call("PATCH", ref, "state", key, json=body, idempotent=False)
+        reply = await self.write("PATCH", ref, "state", key, key=idempotency_key, json=body)
         return int(reply["version"]), int(reply["length"])
 
     async def append_event(
@@ -229,7 +252,7 @@ class RemoteStateClient(_Rest):
         idempotency_key: str | None = None,
     ) -> Event:
         body = {"role": role, "content": content, "author": author, "metadata": metadata or {}}
-        return _event(await self.call("POST", ref, "events", json=body, idempotent=False))
+        return _event(await self.write("POST", ref, "events", key=idempotency_key, json=body))
 
     async def list_events(
         self, ref: SessionRef, page_size: int = 0, page_token: str = "", tail: int = 0, author: str = ""
@@ -239,13 +262,28 @@ class RemoteStateClient(_Rest):
         return [_event(e) for e in reply["events"]], str(reply.get("next_page_token", ""))
 
     async def watch(self, ref: SessionRef, since_version: int = 0) -> AsyncIterator[StateChange]:
-        raise _unsupported("watch_state()")
-        yield  # pragma: no cover - makes this an async generator like StateClient.watch
+        """``GET .../watch`` (Server-Sent Events): the current state (SNAPSHOT), then every change."""
+        params = self.params(ref, since_version=since_version)
+        async for event, data in self.gateway.events("GET", self.path(ref, "watch"), params=params):
+            if event == "change" and isinstance(data, dict):
+                yield _change(data)
 
     async def list_versions(
         self, ref: SessionRef, page_size: int = 0, page_token: str = ""
     ) -> tuple[list[StateVersion], str]:
-        raise _unsupported("state_history()")
+        params = {"page_size": page_size, "page_token": page_token}
+        reply = await self.call("GET", ref, "versions", params=params)
+        versions = [
+            StateVersion(
+                int(v["version"]),
+                str(v["operation"]),
+                str(v.get("key", "")),
+                dict(v["state"]),
+                _time(v.get("time")),
+            )
+            for v in reply["versions"]
+        ]
+        return versions, str(reply.get("next_page_token", ""))
 
     async def restore_version(
         self,
@@ -254,7 +292,9 @@ class RemoteStateClient(_Rest):
         expected_version: int | None = None,
         idempotency_key: str | None = None,
     ) -> int:
-        raise _unsupported("restore_state_version()")
+        params = {"expected_version": expected_version}
+        path = ("versions", str(int(version)), "restore")
+        return int((await self.write("POST", ref, *path, key=idempotency_key, params=params))["version"])
 
 
 class RemoteMemoryClient(_Rest):
@@ -274,8 +314,7 @@ class RemoteMemoryClient(_Rest):
         body: dict[str, Any] = {"text": text, "memory_type": kind, "metadata": metadata}
         if quality_score is not None:
             body["quality_score"] = quality_score
-        # The memory service deduplicates the same text, so a repeated add returns the first one.
-        return dict(await self.call("POST", ref, "memories", json=body))
+        return dict(await self.write("POST", ref, "memories", key=idempotency_key, json=body))
 
     async def search(
         self,
@@ -296,13 +335,11 @@ class RemoteMemoryClient(_Rest):
         return list((await self.call("POST", ref, "memories", "search", json=body))["hits"])
 
     async def context(self, ref: SessionRef, query: str, max_items: int = 3, kind: str = "all") -> str:
-        """The memory service's context block, built from a search (the REST API has no context route):
-        one line per memory, ``- <text> (long-term|short-term)``, best first."""
+        """The memory service's context block (BuildMemoryContext, ``POST .../memories/context``)."""
         if max_items < 1:
             raise InvalidArgument("invalid max_items", violations=[FieldViolation("max_items", "at least 1")])
-        hits = await self.search(ref, query, kind, max_items)
-        kinds = {"long": "long-term", "short": "short-term"}
-        return "\n".join(f"- {h['text']} ({kinds.get(h['memory_type'], h['memory_type'])})" for h in hits)
+        body = {"query": query, "max_items": max_items, "memory_type": kind}
+        return str((await self.call("POST", ref, "memories", "context", json=body))["context"])
 
     async def extract(
         self,
@@ -316,7 +353,8 @@ class RemoteMemoryClient(_Rest):
         raise _unsupported("memory extraction (extract_memories(), memory_config provider 'mem0')")
 
     async def clear(self, ref: SessionRef, kind: str = "all", idempotency_key: str | None = None) -> int:
-        reply = await self.call("DELETE", ref, "memories", params={"memory_type": kind})
+        params = {"memory_type": kind}
+        reply = await self.write("DELETE", ref, "memories", key=idempotency_key, params=params)
         return int(reply["deleted_count"])
 
     async def get(self, ref: SessionRef, memory_id: str) -> dict[str, Any]:
@@ -325,9 +363,10 @@ class RemoteMemoryClient(_Rest):
     async def list_all(
         self, ref: SessionRef, kind: str = "all", metadata_filter: dict[str, JsonValue] | None = None
     ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"memory_type": kind}
         if metadata_filter:
-            raise _unsupported("list_memories(metadata_filter=...)")
-        return list((await self.call("GET", ref, "memories", params={"memory_type": kind}))["memories"])
+            params["metadata_filter"] = json.dumps(check_json(metadata_filter, "metadata_filter"))
+        return list((await self.call("GET", ref, "memories", params=params))["memories"])
 
     async def update(
         self,
@@ -343,13 +382,14 @@ class RemoteMemoryClient(_Rest):
             for k, v in (("text", text), ("metadata", metadata), ("quality_score", quality_score))
             if v is not None
         }
-        return dict(await self.call("PATCH", ref, "memories", memory_id, json=body))
+        return dict(await self.write("PATCH", ref, "memories", memory_id, key=idempotency_key, json=body))
 
     async def delete(self, ref: SessionRef, memory_id: str, idempotency_key: str | None = None) -> bool:
-        return bool((await self.call("DELETE", ref, "memories", memory_id))["deleted"])
+        reply = await self.write("DELETE", ref, "memories", memory_id, key=idempotency_key)
+        return bool(reply["deleted"])
 
     async def history(self, ref: SessionRef, memory_id: str) -> list[dict[str, Any]]:
-        raise _unsupported("memory_history()")
+        return list((await self.call("GET", ref, "memories", memory_id, "history"))["changes"])
 
 
 class RemoteKnowledgeClient(_Rest):
@@ -385,7 +425,9 @@ class RemoteKnowledgeClient(_Rest):
             # and bytes can be sent again as they are when the upload is retried.
             content = await asyncio.to_thread(path.read_bytes)
             files = {"file": (path.name, content, content_type or "application/octet-stream")}
-            reply = await self.call("POST", ref, "knowledge", "files", files=files, data=form)
+            reply = await self.write(
+                "POST", ref, "knowledge", "files", key=idempotency_key, files=files, data=form
+            )
         else:
             body: dict[str, Any] = {
                 "url" if kind == "url" else "text": str(source),
@@ -397,7 +439,7 @@ class RemoteKnowledgeClient(_Rest):
                 "metadata": metadata,
                 "force": force,
             }
-            reply = await self.call("POST", ref, "knowledge", json=body)
+            reply = await self.write("POST", ref, "knowledge", key=idempotency_key, json=body)
         reply = dict(reply)
         reply["kind"] = kind
         return reply
@@ -431,9 +473,10 @@ class RemoteKnowledgeClient(_Rest):
         self, ref: SessionRef, source: str, scope: str = "session", allow_missing: bool = False
     ) -> int | None:
         params = {"scope": scope, "allow_missing": allow_missing}
-        reply = await self.call("DELETE", ref, "knowledge", source, params=params)
+        reply = await self.write("DELETE", ref, "knowledge", source, key=None, params=params)
         return int(reply["deleted_chunk_count"]) if reply["deleted"] else None
 
     async def clear(self, ref: SessionRef, scope: str = "session", collection: str = "") -> int:
         params = {"scope": scope, "collection": collection}
-        return int((await self.call("DELETE", ref, "knowledge", params=params))["deleted_source_count"])
+        reply = await self.write("DELETE", ref, "knowledge", key=None, params=params)
+        return int(reply["deleted_source_count"])

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from services.gateway.deps import Caller, CallerDep
+from services.gateway.deps import Caller, CallerDep, IdempotencyKey
 from services.gateway.errors import error_body
 from services.gateway.models import AgentRequest, AgentResponse
 from sessionkit.errors import (
@@ -147,9 +147,7 @@ def add(router: APIRouter) -> None:
         body: AgentRequest,
         request: Request,
         caller: CallerDep,
-        idempotency_key: Annotated[
-            str | None, Header(max_length=128, description="Repeat a turn safely: the same key runs it once")
-        ] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> Any:
         """One agent turn in a session (the remote agent protocol)."""
         gateway = request.app.state.gateway

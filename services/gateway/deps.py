@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Path, Query, Request
+from fastapi import Depends, Header, Path, Query, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from services.common.auth import KeyRing, Principal
@@ -107,6 +107,18 @@ def _take(gateway: Gateway, bucket: str) -> None:
 CallerDep = Annotated[Caller, Depends(caller)]
 SessionIdPath = Annotated[str, Path(pattern=ID_REGEX, description="Session id")]
 UserQuery = Annotated[str, Query(pattern=ID_REGEX, description="User id (default 'default')")]
+#: Writes: the same key (1-128 printable ASCII characters, e.g. a UUID) repeated applies the write once
+#: and answers its first reply; passed through as the gRPC request's idempotency_key. Omitted: a fresh
+#: key per request.
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        pattern=r"^[!-~]{1,128}$",
+        description="Repeat a write safely: a request repeated with the same key (1-128 printable ASCII "
+        "characters, e.g. a UUID) is applied once and answered with the first answer. Omitted: every "
+        "request is a new write.",
+    ),
+]
 
 
 @dataclass

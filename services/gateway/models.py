@@ -12,6 +12,8 @@ JsonObject = dict[str, Any]
 MemoryKind = Literal["short", "long"]
 MemoryFilter = Literal["short", "long", "all"]
 Scope = Literal["session", "user", "collection"]
+#: Versions are int64 in the protos: a larger number is a 400, not an overflow.
+INT64_MAX = (1 << 63) - 1
 
 
 class Strict(BaseModel):
@@ -138,7 +140,9 @@ class StateOut(BaseModel):
 
 class SaveState(Strict):
     state: JsonObject
-    expected_version: int | None = Field(None, ge=0, description="Compare-and-set: 409 when stale.")
+    expected_version: int | None = Field(
+        None, ge=0, le=INT64_MAX, description="Compare-and-set: 409 when stale."
+    )
 
 
 class Version(BaseModel):
@@ -153,7 +157,7 @@ class ValueOut(BaseModel):
 
 class SetValue(Strict):
     value: Any = Field(description="Any JSON value.")
-    expected_version: int | None = Field(None, ge=0)
+    expected_version: int | None = Field(None, ge=0, le=INT64_MAX)
 
 
 class PatchValue(Strict):
@@ -161,7 +165,7 @@ class PatchValue(Strict):
 
     increment: float | None = None
     append: list[Any] | None = None
-    expected_version: int | None = Field(None, ge=0)
+    expected_version: int | None = Field(None, ge=0, le=INT64_MAX)
 
 
 class PatchedValue(BaseModel):
@@ -173,6 +177,30 @@ class PatchedValue(BaseModel):
 class DeletedValue(BaseModel):
     version: int
     existed: bool
+
+
+class StateVersionOut(BaseModel):
+    version: int
+    operation: str = Field(description="What made this version: SET, DELETE, SAVE, CLEAR, RESTORE, ...")
+    key: str = Field(description="The key changed (one-key writes), else empty.")
+    state: JsonObject = Field(description="The session's own keys as of this version.")
+    time: datetime | None
+
+
+class VersionList(BaseModel):
+    versions: list[StateVersionOut] = Field(description="Newest first.")
+    next_page_token: str = ""
+
+
+class StateChangeOut(BaseModel):
+    """One event of the state watch stream (SSE data)."""
+
+    version: int
+    operation: str = Field(description="SNAPSHOT first, then SET, DELETE, SAVE, CLEAR, ...")
+    key: str
+    value: Any = None
+    state: JsonObject
+    time: datetime | None
 
 
 class EventIn(Strict):
@@ -250,6 +278,38 @@ class MemoryHits(BaseModel):
 
 class MemoryList(BaseModel):
     memories: list[MemoryOut]
+
+
+class MemoryContextIn(Strict):
+    query: str = Field(min_length=1, max_length=10_000)
+    max_items: int = Field(3, ge=1, le=100)
+    memory_type: MemoryFilter = "all"
+    min_quality: float | None = Field(None, ge=0, le=1)
+    metadata_filter: JsonObject | None = None
+    max_chars: int = Field(0, ge=0, le=1_000_000, description="0: no limit.")
+
+
+class MemoryContext(BaseModel):
+    context: str = Field(
+        description="One memory per line, for a prompt; empty when nothing relevant was found. Its exact "
+        "layout is not a contract: read hits."
+    )
+    hits: list[MemoryHit] = Field(description="The memories used, best first.")
+
+
+class MemoryChangeOut(BaseModel):
+    operation: Literal["ADD", "UPDATE", "MERGE", "DELETE", "OPERATION_UNSPECIFIED"]
+    old_text: str | None
+    new_text: str | None
+    old_quality_score: float | None
+    new_quality_score: float | None
+    actor: str
+    revision: int
+    time: str | None
+
+
+class MemoryHistory(BaseModel):
+    changes: list[MemoryChangeOut] = Field(description="Oldest first.")
 
 
 class MemoryUpdate(Strict):

@@ -4,17 +4,23 @@ HTTP request to one SDK client call and its result to the response model. No bus
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import shutil
 import tempfile
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Path, Query, Response, UploadFile
+from fastapi.responses import StreamingResponse
 from pydantic import Json
 
-from services.gateway.deps import Caller, CallerDep, SessionIdPath, UserQuery
+from services.gateway.deps import Caller, CallerDep, IdempotencyKey, SessionIdPath, UserQuery
+from services.gateway.errors import error_body
 from services.gateway.models import (
+    INT64_MAX,
     AddedMemory,
     ClearedKnowledge,
     CreatedSession,
@@ -30,7 +36,10 @@ from services.gateway.models import (
     KnowledgeHits,
     KnowledgeIn,
     KnowledgeSearch,
+    MemoryContext,
+    MemoryContextIn,
     MemoryFilter,
+    MemoryHistory,
     MemoryHits,
     MemoryIn,
     MemoryList,
@@ -45,22 +54,41 @@ from services.gateway.models import (
     SessionOut,
     SetValue,
     SourceList,
+    StateChangeOut,
     StateOut,
+    StateVersionOut,
     ValueOut,
     Version,
+    VersionList,
 )
-from sessionkit.errors import FieldViolation, InternalError, InvalidArgument, NotFound
+from sessionkit.errors import FieldViolation, InternalError, InvalidArgument, NotFound, SessionKitError
 from sessionkit.jsonvalues import check_json, to_struct
 from sessionkit.knowledge_client import Stub as KnowledgeStub
 from sessionkit.knowledge_client import chunker_message, result_dict, scope_message
-from sessionkit.state_client import SessionInfo, SessionRef
-from sessionkit.v1 import knowledge_pb2
+from sessionkit.memory_client import Stub as MemoryStub
+from sessionkit.memory_client import hit_dict
+from sessionkit.memory_client import memory_type as memory_type_message
+from sessionkit.state_client import SessionInfo, SessionRef, StateChange
+from sessionkit.v1 import knowledge_pb2, memory_pb2
 
-KeyPath = Annotated[str, Path(min_length=1, max_length=256, description="State key")]
+KeyPath = Annotated[
+    str,
+    Path(min_length=1, max_length=256, description="State key (may contain '/', sent as it is or as %2F)"),
+]
 MemoryIdPath = Annotated[str, Path(min_length=1, max_length=128, description="Memory id (m-...)")]
-ExpectedVersion = Annotated[int | None, Query(ge=0, description="Compare-and-set: 409 when stale")]
+ExpectedVersion = Annotated[
+    int | None, Query(ge=0, le=INT64_MAX, description="Compare-and-set: 409 when stale")
+]
 PageSize = Annotated[int, Query(ge=0, le=1000, description="0: the server's default")]
 PageToken = Annotated[str, Query(max_length=4096)]
+log = logging.getLogger("sessionkit.gateway")
+
+WATCH_DESCRIPTION = (
+    "Server-Sent Events: one `event: change` per state change, data "
+    '{"version", "operation", "key", "value", "state", "time"} (operation SNAPSHOT first with '
+    "since_version=0), for as long as the client stays connected; a failure after the stream started "
+    "is one `event: error` with the error body."
+)
 
 
 def _session(info: SessionInfo, caller: Caller) -> SessionOut:
@@ -144,11 +172,15 @@ def add(router: APIRouter) -> None:
 
     @router.put("/v1/sessions/{session_id}/state", response_model=Version, tags=["state"])
     async def save_state(
-        session_id: SessionIdPath, body: SaveState, caller: CallerDep, user_id: UserQuery = "default"
+        session_id: SessionIdPath,
+        body: SaveState,
+        caller: CallerDep,
+        user_id: UserQuery = "default",
+        idempotency_key: IdempotencyKey = None,
     ) -> Version:
         """SaveState: replace the session's state."""
         version = await caller.clients.state.save_state(
-            caller.ref(user_id, session_id), body.state, body.expected_version
+            caller.ref(user_id, session_id), body.state, body.expected_version, idempotency_key
         )
         return Version(version=version)
 
@@ -160,6 +192,7 @@ def add(router: APIRouter) -> None:
         expected_version: ExpectedVersion = None,
         include_user_scope: bool = False,
         include_app_scope: bool = False,
+        idempotency_key: IdempotencyKey = None,
     ) -> Version:
         """ClearState."""
         version = await caller.clients.state.clear_state(
@@ -167,10 +200,11 @@ def add(router: APIRouter) -> None:
             expected_version,
             include_user_scope=include_user_scope,
             include_app_scope=include_app_scope,
+            idempotency_key=idempotency_key,
         )
         return Version(version=version)
 
-    @router.get("/v1/sessions/{session_id}/state/{key}", response_model=ValueOut, tags=["state"])
+    @router.get("/v1/sessions/{session_id}/state/{key:path}", response_model=ValueOut, tags=["state"])
     async def get_value(
         session_id: SessionIdPath, key: KeyPath, caller: CallerDep, user_id: UserQuery = "default"
     ) -> ValueOut:
@@ -180,27 +214,29 @@ def add(router: APIRouter) -> None:
             raise NotFound(f"key {key!r} is not set in session {session_id!r}", reason="STATE_KEY_NOT_FOUND")
         return ValueOut(key=key, value=state[key], version=version)
 
-    @router.put("/v1/sessions/{session_id}/state/{key}", response_model=Version, tags=["state"])
+    @router.put("/v1/sessions/{session_id}/state/{key:path}", response_model=Version, tags=["state"])
     async def set_value(
         session_id: SessionIdPath,
         key: KeyPath,
         body: SetValue,
         caller: CallerDep,
         user_id: UserQuery = "default",
+        idempotency_key: IdempotencyKey = None,
     ) -> Version:
         """SetStateValue."""
         version = await caller.clients.state.set_value(
-            caller.ref(user_id, session_id), key, body.value, body.expected_version
+            caller.ref(user_id, session_id), key, body.value, body.expected_version, idempotency_key
         )
         return Version(version=version)
 
-    @router.patch("/v1/sessions/{session_id}/state/{key}", response_model=PatchedValue, tags=["state"])
+    @router.patch("/v1/sessions/{session_id}/state/{key:path}", response_model=PatchedValue, tags=["state"])
     async def patch_value(
         session_id: SessionIdPath,
         key: KeyPath,
         body: PatchValue,
         caller: CallerDep,
         user_id: UserQuery = "default",
+        idempotency_key: IdempotencyKey = None,
     ) -> PatchedValue:
         """IncrementState ({"increment": n}) or AppendState ({"append": [values]})."""
         ref = caller.ref(user_id, session_id)
@@ -211,26 +247,98 @@ def add(router: APIRouter) -> None:
             )
         if body.increment is not None:
             version, value = await caller.clients.state.increment(
-                ref, key, body.increment, body.expected_version
+                ref, key, body.increment, body.expected_version, idempotency_key
             )
             return PatchedValue(version=version, value=value)
         assert body.append is not None
-        version, length = await caller.clients.state.append(ref, key, body.append, body.expected_version)
+        version, length = await caller.clients.state.append(
+            ref, key, body.append, body.expected_version, idempotency_key
+        )
         return PatchedValue(version=version, length=length)
 
-    @router.delete("/v1/sessions/{session_id}/state/{key}", response_model=DeletedValue, tags=["state"])
+    @router.delete("/v1/sessions/{session_id}/state/{key:path}", response_model=DeletedValue, tags=["state"])
     async def delete_value(
         session_id: SessionIdPath,
         key: KeyPath,
         caller: CallerDep,
         user_id: UserQuery = "default",
         expected_version: ExpectedVersion = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> DeletedValue:
         """DeleteStateValue."""
         version, existed = await caller.clients.state.delete_value(
-            caller.ref(user_id, session_id), key, expected_version
+            caller.ref(user_id, session_id), key, expected_version, idempotency_key
         )
         return DeletedValue(version=version, existed=existed)
+
+    # Versions and the watch stream are not under /state/: every path below /state/ is a key.
+
+    @router.get("/v1/sessions/{session_id}/versions", response_model=VersionList, tags=["state"])
+    async def list_versions(
+        session_id: SessionIdPath,
+        caller: CallerDep,
+        user_id: UserQuery = "default",
+        page_size: PageSize = 0,
+        page_token: PageToken = "",
+    ) -> VersionList:
+        """ListStateVersions: earlier versions of the session's own keys, newest first."""
+        versions, token = await caller.clients.state.list_versions(
+            caller.ref(user_id, session_id), page_size, page_token
+        )
+        return VersionList(versions=[StateVersionOut(**vars(v)) for v in versions], next_page_token=token)
+
+    @router.post(
+        "/v1/sessions/{session_id}/versions/{version}/restore", response_model=Version, tags=["state"]
+    )
+    async def restore_version(
+        session_id: SessionIdPath,
+        version: Annotated[
+            int, Path(ge=1, le=INT64_MAX, description="A retained version (see GET .../versions)")
+        ],
+        caller: CallerDep,
+        user_id: UserQuery = "default",
+        expected_version: ExpectedVersion = None,
+        idempotency_key: IdempotencyKey = None,
+    ) -> Version:
+        """RestoreStateVersion: that version's keys become the current state, as a new version
+        (404 VERSION_NOT_FOUND when it is no longer retained)."""
+        new_version = await caller.clients.state.restore_version(
+            caller.ref(user_id, session_id), version, expected_version, idempotency_key
+        )
+        return Version(version=new_version)
+
+    @router.get(
+        "/v1/sessions/{session_id}/watch",
+        tags=["state"],
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "description": WATCH_DESCRIPTION,
+            }
+        },
+    )
+    async def watch_state(
+        session_id: SessionIdPath,
+        caller: CallerDep,
+        user_id: UserQuery = "default",
+        since_version: Annotated[
+            int, Query(ge=0, le=INT64_MAX, description="0: a SNAPSHOT of the current state first")
+        ] = 0,
+    ) -> StreamingResponse:
+        """WatchState as Server-Sent Events."""
+        changes = caller.clients.state.watch(caller.ref(user_id, session_id), since_version)
+        try:
+            # Read before answering, so a refused watch (no session, no key) is a plain HTTP error.
+            first = await anext(changes)
+        except BaseException:
+            await changes.aclose()  # type: ignore[attr-defined]
+            raise
+        return StreamingResponse(
+            _watch_stream(first, changes),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     # -- events ------------------------------------------------------------------------------------
 
@@ -254,11 +362,20 @@ def add(router: APIRouter) -> None:
         "/v1/sessions/{session_id}/events", response_model=EventOut, status_code=201, tags=["events"]
     )
     async def append_event(
-        session_id: SessionIdPath, body: EventIn, caller: CallerDep, user_id: UserQuery = "default"
+        session_id: SessionIdPath,
+        body: EventIn,
+        caller: CallerDep,
+        user_id: UserQuery = "default",
+        idempotency_key: IdempotencyKey = None,
     ) -> EventOut:
         """AppendEvent."""
         event = await caller.clients.state.append_event(
-            caller.ref(user_id, session_id), body.role, body.content, body.author, body.metadata
+            caller.ref(user_id, session_id),
+            body.role,
+            body.content,
+            body.author,
+            body.metadata,
+            idempotency_key,
         )
         return EventOut(**vars(event))
 
@@ -268,11 +385,20 @@ def add(router: APIRouter) -> None:
         "/v1/sessions/{session_id}/memories", response_model=AddedMemory, status_code=201, tags=["memories"]
     )
     async def add_memory(
-        session_id: SessionIdPath, body: MemoryIn, caller: CallerDep, user_id: UserQuery = "default"
+        session_id: SessionIdPath,
+        body: MemoryIn,
+        caller: CallerDep,
+        user_id: UserQuery = "default",
+        idempotency_key: IdempotencyKey = None,
     ) -> AddedMemory:
         """AddMemory (short: this session's; long: the user's)."""
         added = await caller.clients.memory.add(
-            caller.ref(user_id, session_id), body.text, body.memory_type, body.quality_score, body.metadata
+            caller.ref(user_id, session_id),
+            body.text,
+            body.memory_type,
+            body.quality_score,
+            body.metadata,
+            idempotency_key,
         )
         return AddedMemory(**added)
 
@@ -282,9 +408,20 @@ def add(router: APIRouter) -> None:
         caller: CallerDep,
         user_id: UserQuery = "default",
         memory_type: MemoryFilter = "all",
+        metadata_filter: Annotated[
+            str | None,
+            Query(
+                max_length=2048,
+                description='Only memories whose metadata has these values: a JSON object, e.g. {"k": "v"}',
+            ),
+        ] = None,
     ) -> MemoryList:
         """ListMemories (every page)."""
-        memories = await caller.clients.memory.list_all(caller.ref(user_id, session_id), memory_type)
+        memories = await caller.clients.memory.list_all(
+            caller.ref(user_id, session_id),
+            memory_type,
+            _json_object(metadata_filter, "query.metadata_filter"),
+        )
         return MemoryList(memories=[MemoryOut(**m) for m in memories])
 
     @router.post("/v1/sessions/{session_id}/memories/search", response_model=MemoryHits, tags=["memories"])
@@ -302,15 +439,40 @@ def add(router: APIRouter) -> None:
         )
         return MemoryHits.model_validate({"hits": hits})
 
+    @router.post(
+        "/v1/sessions/{session_id}/memories/context", response_model=MemoryContext, tags=["memories"]
+    )
+    async def memory_context(
+        session_id: SessionIdPath, body: MemoryContextIn, caller: CallerDep, user_id: UserQuery = "default"
+    ) -> MemoryContext:
+        """BuildMemoryContext: the relevant memories as one text block for a prompt, and the hits used."""
+        request = memory_pb2.BuildMemoryContextRequest(
+            session=caller.ref(user_id, session_id).message,
+            query=body.query,
+            max_items=body.max_items,
+            memory_type=memory_type_message(body.memory_type),  # type: ignore[arg-type]
+            min_quality=body.min_quality,
+            max_chars=body.max_chars,
+        )
+        if body.metadata_filter:
+            request.metadata_filter.CopyFrom(to_struct(check_json(body.metadata_filter, "metadata_filter")))  # type: ignore[arg-type]
+        reply = await caller.clients.transport.unary("memory", MemoryStub, "BuildMemoryContext", request)
+        return MemoryContext.model_validate(
+            {"context": reply.context, "hits": [hit_dict(h) for h in reply.hits]}
+        )
+
     @router.delete("/v1/sessions/{session_id}/memories", response_model=DeletedCount, tags=["memories"])
     async def clear_memories(
         session_id: SessionIdPath,
         caller: CallerDep,
         user_id: UserQuery = "default",
         memory_type: MemoryFilter = "all",
+        idempotency_key: IdempotencyKey = None,
     ) -> DeletedCount:
         """ClearMemories."""
-        count = await caller.clients.memory.clear(caller.ref(user_id, session_id), memory_type)
+        count = await caller.clients.memory.clear(
+            caller.ref(user_id, session_id), memory_type, idempotency_key
+        )
         return DeletedCount(deleted_count=count)
 
     @router.get("/v1/sessions/{session_id}/memories/{memory_id}", response_model=MemoryOut, tags=["memories"])
@@ -329,10 +491,16 @@ def add(router: APIRouter) -> None:
         body: MemoryUpdate,
         caller: CallerDep,
         user_id: UserQuery = "default",
+        idempotency_key: IdempotencyKey = None,
     ) -> MemoryOut:
         """UpdateMemory (text, metadata, quality_score; omitted fields are kept)."""
         updated = await caller.clients.memory.update(
-            caller.ref(user_id, session_id), memory_id, body.text, body.metadata, body.quality_score
+            caller.ref(user_id, session_id),
+            memory_id,
+            body.text,
+            body.metadata,
+            body.quality_score,
+            idempotency_key,
         )
         return MemoryOut(**updated)
 
@@ -340,10 +508,29 @@ def add(router: APIRouter) -> None:
         "/v1/sessions/{session_id}/memories/{memory_id}", response_model=Deleted, tags=["memories"]
     )
     async def delete_memory(
-        session_id: SessionIdPath, memory_id: MemoryIdPath, caller: CallerDep, user_id: UserQuery = "default"
+        session_id: SessionIdPath,
+        memory_id: MemoryIdPath,
+        caller: CallerDep,
+        user_id: UserQuery = "default",
+        idempotency_key: IdempotencyKey = None,
     ) -> Deleted:
         """DeleteMemory."""
-        return Deleted(deleted=await caller.clients.memory.delete(caller.ref(user_id, session_id), memory_id))
+        deleted = await caller.clients.memory.delete(
+            caller.ref(user_id, session_id), memory_id, idempotency_key
+        )
+        return Deleted(deleted=deleted)
+
+    @router.get(
+        "/v1/sessions/{session_id}/memories/{memory_id}/history",
+        response_model=MemoryHistory,
+        tags=["memories"],
+    )
+    async def memory_history(
+        session_id: SessionIdPath, memory_id: MemoryIdPath, caller: CallerDep, user_id: UserQuery = "default"
+    ) -> MemoryHistory:
+        """ListMemoryChanges of one memory (ADD, UPDATE, MERGE, DELETE), oldest first."""
+        changes = await caller.clients.memory.history(caller.ref(user_id, session_id), memory_id)
+        return MemoryHistory.model_validate({"changes": changes})
 
     # -- knowledge ---------------------------------------------------------------------------------
 
@@ -351,7 +538,11 @@ def add(router: APIRouter) -> None:
         "/v1/sessions/{session_id}/knowledge", response_model=Ingestion, status_code=201, tags=["knowledge"]
     )
     async def add_knowledge(
-        session_id: SessionIdPath, body: KnowledgeIn, caller: CallerDep, user_id: UserQuery = "default"
+        session_id: SessionIdPath,
+        body: KnowledgeIn,
+        caller: CallerDep,
+        user_id: UserQuery = "default",
+        idempotency_key: IdempotencyKey = None,
     ) -> Ingestion:
         """AddKnowledgeSource: text, or a URL the service fetches (public hosts only)."""
         if (body.text is None) == (body.url is None):
@@ -359,7 +550,8 @@ def add(router: APIRouter) -> None:
                 "give exactly one of text and url",
                 violations=[FieldViolation("body", "exactly one of text, url")],
             )
-        return Ingestion.model_validate(await _add_text_or_url(caller, caller.ref(user_id, session_id), body))
+        ref = caller.ref(user_id, session_id)
+        return Ingestion.model_validate(await _add_text_or_url(caller, ref, body, idempotency_key))
 
     @router.post(
         "/v1/sessions/{session_id}/knowledge/files",
@@ -378,6 +570,7 @@ def add(router: APIRouter) -> None:
         content_type: Annotated[str, Form(max_length=128)] = "",
         metadata: Annotated[Json[dict[str, object]] | None, Form(description="A JSON object")] = None,
         force: Annotated[bool, Form()] = False,
+        idempotency_key: IdempotencyKey = None,
     ) -> Ingestion:
         """UploadKnowledgeFile (multipart/form-data), streamed to the service."""
         file_name = FilePath(file.filename or "upload").name or "upload"
@@ -393,6 +586,7 @@ def add(router: APIRouter) -> None:
                 content_type=content_type or (file.content_type or ""),
                 metadata=metadata,  # type: ignore[arg-type]
                 force=force,
+                idempotency_key=idempotency_key,
             )
         return Ingestion.model_validate(result)
 
@@ -434,13 +628,19 @@ def add(router: APIRouter) -> None:
         user_id: UserQuery = "default",
         scope: Scope = "session",
         collection: Annotated[str, Query(max_length=128)] = "",
+        idempotency_key: IdempotencyKey = None,
     ) -> ClearedKnowledge:
         """ClearKnowledge of one scope."""
-        count = await caller.clients.knowledge.clear(caller.ref(user_id, session_id), scope, collection)
-        return ClearedKnowledge(deleted_source_count=count)
+        request = knowledge_pb2.ClearKnowledgeRequest(
+            session=caller.ref(user_id, session_id).message,
+            scope=scope_message(scope, collection),
+            idempotency_key=idempotency_key or uuid.uuid4().hex,
+        )
+        reply = await caller.clients.transport.unary("knowledge", KnowledgeStub, "ClearKnowledge", request)
+        return ClearedKnowledge(deleted_source_count=int(reply.deleted_source_count))
 
     @router.delete(
-        "/v1/sessions/{session_id}/knowledge/{source}", response_model=DeletedSource, tags=["knowledge"]
+        "/v1/sessions/{session_id}/knowledge/{source:path}", response_model=DeletedSource, tags=["knowledge"]
     )
     async def delete_knowledge(
         session_id: SessionIdPath,
@@ -449,12 +649,61 @@ def add(router: APIRouter) -> None:
         user_id: UserQuery = "default",
         scope: Scope = "session",
         allow_missing: bool = False,
+        idempotency_key: IdempotencyKey = None,
     ) -> DeletedSource:
-        """DeleteKnowledgeSource by id or name."""
-        removed = await caller.clients.knowledge.delete(
-            caller.ref(user_id, session_id), source, scope, allow_missing
+        """DeleteKnowledgeSource by id ("ks-...") or name."""
+        request = knowledge_pb2.DeleteKnowledgeSourceRequest(
+            session=caller.ref(user_id, session_id).message,
+            scope=scope_message(scope),
+            allow_missing=allow_missing,
+            idempotency_key=idempotency_key or uuid.uuid4().hex,
         )
-        return DeletedSource(deleted=removed is not None, deleted_chunk_count=removed or 0)
+        if source.startswith("ks-"):
+            request.source_id = source
+        else:
+            request.name = source
+        reply = await caller.clients.transport.unary(
+            "knowledge", KnowledgeStub, "DeleteKnowledgeSource", request
+        )
+        return DeletedSource(deleted=bool(reply.deleted), deleted_chunk_count=int(reply.deleted_chunk_count))
+
+
+def _json_object(text: str | None, field: str) -> dict[str, Any] | None:
+    """A query parameter holding a JSON object (None when absent or empty)."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise InvalidArgument(
+            f"{field} must be a JSON object",
+            reason="INVALID_REQUEST",
+            violations=[FieldViolation(field, 'a JSON object, e.g. {"k": "v"}')],
+        )
+    return value
+
+
+def _sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+async def _watch_stream(first: StateChange, changes: AsyncIterator[StateChange]) -> AsyncIterator[bytes]:
+    """The watch's SSE body: one ``change`` event per StateChange. A client that disconnects cancels
+    this generator, and closing ``changes`` cancels the WatchState call."""
+    try:
+        change: StateChange | None = first
+        while change is not None:
+            yield _sse("change", StateChangeOut(**vars(change)).model_dump(mode="json"))
+            change = await anext(changes, None)
+    except SessionKitError as error:
+        yield _sse("error", error_body(error))
+    except Exception as error:  # the stream has started: report in-band, never a traceback
+        log.error("state watch failed", exc_info=error)
+        yield _sse("error", error_body(InternalError("the watch failed; the gateway log has the details")))
+    finally:
+        await changes.aclose()  # type: ignore[attr-defined]
 
 
 def _copy(upload: UploadFile, path: FilePath) -> None:
@@ -467,6 +716,7 @@ async def _add_text_or_url(
     caller: Caller,
     ref: SessionRef,
     body: KnowledgeIn,
+    idempotency_key: str | None,
 ) -> dict[str, Any]:
     """AddKnowledgeSource with the kind the body says. KnowledgeClient.add guesses the kind from the
     string and uploads an existing local path as a file: right in the SDK, but in the gateway a body's
@@ -480,7 +730,7 @@ async def _add_text_or_url(
         chunker=chunker_message(body.chunker.model_dump(exclude_none=True) if body.chunker else None),
         metadata=to_struct(check_json(body.metadata or {}, "metadata")),  # type: ignore[arg-type]
         force=body.force,
-        idempotency_key=uuid.uuid4().hex,
+        idempotency_key=idempotency_key or uuid.uuid4().hex,
     )
     if body.url is not None:
         request.url = body.url
