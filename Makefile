@@ -42,7 +42,9 @@ lint: install
 
 # Latency and throughput against a bare gRPC echo, on SQLite and (if reachable) on PostgreSQL; then
 # memory throughput and search latency against the model alone (--quick: 1k and 10k memories; the full
-# run, with 100k, is `$(PY) bench/memory_bench.py`) and the retrieval-quality evaluation.
+# run, with 100k, is `$(PY) bench/memory_bench.py`) and the retrieval-quality evaluation; an agent turn's
+# overhead over a zero-latency LLM; knowledge ingestion, search and quality; the gateway's overhead over
+# gRPC. Each script without --quick is its full run (docs/BENCHMARKS.md).
 BENCH_PG_URL ?= postgresql://postgres@127.0.0.1:5432/test
 bench: install
 	$(PY) bench/state_latency.py
@@ -52,6 +54,8 @@ bench: install
 	$(PY) bench/memory_bench.py --quick
 	$(PY) bench/memory_quality.py
 	$(PY) bench/agent_bench.py --quick
+	$(PY) bench/knowledge_bench.py --quick
+	$(PY) bench/gateway_bench.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(GENERATED) sdk/sessionkit/v1/*_pb2*.py sdk/sessionkit/v1/*_pb2*.pyi

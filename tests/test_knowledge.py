@@ -19,6 +19,8 @@ import pytest
 
 from services.common.config import ServerSettings
 from services.knowledge import chunking
+from services.retrieval.tokens import EMBEDDABLE_TOKENS, count_tokens, token_spans
+from services.retrieval.vector_index import VectorIndex, partition_prefix
 from sessionkit import AsyncSession, InvalidArgument, Session
 from sessionkit.errors import FailedPrecondition, PermissionDenied, ResourceExhausted
 from tests.chroma_server import chroma_server  # noqa: F401 - fixture
@@ -110,6 +112,14 @@ def web() -> Iterator[str]:
     yield base
     server.shutdown()
     server.server_close()
+
+
+async def vector_ids(index: VectorIndex, app_name: str, where: dict[str, Any] | None = None) -> set[str]:
+    """The ids of an app's knowledge vectors (in every scope's partition) matching ``where``."""
+    found: set[str] = set()
+    for coll in await index.collections(partition_prefix(f"knowledge:{app_name}")):
+        found |= await index.ids(coll, where)
+    return found
 
 
 def session(server: ServerThread, sid: str | None = None, user: str | None = None, **kw: Any) -> Session:
@@ -324,15 +334,13 @@ def test_readding_is_idempotent_and_a_change_replaces_the_chunks(
     assert texts and all("30 days" not in t for t in texts) and any("14 days" in t for t in texts)
     assert knowledge_server.host is not None
     index = knowledge_server.host.knowledge.index
-    vectors = knowledge_server.call(index.ids("knowledge:default", {"source_id": first["source"]["id"]}))
+    vectors = knowledge_server.call(vector_ids(index, "default", {"source_id": first["source"]["id"]}))
     assert len(vectors) == updated["source"]["chunk_count"]  # the old chunks' vectors are gone
     forced = s.add_knowledge(str(doc), force=True)
     assert forced["outcome"] == "updated"
     assert s.delete_knowledge("policy.md") is True
     assert s.search_knowledge("returns store credit") == []
-    assert (
-        knowledge_server.call(index.ids("knowledge:default", {"source_id": first["source"]["id"]})) == set()
-    )
+    assert knowledge_server.call(vector_ids(index, "default", {"source_id": first["source"]["id"]})) == set()
     assert s.delete_knowledge("policy.md") is False
     readded = s.add_knowledge(str(doc))
     assert readded["outcome"] == "created" and readded["source"]["id"] != first["source"]["id"]
@@ -396,7 +404,8 @@ def test_chunkers_progress_and_config_errors(knowledge_server: ServerThread) -> 
         knowledge_config={"chunker": {"type": "token", "chunk_size": 20, "chunk_overlap": 5}},
     )
     events: list[dict[str, Any]] = []
-    result = s.add_knowledge(" ".join(f"w{n}" for n in range(100)), on_progress=events.append)
+    words = ["river", "stone", "cloud", "maple", "orbit"]  # one model token each
+    result = s.add_knowledge(" ".join(words[n % 5] for n in range(100)), on_progress=events.append)
     assert result["source"]["chunker"] == {"type": "token", "chunk_size": 20, "chunk_overlap": 5}
     assert result["source"]["chunk_count"] == 7  # windows start every 15 tokens
     stages = [e["stage"] for e in events]
@@ -467,6 +476,73 @@ def test_chunk_positions_and_heading_paths() -> None:
     assert [w.text for w in windows] == ["a b c d", "c d e f", "e f g h"]
 
 
+def _document() -> str:
+    """Markdown with rare words (several word pieces each), punctuation, accents and CJK, a word
+    longer than WordPiece accepts, long and short paragraphs."""
+    words = [
+        "the",
+        "tokenization",
+        "of",
+        "unbelievably",
+        "microservices",
+        "Kubernetes",
+        "PostgreSQL",
+        "café",
+        "東京",
+        "e-mail",
+        "3.14",
+    ]
+    paragraphs = [
+        " ".join(
+            words[(n * 7 + k) % len(words)] + ("." if k % 9 == 8 else "") for k in range(n * 13 % 300 + 5)
+        )
+        for n in range(60)
+    ]
+    return (
+        "# Guide\n\n"
+        + "\n\n".join(paragraphs[:40])
+        + "\n\n## Part\n\n"
+        + "x" * 300
+        + " "
+        + "\n\n".join(paragraphs[40:])
+    )
+
+
+@pytest.mark.parametrize("strategy", [chunking.TOKEN, chunking.SENTENCE, chunking.RECURSIVE])
+@pytest.mark.parametrize(("size", "overlap"), [(16, 4), (64, 0), (254, 31)])
+def test_chunks_never_exceed_chunk_size_in_model_tokens(strategy: int, size: int, overlap: int) -> None:
+    # Sizes are the embedding model's word pieces: "tokenization" is two, "東京" two, a 300-letter
+    # word one ([UNK]); a chunk re-tokenized on its own never has more than chunk_size of them.
+    text = _document()
+    chunks = chunking.split(text, chunking.ChunkerConfig(strategy, size, overlap))
+    assert chunks
+    assert max(count_tokens(c.text) for c in chunks) <= size
+    assert all(text[c.start : c.end].strip() == c.text for c in chunks)
+    # Every token of the text is in some chunk (nothing dropped between windows or pieces).
+    starts = sorted({c.start + s for c in chunks for s, _ in token_spans(text[c.start : c.end])})
+    assert starts == [s for s, _ in token_spans(text)]
+
+
+def test_token_windows_start_and_end_between_words() -> None:
+    # "unbelievably" is several word pieces: windows never cut it, so no chunk starts with "##" pieces.
+    text = " ".join(["unbelievably"] * 50)
+    pieces = count_tokens("unbelievably")
+    assert pieces > 1
+    windows = chunking.split(text, chunking.ChunkerConfig(chunking.TOKEN, 16, 5))
+    assert all(set(w.text.split()) == {"unbelievably"} for w in windows)
+    assert all(count_tokens(w.text) <= 16 for w in windows)
+    # A word longer than a window (17 pieces, windows of 16) is cut inside, the only way forward.
+    word = "Pneumonoultramicroscopicsilicovolcanoconiosis"
+    cut = chunking.split(word, chunking.ChunkerConfig(chunking.TOKEN, 16, 0))
+    assert len(cut) == 2 and "".join(w.text for w in cut) == word
+
+
+def test_default_chunk_size_is_what_the_model_embeds() -> None:
+    config = chunking.chunker_config(0, 0, None)
+    assert config.chunk_size == EMBEDDABLE_TOKENS == 254
+    assert config.chunk_overlap == 254 // 8
+
+
 async def test_concurrent_adds_of_one_source_make_one_source(knowledge_server: ServerThread) -> None:
     user = f"u-{uuid.uuid4().hex[:8]}"
     clients = [AsyncSession("same", user_id=user, address=knowledge_server.address) for _ in range(8)]
@@ -478,3 +554,34 @@ async def test_concurrent_adds_of_one_source_make_one_source(knowledge_server: S
     assert len(await clients[0].list_knowledge()) == 1
     hits = await clients[0].search_knowledge("penguins huddle", limit=10)
     assert len(hits) == 1
+
+
+def test_vectors_live_in_one_partition_per_scope_and_old_collections_are_moved(tmp_path: Path) -> None:
+    server = ServerThread(_settings(tmp_path)).start()
+    try:
+        s = session(server, "s1", "ana")
+        s.add_knowledge("Session note: the boiler is serviced in May")
+        s.add_knowledge("User note: ana prefers metric units", scope="user")
+        assert server.host is not None
+        service = server.host.knowledge
+        index = service.index
+        partitions = server.call(index.collections(partition_prefix("knowledge:default")))
+        assert len(partitions) == 2  # the session's and the user's
+        # A deployment from before partitions kept every vector of the app in one collection.
+        for coll in partitions:
+            entries = server.call(index.entries(coll, 0, 100))
+            server.call(
+                index.upsert(
+                    "knowledge:default",
+                    [e.id for e in entries],
+                    [e.vector for e in entries],
+                    [e.metadata for e in entries],
+                )
+            )
+            server.call(index.drop(coll))
+        assert server.call(service.migrate_vectors()) == 2  # what start-up does
+        assert not server.call(index.exists("knowledge:default"))
+        assert server.call(index.collections(partition_prefix("knowledge:default"))) == partitions
+        assert s.search_knowledge("when is the heating maintained", limit=1)[0]["text"].startswith("Session")
+    finally:
+        server.stop()

@@ -1,4 +1,4 @@
-"""`sessionkit knowledge add|search|ls|rm` as a user runs them, against a real server."""
+"""`sessionkit knowledge add|search|ls|rm|reindex` as a user runs them, against a real server."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from services.common.config import ServerSettings
+from services.retrieval.vector_index import partition_prefix
 from sessionkit import Session
 from tests.servers import ServerThread, child_env
+from tests.test_knowledge import vector_ids
 
 
 @pytest.fixture
@@ -56,3 +58,24 @@ def test_knowledge_add_search_ls_rm(knowledge_server: ServerThread, tmp_path: Pa
     assert missing.returncode == 0  # not a file: taken as text
     bad = cli(knowledge_server, "add", "x", "--scope", "galaxy")
     assert bad.returncode == 1 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
+
+
+def test_knowledge_reindex_rebuilds_lost_vectors(knowledge_server: ServerThread) -> None:
+    s = Session("s1", user_id="ana", address=knowledge_server.address)
+    s.add_knowledge("Barn owls hunt voles at night by sound alone.")
+    s.add_knowledge("Swifts sleep while flying.", scope="user")
+    other_app = Session("s1", user_id="ana", app_name="zoo", address=knowledge_server.address)
+    other_app.add_knowledge("Penguins huddle in the Antarctic winter.")
+    assert knowledge_server.host is not None
+    index = knowledge_server.host.knowledge.index
+    for coll in knowledge_server.call(index.collections(partition_prefix("knowledge:default"))):
+        knowledge_server.call(index.drop(coll))  # the vectors are lost
+    assert knowledge_server.call(vector_ids(index, "default")) == set()
+    rebuilt = cli(knowledge_server, "reindex")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "2 chunks scanned, 2 vectors written" in rebuilt.stdout
+    assert len(knowledge_server.call(vector_ids(index, "default"))) == 2
+    hits = s.search_knowledge("nocturnal birds of prey", limit=1)  # no shared word: a semantic match
+    assert hits and hits[0]["text"].startswith("Barn owls") and hits[0]["scores"]["semantic"] > 0
+    everything = cli(knowledge_server, "reindex", "--all-apps")
+    assert "3 chunks scanned, 3 vectors written" in everything.stdout, everything.stderr

@@ -1,7 +1,11 @@
 """Typed async client of the knowledge service (used by AsyncSession and the CLI); results are plain
-dicts. ``add`` decides what a source is: an existing file path is uploaded (streamed in chunks: the
-service never reads client paths), an http(s):// string is a URL the service fetches, anything else
-is text."""
+dicts. ``add`` decides what a source is: an existing file path is uploaded (streamed from disk in
+256 KiB messages: the service never reads client paths, and the client never holds the whole file), an
+http(s):// string is a URL the service fetches, anything else is text.
+
+Every write carries one idempotency key for all its attempts, so the SDK retries them (transient
+errors: UNAVAILABLE, DEADLINE_EXCEEDED) safely: an ingestion whose reply was lost is answered with the
+first attempt's result, not run again. An upload is retried from the start of the file."""
 
 from __future__ import annotations
 
@@ -18,9 +22,10 @@ import grpc
 
 from sessionkit.errors import FieldViolation, InvalidArgument
 from sessionkit.jsonvalues import JsonValue, check_json, from_struct, to_struct
+from sessionkit.retry import call_with_retry
 from sessionkit.state_client import SessionRef, _key
 from sessionkit.transport import Transport
-from sessionkit.v1 import knowledge_pb2, knowledge_pb2_grpc
+from sessionkit.v1 import common_pb2, knowledge_pb2, knowledge_pb2_grpc
 
 Stub = knowledge_pb2_grpc.KnowledgeServiceStub
 UPLOAD_CHUNK_BYTES = 256 << 10
@@ -223,15 +228,19 @@ class KnowledgeClient:
         metadata: dict[str, JsonValue] | None = None,
         force: bool = False,
         on_progress: ProgressCallback | None = None,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
-        """Add (or replace) a source; the result says which kind the source was taken for."""
+        """Add (or replace) a source; the result says which kind the source was taken for.
+        ``idempotency_key``: sent with every attempt (default: a fresh one per call); a repeat within
+        24 hours answers the first call's result."""
         kind = source_kind(source)
         chunker_msg = chunker_message(chunker)
         scope_msg = scope_message(scope, collection)
         meta = _struct(metadata, "metadata")
+        key = _key(idempotency_key)
         if kind == "file":
             return await self._upload(
-                ref, Path(source), scope_msg, name, content_type, chunker_msg, meta, force, on_progress
+                ref, Path(source), scope_msg, name, content_type, chunker_msg, meta, force, on_progress, key
             )
         request = knowledge_pb2.AddKnowledgeSourceRequest(
             session=ref.message,
@@ -242,18 +251,31 @@ class KnowledgeClient:
             metadata=meta,
             report_progress=on_progress is not None,
             force=force,
-            idempotency_key=_key(None),
+            idempotency_key=key,
         )
         if kind == "url":
             request.url = str(source)
         else:
             request.text = str(source)
-        async for message in self.transport.stream("knowledge", Stub, "AddKnowledgeSource", request):
-            if message.HasField("progress") and on_progress is not None:
-                on_progress(progress_dict(message.progress))
-            elif message.HasField("result"):
-                return result_dict(kind, message.result)
-        raise InvalidArgument("the knowledge service ended the stream without a result")
+
+        async def attempt(remaining: float) -> dict[str, Any]:
+            # No per-call deadline (an ingestion takes as long as the document needs): ``remaining``
+            # bounds only when a new attempt may start.
+            stub = await self.transport.stub("knowledge", Stub)
+            call = stub.AddKnowledgeSource(request)
+            try:
+                async for message in call:
+                    if message.HasField("progress") and on_progress is not None:
+                        on_progress(progress_dict(message.progress))
+                    elif message.HasField("result"):
+                        return result_dict(kind, message.result)
+            except grpc.RpcError as error:
+                raise self.transport._error("knowledge", error) from None
+            finally:
+                call.cancel()
+            raise InvalidArgument("the knowledge service ended the stream without a result")
+
+        return await call_with_retry(attempt, self.transport.policy, self.transport._before_retry)
 
     async def _upload(
         self,
@@ -266,7 +288,10 @@ class KnowledgeClient:
         metadata: Any,
         force: bool,
         on_progress: ProgressCallback | None,
+        key: str,
     ) -> dict[str, Any]:
+        """Upload ``path`` (hashed, then streamed from disk) with retries; every attempt sends the
+        file from its start under the same idempotency key."""
         size, digest = await asyncio.to_thread(_size_and_hash, path)
         header = knowledge_pb2.KnowledgeFileHeader(
             session=ref.message,
@@ -280,38 +305,45 @@ class KnowledgeClient:
             metadata=metadata,
             report_progress=on_progress is not None,
             force=force,
-            idempotency_key=_key(None),
+            idempotency_key=key,
         )
 
-        stub = await self.transport.stub("knowledge", Stub)
-        call = stub.UploadKnowledgeFile(timeout=self.transport.policy.deadline)
+        async def attempt(remaining: float) -> dict[str, Any]:
+            # No per-call deadline, as for AddKnowledgeSource: parsing and embedding a large file
+            # takes as long as it takes; a dropped connection fails the attempt (UNAVAILABLE).
+            stub = await self.transport.stub("knowledge", Stub)
+            call = stub.UploadKnowledgeFile()
 
-        async def send() -> None:
-            # Stops quietly when the call has ended (e.g. the server refused the file early): the
-            # call's status, read below, says why.
+            async def send() -> None:
+                # One part in memory at a time, read off the event loop. Stops quietly when the call
+                # has ended (the server refused the file early, or replayed a repeated key): the
+                # call's status, read below, says why.
+                try:
+                    await call.write(knowledge_pb2.UploadKnowledgeFileRequest(header=header))
+                    with path.open("rb") as handle:
+                        while part := await asyncio.to_thread(handle.read, UPLOAD_CHUNK_BYTES):
+                            await call.write(knowledge_pb2.UploadKnowledgeFileRequest(chunk=part))
+                    await call.done_writing()
+                except (grpc.RpcError, asyncio.InvalidStateError):
+                    return
+
+            sender = asyncio.create_task(send())
             try:
-                await call.write(knowledge_pb2.UploadKnowledgeFileRequest(header=header))
-                with path.open("rb") as handle:
-                    while part := await asyncio.to_thread(handle.read, UPLOAD_CHUNK_BYTES):
-                        await call.write(knowledge_pb2.UploadKnowledgeFileRequest(chunk=part))
-                await call.done_writing()
-            except (grpc.RpcError, asyncio.InvalidStateError):
-                return
+                async for message in call:
+                    if message.HasField("progress") and on_progress is not None:
+                        on_progress(progress_dict(message.progress))
+                    elif message.HasField("result"):
+                        return result_dict("file", message.result)
+            except grpc.RpcError as error:
+                raise self.transport._error("knowledge", error) from None
+            finally:
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender
+                call.cancel()
+            raise InvalidArgument("the knowledge service ended the upload without a result")
 
-        sender = asyncio.create_task(send())
-        try:
-            async for message in call:
-                if message.HasField("progress") and on_progress is not None:
-                    on_progress(progress_dict(message.progress))
-                elif message.HasField("result"):
-                    return result_dict("file", message.result)
-        except grpc.RpcError as error:
-            raise self.transport._error("knowledge", error) from None
-        finally:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sender
-        raise InvalidArgument("the knowledge service ended the upload without a result")
+        return await call_with_retry(attempt, self.transport.policy, self.transport._before_retry)
 
     async def search(
         self,
@@ -376,6 +408,14 @@ class KnowledgeClient:
             session=ref.message, scope=scope_message(scope, collection), idempotency_key=_key(None)
         )
         return int((await self._call("ClearKnowledge", request)).deleted_source_count)
+
+    async def reindex(self, app_name: str, all_apps: bool = False) -> tuple[int, int]:
+        """Rebuild the vector index from the knowledge chunk rows: (rows scanned, vectors written)."""
+        request = knowledge_pb2.ReindexKnowledgeRequest(
+            session=common_pb2.SessionRef(app_name=app_name), all_users=all_apps
+        )
+        reply = await self._call("ReindexKnowledge", request)
+        return int(reply.scanned_count), int(reply.indexed_count)
 
 
 def _size_and_hash(path: Path) -> tuple[int, str]:

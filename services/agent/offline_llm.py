@@ -31,6 +31,7 @@ llama context is not thread-safe). A client that disconnects stops its generatio
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import importlib.util
 import json
@@ -183,8 +184,20 @@ def _load_model(path: str, n_ctx: int, n_threads: int) -> _LoadedModel:
         # are allocated before the first request.
         llama.create_completion(llama.tokenize(b"Hello", add_bos=True, special=True), max_tokens=1)
         loaded = _LoadedModel(llama, formatter, n_ctx, time.perf_counter() - started)
+        if not _models:
+            atexit.register(_free_models)
         _models[key] = loaded
         return loaded
+
+
+def _free_models() -> None:
+    """Free the models before the interpreter tears modules down: llama's own __del__ then finds its
+    native functions gone and prints a TypeError at every exit."""
+    with _models_lock:
+        for loaded in _models.values():
+            with contextlib.suppress(Exception):
+                loaded.llama.close()
+        _models.clear()
 
 
 # -- requests ---------------------------------------------------------------------------------------------

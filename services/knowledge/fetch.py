@@ -4,8 +4,10 @@ and every address checked; private, loopback, link-local, multicast, reserved an
 addresses are refused unless the server allows them (SESSIONKIT_KNOWLEDGE_ALLOW_PRIVATE_URLS, or
 SESSIONKIT_KNOWLEDGE_ALLOWED_HOSTS for named hosts).
 
-The check resolves the name before the request; a DNS answer that changes between the check and the
-connection (DNS rebinding) is not covered (see docs/KNOWLEDGE.md)."""
+DNS rebinding: each hop's host is resolved once, and the connection goes to an address of that
+checked answer (the request URL names the address; the Host header and the TLS server name, SNI and
+certificate check, stay the URL's host name), so a second, different DNS answer is never used.
+Connections are not kept alive, so one is never reused for another host name on the same address."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import asyncio
 import ipaddress
 import socket
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
@@ -27,6 +29,16 @@ from sessionkit.errors import (
     ResourceExhausted,
 )
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+#: Resolves (host, port) to IP address strings, in preference order.
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    """The addresses getaddrinfo gives for ``host`` (the system's resolver), without duplicates."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
 
 @dataclass(frozen=True)
 class FetchSettings:
@@ -37,6 +49,8 @@ class FetchSettings:
     #: Host names fetched without the address check (e.g. an internal docs server); exact match,
     #: case-insensitive. Redirects to other hosts are checked.
     allowed_hosts: frozenset[str] = frozenset()
+    #: How host names are resolved (the system resolver; a test may give its own DNS).
+    resolver: Resolver = system_resolver
 
 
 @dataclass
@@ -63,62 +77,76 @@ def _not_allowed(url: str, why: str) -> PermissionDenied:
     )
 
 
-async def check_host(url: str, settings: FetchSettings) -> None:
-    """Refuse ``url`` when its host is, or resolves to, any non-public address."""
+async def resolve_checked(url: str, settings: FetchSettings) -> list[IPAddress]:
+    """The addresses to connect to for ``url``'s host, resolved once. Unless the host is allowed,
+    ``url`` is refused when any of them is not public."""
     parsed = check_url(url)
     host = parsed.hostname or ""
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    addresses = await _addresses(url, host, port, settings.resolver)
     if settings.allow_private or host.lower() in settings.allowed_hosts:
-        return
-    try:
-        addresses = {ipaddress.ip_address(host)}
-    except ValueError:
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, parsed.port or 0, type=socket.SOCK_STREAM
-            )
-        except OSError as error:
-            raise FailedPrecondition(
-                f"cannot resolve {host!r}: {error}", reason="URL_FETCH_FAILED", metadata={"url": url}
-            ) from None
-        addresses = {ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos}
+        return addresses
     for address in addresses:
         mapped = getattr(address, "ipv4_mapped", None)
         checked = mapped or address
         if not checked.is_global or checked.is_multicast:
             raise _not_allowed(url, f"{host} resolves to the non-public address {address}")
+    return addresses
+
+
+async def _addresses(url: str, host: str, port: int, resolver: Resolver) -> list[IPAddress]:
+    try:
+        return [ipaddress.ip_address(host)]  # a literal address: nothing to resolve
+    except ValueError:
+        pass
+    try:
+        answer = await resolver(host, port)
+    except OSError as error:
+        raise FailedPrecondition(
+            f"cannot resolve {host!r}: {error}", reason="URL_FETCH_FAILED", metadata={"url": url}
+        ) from None
+    if not answer:
+        raise FailedPrecondition(
+            f"cannot resolve {host!r}: no addresses", reason="URL_FETCH_FAILED", metadata={"url": url}
+        )
+    return [ipaddress.ip_address(a.split("%", 1)[0]) for a in answer]
+
+
+async def check_host(url: str, settings: FetchSettings) -> None:
+    """Refuse ``url`` when its host is, or resolves to, any non-public address."""
+    await resolve_checked(url, settings)
+
+
+def _pinned(
+    parsed: urllib.parse.SplitResult, address: IPAddress
+) -> tuple[str, dict[str, str], dict[str, str]]:
+    """The request for ``parsed`` sent to ``address``: (URL naming the address, headers, extensions)
+    with the Host header and, for https, the TLS server name of the original host."""
+    host = parsed.hostname or ""
+    ip = f"[{address}]" if address.version == 6 else str(address)
+    userinfo, _, hostport = parsed.netloc.rpartition("@")
+    netloc = (f"{userinfo}@" if userinfo else "") + ip + (f":{parsed.port}" if parsed.port else "")
+    target = urllib.parse.urlunsplit((parsed.scheme, netloc, parsed.path or "/", parsed.query, ""))
+    headers = {"Accept": "*/*", "Host": hostport}
+    extensions = {"sni_hostname": host} if parsed.scheme == "https" else {}
+    return target, headers, extensions
 
 
 async def fetch(url: str, settings: FetchSettings, on_bytes: Callable[[int, int], None]) -> Fetched:
-    """GET ``url`` (following up to max_redirects redirects, checking each hop); ``on_bytes(read,
-    total)`` is called as the body arrives."""
+    """GET ``url`` (following up to max_redirects redirects, checking each hop and connecting to the
+    address checked); ``on_bytes(read, total)`` is called as the body arrives."""
     current = url.strip()
     async with httpx.AsyncClient(
-        timeout=settings.timeout_seconds, follow_redirects=False, trust_env=False
+        timeout=settings.timeout_seconds,
+        follow_redirects=False,
+        trust_env=False,
+        limits=httpx.Limits(max_keepalive_connections=0),
     ) as client:
         for _ in range(settings.max_redirects + 1):
-            await check_host(current, settings)
+            addresses = await resolve_checked(current, settings)
+            parsed = check_url(current)
             try:
-                async with client.stream("GET", current, headers={"Accept": "*/*"}) as response:
-                    if response.is_redirect:
-                        location = response.headers.get("location", "")
-                        current = str(urllib.parse.urljoin(current, location))
-                        continue
-                    if response.status_code >= 400:
-                        raise FailedPrecondition(
-                            f"fetching {current!r} answered HTTP {response.status_code}",
-                            reason="URL_FETCH_FAILED",
-                            metadata={"url": current, "http_status": str(response.status_code)},
-                        )
-                    declared = int(response.headers.get("content-length", "0") or 0)
-                    if declared > settings.max_bytes:
-                        raise _too_large(current, declared, settings.max_bytes)
-                    body = bytearray()
-                    async for part in response.aiter_bytes():
-                        body.extend(part)
-                        if len(body) > settings.max_bytes:
-                            raise _too_large(current, len(body), settings.max_bytes)
-                        on_bytes(len(body), declared)
-                    return Fetched(current, response.headers.get("content-type", ""), bytes(body))
+                fetched = await _get(client, current, parsed, addresses, settings, on_bytes)
             except httpx.TimeoutException:
                 raise DeadlineExceeded(
                     f"fetching {current!r} timed out after {settings.timeout_seconds}s",
@@ -131,11 +159,53 @@ async def fetch(url: str, settings: FetchSettings, on_bytes: Callable[[int, int]
                     reason="URL_FETCH_FAILED",
                     metadata={"url": current},
                 ) from None
+            if isinstance(fetched, Fetched):
+                return fetched
+            current = fetched
     raise FailedPrecondition(
         f"fetching {url!r}: more than {settings.max_redirects} redirects",
         reason="URL_FETCH_FAILED",
         metadata={"url": url},
     )
+
+
+async def _get(
+    client: httpx.AsyncClient,
+    current: str,
+    parsed: urllib.parse.SplitResult,
+    addresses: list[IPAddress],
+    settings: FetchSettings,
+    on_bytes: Callable[[int, int], None],
+) -> Fetched | str:
+    """One hop: the page, or the URL a redirect points to. Tries the checked addresses in order
+    until one accepts the connection."""
+    for n, address in enumerate(addresses):
+        target, headers, extensions = _pinned(parsed, address)
+        try:
+            async with client.stream("GET", target, headers=headers, extensions=extensions) as response:
+                if response.is_redirect:
+                    # Relative to the URL as the user named it, not to the address connected to.
+                    return str(urllib.parse.urljoin(current, response.headers.get("location", "")))
+                if response.status_code >= 400:
+                    raise FailedPrecondition(
+                        f"fetching {current!r} answered HTTP {response.status_code}",
+                        reason="URL_FETCH_FAILED",
+                        metadata={"url": current, "http_status": str(response.status_code)},
+                    )
+                declared = int(response.headers.get("content-length", "0") or 0)
+                if declared > settings.max_bytes:
+                    raise _too_large(current, declared, settings.max_bytes)
+                body = bytearray()
+                async for part in response.aiter_bytes():
+                    body.extend(part)
+                    if len(body) > settings.max_bytes:
+                        raise _too_large(current, len(body), settings.max_bytes)
+                    on_bytes(len(body), declared)
+                return Fetched(current, response.headers.get("content-type", ""), bytes(body))
+        except httpx.ConnectError:
+            if n == len(addresses) - 1:
+                raise
+    raise AssertionError("unreachable: resolve_checked returns at least one address")  # pragma: no cover
 
 
 def _too_large(url: str, size: int, limit: int) -> ResourceExhausted:

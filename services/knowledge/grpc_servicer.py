@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -14,8 +15,8 @@ from services.knowledge import chunking
 from services.knowledge import tables as t
 from services.knowledge.service import Hit, IngestResult, KnowledgeService, Progress, ProgressFn, scope_of
 from services.knowledge.store import Scope, SourceRecord
-from services.memory.grpc_servicer import owner_of
-from services.memory.store import Owner
+from services.memory.grpc_servicer import idempotent, owner_of
+from services.memory.store import Idempotency, Owner, Replayed
 from sessionkit.errors import FieldViolation, InvalidArgument
 from sessionkit.jsonvalues import from_struct, to_struct
 from sessionkit.v1 import common_pb2, knowledge_pb2, knowledge_pb2_grpc
@@ -135,10 +136,18 @@ def hit_message(hit: Hit) -> knowledge_pb2.KnowledgeHit:
     )
 
 
+def ingestion_key(key: str, method: str) -> Idempotency[IngestResult] | None:
+    """The idempotency of an ingestion RPC: its stored response is the KnowledgeIngestionResult."""
+    if not key:
+        return None
+    return Idempotency(key, method, lambda result: result_message(result).SerializeToString())
+
+
 async def with_progress(
     report: bool, run: Callable[[ProgressFn], Awaitable[IngestResult]]
 ) -> AsyncIterator[knowledge_pb2.KnowledgeIngestionProgress | knowledge_pb2.KnowledgeIngestionResult]:
-    """Run an ingestion, yielding its progress (when ``report``) as it happens, then its result."""
+    """Run an ingestion, yielding its progress (when ``report``) as it happens, then its result. A
+    repeated idempotency key yields the first call's result only."""
     queue: asyncio.Queue[Progress | None] = asyncio.Queue()
 
     def on_progress(p: Progress) -> None:
@@ -154,7 +163,12 @@ async def with_progress(
             if key != last:
                 last = key
                 yield progress_message(p)
-        yield result_message(await task)
+        try:
+            result = await task
+        except Replayed as replay:
+            yield knowledge_pb2.KnowledgeIngestionResult.FromString(replay.response)
+        else:
+            yield result_message(result)
     finally:
         if not task.done():
             task.cancel()
@@ -178,16 +192,17 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
             raise InvalidArgument(
                 "a source needs text or a url", violations=[FieldViolation("content", "set text or url")]
             )
+        idem = ingestion_key(request.idempotency_key, "AddKnowledgeSource")
 
         def run(progress: ProgressFn) -> Awaitable[IngestResult]:
             if which == "text":
                 return self.service.add_text(
                     owner, scope, request.text, request.name, request.content_type, chunker, metadata,
-                    request.force, progress,
+                    request.force, progress, idem,
                 )  # fmt: skip
             return self.service.add_url(
                 owner, scope, request.url, request.name, request.content_type, chunker, metadata,
-                request.force, progress,
+                request.force, progress, idem,
             )  # fmt: skip
 
         async for message in with_progress(request.report_progress, run):
@@ -220,10 +235,13 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
                     )
                 yield message.chunk
 
+        idem = ingestion_key(header.idempotency_key, "UploadKnowledgeFile")
+
         def run(progress: ProgressFn) -> Awaitable[IngestResult]:
+            # A repeated key is answered before any byte is read (the service checks it first).
             return self.service.add_file(
                 owner, scope, header.file_name, header.name, header.content_type, header.size_bytes,
-                header.sha256, parts(), chunker, metadata, header.force, progress,
+                header.sha256, parts(), chunker, metadata, header.force, progress, idem,
             )  # fmt: skip
 
         try:
@@ -266,15 +284,39 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         self, request: knowledge_pb2.DeleteKnowledgeSourceRequest, context: Context
     ) -> Any:
         owner = owner_of(request.session)
-        deleted, removed = await self.service.delete(
-            owner, request.source_id, _scope(owner, request.scope), request.name, request.allow_missing
+        scope = _scope(owner, request.scope)
+
+        def respond(result: tuple[bool, int]) -> knowledge_pb2.DeleteKnowledgeSourceResponse:
+            return knowledge_pb2.DeleteKnowledgeSourceResponse(
+                deleted=result[0], deleted_chunk_count=result[1]
+            )
+
+        return await idempotent(
+            request.idempotency_key,
+            "DeleteKnowledgeSource",
+            knowledge_pb2.DeleteKnowledgeSourceResponse,
+            respond,
+            lambda idem: self.service.delete(
+                owner, request.source_id, scope, request.name, request.allow_missing, idem
+            ),
         )
-        return knowledge_pb2.DeleteKnowledgeSourceResponse(deleted=deleted, deleted_chunk_count=removed)
 
     async def ClearKnowledge(self, request: knowledge_pb2.ClearKnowledgeRequest, context: Context) -> Any:
         owner = owner_of(request.session)
-        sources, chunks = await self.service.clear(owner, _scope(owner, request.scope))
-        return knowledge_pb2.ClearKnowledgeResponse(deleted_source_count=sources, deleted_chunk_count=chunks)
+        scope = _scope(owner, request.scope)
+
+        def respond(result: tuple[int, int]) -> knowledge_pb2.ClearKnowledgeResponse:
+            return knowledge_pb2.ClearKnowledgeResponse(
+                deleted_source_count=result[0], deleted_chunk_count=result[1]
+            )
+
+        return await idempotent(
+            request.idempotency_key,
+            "ClearKnowledge",
+            knowledge_pb2.ClearKnowledgeResponse,
+            respond,
+            lambda idem: self.service.clear(owner, scope, idem),
+        )
 
     async def SearchKnowledge(self, request: knowledge_pb2.SearchKnowledgeRequest, context: Context) -> Any:
         owner = owner_of(request.session)
@@ -289,3 +331,13 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
             request.min_score if request.HasField("min_score") else None,
         )
         return knowledge_pb2.SearchKnowledgeResponse(hits=[hit_message(h) for h in hits])
+
+    async def ReindexKnowledge(self, request: knowledge_pb2.ReindexKnowledgeRequest, context: Context) -> Any:
+        app = None if request.all_users else (request.session.app_name or "default")
+        started = time.perf_counter()
+        scanned, written = await self.service.reindex(app)
+        duration = duration_pb2.Duration()
+        duration.FromNanoseconds(int((time.perf_counter() - started) * 1e9))
+        return knowledge_pb2.ReindexKnowledgeResponse(
+            scanned_count=scanned, indexed_count=written, duration=duration
+        )

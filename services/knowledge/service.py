@@ -9,6 +9,7 @@ is the normalized RRF value itself."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import posixpath
@@ -17,16 +18,25 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from services.common import paging
 from services.knowledge import chunking, parsing
 from services.knowledge import tables as t
 from services.knowledge.fetch import FetchSettings, check_url, fetch
-from services.knowledge.store import ChunkRecord, KnowledgeStore, Scope, SourceRecord
-from services.memory.store import Owner
+from services.knowledge.store import (
+    ChunkRecord,
+    KnowledgeStore,
+    Replaced,
+    Scope,
+    SourceRecord,
+    app_collection,
+    vector_collection,
+)
+from services.memory.store import Idempotency, Owner
 from services.retrieval.embeddings import Embedder
 from services.retrieval.fusion import rrf_normalized
-from services.retrieval.vector_index import VectorIndex
+from services.retrieval.vector_index import VectorIndex, partition, partition_prefix
 from sessionkit.errors import FieldViolation, InvalidArgument, NotFound, ResourceExhausted
 from sessionkit.ids import check_id
 from sessionkit.jsonvalues import JsonValue, check_json
@@ -38,6 +48,10 @@ JsonObject = dict[str, JsonValue]
 RECEIVING, FETCHING, PARSING, CHUNKING, EMBEDDING, STORING = 1, 2, 3, 4, 5, 6
 CREATED, UPDATED, UNCHANGED = 1, 2, 3
 EMBED_BATCH = 64
+#: Chunks read, embedded and written per step of a reindex.
+REINDEX_BATCH = 256
+R = TypeVar("R")
+S = TypeVar("S")
 
 
 def now_us() -> int:
@@ -54,6 +68,13 @@ class KnowledgeSettings:
     max_chunks_per_source: int = 20_000
     max_limit: int = 100
     fetch: FetchSettings = field(default_factory=FetchSettings)
+    #: Seconds between purges of idempotency records older than 24 hours.
+    purge_interval_seconds: float = 300.0
+    #: Weight of the lexical ranking in the rank fusion (the dense ranking's is 1). 0.5 as in the
+    #: memory service: on paraphrased questions the lexical list is mostly noise, and with equal
+    #: weights a chunk ranked fairly high by both outranks the one dense ranks first (measured in
+    #: docs/KNOWLEDGE.md, "Retrieval quality", and docs/MEMORY.md).
+    weight_lexical_rank: float = 0.5
 
 
 @dataclass
@@ -98,8 +119,13 @@ class Hit:
     lexical: float
 
 
+def _then(idem: Idempotency[R] | None, convert: Callable[[S], R]) -> Idempotency[S] | None:
+    return None if idem is None else idem.before(convert)
+
+
 def collection(app_name: str) -> str:
-    return f"knowledge:{app_name}"
+    """The app's knowledge vectors' logical name (its scopes' partitions are named after it)."""
+    return app_collection(app_name)
 
 
 def scope_of(owner: Owner, kind: int, collection_name: str = "", field_name: str = "scope") -> Scope:
@@ -140,15 +166,48 @@ class KnowledgeService:
         self.settings = settings or KnowledgeSettings()
         self.owns_retrieval = owns_retrieval
         self._drain_lock = asyncio.Lock()
+        self._purger: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        """Migrate, then apply what a crash left in the outbox (rows written, vectors not yet), and
+        move vectors of the app-wide collections of old into per-scope partitions."""
         await self.store.start()
         await self.drain_outbox()
+        await self.migrate_vectors()
+        self._purger = asyncio.create_task(self._purge_forever(self.settings.purge_interval_seconds))
 
     async def close(self) -> None:
+        if self._purger is not None:
+            self._purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purger
+            self._purger = None
         if self.owns_retrieval:
             await self.index.close()
             await self.embedder.close()
+
+    async def _purge_forever(self, interval: float) -> None:
+        """Delete idempotency records once they are 24 hours old (replays ignore them already)."""
+        while True:
+            try:
+                purged = await self.store.purge_idempotency(now_us())
+                if purged:
+                    log.info("purged idempotency records", extra={"count": purged})
+            except Exception:  # keep purging after a transient database error
+                log.exception("idempotency purge failed")
+            await asyncio.sleep(interval)
+
+    async def replay(self, owner: Owner, idem: Idempotency[Any] | None) -> None:
+        """Check an idempotency key and raise ``Replayed`` with the first response when it already
+        holds one (the fast path: each write checks again in its own transaction)."""
+        if idem is None:
+            return
+        if not idem.key or len(idem.key) > 128:
+            raise InvalidArgument(
+                "invalid idempotency_key",
+                violations=[FieldViolation("idempotency_key", "1 to 128 characters")],
+            )
+        await self.store.replay(owner.app_name, owner.user_id, idem.key, idem.method)
 
     # -- ingestion ------------------------------------------------------------------------------------
 
@@ -163,7 +222,9 @@ class KnowledgeService:
         metadata: JsonObject | None,
         force: bool,
         progress: ProgressFn,
+        idem: Idempotency[IngestResult] | None = None,
     ) -> IngestResult:
+        await self.replay(owner, idem)
         if not text.strip():
             raise InvalidArgument("empty text", violations=[FieldViolation("text", "must not be empty")])
         data = text.encode()
@@ -184,7 +245,7 @@ class KnowledgeService:
         name = name or f"text-{digest[:12]}"
         progress(Progress(PARSING, len(data), len(data)))
         content = Content(t.TEXT, name, data, content_type)
-        return await self._ingest(owner, scope, content, chunker, metadata, force, progress)
+        return await self._ingest(owner, scope, content, chunker, metadata, force, progress, idem)
 
     async def add_url(
         self,
@@ -197,7 +258,9 @@ class KnowledgeService:
         metadata: JsonObject | None,
         force: bool,
         progress: ProgressFn,
+        idem: Idempotency[IngestResult] | None = None,
     ) -> IngestResult:
+        await self.replay(owner, idem)
         check_url(url)
         progress(Progress(FETCHING))
         fetched = await fetch(
@@ -206,7 +269,7 @@ class KnowledgeService:
         declared = content_type or fetched.content_type
         mime = parsing.detect_type(posixpath.basename(fetched.url.split("?")[0]), declared, fetched.data)
         content = Content(t.URL, name or url.strip(), fetched.data, mime, fetched.url)
-        return await self._ingest(owner, scope, content, chunker, metadata, force, progress)
+        return await self._ingest(owner, scope, content, chunker, metadata, force, progress, idem)
 
     async def add_file(
         self,
@@ -222,8 +285,11 @@ class KnowledgeService:
         metadata: JsonObject | None,
         force: bool,
         progress: ProgressFn,
+        idem: Idempotency[IngestResult] | None = None,
     ) -> IngestResult:
-        """Receive an uploaded file's bytes, check them against the header, and ingest them."""
+        """Receive an uploaded file's bytes, check them against the header, and ingest them. (A repeat
+        of an idempotency key is answered before the bytes are read: see the servicer.)"""
+        await self.replay(owner, idem)
         base = posixpath.basename(file_name.replace("\\", "/"))
         if not base:
             raise InvalidArgument(
@@ -254,7 +320,7 @@ class KnowledgeService:
             raise InvalidArgument(f"{base!r} is empty", violations=[FieldViolation("chunk", "no bytes sent")])
         mime = parsing.detect_type(base, content_type, data)
         content = Content(t.FILE, name or base, data, mime)
-        return await self._ingest(owner, scope, content, chunker, metadata, force, progress)
+        return await self._ingest(owner, scope, content, chunker, metadata, force, progress, idem)
 
     def _too_large(self, name: str, size: int) -> ResourceExhausted:
         limit = self.settings.max_upload_bytes
@@ -273,6 +339,7 @@ class KnowledgeService:
         metadata: JsonObject | None,
         force: bool,
         progress: ProgressFn,
+        idem: Idempotency[IngestResult] | None = None,
     ) -> IngestResult:
         started = time.perf_counter()
         meta = _check_metadata(metadata)
@@ -287,14 +354,19 @@ class KnowledgeService:
             and existing.chunker == chunker.as_dict()
             and existing.metadata == meta
         ):
-            return IngestResult(existing, UNCHANGED, 0, 0, time.perf_counter() - started)
+            result = IngestResult(existing, UNCHANGED, 0, 0, time.perf_counter() - started)
+            if idem is not None:
+                await self.store.remember(owner.app_name, owner.user_id, idem, result)
+            return result
         progress(Progress(PARSING, len(content.data), len(content.data)))
-        extracted = parsing.extract(content.name, content.content_type, content.data)
+        # Parsing and tokenizing are CPU work (seconds for a large file): off the event loop.
+        extracted = await asyncio.to_thread(parsing.extract, content.name, content.content_type, content.data)
         progress(Progress(CHUNKING, len(content.data), len(content.data)))
         if chunker.strategy == chunking.SEMANTIC:
             pieces = await self._semantic(extracted.text, chunker)
         else:
-            pieces = chunking.split_pages(extracted.text, [start for _, start in extracted.pages], chunker)
+            page_starts = [start for _, start in extracted.pages]
+            pieces = await asyncio.to_thread(chunking.split_pages, extracted.text, page_starts, chunker)
         if not pieces:
             raise InvalidArgument(
                 f"{content.name!r} has no text to index",
@@ -349,17 +421,30 @@ class KnowledgeService:
             for n, piece in enumerate(pieces)
         ]
         progress(Progress(STORING, len(content.data), len(content.data), total, total, total))
-        replaced = await self.store.put(record, chunks, force)
-        if replaced.unchanged:
-            return IngestResult(replaced.source, UNCHANGED, 0, 0, time.perf_counter() - started)
-        await self.drain_outbox({c.id: v for c, v in zip(chunks, vectors, strict=True)})
-        outcome = CREATED if replaced.created else UPDATED
-        return IngestResult(
-            replaced.source, outcome, total, replaced.chunks_removed, time.perf_counter() - started
-        )
+
+        answered: list[tuple[Replaced, IngestResult]] = []
+
+        def result_of(replaced: Replaced) -> IngestResult:
+            # Made once per write (inside the transaction when a key is recorded): the reply and what
+            # a repeat of the key replays are the same message, duration included.
+            if answered and answered[0][0] is replaced:
+                return answered[0][1]
+            elapsed = time.perf_counter() - started
+            if replaced.unchanged:
+                result = IngestResult(replaced.source, UNCHANGED, 0, 0, elapsed)
+            else:
+                outcome = CREATED if replaced.created else UPDATED
+                result = IngestResult(replaced.source, outcome, total, replaced.chunks_removed, elapsed)
+            answered[:] = [(replaced, result)]
+            return result
+
+        replaced = await self.store.put(record, chunks, force, _then(idem, result_of), owner.user_id)
+        if not replaced.unchanged:
+            await self.drain_outbox({c.id: v for c, v in zip(chunks, vectors, strict=True)})
+        return result_of(replaced)
 
     async def _semantic(self, text: str, chunker: chunking.ChunkerConfig) -> list[chunking.Chunk]:
-        sentences = chunking.sentences(text)
+        sentences = await asyncio.to_thread(chunking.sentences, text)
         if len(sentences) > self.settings.max_chunks_per_source * 4:
             raise ResourceExhausted(
                 f"too many sentences for the semantic chunker ({len(sentences)})", reason="CHUNK_QUOTA"
@@ -368,7 +453,7 @@ class KnowledgeService:
         for start in range(0, len(sentences), EMBED_BATCH):
             batch = sentences[start : start + EMBED_BATCH]
             vectors.extend(await self.embedder.embed([text[s:e] for s, e in batch]))
-        return chunking.semantic(text, sentences, vectors, chunker)
+        return await asyncio.to_thread(chunking.semantic, text, sentences, vectors, chunker)
 
     # -- sources --------------------------------------------------------------------------------------
 
@@ -397,15 +482,32 @@ class KnowledgeService:
         return rows[:size], paging.page_token(str(offset + size)) if more else ""
 
     async def delete(
-        self, owner: Owner, source_id: str, scope: Scope, name: str, allow_missing: bool
+        self,
+        owner: Owner,
+        source_id: str,
+        scope: Scope,
+        name: str,
+        allow_missing: bool,
+        idem: Idempotency[tuple[bool, int]] | None = None,
     ) -> tuple[bool, int]:
+        """(deleted, chunks removed). With ``idem``, a repeat of the key gets the first answer (so a
+        retried delete whose reply was lost answers "deleted", not "not found")."""
+        await self.replay(owner, idem)
         try:
             record = await self.get(owner, source_id, scope, name)
         except NotFound:
             if allow_missing:
+                if idem is not None:
+                    await self.store.remember(owner.app_name, owner.user_id, idem, (False, 0))
                 return False, 0
             raise
-        removed = await self.store.delete(owner.app_name, record.id, [record.scope])
+        removed = await self.store.delete(
+            owner.app_name,
+            record.id,
+            [record.scope],
+            _then(idem, lambda n: (n is not None, n or 0)),
+            owner.user_id,
+        )
         await self.drain_outbox()
         if removed is None:
             if allow_missing:
@@ -413,8 +515,12 @@ class KnowledgeService:
             raise NotFound(f"knowledge source {record.id!r} not found", reason="KNOWLEDGE_SOURCE_NOT_FOUND")
         return True, removed
 
-    async def clear(self, owner: Owner, scope: Scope) -> tuple[int, int]:
-        result = await self.store.clear(owner.app_name, scope)
+    async def clear(
+        self, owner: Owner, scope: Scope, idem: Idempotency[tuple[int, int]] | None = None
+    ) -> tuple[int, int]:
+        """(sources, chunks) removed. With ``idem``, a repeat of the key gets the first answer."""
+        await self.replay(owner, idem)
+        result = await self.store.clear(owner.app_name, scope, idem, owner.user_id)
         await self.drain_outbox()
         return result
 
@@ -441,13 +547,18 @@ class KnowledgeService:
         wanted = _check_filter(metadata_filter)
         searched = list(scopes) or default_scopes(owner)
         k = max(limit * 4, 40)
-        vector = await self.embedder.embed_one(query)
-        where = {"bucket": {"$in": [s.bucket for s in searched]}}
+
+        async def dense_ranking() -> list[tuple[str, float]]:
+            vector = await self.embedder.embed_one(query)
+            return await self._dense(owner.app_name, searched, vector, k)
+
+        # The lexical search does not need the query's vector: it runs while the model embeds it.
         dense, lexical = await asyncio.gather(
-            self.index.query(collection(owner.app_name), vector, k, where),
-            self.store.lexical(owner.app_name, searched, query, k),
+            dense_ranking(), self.store.lexical(owner.app_name, searched, query, k)
         )
-        fused = rrf_normalized([[i for i, _ in dense], [i for i, _ in lexical]])
+        fused = rrf_normalized(
+            [[i for i, _ in dense], [i for i, _ in lexical]], weights=[1.0, self.settings.weight_lexical_rank]
+        )
         if not fused:
             return []
         semantic = dict(dense)
@@ -478,6 +589,17 @@ class KnowledgeService:
             hits = [h for h in hits if h.score >= min_score]
         return hits[:limit]
 
+    async def _dense(
+        self, app_name: str, scopes: Sequence[Scope], vector: list[float], k: int
+    ) -> list[tuple[str, float]]:
+        """The ``k`` nearest chunks over the scopes: each scope's partition queried without a filter
+        (concurrently), the answers merged by similarity."""
+        answers = await asyncio.gather(
+            *(self.index.query(vector_collection(app_name, scope), vector, k) for scope in scopes)
+        )
+        merged = sorted((hit for answer in answers for hit in answer), key=lambda hit: -hit[1])
+        return merged[:k]
+
     # -- the vector index -----------------------------------------------------------------------------
 
     async def drain_outbox(self, vectors: dict[str, list[float]] | None = None) -> int:
@@ -490,15 +612,16 @@ class KnowledgeService:
                 pending = await self.store.pending()
                 if not pending:
                     return applied
-                rows = await self.store.chunks_for_index([chunk_id for _, chunk_id, _ in pending])
+                rows = await self.store.chunks_for_index([entry.chunk_id for entry in pending])
                 upserts: dict[str, dict[str, tuple[ChunkRecord, Scope]]] = defaultdict(dict)
                 deletes: dict[str, set[str]] = defaultdict(set)
-                for _, chunk_id, app_name in pending:
-                    found = rows.get(chunk_id)
+                for entry in pending:
+                    found = rows.get(entry.chunk_id)
                     if found is None:
-                        deletes[collection(app_name)].add(chunk_id)
+                        # An entry from before partitions: its vector is in the app's old collection.
+                        deletes[entry.vector_collection or collection(entry.app_name)].add(entry.chunk_id)
                     else:
-                        upserts[collection(app_name)][chunk_id] = found
+                        upserts[vector_collection(entry.app_name, found[1])][entry.chunk_id] = found
                 for coll, records in upserts.items():
                     todo = [i for i in records if i not in vectors]
                     fresh = await self.embedder.embed([records[i][0].text for i in todo]) if todo else []
@@ -512,8 +635,78 @@ class KnowledgeService:
                     )
                 for coll, gone in deletes.items():
                     await self.index.delete(coll, sorted(gone))
-                await self.store.done([outbox_id for outbox_id, _, _ in pending])
+                await self.store.done([entry.id for entry in pending])
                 applied += len(pending)
+
+    async def reindex(self, app_name: str | None) -> tuple[int, int]:
+        """Rebuild the vector index from the chunk rows (the source of truth): the app's collection
+        (every app's when None) is dropped, then each current chunk embedded again. Returns (rows
+        scanned, vectors written). A write meanwhile adds its own vectors (the outbox); a vector
+        written for a chunk deleted meanwhile is never returned (rows decide what a search sees)."""
+        await self.drain_outbox()
+        apps = [app_name] if app_name is not None else await self.store.apps()
+        # Every app's partitions start with the encoded "knowledge:" (see vector_index.partition).
+        prefix = partition_prefix(collection(app_name)) if app_name is not None else partition(collection(""))
+        for coll in await self.index.collections(prefix):
+            await self.index.drop(coll)
+        for app in apps:
+            await self.index.drop(collection(app))  # a collection from before partitions
+        scanned = written = 0
+        after = 0
+        while True:
+            rows = await self.store.chunks_after(app_name, after, REINDEX_BATCH)
+            if not rows:
+                return scanned, written
+            after = rows[-1][0]
+            vectors = await self.embedder.embed([chunk.text for _, chunk, _ in rows])
+            by_collection: dict[str, list[int]] = defaultdict(list)
+            for n, (_, chunk, scope) in enumerate(rows):
+                by_collection[vector_collection(chunk.app_name, scope)].append(n)
+            for coll, positions in by_collection.items():
+                await self.index.upsert(
+                    coll,
+                    [rows[n][1].id for n in positions],
+                    [vectors[n] for n in positions],
+                    [{"bucket": rows[n][2].bucket, "source_id": rows[n][1].source_id} for n in positions],
+                )
+                written += len(positions)
+            scanned += len(rows)
+
+    async def migrate_vectors(self, page: int = 1000) -> int:
+        """Move the vectors of each app's single collection of old (before partitions, filtered by
+        bucket) into the per-scope partitions, then drop it. Vectors are copied, not re-embedded; those
+        whose row is gone are left behind. Safe to repeat after a crash (upserts by id; the old
+        collection is dropped last). Returns the vectors moved."""
+        moved = 0
+        for app_name in await self.store.apps():
+            legacy = collection(app_name)
+            if not await self.index.exists(legacy):
+                continue
+            log.warning("moving knowledge vectors into per-scope partitions", extra={"app_name": app_name})
+            offset = 0
+            while True:
+                entries = await self.index.entries(legacy, offset, page)
+                if not entries:
+                    break
+                offset += len(entries)
+                rows = await self.store.chunks_for_index([e.id for e in entries])
+                by_collection: dict[str, list[tuple[ChunkRecord, Scope, list[float]]]] = defaultdict(list)
+                for entry in entries:
+                    found = rows.get(entry.id)
+                    if found is not None:
+                        chunk, scope = found
+                        by_collection[vector_collection(app_name, scope)].append((chunk, scope, entry.vector))
+                for coll, items in by_collection.items():
+                    await self.index.upsert(
+                        coll,
+                        [c.id for c, _, _ in items],
+                        [v for _, _, v in items],
+                        [{"bucket": s.bucket, "source_id": c.source_id} for c, s, _ in items],
+                    )
+                    moved += len(items)
+            await self.index.drop(legacy)
+            log.warning("moved knowledge vectors", extra={"app_name": app_name, "count": moved})
+        return moved
 
     # -- helpers --------------------------------------------------------------------------------------
 

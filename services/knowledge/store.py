@@ -8,10 +8,11 @@ mix."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Row, and_, delete, func, insert, literal_column, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
@@ -19,12 +20,18 @@ from sqlalchemy.exc import IntegrityError
 from services.common.db import Database
 from services.common.migrate import upgrader
 from services.knowledge import tables as t
-from services.memory.store import lexical_terms
+from services.memory.store import IDEMPOTENCY_TTL_US, Idempotency, Replayed, key_reused, lexical_terms
+from services.retrieval.vector_index import partition
 from sessionkit.jsonvalues import JsonValue, dumps, loads
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "sk_knowledge_alembic_version"
 JsonObject = dict[str, JsonValue]
+T = TypeVar("T")
+
+
+class _KeyTaken(Exception):
+    """A concurrent write recorded the same idempotency key first (its transaction committed first)."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,28 @@ class Scope:
     def bucket(self) -> str:
         """The vector index's tag for this scope."""
         return f"{self.kind}\x1f{self.owner}\x1f{self.key}"
+
+
+def app_collection(app_name: str) -> str:
+    """The logical name of an app's knowledge vectors: its partitions are named after it (and, before
+    partitions, it was the app's one collection, filtered by bucket)."""
+    return f"knowledge:{app_name}"
+
+
+def vector_collection(app_name: str, scope: Scope) -> str:
+    """Where the vectors of a scope's chunks live: one collection (partition) per scope, so a search
+    queries each of its scopes without a filter (a filtered Chroma query costs time linear in the
+    collection's size, whatever it matches)."""
+    return partition(app_collection(app_name), str(scope.kind), scope.owner, scope.key)
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    id: int
+    chunk_id: str
+    app_name: str
+    #: None: written before partitions (the vector is in the app's collection of old).
+    vector_collection: str | None
 
 
 @dataclass
@@ -146,9 +175,17 @@ class KnowledgeStore:
 
     # -- writes ---------------------------------------------------------------------------------------
 
-    async def put(self, record: SourceRecord, chunks: list[ChunkRecord], force: bool = False) -> Replaced:
+    async def put(
+        self,
+        record: SourceRecord,
+        chunks: list[ChunkRecord],
+        force: bool = False,
+        idem: Idempotency[Replaced] | None = None,
+        user_id: str = "",
+    ) -> Replaced:
         """Add ``record`` with ``chunks``, or replace the content of the source of the same name in its
-        scope (keeping its id and create time), in one transaction."""
+        scope (keeping its id and create time), in one transaction. With ``idem`` (the key of
+        ``user_id``), the response is recorded in that transaction; a repeat raises ``Replayed``."""
 
         def run(conn: Connection) -> Replaced:
             s = t.sources.c
@@ -185,7 +222,7 @@ class KnowledgeStore:
                         "version": old.version + 1,
                     }
                 )
-                removed = _delete_chunks(conn, old.id)
+                removed = _delete_chunks(conn, old.id, vector_collection(old.app_name, old.scope))
                 conn.execute(update(t.sources).where(s.id == old.id).values(**_source_values(new)))
             for chunk in chunks:
                 chunk.source_id, chunk.version = new.id, new.version
@@ -208,42 +245,118 @@ class KnowledgeStore:
                         for c in chunks
                     ],
                 )
+                coll = vector_collection(new.app_name, new.scope)
                 conn.execute(
                     insert(t.outbox),
-                    [{"chunk_id": c.id, "app_name": c.app_name, "action": "upsert"} for c in chunks],
+                    [
+                        {
+                            "chunk_id": c.id,
+                            "app_name": c.app_name,
+                            "action": "upsert",
+                            "vector_collection": coll,
+                        }
+                        for c in chunks
+                    ],
                 )
             return Replaced(new, row is None, removed)
 
         try:
-            return await self.db.write(run)
+            return await self._write(record.app_name, user_id, idem, run)
         except IntegrityError:
             # A concurrent add of the same name inserted it first: replace that one.
-            return await self.db.write(run)
+            return await self._write(record.app_name, user_id, idem, run)
 
-    async def delete(self, app_name: str, source_id: str, scopes: Sequence[Scope]) -> int | None:
+    async def delete(
+        self,
+        app_name: str,
+        source_id: str,
+        scopes: Sequence[Scope],
+        idem: Idempotency[int | None] | None = None,
+        user_id: str = "",
+    ) -> int | None:
         """Delete a visible source and its chunks: the chunk count, None when there is no such source."""
 
         def run(conn: Connection) -> int | None:
             s = t.sources.c
             found = conn.execute(
-                select(s.id).where(s.id == source_id, in_scopes(app_name, scopes)).with_for_update()
+                select(s.scope_kind, s.owner, s.scope_key)
+                .where(s.id == source_id, in_scopes(app_name, scopes))
+                .with_for_update()
             ).first()
             if found is None:
                 return None
-            removed = _delete_chunks(conn, source_id)
+            scope = Scope(found.scope_kind, found.owner, found.scope_key)
+            removed = _delete_chunks(conn, source_id, vector_collection(app_name, scope))
             conn.execute(delete(t.sources).where(s.id == source_id))
             return removed
 
-        return await self.db.write(run)
+        return await self._write(app_name, user_id, idem, run)
 
-    async def clear(self, app_name: str, scope: Scope) -> tuple[int, int]:
+    async def clear(
+        self,
+        app_name: str,
+        scope: Scope,
+        idem: Idempotency[tuple[int, int]] | None = None,
+        user_id: str = "",
+    ) -> tuple[int, int]:
         def run(conn: Connection) -> tuple[int, int]:
             s = t.sources.c
             ids = [r[0] for r in conn.execute(select(s.id).where(in_scopes(app_name, [scope]))).all()]
-            removed = sum(_delete_chunks(conn, i) for i in ids)
+            coll = vector_collection(app_name, scope)
+            removed = sum(_delete_chunks(conn, i, coll) for i in ids)
             if ids:
                 conn.execute(delete(t.sources).where(s.id.in_(ids)))
             return len(ids), removed
+
+        return await self._write(app_name, user_id, idem, run)
+
+    # -- idempotency ----------------------------------------------------------------------------------
+
+    async def _write(
+        self, app_name: str, user_id: str, idem: Idempotency[T] | None, run: Callable[[Connection], T]
+    ) -> T:
+        """Run the write ``run`` in one transaction; with a key, check the key first and record the
+        response in the same transaction (a repeat raises ``Replayed`` and writes nothing)."""
+        if idem is None:
+            return await self.db.write(run)
+        now = _now_us()
+
+        def idempotent(conn: Connection) -> T:
+            _check_key(conn, app_name, user_id, idem.key, idem.method, now)
+            result = run(conn)
+            _record_key(conn, app_name, user_id, idem.key, idem.method, idem.encode(result), now)
+            return result
+
+        try:
+            return await self.db.write(idempotent)
+        except _KeyTaken:
+            # A concurrent write with this key committed first (ours was rolled back): replay it.
+            await self.replay(app_name, user_id, idem.key, idem.method)
+            raise
+
+    async def remember(self, app_name: str, user_id: str, idem: Idempotency[T], result: T) -> None:
+        """Record the response of a write that changed nothing (unchanged content, a missing source
+        deleted with allow_missing), so a repeat answers the same. Raises ``Replayed`` when the key was
+        used meanwhile."""
+        await self._write(app_name, user_id, idem, lambda conn: result)
+
+    async def replay(self, app_name: str, user_id: str, key: str, method: str) -> None:
+        """Raise ``Replayed`` when ``key`` holds a response (a read: the fast path of a repeat)."""
+        now = _now_us()
+
+        def run(conn: Connection) -> None:
+            _check_key(conn, app_name, user_id, key, method, now, lock=False)
+
+        await self.db.read(run)
+
+    async def purge_idempotency(self, now_us: int) -> int:
+        """Delete the idempotency records older than 24 hours; returns how many."""
+
+        def run(conn: Connection) -> int:
+            gone = conn.execute(
+                delete(t.idempotency).where(t.idempotency.c.create_us < now_us - IDEMPOTENCY_TTL_US)
+            )
+            return int(gone.rowcount or 0)
 
         return await self.db.write(run)
 
@@ -288,24 +401,9 @@ class KnowledgeStore:
             return {}
 
         def run(conn: Connection) -> dict[str, tuple[ChunkRecord, SourceRecord]]:
-            c, s = t.chunks.c, t.sources.c
-            query = (
-                select(t.chunks, t.sources.c.id.label("src_id"))
-                .join(t.sources, and_(s.id == c.source_id, s.version == c.version))
-                .where(c.id.in_(chunk_ids), in_scopes(app_name, scopes))
-            )
-            rows = conn.execute(query).all()
-            sources = {
-                r._mapping["id"]: _source(r)
-                for r in conn.execute(
-                    select(t.sources).where(s.id.in_({row._mapping["src_id"] for row in rows}))
-                ).all()
-            }
-            return {
-                row._mapping["id"]: (_chunk(row), sources[row._mapping["src_id"]])
-                for row in rows
-                if row._mapping["src_id"] in sources
-            }
+            c = t.chunks.c
+            chunks = [_chunk(r) for r in conn.execute(select(t.chunks).where(c.id.in_(chunk_ids))).all()]
+            return _current(conn, app_name, scopes, chunks)
 
         return await self.db.read(run)
 
@@ -343,24 +441,22 @@ class KnowledgeStore:
             }
             if not hits:
                 return []
-            rows = conn.execute(
-                select(c.pk, c.id)
-                .join(t.sources, visible)
-                .where(c.pk.in_(list(hits)), in_scopes(app_name, scopes))
-            )
-            return sorted(((row[1], hits[row[0]]) for row in rows), key=lambda item: -item[1])[:k]
+            rows = conn.execute(select(c.pk, c.id, c.source_id, c.version).where(c.pk.in_(list(hits)))).all()
+            current = _current_versions(conn, app_name, scopes, {row[2] for row in rows})
+            found = [(row[1], hits[row[0]]) for row in rows if current.get(row[2]) == row[3]]
+            return sorted(found, key=lambda item: -item[1])[:k]
 
         return await self.db.read(run)
 
     # -- the vector outbox ----------------------------------------------------------------------------
 
-    async def pending(self, limit: int = 512) -> list[tuple[int, str, str]]:
-        """(outbox id, chunk id, app), oldest first."""
+    async def pending(self, limit: int = 512) -> list[OutboxEntry]:
+        """Outbox entries, oldest first."""
 
-        def run(conn: Connection) -> list[tuple[int, str, str]]:
+        def run(conn: Connection) -> list[OutboxEntry]:
             o = t.outbox.c
-            rows = conn.execute(select(o.id, o.chunk_id, o.app_name).order_by(o.id).limit(limit)).all()
-            return [(r[0], r[1], r[2]) for r in rows]
+            query = select(o.id, o.chunk_id, o.app_name, o.vector_collection).order_by(o.id).limit(limit)
+            return [OutboxEntry(r[0], r[1], r[2], r[3]) for r in conn.execute(query).all()]
 
         return await self.db.read(run)
 
@@ -380,6 +476,37 @@ class KnowledgeStore:
 
         return await self.db.read(run)
 
+    async def apps(self) -> list[str]:
+        """Every app_name that has knowledge sources."""
+
+        def run(conn: Connection) -> list[str]:
+            return [r[0] for r in conn.execute(select(t.sources.c.app_name).distinct()).all()]
+
+        return await self.db.read(run)
+
+    async def chunks_after(
+        self, app_name: str | None, after_pk: int, limit: int
+    ) -> list[tuple[int, ChunkRecord, Scope]]:
+        """Up to ``limit`` chunks of the current version of their source (of one app, or of every
+        app when None) with a primary key over ``after_pk``, in key order: (pk, chunk, scope)."""
+
+        def run(conn: Connection) -> list[tuple[int, ChunkRecord, Scope]]:
+            c, s = t.chunks.c, t.sources.c
+            query = (
+                select(t.chunks, s.scope_kind, s.owner, s.scope_key)
+                .join(t.sources, and_(s.id == c.source_id, s.version == c.version))
+                .where(c.pk > after_pk)
+            )
+            if app_name is not None:
+                query = query.where(c.app_name == app_name)
+            out: list[tuple[int, ChunkRecord, Scope]] = []
+            for row in conn.execute(query.order_by(c.pk).limit(limit)).all():
+                m = row._mapping
+                out.append((m["pk"], _chunk(row), Scope(m["scope_kind"], m["owner"], m["scope_key"])))
+            return out
+
+        return await self.db.read(run)
+
     async def done(self, outbox_ids: list[int]) -> None:
         def run(conn: Connection) -> None:
             conn.execute(delete(t.outbox).where(t.outbox.c.id.in_(outbox_ids)))
@@ -387,11 +514,108 @@ class KnowledgeStore:
         await self.db.write(run)
 
 
-def _delete_chunks(conn: Connection, source_id: str) -> int:
+def _delete_chunks(conn: Connection, source_id: str, coll: str) -> int:
+    """Delete a source's chunks, queueing the deletion of their vectors from ``coll``."""
     c = t.chunks.c
     rows = conn.execute(select(c.id, c.app_name).where(c.source_id == source_id)).all()
     if not rows:
         return 0
     conn.execute(delete(t.chunks).where(c.source_id == source_id))
-    conn.execute(insert(t.outbox), [{"chunk_id": r[0], "app_name": r[1], "action": "delete"} for r in rows])
+    conn.execute(
+        insert(t.outbox),
+        [{"chunk_id": r[0], "app_name": r[1], "action": "delete", "vector_collection": coll} for r in rows],
+    )
     return len(rows)
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _check_key(
+    conn: Connection, app_name: str, user_id: str, key: str, method: str, now_us: int, lock: bool = True
+) -> None:
+    """Raise ``Replayed`` when ``key`` was used by ``method`` within 24 hours (``key_reused`` when by
+    another RPC). With ``lock``, first serialize every writer of this key: a PostgreSQL advisory lock
+    held until the transaction ends (SQLite has one writer at a time), so a concurrent repeat waits for
+    the first, then replays it."""
+    if lock and conn.dialect.name == "postgresql":
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))"),
+            {"name": f"sk_knowledge_idempotency\x1f{app_name}\x1f{user_id}\x1f{key}"},
+        )
+    i = t.idempotency.c
+    row = conn.execute(
+        select(i.method, i.response, i.create_us).where(
+            i.app_name == app_name, i.user_id == user_id, i.key == key
+        )
+    ).first()
+    if row is None or row.create_us < now_us - IDEMPOTENCY_TTL_US:
+        return
+    if row.method != method:
+        raise key_reused(key, method, row.method)
+    raise Replayed(bytes(row.response))
+
+
+def _record_key(
+    conn: Connection, app_name: str, user_id: str, key: str, method: str, response: bytes, now_us: int
+) -> None:
+    i = t.idempotency.c
+    # A record older than 24 hours is over: the key may be used again.
+    conn.execute(
+        delete(t.idempotency).where(
+            i.app_name == app_name,
+            i.user_id == user_id,
+            i.key == key,
+            i.create_us < now_us - IDEMPOTENCY_TTL_US,
+        )
+    )
+    try:
+        conn.execute(
+            insert(t.idempotency).values(
+                app_name=app_name,
+                user_id=user_id,
+                key=key,
+                method=method,
+                response=response,
+                create_us=now_us,
+            )
+        )
+    except IntegrityError as error:
+        raise _KeyTaken from error
+
+
+def _visible_sources(
+    conn: Connection, app_name: str, scopes: Sequence[Scope], source_ids: set[str]
+) -> dict[str, SourceRecord]:
+    """The sources among ``source_ids`` in one of ``scopes``. Looked up by id only (the unique index)
+    and filtered here: with the scope condition in SQL, SQLite (no statistics) may walk a scope's
+    index instead, which made a search at 100k chunks spend 100+ ms here."""
+    if not source_ids:
+        return {}
+    wanted = set(scopes)
+    rows = conn.execute(select(t.sources).where(t.sources.c.id.in_(source_ids))).all()
+    return {
+        record.id: record
+        for record in map(_source, rows)
+        if record.app_name == app_name and record.scope in wanted
+    }
+
+
+def _current_versions(
+    conn: Connection, app_name: str, scopes: Sequence[Scope], source_ids: set[str]
+) -> dict[str, int]:
+    """source id -> current version, for the visible sources among ``source_ids``."""
+    return {i: record.version for i, record in _visible_sources(conn, app_name, scopes, source_ids).items()}
+
+
+def _current(
+    conn: Connection, app_name: str, scopes: Sequence[Scope], chunks: list[ChunkRecord]
+) -> dict[str, tuple[ChunkRecord, SourceRecord]]:
+    """The chunks of the current version of a visible source, with the source."""
+    sources = _visible_sources(conn, app_name, scopes, {chunk.source_id for chunk in chunks})
+    return {
+        chunk.id: (chunk, sources[chunk.source_id])
+        for chunk in chunks
+        if chunk.source_id in sources and sources[chunk.source_id].version == chunk.version
+    }

@@ -9,6 +9,7 @@ from sqlalchemy import (
     Column,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     SmallInteger,
     String,
@@ -82,4 +83,23 @@ outbox = Table(
     Column("app_name", ID, nullable=False),
     # "upsert" or "delete"
     Column("action", String(8), nullable=False),
+    # The logical name of the vector's collection (its scope's partition); NULL for entries written
+    # before partitions (the app's single collection of old).
+    Column("vector_collection", Text, nullable=True),
+)
+
+#: The response of each write made with an idempotency key, for 24 hours: a repeat of the key by the
+#: same (app_name, user_id) gets it back instead of running again. Written in the write's transaction.
+idempotency = Table(
+    "sk_knowledge_idempotency",
+    metadata,
+    Column("app_name", ID, primary_key=True),
+    Column("user_id", ID, primary_key=True),
+    Column("key", String(128), primary_key=True),
+    # The RPC that used the key (a key reused for another RPC is refused).
+    Column("method", String(32), nullable=False),
+    # The serialized response message (KnowledgeIngestionResult for the ingestion RPCs).
+    Column("response", LargeBinary, nullable=False),
+    Column("create_us", BigInteger, nullable=False),
+    Index("ix_sk_knowledge_idempotency_time", "create_us"),
 )
