@@ -26,6 +26,12 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 << 20),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.enable_retries", 0),  # retries are ours (idempotency keys make writes safe to repeat)
+    # A channel whose server went away fails every call until its next reconnect attempt; gRPC's
+    # default backoff grows to 120 s, far past our retry deadline, so a restarted server (or a new one on
+    # the same port) would go unnoticed. Reconnect attempts at most a second apart.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 
 #: Which channel: the target, the API key its calls carry, and the TLS trust (CA file, server name).
