@@ -280,6 +280,12 @@ async def create_server(
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 0),
+            # The SDK pings every 30 s (keepalive) while a long call runs (an ingestion of a large file):
+            # accept that, or gRPC's default (one ping per 5 minutes without data) answers GOAWAY
+            # "too_many_pings" and the call is cut.
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+            ("grpc.http2.max_ping_strikes", 0),
         ],
     )
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
