@@ -13,6 +13,7 @@ from typing import Any
 
 from services.common.config import ServerSettings
 from services.gateway.server import GatewayServer, local_client_settings
+from sessionkit.transport import close_channels
 
 #: Two tenants' keys (at least 16 characters, as the settings require).
 KEY_A = "key-tenant-a-0123456789"
@@ -50,6 +51,7 @@ class GatewayThread:
 
     def stop(self) -> None:
         self.call(self.server.stop())
+        self.call(close_channels())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
         self.loop.close()

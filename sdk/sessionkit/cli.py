@@ -222,6 +222,7 @@ def serve(
         finally:
             # Both drain at once, so stopping takes at most the drain time.
             await asyncio.gather(server.stop(), gateway.stop() if gateway else asyncio.sleep(0))
+            await close_channels()
 
     try:
         asyncio.run(main())
@@ -305,6 +306,7 @@ def _serve_gateway_alone(settings: Any) -> None:
             await stop.wait()
         finally:
             await gateway.stop()
+            await close_channels()
 
     try:
         asyncio.run(main())

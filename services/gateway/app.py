@@ -36,8 +36,9 @@ def create_app(settings: ServerSettings, upstream: Upstream) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The channels are the SDK's, per event loop, shared with anything else on the loop (the agent
+        # service's upstream in `sessionkit serve`): whoever ends the loop closes them (close_channels).
         yield
-        await upstream.pool.close()
 
     app = FastAPI(
         title="sessionkit gateway",
