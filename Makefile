@@ -9,13 +9,14 @@ export HF_HUB_OFFLINE := 1
 
 .PHONY: install protos run test lint bench clean
 
-# A virtualenv at .venv with the project (editable), its dev tools, and the generated stubs.
+# A virtualenv at .venv with both packages editable (the SDK, sdk/, and the server with every
+# service's extra, .), the dev tools, and the generated stubs.
 install: $(STAMP) $(GENERATED)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml sdk/pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PY) -m pip install --quiet -e '.[dev]'
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PY) -m pip install --quiet -e ./sdk -e '.[all,dev]'
 	touch $@
 
 # Python stubs (+ .pyi) for protos/ into the sessionkit package (import sessionkit.v1).

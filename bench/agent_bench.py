@@ -346,7 +346,7 @@ def run_store(args: argparse.Namespace, database_url: str) -> Results:
 
 
 def measure(args: argparse.Namespace, servers: Servers, session_class: Any, openai: Any) -> Results:
-    from services.retrieval.embeddings import LocalEmbedder
+    from sessionkit_server.retrieval.embeddings import LocalEmbedder
 
     tag = f"{os.getpid()}-{int(time.time())}"
     session = session_class(f"bench-{tag}", f"user-{tag}", address=servers.address, app_name="agent-bench")

@@ -48,13 +48,19 @@ from knowledge_quality import evaluate, report
 from memory_common import ROOT, machine, percentile
 from state_latency import free_port
 
-from services.common.db import Database
-from services.knowledge import chunking
-from services.knowledge import tables as t
-from services.knowledge.store import ChunkRecord, KnowledgeStore, Scope, SourceRecord, vector_collection
-from services.retrieval.embeddings import LocalEmbedder
-from services.retrieval.vector_index import ChromaIndex
 from sessionkit import AsyncSession
+from sessionkit_server.common.db import Database
+from sessionkit_server.knowledge import chunking
+from sessionkit_server.knowledge import tables as t
+from sessionkit_server.knowledge.store import (
+    ChunkRecord,
+    KnowledgeStore,
+    Scope,
+    SourceRecord,
+    vector_collection,
+)
+from sessionkit_server.retrieval.embeddings import LocalEmbedder
+from sessionkit_server.retrieval.vector_index import ChromaIndex
 from tests.servers import wait_serving
 
 APP = "bench-knowledge"

@@ -122,7 +122,7 @@ def _vocabulary() -> tuple[list[str], list[float]]:
     """English words of the model's WordPiece vocabulary (whole words of 3+ letters, in the file's
     order, which roughly follows frequency) with Zipf weights 1/rank, returned cumulated: text with a
     realistic spread of common and rare words, so a lexical query matches some chunks, not all."""
-    from services.retrieval.embeddings import default_model_path
+    from sessionkit_server.retrieval.embeddings import default_model_path
 
     lines = (default_model_path() / "vocab.txt").read_text(encoding="utf-8").splitlines()
     words = [w for w in lines if w.isalpha() and w.isascii() and len(w) >= 3]

@@ -3,7 +3,7 @@ the same run on the same machine.
 
 A ``sessionkit serve --service state --service memory`` runs in its own process on a temp data
 directory; this process is the client (the SDK's ``AsyncSession`` with ``address=``) and also runs the
-model alone (``services.retrieval.embeddings.LocalEmbedder``: all-MiniLM-L6-v2 on the CPU, the class
+model alone (``sessionkit_server.retrieval.embeddings.LocalEmbedder``: all-MiniLM-L6-v2 on the CPU, the class
 and settings the server uses) for the baselines.
 
 1. Ingestion, in interleaved rounds so machine noise hits every case alike: the model alone embedding
@@ -50,14 +50,14 @@ from pathlib import Path
 from memory_common import MemoryServer, machine, percentile
 from memory_dataset import scale_queries, scale_texts
 
-from services.common.db import Database
-from services.memory import tables as t
-from services.memory.service import content_hash
-from services.memory.store import MemoryRecord, MemoryStore, Owner, vector_collection
-from services.retrieval.embeddings import LocalEmbedder
-from services.retrieval.vector_index import ChromaIndex
 from sessionkit import AsyncSession
 from sessionkit.memory_client import MemoryClient
+from sessionkit_server.common.db import Database
+from sessionkit_server.memory import tables as t
+from sessionkit_server.memory.service import content_hash
+from sessionkit_server.memory.store import MemoryRecord, MemoryStore, Owner, vector_collection
+from sessionkit_server.retrieval.embeddings import LocalEmbedder
+from sessionkit_server.retrieval.vector_index import ChromaIndex
 
 INGEST_APP = "bench-ingest"
 SEARCH_APP = "bench"

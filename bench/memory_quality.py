@@ -11,10 +11,10 @@ limits are in that module's docstring). Method:
 2. Each question is asked with ``search_memory(question, memory_type="long", limit=10)``: "hybrid".
 3. The server is stopped, and the same building blocks the service searches with are queried on its
    data directory, in this process: "dense-only" = the all-MiniLM-L6-v2 embedding of the question
-   (services.retrieval.embeddings.LocalEmbedder) against the Chroma index (ChromaIndex.query on the
+   (sessionkit_server.retrieval.embeddings.LocalEmbedder) against the Chroma index (ChromaIndex.query on the
    user's long-term partition, depth 40, as the service); "lexical-only" = MemoryStore.lexical (FTS5
    bm25 among the user's rows, stop words dropped: the same call as the service). "hybrid
-   (recomputed)" fuses those two lists with services.retrieval.fusion exactly as the service does
+   (recomputed)" fuses those two lists with sessionkit_server.retrieval.fusion exactly as the service does
    (lexical ranking weighted 0.5), as a check that the offline lists are the service's. The what-if
    rows change one thing each: equal weights, stop words kept, or both (the fusion before issue 3's
    changes, with the user filter inside the lexical query).
@@ -38,14 +38,14 @@ from pathlib import Path
 from memory_common import MemoryServer, machine, percentile
 from memory_dataset import SEED, Conversation, Question, describe, generate
 
-from services.common.db import Database
-from services.memory import tables as t
-from services.memory.service import MemorySettings
-from services.memory.store import MemoryStore, Owner, vector_collection
-from services.retrieval.embeddings import LocalEmbedder
-from services.retrieval.fusion import FusionWeights, fused_score, recency, rrf_normalized
-from services.retrieval.vector_index import ChromaIndex
 from sessionkit import AsyncSession
+from sessionkit_server.common.db import Database
+from sessionkit_server.memory import tables as t
+from sessionkit_server.memory.service import MemorySettings
+from sessionkit_server.memory.store import MemoryStore, Owner, vector_collection
+from sessionkit_server.retrieval.embeddings import LocalEmbedder
+from sessionkit_server.retrieval.fusion import FusionWeights, fused_score, recency, rrf_normalized
+from sessionkit_server.retrieval.vector_index import ChromaIndex
 
 APP = "bench-quality"
 DEPTH = 40  # the service's candidate depth per ranking for limit <= 10: max(4 * limit, 40)
@@ -152,7 +152,7 @@ LEXICAL_WEIGHT = MemorySettings().weight_lexical_rank
 
 
 def fuse(dense: list[str], lexical: list[str], lexical_weight: float = LEXICAL_WEIGHT) -> dict[str, float]:
-    """Reciprocal rank fusion as the service computes it (services.retrieval.fusion.rrf_normalized)."""
+    """Reciprocal rank fusion as the service computes it (retrieval.fusion.rrf_normalized)."""
     return rrf_normalized([dense, lexical], weights=[1.0, lexical_weight])
 
 

@@ -1,6 +1,6 @@
 """Entry point of the embedded local server (started by sessionkit.embedded, one per storage_path).
 
-Holds the data directory's lock for its whole life (services.common.storage_lock), so at most one
+Holds the data directory's lock for its whole life (sessionkit_server.common.storage_lock), so at most one
 server opens a storage_path's files; a second one started in a race exits at once with status 0.
 """
 
@@ -12,13 +12,13 @@ import contextlib
 import sys
 from pathlib import Path
 
-from services.common import logs, storage_lock
-from services.common.config import ServerSettings
-from services.server import create_server
+from sessionkit_server.common import logs, storage_lock
+from sessionkit_server.common.config import ServerSettings
+from sessionkit_server.server import create_server
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.local")
+    parser = argparse.ArgumentParser(prog="python -m sessionkit_server.local")
     parser.add_argument("--data-dir", required=True, type=Path)
     parser.add_argument("--socket", required=True, type=Path)
     parser.add_argument("--idle-shutdown", type=float, default=600.0)

@@ -15,17 +15,18 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common.auth import server_credentials
-from services.common.config import ServerSettings
-from services.common.db import Database
-from services.common.interceptors import Activity, ErrorAndLogInterceptor
-from services.state.cached_store import CachingStateStore
-from services.state.grpc_servicer import StateServicer
-from services.state.limits import StateLimits
-from services.state.service import StateService
-from services.state.sql_store import SqlStateStore
-from services.state.store import StateStore
 from sessionkit.v1 import state_pb2, state_pb2_grpc
+from sessionkit_server.common.auth import server_credentials
+from sessionkit_server.common.config import ServerSettings
+from sessionkit_server.common.db import Database
+from sessionkit_server.common.extras import require_extra
+from sessionkit_server.common.interceptors import Activity, ErrorAndLogInterceptor
+from sessionkit_server.state.cached_store import CachingStateStore
+from sessionkit_server.state.grpc_servicer import StateServicer
+from sessionkit_server.state.limits import StateLimits
+from sessionkit_server.state.service import StateService
+from sessionkit_server.state.sql_store import SqlStateStore
+from sessionkit_server.state.store import StateStore
 
 log = logging.getLogger("sessionkit.server")
 
@@ -37,13 +38,13 @@ AGENT_SERVICE = "sessionkit.v1.AgentService"
 
 def build_memory(settings: ServerSettings, db: Database, server: grpc.aio.Server) -> Any:
     """The memory service and its servicer (imported here: the retrieval stack is heavy to import)."""
-    from services.memory.extraction import FactExtractor
-    from services.memory.grpc_servicer import MemoryServicer
-    from services.memory.service import MemoryService, MemorySettings
-    from services.memory.store import MemoryStore
-    from services.retrieval.embeddings import embedder_from_config
-    from services.retrieval.vector_index import index_from_url
     from sessionkit.v1 import memory_pb2_grpc
+    from sessionkit_server.memory.extraction import FactExtractor
+    from sessionkit_server.memory.grpc_servicer import MemoryServicer
+    from sessionkit_server.memory.service import MemoryService, MemorySettings
+    from sessionkit_server.memory.store import MemoryStore
+    from sessionkit_server.retrieval.embeddings import embedder_from_config
+    from sessionkit_server.retrieval.vector_index import index_from_url
 
     service = MemoryService(
         MemoryStore(db),
@@ -71,13 +72,13 @@ def build_memory(settings: ServerSettings, db: Database, server: grpc.aio.Server
 def build_knowledge(settings: ServerSettings, db: Database, server: grpc.aio.Server, memory: Any) -> Any:
     """The knowledge service and its servicer. It shares the memory service's embedder and vector index
     when memory is served too (one model and one Chroma client per process)."""
-    from services.knowledge.fetch import FetchSettings
-    from services.knowledge.grpc_servicer import KnowledgeServicer
-    from services.knowledge.service import KnowledgeService, KnowledgeSettings
-    from services.knowledge.store import KnowledgeStore
-    from services.retrieval.embeddings import embedder_from_config
-    from services.retrieval.vector_index import index_from_url
     from sessionkit.v1 import knowledge_pb2_grpc
+    from sessionkit_server.knowledge.fetch import FetchSettings
+    from sessionkit_server.knowledge.grpc_servicer import KnowledgeServicer
+    from sessionkit_server.knowledge.service import KnowledgeService, KnowledgeSettings
+    from sessionkit_server.knowledge.store import KnowledgeStore
+    from sessionkit_server.retrieval.embeddings import embedder_from_config
+    from sessionkit_server.retrieval.vector_index import index_from_url
 
     if memory is not None:
         index, embedder, owns = memory.index, memory.embedder, False
@@ -108,11 +109,6 @@ def build_knowledge(settings: ServerSettings, db: Database, server: grpc.aio.Ser
 def build_agent(settings: ServerSettings, db: Database, server: grpc.aio.Server, upstream_target: str) -> Any:
     """The agent service and its servicer. It calls state, memory and knowledge over gRPC at
     ``upstream_target`` (this server itself unless SESSIONKIT_AGENT_UPSTREAM_ADDRESS names another)."""
-    from services.agent.grpc_servicer import AgentServicer
-    from services.agent.llm import ChatModel
-    from services.agent.models import EndpointRouter, OfflineRouter
-    from services.agent.service import AgentService, AgentSettings, Upstream
-    from services.agent.store import AgentStore
     from sessionkit.config import ClientSettings
     from sessionkit.knowledge_client import KnowledgeClient
     from sessionkit.memory_client import MemoryClient
@@ -120,6 +116,11 @@ def build_agent(settings: ServerSettings, db: Database, server: grpc.aio.Server,
     from sessionkit.state_client import StateClient
     from sessionkit.transport import Transport
     from sessionkit.v1 import agent_pb2_grpc
+    from sessionkit_server.agent.grpc_servicer import AgentServicer
+    from sessionkit_server.agent.llm import ChatModel
+    from sessionkit_server.agent.models import EndpointRouter, OfflineRouter
+    from sessionkit_server.agent.service import AgentService, AgentSettings, Upstream
+    from sessionkit_server.agent.store import AgentStore
 
     # This server's own TLS certificate is the trust root when the agent calls its own TCP port.
     ca = settings.tls_ca_file or settings.tls_cert_file
@@ -171,9 +172,9 @@ class Host:
     ready: asyncio.Event
     db: Database
     state: StateService | None = None
-    memory: Any = None  # services.memory.service.MemoryService, imported only when configured
-    knowledge: Any = None  # services.knowledge.service.KnowledgeService, likewise
-    agent: Any = None  # services.agent.service.AgentService, likewise
+    memory: Any = None  # sessionkit_server.memory.service.MemoryService, imported only when configured
+    knowledge: Any = None  # sessionkit_server.knowledge.service.KnowledgeService, likewise
+    agent: Any = None  # sessionkit_server.agent.service.AgentService, likewise
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -272,6 +273,8 @@ async def create_server(
 ) -> tuple[Host, int]:
     """Build (not start) a server for ``settings``; returns the host and the bound TCP port (0 if none).
     ``interceptors`` run inside the error mapping (so their SessionKitErrors become statuses too)."""
+    for service in settings.services:
+        require_extra(service)
     activity = Activity()
     ready = asyncio.Event()
     server = grpc.aio.server(

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from chromadb.config import Settings
 
-from services.retrieval.vector_index import close_chroma_client
+from sessionkit_server.retrieval.vector_index import close_chroma_client
 
 CHROMA = Path(sys.executable).parent / "chroma"
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from services.common.config import ServerSettings
-from services.state.cached_store import CachingStateStore
-from services.state.sql_store import SqlStateStore
-from services.state.store import StateStore
+from sessionkit_server.common.config import ServerSettings
+from sessionkit_server.state.cached_store import CachingStateStore
+from sessionkit_server.state.sql_store import SqlStateStore
+from sessionkit_server.state.store import StateStore
 from tests.servers import ServerThread
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

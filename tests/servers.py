@@ -18,8 +18,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.config import ServerSettings
-from services.server import Host, create_server
+from sessionkit_server.common.config import ServerSettings
+from sessionkit_server.server import Host, create_server
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from services.common.config import ServerSettings
 from sessionkit import (
     AsyncSession,
     FailedPrecondition,
@@ -27,6 +26,7 @@ from sessionkit import (
     StateConflict,
     Task,
 )
+from sessionkit_server.common.config import ServerSettings
 from tests.conftest import _truncate
 from tests.llm_server import LLMServer, Reply, ToolCall, llm_server_fixture  # noqa: F401 - fixture
 from tests.servers import ServerThread

@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.common.auth import server_interceptors
-from services.common.config import ServerSettings
 from sessionkit import PermissionDenied, Session, Unauthenticated
+from sessionkit_server.common.auth import server_interceptors
+from sessionkit_server.common.config import ServerSettings
 from tests.llm_server import LLMServer, llm_server_fixture  # noqa: F401 - fixture
 from tests.servers import ServerThread
 from tests.test_gateway_support import KEY_A, KEY_B, GatewayThread, gateway_settings, self_signed

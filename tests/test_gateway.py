@@ -18,11 +18,11 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2
 
-from services.common.auth import server_interceptors
-from services.common.config import ServerSettings
-from services.gateway.server import GatewayServer, local_client_settings
 from sessionkit.errors import FailedPrecondition
 from sessionkit.v1 import common_pb2, state_pb2, state_pb2_grpc
+from sessionkit_server.common.auth import server_interceptors
+from sessionkit_server.common.config import ServerSettings
+from sessionkit_server.gateway.server import GatewayServer, local_client_settings
 from tests.conftest import free_port
 from tests.servers import ServerThread
 from tests.test_gateway_support import (
@@ -720,8 +720,8 @@ def test_keep_alive_requests_do_not_wait_for_delayed_acks(http: httpx.Client) ->
 
 
 def test_the_interceptor_finds_the_app_of_every_kind_of_request() -> None:
-    from services.common.auth import scoped_apps
     from sessionkit.v1 import agent_pb2, knowledge_pb2, memory_pb2
+    from sessionkit_server.common.auth import scoped_apps
 
     def ref(app: str) -> common_pb2.SessionRef:
         return common_pb2.SessionRef(app_name=app, user_id="u", session_id="s")

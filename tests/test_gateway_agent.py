@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services.common.config import ServerSettings
+from sessionkit_server.common.config import ServerSettings
 from tests.llm_server import LLMServer, Reply
 from tests.servers import ServerThread
 from tests.test_gateway_support import GatewayThread, assert_error, gateway_settings

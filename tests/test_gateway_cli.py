@@ -17,7 +17,7 @@ import grpc
 import httpx
 import pytest
 
-from services.common.config import ServerSettings
+from sessionkit_server.common.config import ServerSettings
 from tests.conftest import free_port
 from tests.llm_server import LLMServer, llm_server_fixture  # noqa: F401 - the llm_server fixture
 from tests.servers import ServerThread, child_env

@@ -22,7 +22,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from services.common.config import ServerSettings
+from sessionkit_server.common.config import ServerSettings
 from tests.llm_server import LLMServer, Reply
 from tests.servers import ServerThread
 from tests.test_gateway_support import GatewayThread, gateway_settings

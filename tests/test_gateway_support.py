@@ -11,9 +11,9 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from services.common.config import ServerSettings
-from services.gateway.server import GatewayServer, local_client_settings
 from sessionkit.transport import close_channels
+from sessionkit_server.common.config import ServerSettings
+from sessionkit_server.gateway.server import GatewayServer, local_client_settings
 
 #: Two tenants' keys (at least 16 characters, as the settings require).
 KEY_A = "key-tenant-a-0123456789"

@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from services.common.config import ServerSettings
-from services.knowledge import chunking
-from services.retrieval.tokens import EMBEDDABLE_TOKENS, count_tokens, token_spans
-from services.retrieval.vector_index import VectorIndex, partition_prefix
 from sessionkit import AsyncSession, InvalidArgument, Session
 from sessionkit.errors import FailedPrecondition, PermissionDenied, ResourceExhausted
+from sessionkit_server.common.config import ServerSettings
+from sessionkit_server.knowledge import chunking
+from sessionkit_server.retrieval.tokens import EMBEDDABLE_TOKENS, count_tokens, token_spans
+from sessionkit_server.retrieval.vector_index import VectorIndex, partition_prefix
 from tests.chroma_server import chroma_server  # noqa: F401 - fixture
 from tests.conftest import _truncate
 from tests.servers import ServerThread

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from services.common.config import ServerSettings
-from services.retrieval.vector_index import partition_prefix
 from sessionkit import Session
+from sessionkit_server.common.config import ServerSettings
+from sessionkit_server.retrieval.vector_index import partition_prefix
 from tests.servers import ServerThread, child_env
 from tests.test_knowledge import vector_ids
 

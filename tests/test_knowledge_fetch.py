@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from services.knowledge.fetch import FetchSettings, fetch
 from sessionkit.errors import DeadlineExceeded, FailedPrecondition, PermissionDenied
+from sessionkit_server.knowledge.fetch import FetchSettings, fetch
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import pytest
 
-from services.memory.store import IDEMPOTENCY_TTL_US
 from sessionkit import RetryPolicy, Session
 from sessionkit.errors import from_rpc_error
 from sessionkit.v1 import common_pb2, knowledge_pb2, knowledge_pb2_grpc
+from sessionkit_server.memory.store import IDEMPOTENCY_TTL_US
 from tests.conftest import _truncate
 from tests.servers import ServerThread
 from tests.test_knowledge import _settings

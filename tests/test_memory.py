@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from services.common.config import ServerSettings
-from services.retrieval.embeddings import LocalEmbedder
 from sessionkit import AsyncSession, InvalidArgument, NotFound, NotImplementedByServer, Session
+from sessionkit_server.common.config import ServerSettings
+from sessionkit_server.retrieval.embeddings import LocalEmbedder
 from tests.chroma_server import chroma_server  # noqa: F401 - fixture
 from tests.conftest import _truncate
 from tests.servers import ServerThread

@@ -13,17 +13,17 @@ from pathlib import Path
 import grpc
 import pytest
 
-from services.common.db import Database
-from services.memory import tables as t
-from services.memory.batching import EmbeddingBatcher
-from services.memory.service import MemoryService, content_hash
-from services.memory.store import MemoryRecord, MemoryStore, Owner, app_collection, vector_collection
-from services.memory.tokens import details, lexical_terms
-from services.retrieval.embeddings import LocalEmbedder
-from services.retrieval.vector_index import ChromaIndex
 from sessionkit import AsyncSession, InvalidArgument
 from sessionkit.memory_client import MemoryClient
 from sessionkit.v1 import common_pb2, memory_pb2, memory_pb2_grpc
+from sessionkit_server.common.db import Database
+from sessionkit_server.memory import tables as t
+from sessionkit_server.memory.batching import EmbeddingBatcher
+from sessionkit_server.memory.service import MemoryService, content_hash
+from sessionkit_server.memory.store import MemoryRecord, MemoryStore, Owner, app_collection, vector_collection
+from sessionkit_server.memory.tokens import details, lexical_terms
+from sessionkit_server.retrieval.embeddings import LocalEmbedder
+from sessionkit_server.retrieval.vector_index import ChromaIndex
 from tests.chroma_server import chroma_server  # noqa: F401 - fixture
 from tests.servers import ServerThread
 from tests.test_memory import memory_server  # noqa: F401 - fixture (SQLite, PostgreSQL, Chroma server)
@@ -266,8 +266,8 @@ async def test_clear_memories_by_metadata_filter(memory_server: ServerThread) ->
 
 def test_session_add_memories_and_clear_by_metadata(tmp_path: Path) -> None:
     """The Session methods over AddMemories and ClearMemories.metadata_filter."""
-    from services.common.config import ServerSettings
     from sessionkit import Session
+    from sessionkit_server.common.config import ServerSettings
     from tests.servers import ServerThread
 
     thread = ServerThread(

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from services.common.config import ServerSettings
 from sessionkit import Session
+from sessionkit_server.common.config import ServerSettings
 from tests.servers import ServerThread, child_env
 
 

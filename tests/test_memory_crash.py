@@ -11,11 +11,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from services.memory import tables as t
-from services.memory.store import vector_collection
-from services.retrieval.vector_index import ChromaIndex
 from sessionkit import RetryPolicy, ServiceUnavailable, Session
 from sessionkit.v1 import common_pb2, memory_pb2, memory_pb2_grpc
+from sessionkit_server.memory import tables as t
+from sessionkit_server.memory.store import vector_collection
+from sessionkit_server.retrieval.vector_index import ChromaIndex
 from tests.conftest import free_port
 from tests.servers import child_env, wait_serving
 

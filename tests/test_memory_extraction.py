@@ -15,9 +15,9 @@ from typing import Any
 import grpc
 import pytest
 
-from services.common.config import ServerSettings
 from sessionkit import FailedPrecondition, InvalidArgument, NotFound, RetryPolicy, ServiceUnavailable, Session
 from sessionkit.v1 import common_pb2, memory_pb2, memory_pb2_grpc
+from sessionkit_server.common.config import ServerSettings
 from tests.conftest import _truncate, free_port
 from tests.llm_server import LLMServer, llm_server_fixture  # noqa: F401 - the llm_server fixture
 from tests.servers import ServerThread

@@ -18,13 +18,13 @@ import pytest
 from alembic import command
 from sqlalchemy import Connection, inspect, text
 
-from services.common.config import ServerSettings
-from services.common.db import Database
-from services.common.migrate import alembic_config
-from services.memory.store import IDEMPOTENCY_TTL_US, Idempotency, MemoryStore, Owner, Replayed
 from sessionkit import RetryPolicy, Session
 from sessionkit.errors import from_rpc_error
 from sessionkit.v1 import common_pb2, memory_pb2, memory_pb2_grpc
+from sessionkit_server.common.config import ServerSettings
+from sessionkit_server.common.db import Database
+from sessionkit_server.common.migrate import alembic_config
+from sessionkit_server.memory.store import IDEMPOTENCY_TTL_US, Idempotency, MemoryStore, Owner, Replayed
 from tests.conftest import _truncate
 from tests.llm_server import LLMServer, llm_server_fixture  # noqa: F401 - the llm_server fixture
 from tests.servers import ServerThread
@@ -283,7 +283,7 @@ async def test_records_expire_and_are_purged(tmp_path: Path) -> None:
 
 
 async def test_migrations_upgrade_a_0001_database(tmp_path: Path) -> None:
-    from services.memory.store import MIGRATIONS, VERSION_TABLE
+    from sessionkit_server.memory.store import MIGRATIONS, VERSION_TABLE
 
     db = Database(f"sqlite:///{tmp_path / 'old.db'}")
 

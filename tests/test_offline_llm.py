@@ -17,8 +17,8 @@ import pytest
 import pytest_asyncio
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
-from services.agent.offline_llm import MODEL_NAME, OfflineLLM, packaged_model_path
 from sessionkit.errors import FailedPrecondition
+from sessionkit_server.agent.offline_llm import MODEL_NAME, OfflineLLM, packaged_model_path
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
 

@@ -20,7 +20,6 @@ import httpx
 import pytest
 import uvicorn
 
-from services.common.config import ServerSettings
 from sessionkit import AsyncSession, Session
 from sessionkit.errors import (
     FailedPrecondition,
@@ -31,6 +30,7 @@ from sessionkit.errors import (
     Unauthenticated,
 )
 from sessionkit.remote import RemoteConnectionError, agent_base_url
+from sessionkit_server.common.config import ServerSettings
 from tests.conftest import free_port
 from tests.llm_server import LLMServer, Reply
 from tests.servers import ServerThread

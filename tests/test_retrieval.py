@@ -1,4 +1,4 @@
-"""services.retrieval: the local model (real all-MiniLM-L6-v2, offline), the OpenAI embedder against a
+"""The retrieval layer: the local model (real all-MiniLM-L6-v2, offline), the OpenAI embedder against a
 real OpenAI-compatible HTTP server driven by the real openai client, the Chroma index embedded and on
 a real Chroma server, and rank fusion."""
 
@@ -20,14 +20,15 @@ from typing import Any
 
 import pytest
 
-from services.retrieval import embeddings
-from services.retrieval.embeddings import (
+from sessionkit.errors import FailedPrecondition, InvalidArgument, ServiceUnavailable
+from sessionkit_server.retrieval import embeddings
+from sessionkit_server.retrieval.embeddings import (
     LocalEmbedder,
     OpenAIEmbedder,
     default_model_path,
     embedder_from_config,
 )
-from services.retrieval.fusion import (
+from sessionkit_server.retrieval.fusion import (
     FusionWeights,
     best_rrf,
     fused_score,
@@ -35,14 +36,13 @@ from services.retrieval.fusion import (
     rrf,
     rrf_normalized,
 )
-from services.retrieval.vector_index import (
+from sessionkit_server.retrieval.vector_index import (
     ChromaIndex,
     collection_name,
     index_from_url,
     partition,
     partition_prefix,
 )
-from sessionkit.errors import FailedPrecondition, InvalidArgument, ServiceUnavailable
 from tests.chroma_server import ChromaServer, chroma_server, free_port  # noqa: F401
 
 

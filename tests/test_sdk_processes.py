@@ -131,7 +131,7 @@ def pid_alive(pid: int) -> bool:
 
 
 def local_server_pids(storage: Path) -> list[int]:
-    """Live ``python -m services.local --data-dir <storage>`` processes."""
+    """Live ``python -m sessionkit_server.local --data-dir <storage>`` processes."""
     root = str(storage.resolve())
     pids = []
     for entry in Path("/proc").iterdir():
@@ -141,7 +141,7 @@ def local_server_pids(storage: Path) -> list[int]:
             argv = [a.decode(errors="replace") for a in (entry / "cmdline").read_bytes().split(b"\0")]
         except OSError:
             continue
-        if "services.local" not in argv or "--data-dir" not in argv:
+        if "sessionkit_server.local" not in argv or "--data-dir" not in argv:
             continue
         position = argv.index("--data-dir") + 1
         if position < len(argv) and argv[position] == root and pid_alive(int(entry.name)):

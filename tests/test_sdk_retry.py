@@ -10,7 +10,6 @@ from typing import Any
 import grpc
 import pytest
 
-from services.common.config import ServerSettings
 from sessionkit import (
     InvalidArgument,
     RateLimited,
@@ -20,6 +19,7 @@ from sessionkit import (
     Session,
 )
 from sessionkit.errors import RateLimited as ServerRateLimited
+from sessionkit_server.common.config import ServerSettings
 from tests.conftest import free_port
 from tests.servers import ServerThread
 

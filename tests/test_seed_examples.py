@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from services.common.config import ServerSettings
+from sessionkit_server.common.config import ServerSettings
 from tests.llm_server import LLMServer, Reply, llm_server_fixture  # noqa: F401 - fixture
 from tests.servers import ServerThread
 

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from services.common.db import DatabaseLocked
-from services.state.cached_store import CachingStateStore
-from services.state.sql_store import SqlStateStore
-from services.state.store import (
+from sessionkit.errors import SessionNotFound
+from sessionkit.jsonvalues import JsonValue
+from sessionkit_server.common.db import DatabaseLocked
+from sessionkit_server.state.cached_store import CachingStateStore
+from sessionkit_server.state.sql_store import SqlStateStore
+from sessionkit_server.state.store import (
     Change,
     EventRecord,
     JsonObject,
@@ -25,8 +27,6 @@ from services.state.store import (
     SessionRecord,
     WriteTx,
 )
-from sessionkit.errors import SessionNotFound
-from sessionkit.jsonvalues import JsonValue
 
 SECOND = 1_000_000
 S1 = SessionKey("app", "alice", "s1")

@@ -16,10 +16,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 
-from services.common.db import normalize_url
-from services.state import tables
-from services.state.sql_store import MIGRATIONS, VERSION_TABLE, SqlStateStore
-from services.state.store import SessionKey
+from sessionkit_server.common.db import normalize_url
+from sessionkit_server.state import tables
+from sessionkit_server.state.sql_store import MIGRATIONS, VERSION_TABLE, SqlStateStore
+from sessionkit_server.state.store import SessionKey
 from tests.conftest import BACKENDS, PG_ADMIN_DSN
 
 

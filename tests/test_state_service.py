@@ -11,9 +11,6 @@ from typing import Any
 
 import pytest
 
-from services.state.limits import StateLimits
-from services.state.service import ChangeView, StateService, session_key
-from services.state.store import Operation, SessionKey, StateStore
 from sessionkit.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -22,6 +19,9 @@ from sessionkit.errors import (
     SessionNotFound,
     StateConflict,
 )
+from sessionkit_server.state.limits import StateLimits
+from sessionkit_server.state.service import ChangeView, StateService, session_key
+from sessionkit_server.state.store import Operation, SessionKey, StateStore
 
 HISTORY_LIMIT = 20  # what the state_store fixture configures
 MAX_STATE = 2048

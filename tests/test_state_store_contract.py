@@ -10,7 +10,9 @@ import time
 
 import pytest
 
-from services.state.store import (
+from sessionkit.errors import AlreadyExists, FailedPrecondition, SessionNotFound
+from sessionkit.jsonvalues import JsonValue
+from sessionkit_server.state.store import (
     EVENT_RESPONSE_PREFIX,
     Change,
     EventRecord,
@@ -22,8 +24,6 @@ from services.state.store import (
     VersionRecord,
     WriteTx,
 )
-from sessionkit.errors import AlreadyExists, FailedPrecondition, SessionNotFound
-from sessionkit.jsonvalues import JsonValue
 
 SECOND = 1_000_000
 HISTORY_LIMIT = 20  # what the state_store fixture configures

@@ -1,4 +1,4 @@
-"""services.retrieval.tokens: the packaged all-MiniLM-L6-v2 tokenizer, offline, no truncation."""
+"""sessionkit_server.retrieval.tokens: the packaged all-MiniLM-L6-v2 tokenizer, offline, no truncation."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from services.retrieval import tokens
-from services.retrieval.tokens import (
+from sessionkit.errors import FailedPrecondition
+from sessionkit_server.retrieval import tokens
+from sessionkit_server.retrieval.tokens import (
     EMBEDDABLE_TOKENS,
     PIECE_CHARS,
     count_tokens,
@@ -16,7 +17,6 @@ from services.retrieval.tokens import (
     token_offsets,
     token_spans,
 )
-from sessionkit.errors import FailedPrecondition
 
 
 def pieces_of(text: str) -> list[str]:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 from collections.abc import Coroutine
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -18,7 +18,6 @@ from rich.table import Table
 
 from sessionkit.cli_agent import agent_app
 from sessionkit.config import ClientSettings
-from sessionkit.embedded import socket_path
 from sessionkit.errors import SessionKitError
 from sessionkit.ids import DEFAULT
 from sessionkit.knowledge_client import KnowledgeClient
@@ -28,11 +27,6 @@ from sessionkit.state_client import SessionRef, StateClient
 from sessionkit.transport import Transport, close_channels
 
 T = TypeVar("T")
-#: Services this version implements; the others' contracts exist and their RPCs answer UNIMPLEMENTED.
-IMPLEMENTED_SERVICES = {"state", "memory", "knowledge", "agent"}
-#: services.server.create_server serves TLS on TCP when SESSIONKIT_TLS_CERT_FILE is set: the in-process
-#: gateway then trusts that certificate.
-GRPC_SERVES_TLS = True
 app = typer.Typer(
     help="sessionkit: stateful sessions for AI agents.", no_args_is_help=True, add_completion=False
 )
@@ -99,227 +93,29 @@ def _json(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, default=str)
 
 
-@app.command()
-def serve(
-    host: Annotated[str | None, typer.Option(help="Interface to listen on (default 127.0.0.1)")] = None,
-    port: Annotated[int | None, typer.Option(help="gRPC port (default 50051; 0 picks a free one)")] = None,
-    service: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--service",
-            help="Run only this service (repeatable): state, memory, knowledge, agent, gateway. "
-            "'--service gateway' alone runs the HTTP gateway in front of --address",
-        ),
-    ] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Data directory (default .sessionkit)")] = None,
-    database_url: Annotated[
-        str | None,
-        typer.Option(help="SQLAlchemy URL, e.g. postgresql://user@host/db (default: SQLite in data dir)"),
-    ] = None,
-    http_host: Annotated[
-        str | None, typer.Option(help="Interface of the HTTP gateway (default 127.0.0.1)")
-    ] = None,
-    http_port: Annotated[
-        int | None,
-        typer.Option(help="Port of the HTTP gateway (default 8080, SESSIONKIT_HTTP_PORT; 0 = no gateway)"),
-    ] = None,
-    address: Annotated[
-        str | None,
-        typer.Option(
-            "--address", "-a", help="With --service gateway alone: host:port of the services it calls"
-        ),
-    ] = None,
-) -> None:
-    """Run the services in one process on one gRPC port (every service unless --service is given), and
-    the HTTP gateway (docs/GATEWAY.md) on --http-port in the same process."""
-    from pydantic import ValidationError
+def _register_plugins() -> None:
+    """Commands contributed by installed packages (entry point group ``sessionkit.cli``): the server
+    package adds ``serve``. Without it, ``serve`` says what to install."""
+    names = set()
+    for entry in entry_points(group="sessionkit.cli"):
+        entry.load()(app)
+        names.add(entry.name)
+    if "serve" not in names:
 
-    from services.common import logs, storage_lock
-    from services.common.auth import check_binding, server_interceptors
-    from services.common.config import ServerSettings
-    from services.gateway.server import GatewayServer, local_client_settings
-    from services.server import create_server
-
-    requested = list(service or ())
-    grpc_services = [s for s in requested if s != "gateway"]
-    gateway_only = bool(requested) and not grpc_services
-    overrides: dict[str, Any] = {
-        k: v
-        for k, v in {
-            "host": host,
-            "port": port,
-            "data_dir": data_dir,
-            "database_url": database_url,
-            "http_host": http_host,
-            "http_port": http_port,
-            "upstream_address": address,
-        }.items()
-        if v is not None
-    }
-    if grpc_services:
-        overrides["services"] = grpc_services
-    try:
-        settings = ServerSettings(**overrides)
-    except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        err.print(f"[red]error:[/red] invalid settings: {problems}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-    # gRPC takes the port modulo 65536 (70000 would serve on 4464) and a negative one means "no TCP
-    # port" (the embedded server's unix-socket-only mode), so check the range here.
-    if not 0 <= settings.port <= 65535:
-        err.print(
-            f"[red]error:[/red] invalid settings: port: {settings.port} is not a TCP port "
-            "(0-65535; 0 picks a free one)",
-            highlight=False,
-            soft_wrap=True,
+        @app.command(
+            context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+            add_help_option=False,
         )
-        raise typer.Exit(2)
-    missing = sorted(set(grpc_services) - IMPLEMENTED_SERVICES)
-    if missing:
-        err.print(
-            f"[red]error:[/red] not implemented in this version: {', '.join(missing)} "
-            f"(available: {', '.join(sorted(IMPLEMENTED_SERVICES | {'gateway'}))})",
-            highlight=False,
-        )
-        raise typer.Exit(2)
-    if gateway_only:
-        _serve_gateway_alone(settings)
-        return
-    logs.configure(settings.log_level, settings.log_format)
-    lock = None
-    if not settings.database_url:
-        # Serving a SQLite data directory: be its one server, and answer on its unix socket too,
-        # so an SDK with that directory as storage_path uses this server instead of starting one.
-        try:
-            lock = storage_lock.acquire(settings.data_dir.resolve())
-        except storage_lock.StorageBusy as error:
-            err.print(f"[red]error:[/red] {error}; stop it or use another --data-dir", highlight=False)
-            raise typer.Exit(1) from None
-        settings.unix_socket = socket_path(settings.data_dir.resolve())
-        storage_lock.remove_stale_socket(settings.unix_socket)
-
-    async def main() -> None:
-        check_binding(settings.auth_enabled, settings.host, "the gRPC services")
-        server, bound = await create_server(settings, server_interceptors(settings.api_keys))
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        if settings.idle_shutdown_seconds > 0:
-            server.tasks.append(asyncio.create_task(server._idle_watch(settings.idle_shutdown_seconds, stop)))
-        await server.start()
-        gateway = None
-        try:
-            if settings.http_port:
-                gateway = await _start_local_gateway(settings, bound, GatewayServer, local_client_settings)
-            where = f"; HTTP gateway on {gateway.url}" if gateway else ""
+        def serve() -> None:
+            """Run the services (needs the server package: pip install 'sessionkit-server[all]')."""
             err.print(
-                f"sessionkit serving {', '.join(settings.services)} on {settings.host}:{bound}{where}",
+                "[red]error:[/red] `sessionkit serve` needs the server package, which is not installed: "
+                "pip install 'sessionkit-server[all]' (or one extra per service: state, memory, "
+                "knowledge, agent, gateway)",
                 highlight=False,
                 soft_wrap=True,
             )
-            await stop.wait()
-        finally:
-            # Both drain at once, so stopping takes at most the drain time.
-            await asyncio.gather(server.stop(), gateway.stop() if gateway else asyncio.sleep(0))
-            await close_channels()
-
-    try:
-        asyncio.run(main())
-    except (OSError, RuntimeError) as error:  # grpc raises RuntimeError("Failed to bind to address ...")
-        err.print(
-            f"[red]error:[/red] cannot serve on {settings.host}:{settings.port}: {error}", highlight=False
-        )
-        raise typer.Exit(1) from None
-    except SessionKitError as error:
-        err.print(f"[red]error:[/red] {error}", highlight=False)
-        raise typer.Exit(1) from None
-    finally:
-        if settings.unix_socket is not None:
-            settings.unix_socket.unlink(missing_ok=True)
-        if lock is not None:
-            lock.close()
-
-
-async def _start_local_gateway(
-    settings: Any, grpc_port: int, gateway_class: Any, client_settings: Any
-) -> Any:
-    """The gateway in front of this process's own gRPC server: over its unix socket when it has one
-    (no TLS needed on a local socket), else over loopback TCP. A busy *default* port (8080, nothing
-    configured) only skips the gateway with a warning, so a second `serve` on another data directory
-    still runs; a port asked for explicitly must be free."""
-    if settings.unix_socket is not None:
-        target = f"unix:{settings.unix_socket}"
-    else:
-        loopback = "127.0.0.1" if settings.host in ("0.0.0.0", "", "localhost") else settings.host
-        loopback = "[::1]" if loopback == "::" else loopback
-        target = f"{loopback}:{grpc_port}"
-        if not GRPC_SERVES_TLS:
-            settings = settings.model_copy(update={"tls_ca_file": None})
-        elif settings.tls_cert_file is not None and settings.tls_ca_file is None:
-            settings = settings.model_copy(update={"tls_ca_file": settings.tls_cert_file})
-    gateway = gateway_class.for_target(settings, target, client_settings(target))
-    try:
-        await gateway.start()
-    except OSError as error:
-        if "http_port" in settings.model_fields_set:
-            raise OSError(f"HTTP gateway port {settings.http_host}:{settings.http_port}: {error}") from None
-        err.print(
-            f"warning: HTTP gateway not started: {settings.http_host}:{settings.http_port} is in use "
-            "(set --http-port or SESSIONKIT_HTTP_PORT; 0 = no gateway)",
-            highlight=False,
-            soft_wrap=True,
-        )
-        return None
-    return gateway
-
-
-def _serve_gateway_alone(settings: Any) -> None:
-    """`sessionkit serve --service gateway --address host:port`: the HTTP gateway in front of remote
-    services (SESSIONKIT_STATE_ADDRESS etc. may place each service elsewhere)."""
-    from services.common import logs
-    from services.gateway.server import GatewayServer
-
-    logs.configure(settings.log_level, settings.log_format)
-    client_settings = ClientSettings()
-    if client_settings.targets(settings.upstream_address or None) is None:
-        err.print(
-            "[red]error:[/red] --service gateway needs the services' address: --address host:port "
-            "(or SESSIONKIT_UPSTREAM_ADDRESS)",
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(2)
-    if not settings.http_port:
-        err.print("[red]error:[/red] --service gateway needs an --http-port other than 0", highlight=False)
-        raise typer.Exit(2)
-
-    async def main() -> None:
-        gateway = GatewayServer.for_target(settings, settings.upstream_address, client_settings)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await gateway.start()
-        err.print(f"sessionkit HTTP gateway on {gateway.url}", highlight=False, soft_wrap=True)
-        try:
-            await stop.wait()
-        finally:
-            await gateway.stop()
-            await close_channels()
-
-    try:
-        asyncio.run(main())
-    except OSError as error:
-        err.print(
-            f"[red]error:[/red] cannot serve the gateway on {settings.http_host}:{settings.http_port}: "
-            f"{error}",
-            highlight=False,
-        )
-        raise typer.Exit(1) from None
-    except SessionKitError as error:
-        err.print(f"[red]error:[/red] {error}", highlight=False)
-        raise typer.Exit(1) from None
+            raise typer.Exit(2)
 
 
 @sessions_app.command("ls")
@@ -636,6 +432,7 @@ def knowledge_reindex(
 
 
 def main() -> None:
+    _register_plugins()
     app()
 
 

@@ -1,7 +1,7 @@
 """The embedded local server: one server process per storage_path, shared by every process using it.
 
 Two processes must never open the same SQLite and vector files, so the first SDK call for a
-storage_path starts ``python -m services.local`` (detached), which takes an exclusive lock on
+storage_path starts ``python -m sessionkit_server.local`` (detached), which takes an exclusive lock on
 ``<storage_path>/server.lock`` and serves on a unix socket; every process (this one included)
 connects to that socket. A second server started in a race finds the lock taken and exits. The
 server shuts down after ``idle_shutdown`` seconds without calls; the next call starts it again.
@@ -10,6 +10,7 @@ server shuts down after ``idle_shutdown`` seconds without calls; the next call s
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -57,6 +58,7 @@ def ensure_local_server(storage_path: str | Path, idle_shutdown: float = 600.0, 
     with _start_lock:  # one start attempt at a time per process; other processes race on the file lock
         if sock.exists() and _serving(target):
             return target
+        pythonpath = _pythonpath()  # fails first, naming what to install, if there is no server package
         root.mkdir(parents=True, exist_ok=True)
         sock.parent.mkdir(parents=True, exist_ok=True)
         log_path = root / "server.log"
@@ -65,7 +67,7 @@ def ensure_local_server(storage_path: str | Path, idle_shutdown: float = 600.0, 
                 [
                     sys.executable,
                     "-m",
-                    "services.local",
+                    "sessionkit_server.local",
                     "--data-dir",
                     str(root),
                     "--socket",
@@ -77,7 +79,7 @@ def ensure_local_server(storage_path: str | Path, idle_shutdown: float = 600.0, 
                 stdout=log,
                 stderr=log,
                 start_new_session=True,  # outlives this process; shuts itself down when idle
-                env={**os.environ, "PYTHONPATH": _pythonpath()},
+                env={**os.environ, "PYTHONPATH": pythonpath},
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -95,12 +97,28 @@ def ensure_local_server(storage_path: str | Path, idle_shutdown: float = 600.0, 
         )
 
 
+#: What to install when the embedded mode is used without the server package.
+SERVER_MISSING = (
+    "the embedded local server needs the server package, which is not installed: "
+    "pip install 'sessionkit-server[all]'; or connect to running services with address='host:port' "
+    "(SESSIONKIT_ADDRESS) or agent_url=..."
+)
+
+
+def _server_root() -> Path:
+    """Where the server package lives, found without importing it (the SDK runs no server code; the
+    child process does)."""
+    spec = importlib.util.find_spec("sessionkit_server")
+    if spec is None or spec.origin is None:
+        raise ServiceUnavailable(SERVER_MISSING)
+    return Path(spec.origin).parent.parent
+
+
 def _pythonpath() -> str:
-    # The child must import the same sessionkit and services packages as this process.
-    import services
+    # The child must import the same sessionkit and sessionkit_server packages as this process.
     import sessionkit
 
-    paths = [str(Path(sessionkit.__file__).parent.parent), str(Path(services.__file__).parent.parent)]
+    paths = [str(Path(sessionkit.__file__).parent.parent), str(_server_root())]
     existing = os.environ.get("PYTHONPATH")
     return os.pathsep.join([*dict.fromkeys(paths), *([existing] if existing else [])])
 

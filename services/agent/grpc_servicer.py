@@ -9,10 +9,10 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from services.agent.service import AgentService, TurnIO, _specs, caller_key
-from services.common.auth import key_from_metadata
 from sessionkit.errors import FieldViolation, InvalidArgument
 from sessionkit.v1 import agent_pb2, agent_pb2_grpc
+from sessionkit_server.agent.service import AgentService, TurnIO, _specs, caller_key
+from sessionkit_server.common.auth import key_from_metadata
 
 Context = Any
 _DONE = object()

@@ -30,7 +30,6 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from services.memory.extraction import _transient, retry_after_seconds
 from sessionkit.errors import (
     FailedPrecondition,
     RateLimited,
@@ -38,6 +37,7 @@ from sessionkit.errors import (
     ServiceUnavailable,
     SessionKitError,
 )
+from sessionkit_server.memory.extraction import _transient, retry_after_seconds
 
 if TYPE_CHECKING:
     import openai

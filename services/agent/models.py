@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from services.agent.llm import ChatModel
 from sessionkit.errors import FieldViolation, InvalidArgument
+from sessionkit_server.agent.llm import ChatModel
 
 #: Names that mean "the offline model" whatever its file is called.
 OFFLINE_ALIASES = frozenset({"", "offline", "default"})
@@ -49,7 +49,7 @@ class OfflineRouter:
     def __init__(self, timeout: float, n_threads: int | None = None) -> None:
         self.timeout = timeout
         self.n_threads = n_threads
-        self._llm: Any = None  # services.agent.offline_llm.OfflineLLM (imports llama_cpp)
+        self._llm: Any = None  # sessionkit_server.agent.offline_llm.OfflineLLM (imports llama_cpp)
         self._model: ChatModel | None = None
         self._lock = asyncio.Lock()
         self.model_name = "SmolLM2-135M-Instruct"
@@ -75,7 +75,7 @@ class OfflineRouter:
         self.check(requested)
         async with self._lock:
             if self._model is None:
-                from services.agent.offline_llm import OfflineLLM
+                from sessionkit_server.agent.offline_llm import OfflineLLM
 
                 llm = OfflineLLM(n_ctx=OFFLINE_CONTEXT, n_threads=self.n_threads)
                 base_url = await llm.start()

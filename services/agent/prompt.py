@@ -1,7 +1,7 @@
 """The prompt of a turn: system prompt (persona + instructions), memory and knowledge context, recent
 history and the user's message, fitted into a token budget.
 
-Tokens are counted with a real tokenizer (services.retrieval.tokens, the embedding model's WordPiece
+Tokens are counted with a real tokenizer (sessionkit_server.retrieval.tokens, the embedding model's WordPiece
 tokenizer, loaded offline), not characters. It is not the chat model's own tokenizer, so the budget
 keeps a margin (``TOKEN_MARGIN``); what matters is that a long history or a large document cannot
 push the prompt past the model's context: the oldest history goes first, then the lowest-ranked
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.retrieval.tokens import count_tokens
+from sessionkit_server.retrieval.tokens import count_tokens
 
 #: Head-room for the difference between our tokenizer and the model's, and per-message overhead.
 TOKEN_MARGIN = 1.15

@@ -1,7 +1,7 @@
 """The agent service's business layer: agent definitions, turns and workflows.
 
 It talks to the state, memory and knowledge services through the SDK's clients, over gRPC, like any
-other caller (so a replica of it can run anywhere), and to the LLM through services.agent.llm. Agent
+other caller (so a replica of it can run anywhere), and to the LLM through sessionkit_server.agent.llm. Agent
 definitions, options and turn metadata are the sessionkit.v1 messages themselves: the contract is the
 data model, and a definition is stored as its serialized message.
 
@@ -35,12 +35,6 @@ from typing import Any, Protocol
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from services.agent import prompt as prompts
-from services.agent.llm import ChatModel, LLMReply, ToolCallRequest
-from services.agent.store import AgentStore, Conversation
-from services.agent.tools import BUILTINS, CLIENT, SERVER, ToolSpec, check_tools, parse_arguments, result_json
-from services.common.paging import page_size, page_token, read_token
-from services.state.service import session_key
 from sessionkit.errors import (
     AlreadyExists,
     FieldViolation,
@@ -56,6 +50,20 @@ from sessionkit.knowledge_client import KnowledgeClient
 from sessionkit.memory_client import MemoryClient
 from sessionkit.state_client import SessionRef, StateClient
 from sessionkit.v1 import agent_pb2, common_pb2
+from sessionkit_server.agent import prompt as prompts
+from sessionkit_server.agent.llm import ChatModel, LLMReply, ToolCallRequest
+from sessionkit_server.agent.store import AgentStore, Conversation
+from sessionkit_server.agent.tools import (
+    BUILTINS,
+    CLIENT,
+    SERVER,
+    ToolSpec,
+    check_tools,
+    parse_arguments,
+    result_json,
+)
+from sessionkit_server.common.paging import page_size, page_token, read_token
+from sessionkit_server.state.service import session_key
 
 log = logging.getLogger("sessionkit.agent")
 

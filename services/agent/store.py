@@ -1,5 +1,5 @@
 """The agent store: agent definitions, conversation leases and idempotency records, on SQLite or
-PostgreSQL through services.common.db.Database.
+PostgreSQL through sessionkit_server.common.db.Database.
 
 Everything that serializes turns lives here, in the database, so it holds across replicas: a lease row
 per busy session (taken with one conditional UPDATE or an INSERT .. ON CONFLICT DO NOTHING, never
@@ -14,10 +14,10 @@ from typing import Any
 from sqlalchemy import Connection, Row, and_, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from services.agent import tables as t
-from services.common.db import Database
-from services.common.migrate import upgrader
 from sessionkit.errors import FailedPrecondition
+from sessionkit_server.agent import tables as t
+from sessionkit_server.common.db import Database
+from sessionkit_server.common.migrate import upgrader
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "sk_agent_alembic_version"

@@ -1,6 +1,6 @@
 """The lock that makes one process the server of a data directory (its SQLite file and vector index).
 
-Both the embedded local server (services.local) and ``sessionkit serve`` on a SQLite data directory
+Both the embedded local server (sessionkit_server.local) and ``sessionkit serve`` on a SQLite data directory
 hold ``<data_dir>/server.lock`` and listen on the directory's unix socket, so an SDK using that
 directory as its storage_path finds whichever of them is running and never opens the files itself.
 """

@@ -17,9 +17,6 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from services.gateway.deps import Caller, CallerDep, IdempotencyKey
-from services.gateway.errors import error_body
-from services.gateway.models import AgentRequest, AgentResponse
 from sessionkit.errors import (
     FieldViolation,
     InternalError,
@@ -30,6 +27,9 @@ from sessionkit.errors import (
 )
 from sessionkit.ids import DEFAULT, id_violation
 from sessionkit.state_client import SessionRef
+from sessionkit_server.gateway.deps import Caller, CallerDep, IdempotencyKey
+from sessionkit_server.gateway.errors import error_body
+from sessionkit_server.gateway.models import AgentRequest, AgentResponse
 
 log = logging.getLogger("sessionkit.gateway")
 T = TypeVar("T")

@@ -16,13 +16,13 @@ from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
-from services.common.auth import KeyRing
-from services.common.config import ServerSettings
-from services.gateway import agent_routes, errors, rest_routes
-from services.gateway.deps import COMMON_ERRORS, Gateway
-from services.gateway.limits import BodyLimit, RateLimiter
-from services.gateway.models import Health
-from services.gateway.upstream import Upstream
+from sessionkit_server.common.auth import KeyRing
+from sessionkit_server.common.config import ServerSettings
+from sessionkit_server.gateway import agent_routes, errors, rest_routes
+from sessionkit_server.gateway.deps import COMMON_ERRORS, Gateway
+from sessionkit_server.gateway.limits import BodyLimit, RateLimiter
+from sessionkit_server.gateway.models import Health
+from sessionkit_server.gateway.upstream import Upstream
 
 
 def create_app(settings: ServerSettings, upstream: Upstream) -> FastAPI:

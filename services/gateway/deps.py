@@ -8,13 +8,13 @@ from typing import Annotated, Any
 from fastapi import Depends, Header, Path, Query, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from services.common.auth import KeyRing, Principal
-from services.common.config import ServerSettings
-from services.gateway.limits import RateLimiter
-from services.gateway.models import ErrorBody
-from services.gateway.upstream import Clients, Upstream
 from sessionkit.errors import RateLimited, Unauthenticated
 from sessionkit.state_client import SessionRef
+from sessionkit_server.common.auth import KeyRing, Principal
+from sessionkit_server.common.config import ServerSettings
+from sessionkit_server.gateway.limits import RateLimiter
+from sessionkit_server.gateway.models import ErrorBody
+from sessionkit_server.gateway.upstream import Clients, Upstream
 
 ID_REGEX = r"^[A-Za-z0-9_][A-Za-z0-9._@:-]{0,127}$"
 APP_REGEX = r"^[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}$"

@@ -14,8 +14,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.gateway.models import ErrorBody, ErrorDetail
-from services.gateway.models import FieldViolation as FieldViolationOut
 from sessionkit.errors import (
     DeadlineExceeded,
     FieldViolation,
@@ -24,6 +22,8 @@ from sessionkit.errors import (
     NotFound,
     SessionKitError,
 )
+from sessionkit_server.gateway.models import ErrorBody, ErrorDetail
+from sessionkit_server.gateway.models import FieldViolation as FieldViolationOut
 
 log = logging.getLogger("sessionkit.gateway")
 

@@ -17,9 +17,18 @@ from fastapi import APIRouter, File, Form, Path, Query, Response, UploadFile
 from fastapi.responses import StreamingResponse
 from pydantic import Json
 
-from services.gateway.deps import Caller, CallerDep, IdempotencyKey, SessionIdPath, UserQuery
-from services.gateway.errors import error_body
-from services.gateway.models import (
+from sessionkit.errors import FieldViolation, InternalError, InvalidArgument, NotFound, SessionKitError
+from sessionkit.jsonvalues import check_json, to_struct
+from sessionkit.knowledge_client import Stub as KnowledgeStub
+from sessionkit.knowledge_client import chunker_message, result_dict, scope_message
+from sessionkit.memory_client import Stub as MemoryStub
+from sessionkit.memory_client import hit_dict
+from sessionkit.memory_client import memory_type as memory_type_message
+from sessionkit.state_client import SessionInfo, SessionRef, StateChange
+from sessionkit.v1 import knowledge_pb2, memory_pb2
+from sessionkit_server.gateway.deps import Caller, CallerDep, IdempotencyKey, SessionIdPath, UserQuery
+from sessionkit_server.gateway.errors import error_body
+from sessionkit_server.gateway.models import (
     INT64_MAX,
     AddedMemory,
     ClearedKnowledge,
@@ -61,15 +70,6 @@ from services.gateway.models import (
     Version,
     VersionList,
 )
-from sessionkit.errors import FieldViolation, InternalError, InvalidArgument, NotFound, SessionKitError
-from sessionkit.jsonvalues import check_json, to_struct
-from sessionkit.knowledge_client import Stub as KnowledgeStub
-from sessionkit.knowledge_client import chunker_message, result_dict, scope_message
-from sessionkit.memory_client import Stub as MemoryStub
-from sessionkit.memory_client import hit_dict
-from sessionkit.memory_client import memory_type as memory_type_message
-from sessionkit.state_client import SessionInfo, SessionRef, StateChange
-from sessionkit.v1 import knowledge_pb2, memory_pb2
 
 KeyPath = Annotated[
     str,

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from services.common.auth import check_binding
-from services.common.config import ServerSettings
-from services.gateway.app import create_app
-from services.gateway.upstream import Upstream
 from sessionkit.config import ClientSettings
+from sessionkit_server.common.auth import check_binding
+from sessionkit_server.common.config import ServerSettings
+from sessionkit_server.gateway.app import create_app
+from sessionkit_server.gateway.upstream import Upstream
 
 log = logging.getLogger("sessionkit.gateway")
 

@@ -15,13 +15,13 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.config import ServerSettings
 from sessionkit.config import ClientSettings
 from sessionkit.knowledge_client import KnowledgeClient
 from sessionkit.memory_client import MemoryClient
 from sessionkit.retry import RetryPolicy
 from sessionkit.state_client import StateClient
 from sessionkit.transport import Transport, channel_for
+from sessionkit_server.common.config import ServerSettings
 
 T = TypeVar("T")
 

@@ -1,8 +1,8 @@
 """Splitting extracted text into chunks.
 
 Sizes are counted in the embedding model's own tokens (all-MiniLM-L6-v2's WordPiece, through
-:mod:`services.retrieval.tokens`), so a chunk of ``chunk_size`` tokens is what the model reads: the
-model embeds at most :data:`~services.retrieval.tokens.EMBEDDABLE_TOKENS` (254) tokens of a text, the
+:mod:`sessionkit_server.retrieval.tokens`), so a chunk of ``chunk_size`` tokens is what the model reads: the
+model embeds at most :data:`~sessionkit_server.retrieval.tokens.EMBEDDABLE_TOKENS` (254) tokens of a text, the
 default chunk size. A larger ``chunk_size`` makes chunks whose vector covers only their first 254 tokens
 (the whole text is still stored, returned and matched lexically). The text is tokenized once and
 ranges are counted by bisecting the token offsets. Windows are cut between words when they can be (a
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.retrieval.tokens import EMBEDDABLE_TOKENS, token_offsets
 from sessionkit.errors import FieldViolation, InvalidArgument
+from sessionkit_server.retrieval.tokens import EMBEDDABLE_TOKENS, token_offsets
 
 TOKEN, SENTENCE, RECURSIVE, SEMANTIC = 1, 2, 3, 4
 STRATEGY_NAMES = {TOKEN: "token", SENTENCE: "sentence", RECURSIVE: "recursive", SEMANTIC: "semantic"}

@@ -11,15 +11,22 @@ from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from services.knowledge import chunking
-from services.knowledge import tables as t
-from services.knowledge.service import Hit, IngestResult, KnowledgeService, Progress, ProgressFn, scope_of
-from services.knowledge.store import Scope, SourceRecord
-from services.memory.grpc_servicer import idempotent, owner_of
-from services.memory.store import Idempotency, Owner, Replayed
 from sessionkit.errors import FieldViolation, InvalidArgument
 from sessionkit.jsonvalues import from_struct, to_struct
 from sessionkit.v1 import common_pb2, knowledge_pb2, knowledge_pb2_grpc
+from sessionkit_server.knowledge import chunking
+from sessionkit_server.knowledge import tables as t
+from sessionkit_server.knowledge.service import (
+    Hit,
+    IngestResult,
+    KnowledgeService,
+    Progress,
+    ProgressFn,
+    scope_of,
+)
+from sessionkit_server.knowledge.store import Scope, SourceRecord
+from sessionkit_server.memory.grpc_servicer import idempotent, owner_of
+from sessionkit_server.memory.store import Idempotency, Owner, Replayed
 
 Context = Any
 #: How long a failed upload waits for the client to finish sending before answering.

@@ -3,7 +3,7 @@ store), content-hash idempotency, atomic replacement, the vector outbox, and hyb
 
 Search ranks like memory search (docs/MEMORY.md): dense cosine similarity (Chroma) and lexical
 relevance (SQLite FTS5 bm25 / PostgreSQL ts_rank_cd) fused by reciprocal rank
-(services.retrieval.fusion.rrf_normalized). Knowledge chunks have no quality or recency, so the score
+(sessionkit_server.retrieval.fusion.rrf_normalized). Knowledge chunks have no quality or recency, so the score
 is the normalized RRF value itself."""
 
 from __future__ import annotations
@@ -20,11 +20,14 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from services.common import paging
-from services.knowledge import chunking, parsing
-from services.knowledge import tables as t
-from services.knowledge.fetch import FetchSettings, check_url, fetch
-from services.knowledge.store import (
+from sessionkit.errors import FieldViolation, InvalidArgument, NotFound, ResourceExhausted
+from sessionkit.ids import check_id
+from sessionkit.jsonvalues import JsonValue, check_json
+from sessionkit_server.common import paging
+from sessionkit_server.knowledge import chunking, parsing
+from sessionkit_server.knowledge import tables as t
+from sessionkit_server.knowledge.fetch import FetchSettings, check_url, fetch
+from sessionkit_server.knowledge.store import (
     ChunkRecord,
     KnowledgeStore,
     Replaced,
@@ -33,13 +36,10 @@ from services.knowledge.store import (
     app_collection,
     vector_collection,
 )
-from services.memory.store import Idempotency, Owner
-from services.retrieval.embeddings import Embedder
-from services.retrieval.fusion import rrf_normalized
-from services.retrieval.vector_index import VectorIndex, partition, partition_prefix
-from sessionkit.errors import FieldViolation, InvalidArgument, NotFound, ResourceExhausted
-from sessionkit.ids import check_id
-from sessionkit.jsonvalues import JsonValue, check_json
+from sessionkit_server.memory.store import Idempotency, Owner
+from sessionkit_server.retrieval.embeddings import Embedder
+from sessionkit_server.retrieval.fusion import rrf_normalized
+from sessionkit_server.retrieval.vector_index import VectorIndex, partition, partition_prefix
 
 log = logging.getLogger("sessionkit.knowledge")
 JsonObject = dict[str, JsonValue]

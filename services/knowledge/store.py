@@ -1,5 +1,5 @@
 """The knowledge store: sources and their chunks (the source of truth), the vector outbox and the
-lexical index, on SQLite or PostgreSQL through services.common.db.Database.
+lexical index, on SQLite or PostgreSQL through sessionkit_server.common.db.Database.
 
 A source's content is replaced in one transaction: its new chunks are inserted, its row switched to
 the new version, its old chunks deleted (with "delete" outbox entries for their vectors). Reads join
@@ -17,12 +17,18 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Row, and_, delete, func, insert, literal_column, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from services.common.db import Database
-from services.common.migrate import upgrader
-from services.knowledge import tables as t
-from services.memory.store import IDEMPOTENCY_TTL_US, Idempotency, Replayed, key_reused, lexical_terms
-from services.retrieval.vector_index import partition
 from sessionkit.jsonvalues import JsonValue, dumps, loads
+from sessionkit_server.common.db import Database
+from sessionkit_server.common.migrate import upgrader
+from sessionkit_server.knowledge import tables as t
+from sessionkit_server.memory.store import (
+    IDEMPOTENCY_TTL_US,
+    Idempotency,
+    Replayed,
+    key_reused,
+    lexical_terms,
+)
+from sessionkit_server.retrieval.vector_index import partition
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "sk_knowledge_alembic_version"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from services.retrieval.embeddings import Embedder
+from sessionkit_server.retrieval.embeddings import Embedder
 
 #: Largest batch sent to the model at once (the local model's own batch size).
 MAX_BATCH = 64

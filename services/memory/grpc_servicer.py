@@ -9,14 +9,21 @@ from typing import Any, TypeVar
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import Message as ProtoMessage
 
-from services.memory import tables as t
-from services.memory.extraction import Message
-from services.memory.service import AddResult, ExtractResult, Hit, MemoryService, NewMemory, Operation
-from services.memory.store import ChangeRecord, Idempotency, MemoryRecord, Owner, Replayed
-from services.state.service import session_key
 from sessionkit.errors import FieldViolation, InvalidArgument
 from sessionkit.jsonvalues import from_struct, to_struct
 from sessionkit.v1 import common_pb2, memory_pb2, memory_pb2_grpc
+from sessionkit_server.memory import tables as t
+from sessionkit_server.memory.extraction import Message
+from sessionkit_server.memory.service import (
+    AddResult,
+    ExtractResult,
+    Hit,
+    MemoryService,
+    NewMemory,
+    Operation,
+)
+from sessionkit_server.memory.store import ChangeRecord, Idempotency, MemoryRecord, Owner, Replayed
+from sessionkit_server.state.service import session_key
 
 Context = Any
 R = TypeVar("R")

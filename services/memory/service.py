@@ -3,7 +3,7 @@ hybrid search and context building.
 
 Search ranks by a documented fusion (docs/MEMORY.md): dense cosine similarity (Chroma) and lexical
 relevance (SQLite FTS5 bm25 / PostgreSQL ts_rank_cd) are fused by reciprocal rank, then combined with
-the memory's quality score and its recency (services.retrieval.fusion)."""
+the memory's quality score and its recency (sessionkit_server.retrieval.fusion)."""
 
 from __future__ import annotations
 
@@ -21,11 +21,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from services.common import failpoints, paging
-from services.memory import tables as t
-from services.memory.batching import EmbeddingBatcher
-from services.memory.extraction import FactExtractor, MalformedOutput, Message, ProposedOperation
-from services.memory.store import (
+from sessionkit.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from sessionkit.jsonvalues import JsonValue, check_json
+from sessionkit_server.common import failpoints, paging
+from sessionkit_server.memory import tables as t
+from sessionkit_server.memory.batching import EmbeddingBatcher
+from sessionkit_server.memory.extraction import FactExtractor, MalformedOutput, Message, ProposedOperation
+from sessionkit_server.memory.store import (
     MERGE,
     AddOutcome,
     ChangeRecord,
@@ -37,12 +39,10 @@ from services.memory.store import (
     app_collection,
     owner_collections,
 )
-from services.memory.tokens import details_differ
-from services.retrieval.embeddings import Embedder
-from services.retrieval.fusion import FusionWeights, fused_score, recency, rrf_normalized
-from services.retrieval.vector_index import VectorIndex, partition, partition_prefix
-from sessionkit.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
-from sessionkit.jsonvalues import JsonValue, check_json
+from sessionkit_server.memory.tokens import details_differ
+from sessionkit_server.retrieval.embeddings import Embedder
+from sessionkit_server.retrieval.fusion import FusionWeights, fused_score, recency, rrf_normalized
+from sessionkit_server.retrieval.vector_index import VectorIndex, partition, partition_prefix
 
 log = logging.getLogger("sessionkit.memory")
 JsonObject = dict[str, JsonValue]
@@ -463,7 +463,7 @@ class MemoryService:
         idem: Idempotency[MemoryRecord] | None = None,
     ) -> MemoryRecord | None:
         """Merge into the nearest memory at or above the threshold that says the same thing: a
-        neighbour differing in a detail (a number, date, weekday, name, negation: services.memory.tokens)
+        neighbour differing in a detail (a number, date, weekday, name, negation: memory.tokens)
         is another fact, and merging would lose the new one."""
         (coll,) = owner_collections(owner, memory_type)
         threshold = self.settings.merge_threshold

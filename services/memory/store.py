@@ -1,5 +1,5 @@
 """The memory store: memories (the source of truth), their change history, the vector outbox and the
-lexical index, on SQLite or PostgreSQL through services.common.db.Database."""
+lexical index, on SQLite or PostgreSQL through sessionkit_server.common.db.Database."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from sqlalchemy import Connection, Row, and_, delete, func, insert, literal_colu
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from services.common.db import Database
-from services.common.migrate import upgrader
-from services.memory import tables as t
-from services.memory.tokens import lexical_terms
-from services.retrieval.vector_index import partition
 from sessionkit.errors import FailedPrecondition, NotFound, ServiceUnavailable, StateConflict
 from sessionkit.jsonvalues import JsonValue, dumps, loads
+from sessionkit_server.common.db import Database
+from sessionkit_server.common.migrate import upgrader
+from sessionkit_server.memory import tables as t
+from sessionkit_server.memory.tokens import lexical_terms
+from sessionkit_server.retrieval.vector_index import partition
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "sk_memory_alembic_version"

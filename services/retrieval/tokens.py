@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from services.retrieval.embeddings import default_model_path
 from sessionkit.errors import FailedPrecondition
+from sessionkit_server.retrieval.embeddings import default_model_path
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer

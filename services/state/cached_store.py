@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TypeVar
 
-from services.state.store import (
+from sessionkit.jsonvalues import dumps, loads
+from sessionkit_server.state.store import (
     EventRecord,
     JsonObject,
     ListPage,
@@ -25,7 +26,6 @@ from services.state.store import (
     VersionRecord,
     WriteTx,
 )
-from sessionkit.jsonvalues import dumps, loads
 
 T = TypeVar("T")
 _Entry = tuple[SessionRecord, JsonObject, JsonObject, JsonObject]

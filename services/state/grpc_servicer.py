@@ -7,10 +7,10 @@ from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from services.state.service import ChangeView, StateService, session_key
-from services.state.store import EventRecord, SessionRecord, VersionRecord
 from sessionkit.jsonvalues import from_list_value, from_struct, from_value, to_struct, to_value
 from sessionkit.v1 import common_pb2, state_pb2, state_pb2_grpc
+from sessionkit_server.state.service import ChangeView, StateService, session_key
+from sessionkit_server.state.store import EventRecord, SessionRecord, VersionRecord
 
 Context = Any  # grpc.aio.ServicerContext
 

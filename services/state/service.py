@@ -15,21 +15,6 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 
-from services.common import paging
-from services.state.limits import StateLimits
-from services.state.store import (
-    EVENT_RESPONSE_PREFIX,
-    Change,
-    EventRecord,
-    JsonObject,
-    Operation,
-    SessionKey,
-    SessionRecord,
-    StateStore,
-    VersionRecord,
-    WriteTx,
-    key_reused,
-)
 from sessionkit.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -42,6 +27,21 @@ from sessionkit.errors import (
 )
 from sessionkit.ids import DEFAULT, id_violation, key_violation, new_session_id
 from sessionkit.jsonvalues import JsonValue, check_json, dumps
+from sessionkit_server.common import paging
+from sessionkit_server.state.limits import StateLimits
+from sessionkit_server.state.store import (
+    EVENT_RESPONSE_PREFIX,
+    Change,
+    EventRecord,
+    JsonObject,
+    Operation,
+    SessionKey,
+    SessionRecord,
+    StateStore,
+    VersionRecord,
+    WriteTx,
+    key_reused,
+)
 
 log = logging.getLogger("sessionkit.state")
 

@@ -1,6 +1,6 @@
 """The state store on SQLAlchemy: a SQLite file (the embedded default) or PostgreSQL, chosen by URL.
 
-Each method is one transaction function run by services.common.db.Database. Writers lock the
+Each method is one transaction function run by sessionkit_server.common.db.Database. Writers lock the
 session row (SELECT ... FOR UPDATE on PostgreSQL; BEGIN IMMEDIATE on SQLite), then the user and app
 scope rows when a write touches them, always in that order, so concurrent writers from any number
 of replicas serialize per session without deadlocks.
@@ -15,10 +15,12 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Row, and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from services.common.db import Database
-from services.common.migrate import upgrader
-from services.state import tables as t
-from services.state.store import (
+from sessionkit.errors import AlreadyExists, SessionNotFound
+from sessionkit.jsonvalues import dumps, loads
+from sessionkit_server.common.db import Database
+from sessionkit_server.common.migrate import upgrader
+from sessionkit_server.state import tables as t
+from sessionkit_server.state.store import (
     EVENT_RESPONSE_PREFIX,
     Change,
     EventRecord,
@@ -32,8 +34,6 @@ from services.state.store import (
     WriteTx,
     key_reused,
 )
-from sessionkit.errors import AlreadyExists, SessionNotFound
-from sessionkit.jsonvalues import dumps, loads
 
 T = TypeVar("T")
 MIGRATIONS = Path(__file__).parent / "migrations"

@@ -1,10 +1,10 @@
-"""Alembic environment for the agent service: runs on the connection services.common.migrate passes."""
+"""Alembic environment for the agent service: runs on the connection common.migrate passes."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from services.agent.tables import metadata
+from sessionkit_server.agent.tables import metadata
 
 config = context.config
 connection = config.attributes["connection"]

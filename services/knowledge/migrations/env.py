@@ -1,10 +1,10 @@
-"""Alembic environment for the knowledge service: runs on the connection services.common.migrate passes."""
+"""Alembic environment for the knowledge service: runs on the connection common.migrate passes."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from services.knowledge.tables import metadata
+from sessionkit_server.knowledge.tables import metadata
 
 config = context.config
 connection = config.attributes["connection"]

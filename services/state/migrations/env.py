@@ -1,10 +1,10 @@
-"""Alembic environment for the state service: runs on the connection services.common.migrate passes."""
+"""Alembic environment for the state service: runs on the connection common.migrate passes."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from services.state.tables import metadata
+from sessionkit_server.state.tables import metadata
 
 config = context.config
 connection = config.attributes["connection"]

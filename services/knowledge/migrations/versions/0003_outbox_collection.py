@@ -1,7 +1,7 @@
 """The vector collection (partition) of each outbox entry.
 
 The vector index keeps each scope's chunks (a session's, a user's, a collection's) in their own
-collection (services.knowledge.store.vector_collection), so a search queries its scopes without a
+collection (sessionkit_server.knowledge.store.vector_collection), so a search queries its scopes without a
 filter. A delete's rows are gone when the outbox is applied, so the entry records where its vector
 lives. NULL: an entry written before this revision (its vector is in the app's single collection of
 old, which the service migrates at start-up).

@@ -1,7 +1,7 @@
 """The vector collection (partition) of each outbox entry.
 
 The vector index keeps each user's long-term memories, and each session's short-term ones, in their own
-collection (services.memory.store.vector_collection). A delete's row is gone when the outbox is applied,
+collection (memory.store.vector_collection). A delete's row is gone when the outbox is applied,
 so the entry records where its vector lives. NULL: an entry written before this revision (its vector is
 in the app's single collection of old, which the service migrates at start-up).
 

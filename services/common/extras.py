@@ -1,0 +1,33 @@
+"""Which optional install each service needs, checked before a service is built, so that a service
+started without its extra fails at once with the command that fixes it (not an ImportError from deep
+inside a model library on the first request)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from sessionkit.errors import FailedPrecondition
+
+#: The distributions (by import name) each extra of sessionkit-server brings.
+EXTRA_MODULES: dict[str, tuple[str, ...]] = {
+    "state": (),
+    "memory": ("torch", "sentence_transformers", "chromadb", "numpy"),
+    "knowledge": ("torch", "sentence_transformers", "chromadb", "pypdf", "docx", "httpx"),
+    "agent": ("openai", "tokenizers", "uvicorn"),
+    "gateway": ("fastapi", "uvicorn", "multipart", "httpx"),
+}
+
+
+def missing_modules(extra: str) -> list[str]:
+    return [name for name in EXTRA_MODULES[extra] if importlib.util.find_spec(name) is None]
+
+
+def require_extra(extra: str) -> None:
+    """Raise FailedPrecondition naming the extra to install if ``extra``'s packages are missing."""
+    missing = missing_modules(extra)
+    if missing:
+        raise FailedPrecondition(
+            f"the {extra} service needs the {extra!r} extra, which is not installed "
+            f"(missing: {', '.join(missing)}): pip install 'sessionkit-server[{extra}]'",
+            reason="EXTRA_NOT_INSTALLED",
+        )
