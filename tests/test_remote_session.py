@@ -26,6 +26,7 @@ from sessionkit.errors import (
     InvalidArgument,
     NotFound,
     NotImplementedByServer,
+    ResourceExhausted,
     SessionKitError,
     Unauthenticated,
 )
@@ -496,6 +497,17 @@ def test_the_gateways_own_rate_limit_is_waited_out(services: ServerThread) -> No
             assert time.monotonic() - started >= 1.0
     finally:
         limited.stop()
+
+
+def test_a_retry_after_past_the_timeout_raises_the_429_at_once(proxy: FaultyProxy) -> None:
+    proxy.fail(429, headers={"Retry-After": "30"})
+    with Session(session_id="rl-long", agent_url=f"{proxy.url}/agent", timeout=2) as session:
+        started = time.monotonic()
+        with pytest.raises(ResourceExhausted) as refused:
+            session.chat("hello")
+        assert time.monotonic() - started < 1.5  # no sleep toward a wait that cannot fit
+    assert refused.value.retry_after == pytest.approx(30, abs=1)
+    assert len(proxy.posts("/agent")) == 1
 
 
 @pytest.mark.parametrize(("status", "error"), [(400, InvalidArgument), (404, NotFound)])

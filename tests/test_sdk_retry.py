@@ -165,3 +165,58 @@ def test_unreachable_server_gives_service_unavailable_after_bounded_attempts() -
     with pytest.raises(ServiceUnavailable):
         session.get_state("k")
     assert len(sleeps.delays) == 3
+
+
+class Clock:
+    """A virtual clock that the injected sleep advances: retries see time pass without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.delays: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        self.delays.append(delay)
+        self.now += delay
+
+
+@pytest.mark.parametrize(
+    "flaky_server",
+    [Flaky(1, after_apply=False, methods=WRITES, error=ServerRateLimited("slow down", retry_after=60))],
+    indirect=True,
+)
+def test_a_retry_delay_past_the_deadline_raises_the_servers_error_at_once(
+    flaky_server: tuple[ServerThread, Flaky],
+) -> None:
+    server, flaky = flaky_server
+    sleeps = Sleeps()
+    session = Session("rate_past", address=server.address, timeout=2, retry=RetryPolicy(sleep=sleeps))
+    with pytest.raises(RateLimited) as info:
+        session.set_state("k", 1)
+    # The server asked for 60 s and the call had 2: no sleep, and the server's own error, not a
+    # DEADLINE_EXCEEDED after waiting for nothing.
+    assert sleeps.delays == []
+    assert info.value.retry_after == pytest.approx(60)
+    assert flaky.calls == 1
+
+
+@pytest.mark.parametrize(
+    "flaky_server",
+    [Flaky(5, after_apply=False, methods=WRITES, error=ServerRateLimited("slow down", retry_after=0.8))],
+    indirect=True,
+)
+def test_retries_stop_before_the_sleep_that_would_pass_the_deadline(
+    flaky_server: tuple[ServerThread, Flaky],
+) -> None:
+    server, flaky = flaky_server
+    clock = Clock()
+    policy = RetryPolicy(max_backoff=0.1, sleep=clock.sleep, clock=clock)
+    session = Session("rate_clock", address=server.address, timeout=2, retry=policy)
+    with pytest.raises(RateLimited):
+        session.set_state("k", 1)
+    # 0.8 s twice fits in 2 s; a third wait would end at 2.4 s, past the deadline.
+    assert clock.delays == [pytest.approx(0.8), pytest.approx(0.8)]
+    assert clock.now - 1000.0 <= 2
+    assert flaky.calls == 3

@@ -17,7 +17,6 @@ from google.protobuf.json_format import MessageToDict
 
 from sessionkit.errors import FieldViolation, InvalidArgument
 from sessionkit.jsonvalues import check_json, to_struct
-from sessionkit.retry import call_with_retry
 from sessionkit.state_client import SessionRef
 from sessionkit.tool_schema import function_schema, run_tool
 from sessionkit.transport import Transport
@@ -308,7 +307,7 @@ class AgentClient:
             except grpc.RpcError as error:
                 raise self.transport._error("agent", error) from None
 
-        first = await call_with_retry(open_stream, self.transport.policy, self.transport._before_retry)
+        first = await self.transport.retry(open_stream)
         call = holder[0]
         write_lock = asyncio.Lock()
         running: set[asyncio.Task[None]] = set()

@@ -22,7 +22,6 @@ import grpc
 
 from sessionkit.errors import FieldViolation, InvalidArgument
 from sessionkit.jsonvalues import JsonValue, check_json, from_struct, to_struct
-from sessionkit.retry import call_with_retry
 from sessionkit.state_client import SessionRef, _key
 from sessionkit.transport import Transport
 from sessionkit.v1 import common_pb2, knowledge_pb2, knowledge_pb2_grpc
@@ -275,7 +274,7 @@ class KnowledgeClient:
                 call.cancel()
             raise InvalidArgument("the knowledge service ended the stream without a result")
 
-        return await call_with_retry(attempt, self.transport.policy, self.transport._before_retry)
+        return await self.transport.retry(attempt)
 
     async def _upload(
         self,
@@ -343,7 +342,7 @@ class KnowledgeClient:
                 call.cancel()
             raise InvalidArgument("the knowledge service ended the upload without a result")
 
-        return await call_with_retry(attempt, self.transport.policy, self.transport._before_retry)
+        return await self.transport.retry(attempt)
 
     async def search(
         self,

@@ -13,90 +13,42 @@ server speaking the seed's remote agent protocol) over HTTP instead of gRPC.
 - ``chat(message, stream=True)`` asks for Server-Sent Events (``"stream": true``) and yields the text
   pieces as they arrive (a server that answers plain JSON yields its whole answer once).
 
-Retries (tenacity, jittered exponential backoff within the session's ``timeout``): a connection that
-could not be opened and 429 (the rate limit refuses before any work is done; ``Retry-After`` is
-honoured) are always retried; 502/503/504 and a connection lost mid-request only for requests that are
+Retries: the SDK's one policy (sessionkit.retry, the same as for gRPC) within the session's
+``timeout``: a connection that could not be opened and 429 (the rate limit refuses before any work is
+done; ``Retry-After`` is honoured, unless it asks for longer than the time left: then the 429 is raised
+at once) are always retried; 502/503/504 and a connection lost mid-request only for requests that are
 safe to repeat: reads, and writes and chat turns, which carry an ``Idempotency-Key`` (one per logical
 call, the same on every attempt), so the server applies a repeated write once. CreateSession and
 DeleteSession have no key in the proto: they are repeated only when that is harmless (get_if_exists,
-allow_missing, which AsyncSession uses). A stream is
-retried until it starts, never after. Other 4xx are never retried. What cannot reach the server ends as
-:class:`RemoteConnectionError`, a ``ConnectionError`` (the seed's error) that is also a
+allow_missing, which AsyncSession uses). A stream is retried until it starts, never after. Other 4xx
+are never retried. HTTP errors become typed errors in sessionkit.remote_errors: what cannot reach the
+server ends as :class:`RemoteConnectionError`, a ``ConnectionError`` (the seed's error) that is also a
 :class:`ServiceUnavailable`; other refusals are the typed errors of sessionkit.errors.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import email.utils
 import json as jsonlib
-import ssl
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from datetime import UTC
-from typing import Any, NoReturn
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import grpc
 import httpx
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_before_delay,
-    wait_random_exponential,
+
+from sessionkit.errors import FieldViolation, InvalidArgument
+from sessionkit.remote_errors import (
+    BAD_RESPONSE,
+    TLS_FAILED,
+    RemoteConnectionError,
+    json_body,
+    mapped,
+    raise_for,
 )
+from sessionkit.retry import RetryPolicy
 
-from sessionkit.errors import (
-    FieldViolation,
-    InvalidArgument,
-    ServiceUnavailable,
-    SessionKitError,
-    from_status,
-    to_status,
-)
-from sessionkit.retry import UPSTREAM_GAVE_UP, RetryPolicy
-
-#: Statuses that mean "the server (or a proxy in front of it) could not serve this now".
-RETRYABLE_STATUSES = frozenset({502, 503, 504})
-BAD_RESPONSE = "BAD_REMOTE_RESPONSE"
-TLS_FAILED = "TLS_FAILED"
-
-
-def _tls_failure(error: BaseException) -> bool:
-    """Whether a connection failed in the TLS handshake (an untrusted certificate, a plain-HTTP server
-    on an https URL), found in the exception's causes."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, ssl.SSLError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-class RemoteConnectionError(ConnectionError, ServiceUnavailable):
-    """The remote agent could not be reached, or kept answering 502/503/504, within the timeout.
-
-    A ``ConnectionError`` as in the seed (``except ConnectionError`` keeps working) and a
-    ``ServiceUnavailable`` like the gRPC transport's errors. ``sent`` is False when no byte of the
-    request reached the server (the connection was refused), so repeating it is always safe."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        reason: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-        retry_after: float | None = None,
-        sent: bool = True,
-        status: int | None = None,
-    ) -> None:
-        ServiceUnavailable.__init__(self, message, reason=reason, metadata=metadata, retry_after=retry_after)
-        self.sent = sent
-        self.status = status
+__all__ = ["BAD_RESPONSE", "TLS_FAILED", "GatewayClient", "RemoteConnectionError", "agent_base_url"]
 
 
 def agent_base_url(agent_url: str) -> str:
@@ -105,55 +57,6 @@ def agent_base_url(agent_url: str) -> str:
     path = parts.path.rstrip("/")
     base = path.rsplit("/", 1)[0] if "/" in path else ""
     return urlunsplit((parts.scheme, parts.netloc, base, "", ""))
-
-
-def _retry_after(response: httpx.Response, body_value: Any) -> float | None:
-    """Seconds from the Retry-After header (delta-seconds or an HTTP date), else the error body's."""
-    header = response.headers.get("retry-after")
-    if header:
-        header = header.strip()
-        try:
-            return max(0.0, float(header))
-        except ValueError:
-            pass
-        try:
-            when = email.utils.parsedate_to_datetime(header)
-        except (TypeError, ValueError):
-            when = None  # unreadable: fall back to the body's value, else plain backoff
-        if when is not None:
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=UTC)
-            return max(0.0, when.timestamp() - time.time())
-    if isinstance(body_value, (int, float)) and not isinstance(body_value, bool):
-        return max(0.0, float(body_value))
-    return None
-
-
-def _is_retryable(idempotent: bool) -> Any:
-    def predicate(error: BaseException) -> bool:
-        if getattr(error, "reason", None) in UPSTREAM_GAVE_UP:
-            return False  # the service behind already retried its LLM; asking again only adds load
-        if getattr(error, "reason", None) in (BAD_RESPONSE, TLS_FAILED):
-            return False  # not transient: a bad certificate or a non-JSON server stays so
-        if isinstance(error, RemoteConnectionError):
-            return idempotent or not error.sent
-        # 429: the rate limiter refuses before any work is done, so even a non-idempotent call is safe.
-        return isinstance(error, SessionKitError) and getattr(error, "http_status", 0) == 429
-
-    return predicate
-
-
-class _Wait:
-    """Full-jitter exponential backoff, never sooner than the server's Retry-After."""
-
-    def __init__(self, policy: RetryPolicy) -> None:
-        self.backoff = wait_random_exponential(multiplier=policy.initial_backoff, max=policy.max_backoff)
-
-    def __call__(self, state: RetryCallState) -> float:
-        delay = float(self.backoff(state))
-        error = state.outcome.exception() if state.outcome else None
-        retry_after = getattr(error, "retry_after", None)
-        return max(delay, retry_after) if retry_after else delay
 
 
 class GatewayClient:
@@ -322,29 +225,29 @@ class GatewayClient:
             request = client.build_request(
                 method, url, params=params, json=json, headers=accept, timeout=timeout
             )
-            with self._mapped(url, remaining):
+            with mapped(url, remaining):
                 response = await client.send(request, stream=True)
             if response.status_code >= 400:
-                with self._mapped(url, remaining):
+                with mapped(url, remaining):
                     await response.aread()
                 await response.aclose()
-                self._raise(method, url, response)
+                raise_for(method, url, response)
             return response
 
         response = await self._retrying(url, True, attempt)
         try:
             if "text/event-stream" not in response.headers.get("content-type", ""):
-                with self._mapped(url, self.policy.deadline):
+                with mapped(url, self.policy.deadline):
                     await response.aread()
-                yield "result", self._json(url, response)
+                yield "result", json_body(url, response)
                 return
-            with self._mapped(url, read_timeout or self.policy.deadline):
+            with mapped(url, read_timeout or self.policy.deadline):
                 async for event, data in _sse_events(response.aiter_lines()):
                     if event == "error":
                         detail = data.get("error") if isinstance(data, dict) else None
                         code = detail.get("code") if isinstance(detail, dict) else None
                         status = code if isinstance(code, int) and 400 <= code < 600 else 500
-                        self._raise(method, url, httpx.Response(status, json=data))
+                        raise_for(method, url, httpx.Response(status, json=data))
                     yield event, data
         finally:
             await response.aclose()
@@ -371,30 +274,21 @@ class GatewayClient:
         return await self._retrying(url, idempotent, attempt)
 
     async def _retrying(self, url: str, idempotent: bool, attempt: Callable[[float], Awaitable[Any]]) -> Any:
-        """``attempt(seconds left)`` with the retry rules, within the policy's deadline."""
-        deadline = time.monotonic() + self.policy.deadline
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.policy.max_attempts) | stop_before_delay(self.policy.deadline),
-            wait=_Wait(self.policy),
-            retry=retry_if_exception(_is_retryable(idempotent)),
-            sleep=self.policy.sleep,
-            reraise=True,
-        )
+        """``attempt(seconds left)`` under the session's retry policy (the SDK's one policy, as for
+        gRPC). ``idempotent``: safe to repeat (a read, or a write with an Idempotency-Key); otherwise
+        repeated only when the request never reached the server, or was refused by a rate limit."""
+
+        def out_of_time() -> Exception:
+            return RemoteConnectionError(
+                f"no answer from the remote agent at {url} within the {self.policy.deadline:g}s timeout",
+                reason="DEADLINE_EXCEEDED",
+            )
+
         try:
-            async for trying in retrying:
-                with trying:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise RemoteConnectionError(
-                            f"no answer from the remote agent at {url} within the {self.policy.deadline:g}s "
-                            "timeout",
-                            reason="DEADLINE_EXCEEDED",
-                        )
-                    return await attempt(remaining)
+            return await self.policy.call(attempt, idempotent=idempotent, deadline_error=out_of_time)
         except RemoteConnectionError as error:
             error.metadata.setdefault("url", url)
             raise
-        raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
 
     async def _attempt(
         self,
@@ -407,7 +301,7 @@ class GatewayClient:
         headers: Mapping[str, str] | None,
         seconds: float,
     ) -> Any:
-        with self._mapped(url, seconds):
+        with mapped(url, seconds):
             response = await self._client().request(
                 method,
                 url,
@@ -419,99 +313,8 @@ class GatewayClient:
                 timeout=seconds,
             )
         if response.status_code >= 400:
-            self._raise(method, url, response)
-        return self._json(url, response)
-
-    @staticmethod
-    @contextlib.contextmanager
-    def _mapped(url: str, seconds: float) -> Iterator[None]:
-        """httpx's transport errors as RemoteConnectionError (``sent``: whether the request may have
-        reached the server)."""
-        try:
-            yield
-        except httpx.ConnectError as error:
-            if _tls_failure(error):
-                raise RemoteConnectionError(
-                    f"TLS with the remote agent at {url} failed: {error}. For a private CA, point "
-                    "SSL_CERT_FILE at its certificate",
-                    reason=TLS_FAILED,
-                    sent=False,
-                ) from error
-            raise RemoteConnectionError(
-                f"cannot connect to the remote agent at {url}: {error or type(error).__name__}",
-                reason="CONNECTION_FAILED",
-                sent=False,
-            ) from error
-        except httpx.ConnectTimeout as error:
-            raise RemoteConnectionError(
-                f"cannot connect to the remote agent at {url}: {error or type(error).__name__}",
-                reason="CONNECTION_FAILED",
-                sent=False,
-            ) from error
-        except httpx.TimeoutException as error:
-            raise RemoteConnectionError(
-                f"timed out waiting for the remote agent at {url} ({seconds:.3g}s)",
-                reason="DEADLINE_EXCEEDED",
-            ) from error
-        except httpx.TransportError as error:
-            raise RemoteConnectionError(
-                f"the connection to the remote agent at {url} failed: {error or type(error).__name__}",
-                reason="CONNECTION_FAILED",
-            ) from error
-
-    @staticmethod
-    def _json(url: str, response: httpx.Response) -> Any:
-        try:
-            return response.json()
-        except ValueError as error:
-            raise RemoteConnectionError(
-                f"the remote agent at {url} answered {response.status_code} with a body that is not JSON: "
-                f"{response.text[:200]!r}",
-                reason=BAD_RESPONSE,
-                status=response.status_code,
-            ) from error
-
-    def _raise(self, method: str, url: str, response: httpx.Response) -> NoReturn:
-        """The typed error for an error answer: the gateway's one error shape ({"error": {status, reason,
-        message, metadata, violations, retry_after}}) through sessionkit's error table; any other body
-        by its HTTP status."""
-        status = response.status_code
-        detail: dict[str, Any] = {}
-        try:
-            body = response.json()
-            if isinstance(body, dict) and isinstance(body.get("error"), dict):
-                detail = body["error"]
-        except ValueError:
-            pass
-        text = str(detail.get("message") or response.text[:300] or response.reason_phrase)
-        where = f"{method} {url} -> {status}"
-        retry_after = _retry_after(response, detail.get("retry_after"))
-        if status == 429 and retry_after is None:
-            retry_after = 0.0  # retried with plain backoff
-        metadata = {str(k): str(v) for k, v in (detail.get("metadata") or {}).items()}
-        reason = detail.get("reason") if isinstance(detail.get("reason"), str) else None
-        if status in RETRYABLE_STATUSES:
-            raise RemoteConnectionError(
-                f"the remote agent at {url} is unavailable ({status}): {text}",
-                reason=reason or ("DEADLINE_EXCEEDED" if status == 504 else "UNAVAILABLE"),
-                metadata=metadata,
-                retry_after=retry_after,
-                status=status,
-            )
-        violations = [
-            FieldViolation(str(v.get("field", "")), str(v.get("description", "")))
-            for v in detail.get("violations") or []
-            if isinstance(v, dict)
-        ]
-        code = _grpc_code(detail.get("status"), status)
-        # Rebuilt through the one table (reason first, then the gRPC code), as the gRPC transport does.
-        carrier = SessionKitError(
-            text, reason=reason, metadata=metadata, violations=violations, retry_after=retry_after
-        )
-        error = from_status(code, text, to_status(carrier))
-        error.message = f"{text} ({where})"
-        error.args = (error.message,)
-        raise error
+            raise_for(method, url, response)
+        return json_body(url, response)
 
 
 async def _sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, Any]]:
@@ -536,25 +339,3 @@ async def _sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, Any
                 event = value
             elif name == "data":
                 data.append(value)
-
-
-_HTTP_TO_GRPC = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND,
-    405: grpc.StatusCode.UNIMPLEMENTED,
-    409: grpc.StatusCode.ABORTED,
-    412: grpc.StatusCode.FAILED_PRECONDITION,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    422: grpc.StatusCode.INVALID_ARGUMENT,
-    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    499: grpc.StatusCode.CANCELLED,
-    501: grpc.StatusCode.UNIMPLEMENTED,
-}
-
-
-def _grpc_code(name: Any, http_status: int) -> grpc.StatusCode:
-    if isinstance(name, str) and name in grpc.StatusCode.__members__:
-        return grpc.StatusCode[name]
-    return _HTTP_TO_GRPC.get(http_status, grpc.StatusCode.INTERNAL)

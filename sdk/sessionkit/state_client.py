@@ -1,6 +1,6 @@
 """Typed async client of the state service: Python values in and out, one method per RPC.
 
-Used by AsyncSession, the CLI and (later) the gateway; every call goes through Transport (retries,
+Used by AsyncSession, the CLI and the gateway; every call goes through Transport (retries,
 typed errors). Writes take an idempotency key, generated here when the caller gives none, and kept
 across retries so a retried write is applied exactly once.
 """
@@ -130,8 +130,8 @@ class StateClient:
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
 
-    async def _call(self, method: str, request: Any) -> Any:
-        return await self.transport.unary("state", Stub, method, request)
+    async def _call(self, method: str, request: Any, *, idempotent: bool = True) -> Any:
+        return await self.transport.unary("state", Stub, method, request, idempotent=idempotent)
 
     async def create_session(
         self,
@@ -146,7 +146,8 @@ class StateClient:
             request.ttl.CopyFrom(duration_pb2.Duration(seconds=ttl_seconds))
         if initial_state is not None:
             request.initial_state.CopyFrom(to_struct(_object(initial_state, "initial_state")))
-        reply = await self._call("CreateSession", request)
+        # No idempotency key in the proto: repeated only when a repeat is harmless (get_if_exists).
+        reply = await self._call("CreateSession", request, idempotent=get_if_exists)
         return SessionInfo.from_message(reply.session), reply.created
 
     async def get_session(self, ref: SessionRef) -> SessionInfo:
@@ -175,7 +176,9 @@ class StateClient:
 
     async def delete_session(self, ref: SessionRef, allow_missing: bool = False) -> bool:
         reply = await self._call(
-            "DeleteSession", state_pb2.DeleteSessionRequest(session=ref.message, allow_missing=allow_missing)
+            "DeleteSession",
+            state_pb2.DeleteSessionRequest(session=ref.message, allow_missing=allow_missing),
+            idempotent=allow_missing,
         )
         return bool(reply.deleted)
 

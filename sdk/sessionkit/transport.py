@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,7 +15,7 @@ import grpc
 from sessionkit.config import ClientSettings
 from sessionkit.embedded import ensure_local_server
 from sessionkit.errors import InvalidArgument, NotImplementedByServer, ServiceUnavailable, from_rpc_error
-from sessionkit.retry import RetryPolicy, call_with_retry
+from sessionkit.retry import RetryPolicy
 
 T = TypeVar("T")
 _EOF = grpc.aio.EOF  # type: ignore[attr-defined]
@@ -163,8 +163,11 @@ class Transport:
         key = self.settings.api_key if self.api_key is None else self.api_key
         return stub_class(channel_for(target, key, self.settings.tls_ca_file, self.settings.tls_server_name))
 
-    async def unary(self, service: str, stub_class: Any, method: str, request: Any) -> Any:
-        """One unary call with retries; raises the typed SessionKitError on failure."""
+    async def unary(
+        self, service: str, stub_class: Any, method: str, request: Any, *, idempotent: bool = True
+    ) -> Any:
+        """One unary call with retries; raises the typed SessionKitError on failure. ``idempotent``:
+        False for the few writes without an idempotency key, repeated only when that is harmless."""
 
         async def attempt(remaining: float) -> Any:
             stub = await self.stub(service, stub_class)
@@ -173,7 +176,12 @@ class Transport:
             except grpc.RpcError as error:
                 raise self._error(service, error) from None
 
-        return await call_with_retry(attempt, self.policy, self._before_retry)
+        return await self.retry(attempt, idempotent=idempotent)
+
+    async def retry(self, attempt: Callable[[float], Awaitable[T]], *, idempotent: bool = True) -> T:
+        """``attempt(seconds left)`` under the session's retry policy, restarting the embedded server
+        between attempts when it went away (streams and uploads use this directly)."""
+        return await self.policy.call(attempt, idempotent=idempotent, before_retry=self._before_retry)
 
     async def stream(self, service: str, stub_class: Any, method: str, request: Any) -> AsyncIterator[Any]:
         """A server stream; (re)connection is retried until the first message arrives."""
@@ -188,7 +196,7 @@ class Transport:
             except grpc.RpcError as error:
                 raise self._error(service, error) from None
 
-        first = await call_with_retry(attempt, self.policy, self._before_retry)
+        first = await self.retry(attempt)
         call = call_holder[0]
         try:
             if first is _EOF:
