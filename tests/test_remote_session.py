@@ -636,6 +636,16 @@ def test_auto_save_off_writes_once(agent_url: str) -> None:
         assert session.restore_state() == {"a": 1, "b": 2}
 
 
+def test_auto_save_off_deletes_scoped_keys_in_the_same_write(agent_url: str) -> None:
+    with Session(session_id="manual_scoped", agent_url=agent_url, auto_save=False) as session:
+        session.save_state({"a": 1, "user:x": 1})
+        version = session.state_version()
+        session.delete_state("user:x")
+        session.set_state("b", 2)
+        assert session.save_state() == version + 1
+        assert session.restore_state() == {"a": 1, "b": 2}
+
+
 def test_memory_through_rest(agent_url: str) -> None:
     with Session(session_id="mem", user_id="mem_user", agent_url=agent_url) as session:
         stored = session.store_long_memory("The customer prefers email over phone calls", quality_score=0.9)

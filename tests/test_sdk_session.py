@@ -98,6 +98,25 @@ def test_auto_save_false_keeps_changes_until_save_state(server: ServerThread) ->
     assert other.restore_state() == {"b": 2, "c": 3}
 
 
+def test_save_state_with_scoped_deletions_is_one_write(server: ServerThread) -> None:
+    setup = Session("manual_scoped", user_id="scoped_user", address=server.address)
+    setup.save_state({"a": 1, "user:x": 1, "app:flag": True, "user:keep": 1})
+    manual = Session("manual_scoped", user_id="scoped_user", auto_save=False, address=server.address)
+    before = manual.state_version()
+    manual.delete_state("user:x")
+    manual.delete_state("app:flag")
+    manual.set_state("user:y", 2)
+    manual.set_state("b", 2)
+    assert manual.save_state() == before + 1  # the writes and both deletions: one version
+    assert manual.restore_state() == {"a": 1, "b": 2, "user:y": 2, "user:keep": 1}
+    # Refused as a whole: a stale save leaves the deletion and the write undone.
+    manual.delete_state("user:keep")
+    manual.set_state("c", 3)
+    with pytest.raises(StateConflict):
+        manual.save_state(expected_version=before)
+    assert setup.restore_state() == {"a": 1, "b": 2, "user:y": 2, "user:keep": 1}
+
+
 def test_expected_version_refuses_stale_writes(server: ServerThread) -> None:
     session = Session("cas", address=server.address)
     version = session.save_state({"n": 1})

@@ -87,6 +87,31 @@ async def test_save_state_replaces_own_keys_but_only_upserts_scoped_keys(service
     assert await snapshot(service) == ({"c": 3, "user:x": 10, "user:y": 2, "app:p": 1, "app:q": 20}, 2)
 
 
+async def test_save_state_deletes_scoped_keys_in_the_same_write(service: StateService) -> None:
+    await service.save_state(S1, {"a": 1, "user:x": 1, "user:y": 2, "app:p": 1})
+    result = await service.save_state(S1, {"b": 2, "user:y": 3}, 1, delete_keys=["user:x", "app:p"])
+    assert result.version == 2  # one write: one version
+    assert await snapshot(service) == ({"b": 2, "user:y": 3}, 2)
+    assert await snapshot(service, S2) == ({"user:y": 3}, 0)
+    # A stale save changes nothing: neither its keys nor its deletions.
+    with pytest.raises(StateConflict):
+        await service.save_state(S1, {"c": 3}, 1, delete_keys=["user:y"])
+    assert await snapshot(service) == ({"b": 2, "user:y": 3}, 2)
+
+
+@pytest.mark.parametrize(
+    ("state", "delete_keys", "field"),
+    [({}, ["plain"], "delete_keys[0]"), ({"user:x": 1}, ["app:p", "user:x"], "delete_keys[1]")],
+)
+async def test_save_state_refuses_delete_keys_it_cannot_honour(
+    service: StateService, state: dict[str, Any], delete_keys: list[str], field: str
+) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        await service.save_state(S1, state, delete_keys=delete_keys)
+    assert info.value.violations[0].field == field
+    assert await snapshot(service) == ({}, 0)
+
+
 async def test_clear_state_keeps_scopes_unless_asked(service: StateService) -> None:
     await service.save_state(S1, {"a": 1, "user:u": 1, "app:p": 1})
     await service.clear_state(S1)

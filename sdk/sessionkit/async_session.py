@@ -32,6 +32,7 @@ from sessionkit.transport import Transport
 T = TypeVar("T")
 JsonObject = dict[str, JsonValue]
 TEMP = "temp:"
+SCOPES = ("user:", "app:")
 _DELETED = object()
 
 
@@ -335,6 +336,8 @@ class AsyncSession:
             yield change
 
     async def _flush(self, expected_version: int | None) -> int:
+        """Write the unsaved changes as one SaveState: the session's keys as they will be, the
+        user:/app: keys set and deleted, all in one version-checked transaction on the server."""
         pending = dict(self._pending)
         for _ in range(10):
             state, version = await self._call(lambda: self._state.get_state(self._ref))
@@ -342,24 +345,19 @@ class AsyncSession:
                 return version
             if expected_version is not None and expected_version != version:
                 raise StateConflict(f"session is at version {version}, not the expected {expected_version}")
-            scoped = {k for k in pending if k.startswith(("user:", "app:"))}
-            own = {k: v for k, v in state.items() if not k.startswith(("user:", "app:"))}
+            own = {k: v for k, v in state.items() if not k.startswith(SCOPES)}
+            deleted = [k for k, v in pending.items() if k.startswith(SCOPES) and v is _DELETED]
             for key, value in pending.items():
-                if key not in scoped:
-                    if value is _DELETED:
-                        own.pop(key, None)
-                    else:
-                        own[key] = value
-            own.update({k: v for k, v in pending.items() if k in scoped and v is not _DELETED})
+                if value is _DELETED:
+                    own.pop(key, None)
+                else:
+                    own[key] = value
             try:
-                new_version = await self._state.save_state(self._ref, own, version)
+                new_version = await self._state.save_state(self._ref, own, version, delete_keys=deleted)
             except StateConflict:
                 if expected_version is not None:
                     raise
                 continue  # someone wrote in between: re-read and apply the changes again
-            for key in scoped:
-                if pending[key] is _DELETED:
-                    new_version, _ = await self._state.delete_value(self._ref, key)
             self._pending.clear()
             return new_version
         raise StateConflict("save_state() lost the race for the session 10 times in a row; try again")

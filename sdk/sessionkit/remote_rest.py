@@ -16,7 +16,7 @@ import asyncio
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -172,8 +172,11 @@ class RemoteStateClient(_Rest):
         state: JsonObject,
         expected_version: int | None = None,
         idempotency_key: str | None = None,
+        delete_keys: Sequence[str] = (),
     ) -> int:
-        body = {"state": check_json(state, "state"), "expected_version": expected_version}
+        body: dict[str, Any] = {"state": check_json(state, "state"), "expected_version": expected_version}
+        if delete_keys:
+            body["delete_keys"] = list(delete_keys)
         return int((await self.write("PUT", ref, "state", key=idempotency_key, json=body))["version"])
 
     async def set_value(

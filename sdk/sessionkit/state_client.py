@@ -8,7 +8,7 @@ across retries so a retried write is applied exactly once.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -192,12 +192,16 @@ class StateClient:
         state: JsonObject,
         expected_version: int | None = None,
         idempotency_key: str | None = None,
+        delete_keys: Sequence[str] = (),
     ) -> int:
+        """Replace the session's keys with ``state`` (its user:/app: keys are set), deleting the
+        user:/app: keys of ``delete_keys``, in one version-checked write."""
         request = state_pb2.SaveStateRequest(
             session=ref.message,
             state=to_struct(_object(state, "state")),
             expected_version=expected_version,
             idempotency_key=_key(idempotency_key),
+            delete_keys=list(delete_keys),
         )
         return int((await self._call("SaveState", request)).version)
 

@@ -143,6 +143,11 @@ class SaveState(Strict):
     expected_version: int | None = Field(
         None, ge=0, le=INT64_MAX, description="Compare-and-set: 409 when stale."
     )
+    delete_keys: list[str] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="user: and app: keys to delete in the same write.",
+    )
 
 
 class Version(BaseModel):

@@ -178,9 +178,13 @@ def add(router: APIRouter) -> None:
         user_id: UserQuery = "default",
         idempotency_key: IdempotencyKey = None,
     ) -> Version:
-        """SaveState: replace the session's state."""
+        """SaveState: replace the session's state (and delete delete_keys), in one write."""
         version = await caller.clients.state.save_state(
-            caller.ref(user_id, session_id), body.state, body.expected_version, idempotency_key
+            caller.ref(user_id, session_id),
+            body.state,
+            body.expected_version,
+            idempotency_key,
+            body.delete_keys,
         )
         return Version(version=version)
 

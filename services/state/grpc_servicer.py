@@ -113,7 +113,11 @@ class StateServicer(state_pb2_grpc.StateServiceServicer):
 
     async def SaveState(self, request: state_pb2.SaveStateRequest, context: Context) -> Any:
         result = await self.service.save_state(
-            _key(request.session), from_struct(request.state), _expected(request), request.idempotency_key
+            _key(request.session),
+            from_struct(request.state),
+            _expected(request),
+            request.idempotency_key,
+            list(request.delete_keys),
         )
         return state_pb2.SaveStateResponse(version=result.version)
 

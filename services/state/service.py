@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from sessionkit.errors import (
@@ -221,11 +221,30 @@ class StateService:
         state: JsonObject,
         expected_version: int | None = None,
         idempotency_key: str = "",
+        delete_keys: Sequence[str] = (),
     ) -> WriteResult:
+        """Replace the session's own keys, set the user:/app: keys of ``state`` and delete those of
+        ``delete_keys``: one transaction, so a refused save (a stale ``expected_version``) changes
+        nothing at all."""
         checked = check_json(state, "state")
         assert isinstance(checked, dict)
         for name in checked:
             _check_key(name, f"state.{name}")
+        for i, name in enumerate(delete_keys):
+            field = f"delete_keys[{i}]"
+            _check_key(name, field)
+            if not _split(name)[0]:
+                raise InvalidArgument(
+                    f"invalid {field}",
+                    violations=[
+                        FieldViolation(field, "user: or app: keys only (leave a session key out of state)")
+                    ],
+                )
+            if name in checked:
+                raise InvalidArgument(
+                    f"invalid {field}",
+                    violations=[FieldViolation(field, f"{name!r} is also set in state")],
+                )
         own = {k: v for k, v in checked.items() if not _split(k)[0]}
         self._check_size(own, "state")
 
@@ -236,6 +255,8 @@ class StateService:
                 scope, bare = _split(name)
                 if scope:
                     self._scope_state(tx, scope, bare, value)
+            for name in delete_keys:
+                self._target(tx, name).pop(_split(name)[1], None)
             return Change(Operation.SAVE), WriteResult(tx.next_version)
 
         return await self._write(key, expected_version, idempotency_key, apply)
