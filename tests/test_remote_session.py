@@ -730,6 +730,43 @@ def test_memory_history_context_and_filtered_list(agent_url: str) -> None:
         assert "jasmine green tea" in context and "Lisbon" not in context
 
 
+def test_add_memories_keeps_each_items_type_quality_and_metadata(
+    proxy: FaultyProxy, services: ServerThread
+) -> None:
+    items: list[Any] = [
+        {"text": "The user is allergic to peanuts", "quality_score": 0.95, "metadata": {"topic": "health"}},
+        {
+            "text": "Currently planning a trip to Porto",
+            "memory_type": "short",
+            "metadata": {"topic": "travel"},
+        },
+        "The user prefers window seats",
+    ]
+    with Session(session_id="batch", user_id="batch_user", agent_url=f"{proxy.url}/agent") as remote:
+        added = remote.add_memories(items)
+        assert added is not None
+        assert [(m["memory_type"], m["metadata"]) for m in added] == [
+            ("long", {"topic": "health"}),
+            ("short", {"topic": "travel"}),
+            ("long", {}),
+        ]
+        assert added[0]["quality_score"] == pytest.approx(0.95)
+        # One request: one transaction on the memory service, as over gRPC.
+        assert len(proxy.posts("/v1/sessions/batch/memories/batch")) == 1
+        with Session(session_id="batch", user_id="batch_user", address=services.address) as direct:
+            stored = {m["text"]: m for m in direct.list_memories()}
+        assert stored["Currently planning a trip to Porto"]["memory_type"] == "short"
+        assert stored["The user is allergic to peanuts"]["metadata"] == {"topic": "health"}
+        # Cleared by metadata over REST too, as over gRPC.
+        assert remote.clear_memory(metadata_filter={"topic": "travel"}) == 1
+        assert sorted(m["text"] for m in remote.list_memories()) == [
+            "The user is allergic to peanuts",
+            "The user prefers window seats",
+        ]
+        with pytest.raises(InvalidArgument, match=r"memories\[1\]"):
+            remote.add_memories(["fine", {"text": "x", "memory_type": "forever"}])
+
+
 def test_calls_the_rest_api_does_not_offer_say_so(agent_url: str) -> None:
     with (
         Session(session_id="unsupported", agent_url=agent_url) as session,

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sessionkit.agent_client import AgentClient
+from sessionkit.clients import AgentAPI
 from sessionkit.errors import FieldViolation, InvalidArgument
 from sessionkit.tool_schema import function_schema
 
@@ -44,7 +44,7 @@ class AsyncAgent:
     def __init__(
         self,
         session: AsyncSession,
-        client: AgentClient,
+        client: AgentAPI,
         name: str,
         role: str = "Assistant",
         instructions: str | None = None,
@@ -105,7 +105,7 @@ class AsyncAgent:
         self.last_metadata: dict[str, Any] = {}
 
     @classmethod
-    def from_stored(cls, session: AsyncSession, client: AgentClient, stored: dict[str, Any]) -> AsyncAgent:
+    def from_stored(cls, session: AsyncSession, client: AgentAPI, stored: dict[str, Any]) -> AsyncAgent:
         """An agent found in the session (its CLIENT tools have no functions until given again)."""
         agent = cls(session, client, stored["name"], stored.get("role") or "Assistant", stored=stored)
         agent.instructions = stored.get("instructions") or None

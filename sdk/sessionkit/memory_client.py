@@ -111,6 +111,43 @@ def conversation(messages: Any) -> list[memory_pb2.ConversationMessage]:
     return out
 
 
+def memory_items(memories: Any) -> list[Any]:
+    if not isinstance(memories, (list, tuple)) or not memories:
+        raise InvalidArgument(
+            "memories must be a non-empty list of texts or dicts",
+            violations=[FieldViolation("memories", "at least one memory")],
+        )
+    return list(memories)
+
+
+def new_memory(item: Any, n: int) -> dict[str, Any]:
+    """One item of an AddMemories batch as a checked dict: a text, or ``{"text", "memory_type",
+    "quality_score", "metadata"}`` (only "text" required)."""
+    where = f"memories[{n}]"
+    if isinstance(item, str):
+        item = {"text": item}
+    if not isinstance(item, dict):
+        raise InvalidArgument(
+            f"{where} must be a str or a dict",
+            violations=[FieldViolation(where, "a text, or {'text': ..., 'metadata': ...}")],
+        )
+    unknown = set(item) - NEW_MEMORY_KEYS
+    if unknown:
+        raise InvalidArgument(
+            f"{where} has unknown keys {sorted(unknown)}",
+            violations=[FieldViolation(where, f"allowed keys: {', '.join(sorted(NEW_MEMORY_KEYS))}")],
+        )
+    if not isinstance(item.get("text"), str):
+        raise InvalidArgument(
+            f"{where}.text must be a str", violations=[FieldViolation(f"{where}.text", "a string")]
+        )
+    if "memory_type" in item:
+        memory_type(item["memory_type"], f"{where}.memory_type", allow_all=False)
+    if item.get("metadata") is not None:
+        _struct(item["metadata"], f"{where}.metadata")
+    return {k: v for k, v in item.items() if v is not None}
+
+
 def _struct(value: dict[str, Any] | None, field: str) -> Any:
     checked = check_json(value or {}, field)
     if not isinstance(checked, dict):
@@ -163,40 +200,17 @@ class MemoryClient:
         ``memories``: texts, or dicts ``{"text", "memory_type", "quality_score", "metadata"}`` (only
         "text" required; ``kind`` is the default memory type). Returns one memory dict per item, in
         order, each with ``deduplicated`` and ``merged`` as ``add`` returns them."""
-        if not isinstance(memories, (list, tuple)) or not memories:
-            raise InvalidArgument(
-                "memories must be a non-empty list of texts or dicts",
-                violations=[FieldViolation("memories", "at least one memory")],
-            )
-        items: list[memory_pb2.NewMemory] = []
-        for n, item in enumerate(memories):
-            where = f"memories[{n}]"
-            if isinstance(item, str):
-                item = {"text": item}
-            if not isinstance(item, dict):
-                raise InvalidArgument(
-                    f"{where} must be a str or a dict",
-                    violations=[FieldViolation(where, "a text, or {'text': ..., 'metadata': ...}")],
-                )
-            unknown = set(item) - NEW_MEMORY_KEYS
-            if unknown:
-                raise InvalidArgument(
-                    f"{where} has unknown keys {sorted(unknown)}",
-                    violations=[FieldViolation(where, f"allowed keys: {', '.join(sorted(NEW_MEMORY_KEYS))}")],
-                )
-            text = item.get("text")
-            if not isinstance(text, str):
-                raise InvalidArgument(
-                    f"{where}.text must be a str", violations=[FieldViolation(f"{where}.text", "a string")]
-                )
+        items = []
+        for n, item in enumerate(memory_items(memories)):
+            checked = new_memory(item, n)
             items.append(
                 memory_pb2.NewMemory(
-                    text=text,
+                    text=checked["text"],
                     memory_type=memory_type(  # type: ignore[arg-type]
-                        item.get("memory_type", kind), f"{where}.memory_type", allow_all=False
+                        checked.get("memory_type", kind), f"memories[{n}].memory_type", allow_all=False
                     ),
-                    quality_score=item.get("quality_score"),
-                    metadata=_struct(item.get("metadata"), f"{where}.metadata"),
+                    quality_score=checked.get("quality_score"),
+                    metadata=_struct(checked.get("metadata"), f"memories[{n}].metadata"),
                 )
             )
         request = memory_pb2.AddMemoriesRequest(

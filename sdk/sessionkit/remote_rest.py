@@ -26,6 +26,7 @@ from sessionkit.errors import FieldViolation, InvalidArgument, NotImplementedByS
 from sessionkit.ids import DEFAULT
 from sessionkit.jsonvalues import JsonValue, check_json
 from sessionkit.knowledge_client import ProgressCallback, source_kind
+from sessionkit.memory_client import memory_items, new_memory
 from sessionkit.remote import GatewayClient
 from sessionkit.state_client import Event, SessionInfo, SessionRef, StateChange, StateVersion
 
@@ -355,8 +356,31 @@ class RemoteMemoryClient(_Rest):
     ) -> dict[str, Any]:
         raise _unsupported("memory extraction (extract_memories(), memory_config provider 'mem0')")
 
-    async def clear(self, ref: SessionRef, kind: str = "all", idempotency_key: str | None = None) -> int:
-        params = {"memory_type": kind}
+    async def add_many(
+        self,
+        ref: SessionRef,
+        memories: Any,
+        kind: str = "long",
+        skip_merge: bool = False,
+        idempotency_key: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """``POST .../memories/batch`` (AddMemories): one transaction; each item keeps its own
+        memory_type, quality_score and metadata (checked as the gRPC client checks them)."""
+        items = [new_memory(item, n) for n, item in enumerate(memory_items(memories))]
+        body = {"memories": items, "memory_type": kind, "skip_merge": skip_merge}
+        reply = await self.write("POST", ref, "memories", "batch", key=idempotency_key, json=body)
+        return [dict(m) for m in reply["results"]]
+
+    async def clear(
+        self,
+        ref: SessionRef,
+        kind: str = "all",
+        idempotency_key: str | None = None,
+        metadata_filter: dict[str, JsonValue] | None = None,
+    ) -> int:
+        params: dict[str, Any] = {"memory_type": kind}
+        if metadata_filter:
+            params["metadata_filter"] = json.dumps(check_json(metadata_filter, "metadata_filter"))
         reply = await self.write("DELETE", ref, "memories", key=idempotency_key, params=params)
         return int(reply["deleted_count"])
 

@@ -239,6 +239,19 @@ class MemoryIn(Strict):
     metadata: JsonObject | None = None
 
 
+class NewMemoryIn(Strict):
+    text: str = Field(min_length=1, max_length=100_000)
+    memory_type: MemoryKind | None = Field(None, description="Default: the batch's memory_type.")
+    quality_score: float | None = Field(None, ge=0, le=1)
+    metadata: JsonObject | None = None
+
+
+class MemoriesIn(Strict):
+    memories: list[NewMemoryIn] = Field(min_length=1, max_length=1000)
+    memory_type: MemoryKind = "long"
+    skip_merge: bool = False
+
+
 class MemoryOut(BaseModel):
     id: str
     text: str
@@ -279,6 +292,10 @@ class MemorySearch(Strict):
 
 class MemoryHits(BaseModel):
     hits: list[MemoryHit]
+
+
+class AddedMemories(BaseModel):
+    results: list[AddedMemory]
 
 
 class MemoryList(BaseModel):

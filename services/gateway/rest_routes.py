@@ -30,6 +30,7 @@ from sessionkit_server.gateway.deps import Caller, CallerDep, IdempotencyKey, Se
 from sessionkit_server.gateway.errors import error_body
 from sessionkit_server.gateway.models import (
     INT64_MAX,
+    AddedMemories,
     AddedMemory,
     ClearedKnowledge,
     CreatedSession,
@@ -45,6 +46,7 @@ from sessionkit_server.gateway.models import (
     KnowledgeHits,
     KnowledgeIn,
     KnowledgeSearch,
+    MemoriesIn,
     MemoryContext,
     MemoryContextIn,
     MemoryFilter,
@@ -78,6 +80,13 @@ KeyPath = Annotated[
 MemoryIdPath = Annotated[str, Path(min_length=1, max_length=128, description="Memory id (m-...)")]
 ExpectedVersion = Annotated[
     int | None, Query(ge=0, le=INT64_MAX, description="Compare-and-set: 409 when stale")
+]
+MetadataFilterQuery = Annotated[
+    str | None,
+    Query(
+        max_length=2048,
+        description='Only memories whose metadata has these values: a JSON object, e.g. {"k": "v"}',
+    ),
 ]
 PageSize = Annotated[int, Query(ge=0, le=1000, description="0: the server's default")]
 PageToken = Annotated[str, Query(max_length=4096)]
@@ -406,19 +415,37 @@ def add(router: APIRouter) -> None:
         )
         return AddedMemory(**added)
 
+    @router.post(
+        "/v1/sessions/{session_id}/memories/batch",
+        response_model=AddedMemories,
+        status_code=201,
+        tags=["memories"],
+    )
+    async def add_memories(
+        session_id: SessionIdPath,
+        body: MemoriesIn,
+        caller: CallerDep,
+        user_id: UserQuery = "default",
+        idempotency_key: IdempotencyKey = None,
+    ) -> AddedMemories:
+        """AddMemories: many memories in one transaction, each with its own memory_type,
+        quality_score and metadata; one result per item, in order."""
+        added = await caller.clients.memory.add_many(
+            caller.ref(user_id, session_id),
+            [m.model_dump(exclude_none=True) for m in body.memories],
+            body.memory_type,
+            body.skip_merge,
+            idempotency_key,
+        )
+        return AddedMemories(results=[AddedMemory(**m) for m in added])
+
     @router.get("/v1/sessions/{session_id}/memories", response_model=MemoryList, tags=["memories"])
     async def list_memories(
         session_id: SessionIdPath,
         caller: CallerDep,
         user_id: UserQuery = "default",
         memory_type: MemoryFilter = "all",
-        metadata_filter: Annotated[
-            str | None,
-            Query(
-                max_length=2048,
-                description='Only memories whose metadata has these values: a JSON object, e.g. {"k": "v"}',
-            ),
-        ] = None,
+        metadata_filter: MetadataFilterQuery = None,
     ) -> MemoryList:
         """ListMemories (every page)."""
         memories = await caller.clients.memory.list_all(
@@ -471,11 +498,15 @@ def add(router: APIRouter) -> None:
         caller: CallerDep,
         user_id: UserQuery = "default",
         memory_type: MemoryFilter = "all",
+        metadata_filter: MetadataFilterQuery = None,
         idempotency_key: IdempotencyKey = None,
     ) -> DeletedCount:
-        """ClearMemories."""
+        """ClearMemories (only those whose metadata has these values, with metadata_filter)."""
         count = await caller.clients.memory.clear(
-            caller.ref(user_id, session_id), memory_type, idempotency_key
+            caller.ref(user_id, session_id),
+            memory_type,
+            idempotency_key,
+            _json_object(metadata_filter, "query.metadata_filter"),
         )
         return DeletedCount(deleted_count=count)
 
