@@ -105,7 +105,7 @@ class AsyncAgent:
         self.last_metadata: dict[str, Any] = {}
 
     @classmethod
-    def from_stored(cls, session: AsyncSession, client: AgentAPI, stored: dict[str, Any]) -> AsyncAgent:
+    def _from_stored(cls, session: AsyncSession, client: AgentAPI, stored: dict[str, Any]) -> AsyncAgent:
         """An agent found in the session (its CLIENT tools have no functions until given again)."""
         agent = cls(session, client, stored["name"], stored.get("role") or "Assistant", stored=stored)
         agent.instructions = stored.get("instructions") or None

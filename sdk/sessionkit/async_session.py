@@ -96,13 +96,13 @@ class AsyncSession(StateMixin, MemoryMixin, KnowledgeMixin):
         """The agents stored with this session (e.g. after restoring it in a new process)."""
         client = self._agent_client()
         stored = await self._run(lambda: client.list_agents(self._ref))
-        return [AsyncAgent.from_stored(self, client, a) for a in stored]
+        return [AsyncAgent._from_stored(self, client, a) for a in stored]
 
     async def get_agent(self, name: str) -> AsyncAgent:
         """One stored agent by name (NotFound when there is none)."""
         client = self._agent_client()
         stored = await self._run(lambda: client.get_agent(self._ref, name))
-        return AsyncAgent.from_stored(self, client, stored)
+        return AsyncAgent._from_stored(self, client, stored)
 
     # -- remote agent -------------------------------------------------------------------------------
 
