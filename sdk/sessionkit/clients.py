@@ -20,7 +20,9 @@ from sessionkit.jsonvalues import JsonValue
 from sessionkit.knowledge_client import KnowledgeClient, ProgressCallback
 from sessionkit.memory_client import MemoryClient
 from sessionkit.remote import GatewayClient
-from sessionkit.remote_rest import RemoteKnowledgeClient, RemoteMemoryClient, RemoteStateClient
+from sessionkit.remote_rest import RemoteStateClient
+from sessionkit.remote_rest_knowledge import RemoteKnowledgeClient
+from sessionkit.remote_rest_memory import RemoteMemoryClient
 from sessionkit.retry import RetryPolicy
 from sessionkit.state_client import Event, SessionInfo, SessionRef, StateChange, StateClient, StateVersion
 from sessionkit.transport import Transport

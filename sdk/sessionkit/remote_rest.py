@@ -1,8 +1,8 @@
-"""The gateway's REST API (``<base>/v1/sessions/...``) behind the SDK's client interfaces: the state,
-memory and knowledge calls AsyncSession makes, with the same signatures and results as the gRPC
-clients (StateClient, MemoryClient, KnowledgeClient), so a remote session runs the same session logic
-(auto_save, ``temp:`` keys, creation on first use) as a gRPC one. What the REST API does not offer
-raises NotImplementedByServer (reason NOT_AVAILABLE_REMOTELY) naming the call.
+"""The gateway's REST API (``<base>/v1/sessions/...``) behind the SDK's client interfaces
+(sessionkit.clients): the state calls here, memory and knowledge in remote_rest_memory and
+remote_rest_knowledge, with the same signatures and results as the gRPC clients, so a remote session
+runs the same session logic (auto_save, ``temp:`` keys, creation on first use) as a gRPC one. What the
+REST API does not offer raises NotImplementedByServer (reason NOT_AVAILABLE_REMOTELY) naming the call.
 
 Every write sends an ``Idempotency-Key`` header (a fresh key per call unless the caller gives one),
 the same on each of its retries; the gateway passes it to the gRPC request's idempotency_key, so a write
@@ -12,21 +12,15 @@ first time. So writes are retried like reads, increments, appends and events inc
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from sessionkit.errors import FieldViolation, InvalidArgument, NotImplementedByServer
+from sessionkit.errors import InvalidArgument, NotImplementedByServer
 from sessionkit.ids import DEFAULT
 from sessionkit.jsonvalues import JsonValue, check_json
-from sessionkit.knowledge_client import ProgressCallback, source_kind
-from sessionkit.memory_client import memory_items, new_memory
 from sessionkit.remote import GatewayClient
 from sessionkit.state_client import Event, SessionInfo, SessionRef, StateChange, StateVersion
 
@@ -82,7 +76,7 @@ def _number(value: Any) -> int | float:
     return int(number) if number.is_integer() else number
 
 
-class _Rest:
+class Rest:
     def __init__(self, gateway: GatewayClient) -> None:
         self.gateway = gateway
 
@@ -121,7 +115,7 @@ class _Rest:
         return await self.call(method, ref, *parts, idempotency_key=key or uuid.uuid4().hex, **kwargs)
 
 
-def _unsupported(what: str) -> NotImplementedByServer:
+def unsupported(what: str) -> NotImplementedByServer:
     return NotImplementedByServer(
         f"{what} is not offered by the gateway's REST API, so not by remote (agent_url) sessions; "
         "use address='host:port' to reach the gRPC services",
@@ -129,7 +123,7 @@ def _unsupported(what: str) -> NotImplementedByServer:
     )
 
 
-class RemoteStateClient(_Rest):
+class RemoteStateClient(Rest):
     """The state calls AsyncSession makes, over ``/v1/sessions/{id}[/state|/events]``."""
 
     async def create_session(
@@ -299,211 +293,3 @@ class RemoteStateClient(_Rest):
         params = {"expected_version": expected_version}
         path = ("versions", str(int(version)), "restore")
         return int((await self.write("POST", ref, *path, key=idempotency_key, params=params))["version"])
-
-
-class RemoteMemoryClient(_Rest):
-    """The memory calls AsyncSession makes, over ``/v1/sessions/{id}/memories``."""
-
-    async def add(
-        self,
-        ref: SessionRef,
-        text: str,
-        kind: str = "long",
-        quality_score: float | None = None,
-        metadata: dict[str, JsonValue] | None = None,
-        idempotency_key: str | None = None,
-    ) -> dict[str, Any]:
-        if not isinstance(text, str):
-            raise InvalidArgument(f"memory text must be a str, not {type(text).__name__}")
-        body: dict[str, Any] = {"text": text, "memory_type": kind, "metadata": metadata}
-        if quality_score is not None:
-            body["quality_score"] = quality_score
-        return dict(await self.write("POST", ref, "memories", key=idempotency_key, json=body))
-
-    async def search(
-        self,
-        ref: SessionRef,
-        query: str,
-        kind: str = "all",
-        limit: int = 5,
-        min_quality: float | None = None,
-        metadata_filter: dict[str, JsonValue] | None = None,
-    ) -> list[dict[str, Any]]:
-        body = {
-            "query": query,
-            "memory_type": kind,
-            "limit": limit,
-            "min_quality": min_quality,
-            "metadata_filter": metadata_filter,
-        }
-        return list((await self.call("POST", ref, "memories", "search", json=body))["hits"])
-
-    async def context(self, ref: SessionRef, query: str, max_items: int = 3, kind: str = "all") -> str:
-        """The memory service's context block (BuildMemoryContext, ``POST .../memories/context``)."""
-        if max_items < 1:
-            raise InvalidArgument("invalid max_items", violations=[FieldViolation("max_items", "at least 1")])
-        body = {"query": query, "max_items": max_items, "memory_type": kind}
-        return str((await self.call("POST", ref, "memories", "context", json=body))["context"])
-
-    async def extract(
-        self,
-        ref: SessionRef,
-        messages: Any,
-        kind: str = "long",
-        metadata: dict[str, JsonValue] | None = None,
-        dry_run: bool = False,
-        idempotency_key: str | None = None,
-    ) -> dict[str, Any]:
-        raise _unsupported("memory extraction (extract_memories(), memory_config provider 'mem0')")
-
-    async def add_many(
-        self,
-        ref: SessionRef,
-        memories: Any,
-        kind: str = "long",
-        skip_merge: bool = False,
-        idempotency_key: str | None = None,
-    ) -> list[dict[str, Any]]:
-        """``POST .../memories/batch`` (AddMemories): one transaction; each item keeps its own
-        memory_type, quality_score and metadata (checked as the gRPC client checks them)."""
-        items = [new_memory(item, n) for n, item in enumerate(memory_items(memories))]
-        body = {"memories": items, "memory_type": kind, "skip_merge": skip_merge}
-        reply = await self.write("POST", ref, "memories", "batch", key=idempotency_key, json=body)
-        return [dict(m) for m in reply["results"]]
-
-    async def clear(
-        self,
-        ref: SessionRef,
-        kind: str = "all",
-        idempotency_key: str | None = None,
-        metadata_filter: dict[str, JsonValue] | None = None,
-    ) -> int:
-        params: dict[str, Any] = {"memory_type": kind}
-        if metadata_filter:
-            params["metadata_filter"] = json.dumps(check_json(metadata_filter, "metadata_filter"))
-        reply = await self.write("DELETE", ref, "memories", key=idempotency_key, params=params)
-        return int(reply["deleted_count"])
-
-    async def get(self, ref: SessionRef, memory_id: str) -> dict[str, Any]:
-        return dict(await self.call("GET", ref, "memories", memory_id))
-
-    async def list_all(
-        self, ref: SessionRef, kind: str = "all", metadata_filter: dict[str, JsonValue] | None = None
-    ) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {"memory_type": kind}
-        if metadata_filter:
-            params["metadata_filter"] = json.dumps(check_json(metadata_filter, "metadata_filter"))
-        return list((await self.call("GET", ref, "memories", params=params))["memories"])
-
-    async def update(
-        self,
-        ref: SessionRef,
-        memory_id: str,
-        text: str | None = None,
-        metadata: dict[str, JsonValue] | None = None,
-        quality_score: float | None = None,
-        idempotency_key: str | None = None,
-    ) -> dict[str, Any]:
-        body = {
-            k: v
-            for k, v in (("text", text), ("metadata", metadata), ("quality_score", quality_score))
-            if v is not None
-        }
-        return dict(await self.write("PATCH", ref, "memories", memory_id, key=idempotency_key, json=body))
-
-    async def delete(self, ref: SessionRef, memory_id: str, idempotency_key: str | None = None) -> bool:
-        reply = await self.write("DELETE", ref, "memories", memory_id, key=idempotency_key)
-        return bool(reply["deleted"])
-
-    async def history(self, ref: SessionRef, memory_id: str) -> list[dict[str, Any]]:
-        return list((await self.call("GET", ref, "memories", memory_id, "history"))["changes"])
-
-
-class RemoteKnowledgeClient(_Rest):
-    """The knowledge calls AsyncSession makes, over ``/v1/sessions/{id}/knowledge``."""
-
-    async def add(
-        self,
-        ref: SessionRef,
-        source: str | os.PathLike[str],
-        *,
-        scope: str = "session",
-        collection: str = "",
-        name: str = "",
-        content_type: str = "",
-        chunker: dict[str, Any] | None = None,
-        metadata: dict[str, JsonValue] | None = None,
-        force: bool = False,
-        on_progress: ProgressCallback | None = None,
-        idempotency_key: str | None = None,
-    ) -> dict[str, Any]:
-        """A file path on this machine is uploaded (multipart), a URL is fetched by the service, anything
-        else is text. Re-adding a source of the same name replaces it, so a repeat is harmless."""
-        kind = source_kind(source)
-        if kind == "file":
-            if chunker:
-                raise _unsupported("knowledge_config 'chunker' for uploaded files")
-            path = Path(source)
-            form = {"name": name, "scope": scope, "collection": collection, "content_type": content_type}
-            form["force"] = "true" if force else "false"
-            if metadata is not None:
-                form["metadata"] = json.dumps(check_json(metadata, "metadata"))
-            # Read in a thread (no blocking I/O on the loop); the gateway caps uploads, so this is bounded,
-            # and bytes can be sent again as they are when the upload is retried.
-            content = await asyncio.to_thread(path.read_bytes)
-            files = {"file": (path.name, content, content_type or "application/octet-stream")}
-            reply = await self.write(
-                "POST", ref, "knowledge", "files", key=idempotency_key, files=files, data=form
-            )
-        else:
-            body: dict[str, Any] = {
-                "url" if kind == "url" else "text": str(source),
-                "name": name,
-                "scope": scope,
-                "collection": collection,
-                "content_type": content_type,
-                "chunker": chunker,
-                "metadata": metadata,
-                "force": force,
-            }
-            reply = await self.write("POST", ref, "knowledge", key=idempotency_key, json=body)
-        reply = dict(reply)
-        reply["kind"] = kind
-        return reply
-
-    async def search(
-        self,
-        ref: SessionRef,
-        query: str,
-        limit: int = 5,
-        scopes: list[str] | None = None,
-        collections: list[str] | None = None,
-        source_names: list[str] | None = None,
-        metadata_filter: dict[str, JsonValue] | None = None,
-    ) -> list[dict[str, Any]]:
-        if limit < 1:
-            raise InvalidArgument("invalid limit", violations=[FieldViolation("limit", "must be at least 1")])
-        body = {
-            "query": query,
-            "limit": limit,
-            "scopes": scopes,
-            "collections": collections,
-            "source_names": source_names,
-            "metadata_filter": metadata_filter,
-        }
-        return list((await self.call("POST", ref, "knowledge", "search", json=body))["hits"])
-
-    async def list_all(self, ref: SessionRef, scopes: list[str] | None = None) -> list[dict[str, Any]]:
-        return list((await self.call("GET", ref, "knowledge", params={"scope": scopes or None}))["sources"])
-
-    async def delete(
-        self, ref: SessionRef, source: str, scope: str = "session", allow_missing: bool = False
-    ) -> int | None:
-        params = {"scope": scope, "allow_missing": allow_missing}
-        reply = await self.write("DELETE", ref, "knowledge", source, key=None, params=params)
-        return int(reply["deleted_chunk_count"]) if reply["deleted"] else None
-
-    async def clear(self, ref: SessionRef, scope: str = "session", collection: str = "") -> int:
-        params = {"scope": scope, "collection": collection}
-        reply = await self.write("DELETE", ref, "knowledge", key=None, params=params)
-        return int(reply["deleted_source_count"])
