@@ -4,6 +4,7 @@ with the same parameters; the generated methods run for real against a server, s
 
 from __future__ import annotations
 
+import ast
 import inspect
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sessionkit import Agent, AsyncAgent, AsyncSession, AsyncWorkflow, Session, Workflow
+from sessionkit import Agent, AsyncAgent, AsyncSession, AsyncWorkflow, Session, Workflow, _stubgen
 from sessionkit._sync import SyncFacade, differences, public_members, sync_of
 from sessionkit.async_session import SessionKnowledge, SessionMemory
 from sessionkit.session import SyncSessionKnowledge, SyncSessionMemory
@@ -106,3 +107,14 @@ def test_generated_methods_work_against_a_server(server: ServerThread) -> None:
         assert next(changes).state == {"a": 1}
         changes.close()  # type: ignore[attr-defined]
         assert session.state_version() == 1
+
+
+@pytest.mark.parametrize("name", sorted(_stubgen.STUBS))
+def test_the_type_stubs_are_written_from_the_async_api(name: str) -> None:
+    """session.pyi and agent_sync.pyi (what type checkers read) are what _stubgen writes today:
+    regenerate them with ``python -m sessionkit._stubgen`` after changing the async API."""
+    written = (Path(_stubgen.__file__).parent / name).read_text()
+    fresh = _stubgen.STUBS[name]()
+    assert ast.dump(ast.parse(written)) == ast.dump(ast.parse(fresh)), f"{name} is stale"
+    if name == "session.pyi":
+        assert "def iter_events(self, *, author: str = ..., page_size: int = ...) -> Iterator[Event]" in fresh

@@ -41,6 +41,17 @@ class AsyncAgent:
     """An agent of an AsyncSession. ``await agent.chat("...")`` answers; ``agent.stream("...")`` yields
     the answer's text pieces as they are generated."""
 
+    session: AsyncSession
+    name: str
+    role: str
+    instructions: str | None
+    #: The Python functions of its CLIENT tools, by name (run here when the model calls them).
+    functions: dict[str, Callable[..., Any]]
+    #: The stored definition, once created (as the service returned it).
+    definition: dict[str, Any] | None
+    #: The metadata of the last turn (model, usage, memories and chunks used, latency per step).
+    last_metadata: dict[str, Any]
+
     def __init__(
         self,
         session: AsyncSession,
@@ -74,7 +85,7 @@ class AsyncAgent:
         self.name = name
         self.role = role
         self.instructions = instructions
-        self.functions: dict[str, Callable[..., Any]] = {}
+        self.functions = {}
         declared: list[Any] = []
         for tool in tools or []:
             if callable(tool):
@@ -99,10 +110,8 @@ class AsyncAgent:
         if isinstance(knowledge, bool):
             definition["knowledge"] = knowledge
         self._definition = definition
-        #: The stored definition, once created (as the service returned it).
-        self.definition: dict[str, Any] | None = stored
-        #: The metadata of the last turn (model, usage, memories and chunks used, latency per step).
-        self.last_metadata: dict[str, Any] = {}
+        self.definition = stored
+        self.last_metadata = {}
 
     @classmethod
     def _from_stored(cls, session: AsyncSession, client: AgentAPI, stored: dict[str, Any]) -> AsyncAgent:
@@ -248,6 +257,15 @@ class AsyncWorkflow:
     each task gets the previous task's output (or the outputs of its ``context`` tasks) as context.
     ``memory``: the session's memory (``session.memory``) to use, or False/None for none."""
 
+    tasks: list[Task]
+    agents: list[AsyncAgent]
+    session: AsyncSession
+    use_memory: bool
+    input: str
+    stream: bool
+    #: The whole result once run: final_output, task_results (output and metadata per task), usage.
+    result: dict[str, Any] | None
+
     def __init__(
         self,
         agents: Sequence[Any] | None = None,
@@ -283,8 +301,7 @@ class AsyncWorkflow:
         self.use_memory = bool(memory)
         self.input = input
         self.stream = stream
-        #: The whole result once run: final_output, task_results (output and metadata per task), usage.
-        self.result: dict[str, Any] | None = None
+        self.result = None
 
     async def start(self) -> str:
         """Run the tasks; returns the last task's output (also in ``self.result``, each task's in

@@ -1,11 +1,9 @@
 """The synchronous face of agents and workflows, generated from the async implementation
 (sessionkit.agent) as Session is from AsyncSession (sessionkit._sync): every public member, with the
 same parameters and docstring; streams (``chat(stream=True)``, ``stream``, ``events``) come back as
-blocking iterators."""
+blocking iterators. Type checkers read agent_sync.pyi (sessionkit._stubgen)."""
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
 
 from sessionkit._sync import SyncFacade, sync_of
 from sessionkit.agent import AsyncAgent, AsyncWorkflow
@@ -17,21 +15,11 @@ class Agent(SyncFacade[AsyncAgent]):
     ``agent.chat("...", stream=True)`` or ``agent.stream("...")`` yields its text pieces as they are
     generated; ``agent.last_metadata`` is the last turn's metadata."""
 
-    if TYPE_CHECKING:
-
-        def __getattr__(self, name: str) -> Any: ...
-
 
 @sync_of(AsyncWorkflow, construct=True)
 class Workflow(SyncFacade[AsyncWorkflow]):
     """Agents of one Session working through tasks in order (process="sequential"); the seed's
     ``PraisonAIAgents``. ``start()`` returns the last task's output; ``result`` holds every task's."""
-
-    if TYPE_CHECKING:
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None: ...
-
-        def __getattr__(self, name: str) -> Any: ...
 
 
 #: The seed's name for a workflow.

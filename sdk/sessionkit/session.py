@@ -3,12 +3,13 @@
 Every public member of AsyncSession is here with the same name, parameters and docstring
 (sessionkit._sync): coroutines run on the SDK's background loop, async iterators (``watch_state``,
 ``iter_events``, ``chat(stream=True)``) come back as blocking iterators, agents as sync Agents.
-Only what does more than forward is written here (``Agent()`` stores the agent at once).
+Only what does more than forward is written here (``Agent()`` stores the agent at once). Type
+checkers read session.pyi, written from AsyncSession by sessionkit._stubgen.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sessionkit import _loop, agent_sync
 from sessionkit._sync import SyncFacade, same_api, sync_of
@@ -42,12 +43,6 @@ class Session(SyncFacade[AsyncSession]):
 
     The methods are AsyncSession's, run synchronously (see its methods for their documentation).
     """
-
-    if TYPE_CHECKING:
-        # The generated members are invisible to type checkers: every attribute reads as Any.
-        def __init__(self, *args: Any, **kwargs: Any) -> None: ...
-
-        def __getattr__(self, name: str) -> Any: ...
 
     @same_api(AsyncSession.Agent)
     def Agent(self, *args: Any, **kwargs: Any) -> agent_sync.Agent:

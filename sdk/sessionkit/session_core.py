@@ -80,6 +80,18 @@ def normalize_remote_url(url: str) -> str:
 class SessionCore:
     """The parts of a session that every behaviour uses (see AsyncSession for the documentation)."""
 
+    session_id: str
+    user_id: str
+    app_name: str
+    auto_save: bool
+    timeout: float
+    ttl: int | None
+    api_key: str | None
+    memory_config: dict[str, Any]
+    knowledge_config: dict[str, Any]
+    remote_url: str | None
+    storage_path: Path
+
     def __init__(
         self,
         session_id: str | None = None,

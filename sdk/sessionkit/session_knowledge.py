@@ -80,19 +80,19 @@ class SessionKnowledge:
     """``session.knowledge``: the session's knowledge methods on one object."""
 
     def __init__(self, session: KnowledgeMixin) -> None:
-        self.session = session
+        self._session = session
 
     async def add(self, source: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
-        return await self.session.add_knowledge(source, **options)
+        return await self._session.add_knowledge(source, **options)
 
     async def search(self, query: str, limit: int = 5) -> list[dict[str, Any]]:
-        return await self.session.search_knowledge(query, limit)
+        return await self._session.search_knowledge(query, limit)
 
     async def list(self) -> list[dict[str, Any]]:
-        return await self.session.list_knowledge()
+        return await self._session.list_knowledge()
 
     async def delete(self, source: str) -> bool:
-        return await self.session.delete_knowledge(source)
+        return await self._session.delete_knowledge(source)
 
     async def clear(self, scope: str = "session") -> int:
-        return await self.session.clear_knowledge(scope)
+        return await self._session.clear_knowledge(scope)

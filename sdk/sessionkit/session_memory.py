@@ -148,21 +148,21 @@ class SessionMemory:
     """``session.memory``: the session's memory methods on one object."""
 
     def __init__(self, session: MemoryMixin) -> None:
-        self.session = session
+        self._session = session
 
     async def add(self, text: str, memory_type: str = "long", **metadata: Any) -> dict[str, Any] | None:
-        return await self.session.add_memory(text, memory_type, **metadata)
+        return await self._session.add_memory(text, memory_type, **metadata)
 
     async def search(self, query: str, memory_type: str = "all", limit: int = 5) -> list[dict[str, Any]]:
-        return await self.session.search_memory(query, memory_type, limit)
+        return await self._session.search_memory(query, memory_type, limit)
 
     async def extract(
         self, messages: list[dict[str, str]], memory_type: str = "long"
     ) -> dict[str, Any] | None:
-        return await self.session.extract_memories(messages, memory_type)
+        return await self._session.extract_memories(messages, memory_type)
 
     async def context(self, query: str, max_items: int = 3) -> str:
-        return await self.session.get_memory_context(query, max_items)
+        return await self._session.get_memory_context(query, max_items)
 
     async def clear(self, memory_type: str = "all") -> int:
-        return await self.session.clear_memory(memory_type)
+        return await self._session.clear_memory(memory_type)
