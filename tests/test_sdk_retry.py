@@ -18,7 +18,10 @@ from sessionkit import (
     ServiceUnavailable,
     Session,
 )
+from sessionkit.config import ClientSettings
 from sessionkit.errors import RateLimited as ServerRateLimited
+from sessionkit.state_client import SessionRef, StateClient
+from sessionkit.transport import Transport
 from sessionkit_server.common.config import ServerSettings
 from tests.conftest import free_port
 from tests.servers import ServerThread
@@ -220,3 +223,40 @@ def test_retries_stop_before_the_sleep_that_would_pass_the_deadline(
     assert clock.delays == [pytest.approx(0.8), pytest.approx(0.8)]
     assert clock.now - 1000.0 <= 2
     assert flaky.calls == 3
+
+
+def _state_client(address: str, sleeps: Sleeps, max_attempts: int = 8) -> StateClient:
+    policy = RetryPolicy(max_attempts=max_attempts, deadline=10, sleep=sleeps)
+    return StateClient(Transport(ClientSettings(), address, Path("unused"), policy))
+
+
+@pytest.mark.parametrize(
+    "flaky_server", [Flaky(1, after_apply=True, methods={"DeleteSession"})], indirect=True
+)
+async def test_a_write_without_idempotency_key_is_not_repeated_after_it_was_sent(
+    flaky_server: tuple[ServerThread, Flaky],
+) -> None:
+    server, flaky = flaky_server
+    sleeps = Sleeps()
+    client = _state_client(server.address, sleeps)
+    ref = SessionRef("default", "u", "no_key")
+    await client.create_session(ref)
+    # DeleteSession has no idempotency key: repeating it after a lost reply would answer NOT_FOUND
+    # for a session this very call deleted. The lost reply's UNAVAILABLE is what the caller sees.
+    with pytest.raises(ServiceUnavailable):
+        await client.delete_session(ref)
+    assert flaky.calls == 1 and sleeps.delays == []
+    # allow_missing makes a repeat harmless: that form is retried.
+    await client.create_session(ref)
+    flaky.failures = 1
+    assert await client.delete_session(ref, allow_missing=True) is False  # the retry found it gone
+    assert flaky.calls == 3
+
+
+async def test_a_request_that_never_left_is_repeated_even_without_a_key() -> None:
+    sleeps = Sleeps()
+    client = _state_client(f"127.0.0.1:{free_port()}", sleeps, max_attempts=3)
+    with pytest.raises(ServiceUnavailable) as info:
+        await client.delete_session(SessionRef("default", "u", "s"))
+    assert getattr(info.value, "sent", None) is False
+    assert len(sleeps.delays) == 2

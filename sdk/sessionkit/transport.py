@@ -219,8 +219,12 @@ class Transport:
             return NotImplementedByServer(
                 f"the {service} service is not available on this server: {typed.message}", reason=typed.reason
             )
-        if isinstance(typed, ServiceUnavailable) and not typed.metadata:
-            typed.message = f"{service} service unavailable: {typed.message}"
+        if isinstance(typed, ServiceUnavailable):
+            # gRPC reports a connection that could not be opened this way: the request never left,
+            # so even a call without an idempotency key may be repeated (the retry policy reads it).
+            typed.sent = "failed to connect" not in typed.message.lower()  # type: ignore[attr-defined]
+            if not typed.metadata:
+                typed.message = f"{service} service unavailable: {typed.message}"
         return typed
 
     async def _before_retry(self, error: BaseException) -> None:
