@@ -8,11 +8,11 @@ exist)."""
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 
 from sessionkit.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound, ResourceExhausted
 from sessionkit.state_client import SessionRef
+from sessionkit_server.agent.clock import now_us
 from sessionkit_server.agent.convert import definition_bytes, definition_from_bytes
 from sessionkit_server.agent.records import AgentDefinition, IfExists
 from sessionkit_server.agent.settings import AgentSettings
@@ -24,10 +24,6 @@ from sessionkit_server.state.service import session_key
 
 #: Agent names: printable, no leading/trailing spaces.
 MAX_NAME = 128
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def check_agent_name(name: str, field_name: str = "agent.name") -> str:

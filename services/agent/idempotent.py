@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from sessionkit.errors import FieldViolation, InvalidArgument
-from sessionkit_server.agent.definitions import now_us
+from sessionkit_server.agent.clock import now_us
 from sessionkit_server.agent.store import AgentStore, Conversation
 
 

@@ -29,9 +29,10 @@ from sessionkit.errors import FieldViolation, InvalidArgument, SessionKitError
 from sessionkit.jsonvalues import JsonValue
 from sessionkit.state_client import SessionRef
 from sessionkit_server.agent import prompt as prompts
+from sessionkit_server.agent.clock import ms, now_us
 from sessionkit_server.agent.conversations import ConversationLeases
 from sessionkit_server.agent.convert import turn_result_bytes, turn_result_from_bytes
-from sessionkit_server.agent.definitions import AgentDefinitions, check_agent_name, now_us
+from sessionkit_server.agent.definitions import AgentDefinitions, check_agent_name
 from sessionkit_server.agent.idempotent import run_once
 from sessionkit_server.agent.records import (
     AgentDefinition,
@@ -43,7 +44,7 @@ from sessionkit_server.agent.records import (
 from sessionkit_server.agent.settings import AgentSettings
 from sessionkit_server.agent.tool_rounds import Rounds
 from sessionkit_server.agent.tools import BUILTINS, SERVER, ToolSpec, check_tools
-from sessionkit_server.agent.turn_context import ContextRequest, ms, read_context
+from sessionkit_server.agent.turn_context import ContextRequest, read_context
 from sessionkit_server.agent.turn_io import TurnIO
 from sessionkit_server.agent.upstream import LLMRouter, Upstream, Upstreams
 
