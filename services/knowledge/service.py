@@ -46,8 +46,8 @@ from sessionkit_server.retrieval.fusion import rrf_normalized
 
 __all__ = [
     "CHUNKING", "CREATED", "EMBEDDING", "FETCHING", "PARSING", "RECEIVING", "STORING", "UNCHANGED",
-    "UPDATED", "Hit", "IngestResult", "KnowledgeService", "KnowledgeSettings", "Progress", "ProgressFn", "collection",
-    "default_scopes", "now_us", "scope_of",
+    "UPDATED", "Hit", "IngestResult", "KnowledgeService", "KnowledgeSettings", "Progress", "ProgressFn",
+    "collection", "default_scopes", "now_us", "scope_of",
 ]  # fmt: skip
 
 
