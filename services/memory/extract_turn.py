@@ -26,6 +26,7 @@ class MemoryExtraction(MemoryWrites):
         dry_run: bool = False,
         actor: str = "",
         idem: Idempotency[ExtractResult] | None = None,
+        quality: float | None = None,
     ) -> ExtractResult:
         """Have the LLM turn a conversation turn into memory operations against the owner's related
         memories, and apply them through add/update/delete (so dedup, merging, history and the outbox
@@ -47,12 +48,16 @@ class MemoryExtraction(MemoryWrites):
             )
         turn = self._check_turn(messages)
         meta = self._check_metadata(metadata)
+        # Every memory the extraction adds gets it (as an AddMemory's quality_score).
+        quality = None if quality is None else self._check_quality(quality)
         await self._replay(owner, idem)
         if idem is not None:
             await self.store.claim(owner, idem.key, idem.method, now_us())
         done: list[Operation] = []
         try:
-            result = await self._extract(extractor, owner, turn, memory_type, meta, dry_run, actor, done)
+            result = await self._extract(
+                extractor, owner, turn, memory_type, meta, quality, dry_run, actor, done
+            )
         except BaseException:
             if idem is not None:
                 if done and not dry_run:
@@ -74,6 +79,7 @@ class MemoryExtraction(MemoryWrites):
         turn: list[Message],
         memory_type: int,
         meta: JsonObject,
+        quality: float | None,
         dry_run: bool,
         actor: str,
         done: list[Operation],
@@ -99,10 +105,10 @@ class MemoryExtraction(MemoryWrites):
                     "user_id": owner.user_id,
                 },
             )
-            await self._store_unextracted(owner, turn, memory_type, meta, dry_run, done)
+            await self._store_unextracted(owner, turn, memory_type, meta, quality, dry_run, done)
             return ExtractResult(done, extractor.model, failed=True)
         for proposal in proposals:
-            operation = await self._apply(owner, proposal, by_id, memory_type, meta, dry_run, actor)
+            operation = await self._apply(owner, proposal, by_id, memory_type, meta, quality, dry_run, actor)
             if operation is not None:
                 done.append(operation)
         return ExtractResult(done, extractor.model)
@@ -122,6 +128,7 @@ class MemoryExtraction(MemoryWrites):
         turn: list[Message],
         memory_type: int,
         meta: JsonObject,
+        quality: float | None,
         dry_run: bool,
         done: list[Operation],
     ) -> None:
@@ -137,7 +144,7 @@ class MemoryExtraction(MemoryWrites):
                 )
                 continue
             added = await self.add(
-                owner, message.content, memory_type, None, failed_meta, "extractor", skip_merge=True
+                owner, message.content, memory_type, quality, failed_meta, "extractor", skip_merge=True
             )
             done.append(Operation("NONE" if added.deduplicated else "ADD", message.content, added.memory))
 
@@ -148,6 +155,7 @@ class MemoryExtraction(MemoryWrites):
         shown: dict[str, MemoryRecord],
         memory_type: int,
         meta: JsonObject,
+        quality: float | None,
         dry_run: bool,
         actor: str,
     ) -> Operation | None:
@@ -155,7 +163,7 @@ class MemoryExtraction(MemoryWrites):
         if proposal.type == "ADD":
             if dry_run:
                 return Operation("ADD", fact, self._preview(owner, memory_type, fact))
-            added = await self.add(owner, fact, memory_type, None, meta, actor)
+            added = await self.add(owner, fact, memory_type, quality, meta, actor)
             # Already stored (exactly, or merged into a near-duplicate): the fact was known.
             kind = "NONE" if added.deduplicated or added.merged else "ADD"
             return Operation(kind, fact, added.memory)

@@ -295,6 +295,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
                 request.dry_run,
                 request.actor,
                 idem,
+                quality=request.quality_score if request.HasField("quality_score") else None,
             ),
         )
 
