@@ -349,6 +349,7 @@ class RemoteMemoryClient(_Rest):
         metadata: dict[str, JsonValue] | None = None,
         dry_run: bool = False,
         idempotency_key: str | None = None,
+        quality: float | None = None,
     ) -> dict[str, Any]:
         raise _unsupported("memory extraction (extract_memories(), memory_config provider 'mem0')")
 

@@ -62,8 +62,8 @@ from sessionkit_server.agent.tools import (
     parse_arguments,
     result_json,
 )
+from sessionkit_server.common.identity import session_key
 from sessionkit_server.common.paging import page_size, page_token, read_token
-from sessionkit_server.state.service import session_key
 
 log = logging.getLogger("sessionkit.agent")
 

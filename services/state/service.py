@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
@@ -25,9 +24,11 @@ from sessionkit.errors import (
     SessionNotFound,
     StateConflict,
 )
-from sessionkit.ids import DEFAULT, id_violation, key_violation, new_session_id
+from sessionkit.ids import key_violation
 from sessionkit.jsonvalues import JsonValue, check_json, dumps
 from sessionkit_server.common import paging
+from sessionkit_server.common.identity import session_key as session_key  # re-exported
+from sessionkit_server.common.timestamps import now_us as now_us  # re-exported
 from sessionkit_server.state.limits import StateLimits
 from sessionkit_server.state.store import (
     EVENT_RESPONSE_PREFIX,
@@ -48,10 +49,6 @@ log = logging.getLogger("sessionkit.state")
 SCOPES = ("user:", "app:")
 TEMP = "temp:"
 IDEMPOTENCY_TTL_US = 24 * 3600 * 1_000_000
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass
@@ -79,24 +76,6 @@ class ChangeView:
     value: JsonValue
     state: JsonObject
     time_us: int
-
-
-def session_key(app_name: str, user_id: str, session_id: str, *, generate: bool = False) -> SessionKey:
-    app_name, user_id = app_name or DEFAULT, user_id or DEFAULT
-    if not session_id and generate:
-        session_id = new_session_id()
-    violations = [
-        v
-        for v in (
-            id_violation("session.app_name", app_name),
-            id_violation("session.user_id", user_id),
-            id_violation("session.session_id", session_id),
-        )
-        if v
-    ]
-    if violations:
-        raise InvalidArgument("invalid session reference", violations=violations)
-    return SessionKey(app_name, user_id, session_id)
 
 
 def _check_key(key: str, field: str = "key") -> str:

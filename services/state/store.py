@@ -19,6 +19,9 @@ from typing import TypeVar
 from sessionkit.errors import FailedPrecondition
 from sessionkit.jsonvalues import JsonValue
 
+# Defined once for every service; re-exported for the state store's implementations.
+from sessionkit_server.common.identity import SessionKey as SessionKey
+
 JsonObject = dict[str, JsonValue]
 T = TypeVar("T")
 #: Stored responses of idempotent event appends start with this; state writes store JSON. A key
@@ -32,13 +35,6 @@ def key_reused(idempotency_key: str, first_use: str) -> FailedPrecondition:
         "use a new key for every distinct request",
         reason="IDEMPOTENCY_KEY_REUSED",
     )
-
-
-@dataclass(frozen=True, order=True)
-class SessionKey:
-    app_name: str
-    user_id: str
-    session_id: str
 
 
 class Operation(enum.IntEnum):
