@@ -17,7 +17,8 @@ from fastapi import APIRouter, File, Form, Path, Query, Response, UploadFile
 from fastapi.responses import StreamingResponse
 from pydantic import Json
 
-from sessionkit.errors import FieldViolation, InternalError, InvalidArgument, NotFound, SessionKitError
+from sessionkit import reasons
+from sessionkit.errors import FieldViolation, InternalError, InvalidArgument, SessionKitError
 from sessionkit.jsonvalues import check_json, to_struct
 from sessionkit.knowledge_client import Stub as KnowledgeStub
 from sessionkit.knowledge_client import chunker_message, result_dict, scope_message
@@ -211,7 +212,7 @@ def add(router: APIRouter) -> None:
         """GetState of one key; 404 (STATE_KEY_NOT_FOUND) when it is not set."""
         state, version = await caller.clients.state.get_state(caller.ref(user_id, session_id), [key])
         if key not in state:
-            raise NotFound(f"key {key!r} is not set in session {session_id!r}", reason="STATE_KEY_NOT_FOUND")
+            raise reasons.STATE_KEY_NOT_FOUND.error(key=key, session_id=session_id)
         return ValueOut(key=key, value=state[key], version=version)
 
     @router.put("/v1/sessions/{session_id}/state/{key:path}", response_model=Version, tags=["state"])
@@ -677,9 +678,8 @@ def _json_object(text: str | None, field: str) -> dict[str, Any] | None:
     except ValueError:
         value = None
     if not isinstance(value, dict):
-        raise InvalidArgument(
-            f"{field} must be a JSON object",
-            reason="INVALID_REQUEST",
+        raise reasons.INVALID_REQUEST.error(
+            detail=f"{field} must be a JSON object",
             violations=[FieldViolation(field, 'a JSON object, e.g. {"k": "v"}')],
         )
     return value
