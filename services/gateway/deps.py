@@ -105,6 +105,8 @@ def _take(gateway: Gateway, bucket: str) -> None:
 
 CallerDep = Annotated[Caller, Depends(caller)]
 SessionIdPath = Annotated[str, Path(pattern=ID_REGEX, description="Session id")]
+PageSize = Annotated[int, Query(ge=0, le=1000, description="0: the server's default")]
+PageToken = Annotated[str, Query(max_length=4096)]
 UserQuery = Annotated[str, Query(pattern=ID_REGEX, description="User id (default 'default')")]
 #: Writes: the same key (1-128 printable ASCII characters, e.g. a UUID) repeated applies the write once
 #: and answers its first reply; passed through as the gRPC request's idempotency_key. Omitted: a fresh
