@@ -220,7 +220,7 @@ def test_the_docs_name_no_reason_that_does_not_exist() -> None:
 
 def test_each_reason_is_consistent() -> None:
     for name, reason in reasons.REGISTRY.items():
-        fields = {f: f"<{f}>" for f in reason.fields}
+        fields: dict[str, Any] = {f: f"<{f}>" for f in reason.fields}
         error = reason.error(**fields, metadata={"k": "v"})
         assert type(error) is reason.exception and error.reason == name
         assert error.metadata == {"k": "v"} and all(v in error.message for v in fields.values())
@@ -257,7 +257,8 @@ GET_STATE = "/sessionkit.v1.StateService/GetState"
 async def _raise_named(request: state_pb2.GetStateRequest, context: Any) -> state_pb2.GetStateResponse:
     """GetState that raises the reason named by the first key (the interceptor sends it as a status)."""
     reason = reasons.REGISTRY[request.keys[0]]
-    raise reason.error(**{f: f"<{f}>" for f in reason.fields}, metadata={"probe": reason.name})
+    fields: dict[str, Any] = {f: f"<{f}>" for f in reason.fields}
+    raise reason.error(**fields, metadata={"probe": reason.name})
 
 
 class _OneAttempt(Upstream):
