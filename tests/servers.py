@@ -80,10 +80,14 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def wait_serving(target: str, timeout: float = 30.0) -> None:
+def wait_serving(target: str, timeout: float = 30.0, child: ChildProcess | None = None) -> None:
+    """Until the gRPC health check at ``target`` answers SERVING; with ``child`` (the server's process),
+    fails at once, with its log, when that exits instead."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
+        if child is not None and child.returncode is not None:
+            raise RuntimeError(f"the server exited with {child.returncode}:\n{child.log()[-3000:]}")
         try:
             with grpc.insecure_channel(target) as channel:
                 reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
@@ -182,7 +186,7 @@ class ServerProcess:
             env=env,
         )
         try:
-            wait_serving(self.address)
+            wait_serving(self.address, child=self.child)
         except TimeoutError as error:
             self.child.kill()
             raise TimeoutError(f"{error}; its log:\n{self.child.log()[-3000:]}") from None
