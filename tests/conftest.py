@@ -41,14 +41,29 @@ async def _pg_admin(dsn: str, sql: str) -> None:
         await conn.close()
 
 
+def _announce(config: pytest.Config, line: str) -> None:
+    """A line on the terminal even while output is captured: a run on another server than configured
+    is news to whoever reads the results."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line(f"\n{line}")
+
+
 @pytest.fixture(scope="session")
-def pg_admin_dsn() -> Iterator[str]:
+def pg_admin_dsn(pytestconfig: pytest.Config) -> Iterator[str]:
     """The admin DSN of the PostgreSQL server of this run: SESSIONKIT_TEST_PG (default
     postgresql://postgres@127.0.0.1:5432/test), or a throwaway server started from the installed
     binaries when nothing listens there. Fails, never skips: the PostgreSQL path is part of what the
     suite proves."""
+    configured = os.environ.get("SESSIONKIT_TEST_PG") or pg_server.DEFAULT_DSN
     try:
-        with pg_server.admin_dsn(os.environ.get("SESSIONKIT_TEST_PG")) as dsn:
+        with pg_server.admin_dsn(configured) as dsn:
+            if dsn != configured:
+                why = "asked for" if configured == pg_server.THROWAWAY else f"nothing listens at {configured}"
+                _announce(pytestconfig, f"PostgreSQL: a throwaway server at {dsn} ({why})")
             yield dsn
     except pg_server.PostgresUnavailable as error:
         pytest.fail(str(error))

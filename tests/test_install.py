@@ -99,7 +99,7 @@ def make_venv(path: Path, *requirements: str) -> Path:
     started = time.monotonic()
     install = subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--disable-pip-version-check",
-         "--quiet", "--cache-dir", str(_cache_root() / "pip"), *requirements],
+         "--quiet", "--no-compile", "--cache-dir", str(_cache_root() / "pip"), *requirements],
         capture_output=True, text=True, timeout=INSTALL_TIMEOUT, env=user_env(),
     )  # fmt: skip
     if install.returncode != 0:
