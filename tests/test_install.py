@@ -255,7 +255,14 @@ def test_the_state_extra_alone_serves_state_and_names_the_missing_extras(
     assert importable == ["sqlalchemy", "sessionkit_server"]
 
     port = free_port()
-    serve = [venv / "bin" / "sessionkit", "serve", "--service", "state", "--port", str(port)]
+    serve: list[str | Path] = [
+        venv / "bin" / "sessionkit",
+        "serve",
+        "--service",
+        "state",
+        "--port",
+        str(port),
+    ]
     with ChildProcess(
         [str(a) for a in serve], tmp_path / "serve-state.log", cwd=work, env=user_env()
     ) as server:
