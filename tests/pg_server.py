@@ -83,7 +83,7 @@ def throwaway_server() -> Iterator[str]:
             f"{', '.join(BIN_GLOBS)} or on PATH: install them (Debian/Ubuntu: apt-get install postgresql)"
         )
     as_user: dict[str, Any] = {}
-    root = Path(tempfile.mkdtemp(prefix="sessionkit-pg-"))
+    root = Path(tempfile.mkdtemp(prefix="sessionkit-pg-", dir=_reachable_tempdir()))
     try:
         if os.geteuid() == 0:
             try:
@@ -115,6 +115,15 @@ def throwaway_server() -> Iterator[str]:
             _run([bindir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"], as_user, "pg_ctl stop")
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _reachable_tempdir() -> str:
+    """The temporary directory, unless the server user could not reach into it (as root, TMPDIR may
+    sit under a private home): then /tmp."""
+    base = Path(tempfile.gettempdir()).resolve()
+    if os.geteuid() != 0 or all(p.stat().st_mode & 0o001 for p in (base, *base.parents)):
+        return str(base)
+    return "/tmp"
 
 
 def _run(args: list[Any], as_user: dict[str, Any], what: str, log: Path | None = None) -> None:

@@ -10,8 +10,9 @@ fresh virtualenv of its own (dependencies from the package registry, through a p
   ``sessionkit serve --service state`` serves a round trip, ``--service memory`` fails at once naming
   'sessionkit-server[memory]'.
 
-Measured on this 2-core machine with a warm pip cache: both wheels ~3 s, the SDK venv ~6 s, the
-state venv ~8 s; each test ~25-40 s in all (the server's embedding model load dominates the first).
+Measured on this 2-core machine (shared, load ~6): both wheels ~3 s; with a warm pip cache the SDK
+venv installs in ~5 s and the state venv in ~8 s, and the two tests take ~45 s in all (the full
+server's model load and the agent turn dominate the first); with an empty cache ~2 min.
 """
 
 from __future__ import annotations
