@@ -21,7 +21,7 @@ import pytest
 from sessionkit import Session
 from sessionkit.embedded import socket_path
 from tests.conftest import free_port
-from tests.servers import ServerThread, child_env, wait_serving
+from tests.servers import ChildProcess, ServerThread, child_env, wait_serving
 
 pytestmark = pytest.mark.slow
 
@@ -202,13 +202,11 @@ def test_serve_serves_and_exits_0_on_sigterm_within_the_drain_time(tmp_path: Pat
     port = free_port()
     data_dir = tmp_path / "data"
     drain = 3.0
-    proc = subprocess.Popen(
+    proc = ChildProcess(
         [sys.executable, "-m", "sessionkit.cli", "serve", "--port", str(port), "--data-dir", str(data_dir)],
+        tmp_path / "serve.log",
         cwd=tmp_path,
         env=child_env(SESSIONKIT_DRAIN_SECONDS=str(drain)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
     )
     watcher: subprocess.Popen[str] | None = None
     try:
@@ -235,15 +233,14 @@ def test_serve_serves_and_exits_0_on_sigterm_within_the_drain_time(tmp_path: Pat
         rest, _ = watcher.communicate(timeout=15)
         assert watcher.returncode == 0 and rest.split() == ["UNAVAILABLE"], (watcher.returncode, rest)
     finally:
-        for child in (proc, watcher):
-            if child is not None and child.poll() is None:
-                child.kill()
-                child.wait(timeout=10)
-        if watcher is not None and watcher.stdout is not None:
-            watcher.stdout.close()
-        assert proc.stderr is not None
-        with proc.stderr:
-            log = proc.stderr.read()
+        proc.kill()
+        if watcher is not None:
+            if watcher.poll() is None:
+                watcher.kill()
+                watcher.wait(timeout=10)
+            if watcher.stdout is not None:
+                watcher.stdout.close()
+        log = proc.log()
     assert code == 0, log
     assert took < drain + 2, f"exit took {took:.1f}s after SIGTERM (drain {drain}s)"
     assert "Traceback" not in log

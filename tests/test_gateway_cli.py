@@ -5,7 +5,6 @@ know the documented protocol: curl, and a plain ``requests`` script."""
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import pytest
 from sessionkit_server.common.config import ServerSettings
 from tests.conftest import free_port
 from tests.llm_server import LLMServer, llm_server_fixture  # noqa: F401 - the llm_server fixture
-from tests.servers import ServerThread, child_env
+from tests.servers import ChildProcess, ServerThread, child_env
 
 pytestmark = pytest.mark.slow
 
@@ -44,10 +43,10 @@ print(legacy["response"])
 """
 
 
-def wait_http(url: str, proc: subprocess.Popen[str], timeout: float = 60) -> None:
+def wait_http(url: str, proc: ChildProcess, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert proc.poll() is None, f"serve exited with {proc.returncode}"
+        assert proc.returncode is None, f"serve exited with {proc.returncode}:\n{proc.log()[-3000:]}"
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                 return
@@ -57,20 +56,11 @@ def wait_http(url: str, proc: subprocess.Popen[str], timeout: float = 60) -> Non
     raise TimeoutError(f"{url}/health not 200 after {timeout}s")
 
 
-def stop(proc: subprocess.Popen[str]) -> str:
-    """SIGTERM; asserts a clean exit 0 and no traceback; returns stderr."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-    assert proc.stderr is not None
-    with proc.stderr:
-        log = proc.stderr.read()
-    assert proc.returncode == 0, log
+def stop(proc: ChildProcess) -> str:
+    """SIGTERM; asserts a clean exit 0 and no traceback; returns its output."""
+    code = proc.stop(timeout=30)
+    log = proc.log()
+    assert code == 0, log
     assert "Traceback" not in log, log
     return log
 
@@ -79,11 +69,12 @@ def stop(proc: subprocess.Popen[str]) -> str:
 def served(tmp_path: Path, llm_server: LLMServer) -> Iterator[str]:
     """``sessionkit serve`` with every service and the gateway; yields the gateway's URL."""
     http_port = free_port()
-    proc = subprocess.Popen(
+    proc = ChildProcess(
         [
             sys.executable, "-m", "sessionkit.cli", "serve", "--port", str(free_port()),
             "--http-port", str(http_port), "--data-dir", str(tmp_path / "data"),
         ],
+        tmp_path / "serve.log",
         cwd=tmp_path,
         env=child_env(
             SESSIONKIT_LLM_BASE_URL=llm_server.base_url,
@@ -92,9 +83,6 @@ def served(tmp_path: Path, llm_server: LLMServer) -> Iterator[str]:
             SESSIONKIT_DRAIN_SECONDS="2",
             HF_HUB_OFFLINE="1",
         ),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{http_port}"
     try:
@@ -151,10 +139,10 @@ def test_serve_gateway_alone_in_front_of_remote_services(tmp_path: Path) -> None
     settings = ServerSettings(port=0, data_dir=tmp_path / "data", services=["state"], log_format="text")
     services = ServerThread(settings).start()
     http_port = free_port()
-    proc = subprocess.Popen(
+    proc = ChildProcess(
         [sys.executable, "-m", "sessionkit.cli", "serve", "--service", "gateway",
          "--address", services.address, "--http-port", str(http_port)],
-        cwd=tmp_path, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        tmp_path / "serve.log", cwd=tmp_path, env=child_env(),
     )  # fmt: skip
     url = f"http://127.0.0.1:{http_port}"
     try:
@@ -209,12 +197,12 @@ def test_serve_refuses_auth_off_on_a_public_interface(tmp_path: Path) -> None:
 def test_serve_with_api_keys_checks_them_on_http_and_on_grpc(tmp_path: Path) -> None:
     key = "serve-key-0123456789abcdef"
     grpc_port, http_port = free_port(), free_port()
-    proc = subprocess.Popen(
+    proc = ChildProcess(
         [sys.executable, "-m", "sessionkit.cli", "serve", "--service", "state", "--port", str(grpc_port),
          "--http-port", str(http_port), "--data-dir", str(tmp_path / "data")],
+        tmp_path / "serve.log",
         cwd=tmp_path,
         env=child_env(SESSIONKIT_API_KEYS=json.dumps({key: "acme"}), SESSIONKIT_DRAIN_SECONDS="2"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{http_port}"
     try:

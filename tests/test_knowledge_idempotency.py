@@ -17,7 +17,7 @@ import pytest
 from sessionkit import RetryPolicy, Session
 from sessionkit.errors import from_rpc_error
 from sessionkit.v1 import common_pb2, knowledge_pb2, knowledge_pb2_grpc
-from sessionkit_server.memory.store import IDEMPOTENCY_TTL_US
+from sessionkit_server.common.idempotency import IDEMPOTENCY_TTL_US
 from tests.conftest import _truncate
 from tests.servers import ServerThread
 from tests.test_knowledge import _settings

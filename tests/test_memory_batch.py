@@ -21,9 +21,9 @@ from sessionkit_server.memory import tables as t
 from sessionkit_server.memory.batching import EmbeddingBatcher
 from sessionkit_server.memory.service import MemoryService, content_hash
 from sessionkit_server.memory.store import MemoryRecord, MemoryStore, Owner, app_collection, vector_collection
-from sessionkit_server.memory.tokens import details, lexical_terms
 from sessionkit_server.retrieval.embeddings import LocalEmbedder
 from sessionkit_server.retrieval.vector_index import ChromaIndex
+from sessionkit_server.retrieval.words import details, lexical_terms
 from tests.chroma_server import chroma_server  # noqa: F401 - fixture
 from tests.servers import ServerThread
 from tests.test_memory import memory_server  # noqa: F401 - fixture (SQLite, PostgreSQL, Chroma server)

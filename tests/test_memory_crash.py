@@ -41,7 +41,12 @@ def serve(data_dir: Path, port: int, **env: str) -> subprocess.Popen[bytes]:
         stderr=subprocess.DEVNULL,
     )
     # The restarted server applies the outbox before serving, loading the model: slow on a busy machine.
-    wait_serving(f"127.0.0.1:{port}", timeout=180)
+    try:
+        wait_serving(f"127.0.0.1:{port}", timeout=180)
+    except TimeoutError:
+        proc.kill()
+        proc.wait(timeout=10)
+        raise
     return proc
 
 

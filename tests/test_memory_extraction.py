@@ -419,3 +419,33 @@ def test_a_repeated_extraction_with_the_same_key_applies_once(
     assert again == first and third == first
     assert len(llm_server.chat_requests) == 1
     assert [m["text"] for m in rag(server).list_memories()] == ["The user plays the cello"]
+
+
+def test_add_memories_keeps_each_items_type_quality_and_metadata(
+    server: ServerThread, llm_server: LLMServer
+) -> None:
+    llm_server.reply(ops({"type": "ADD", "fact": "The user is vegetarian"}))
+    llm_server.reply(ops({"type": "ADD", "fact": "The user is in Rome this week"}))
+    s = mem0(server)
+    results = s.add_memories(
+        [
+            {"text": "I'm vegetarian", "quality_score": 0.9, "metadata": {"topic": "food"}},
+            {"text": "I'm in Rome this week", "memory_type": "short", "metadata": {"topic": "travel"}},
+        ]
+    )
+    assert results is not None
+    first, second = (r["operations"][0]["memory"] for r in results)
+    assert (first["memory_type"], first["quality_score"], first["metadata"]) == (
+        "long",
+        0.9,
+        {"topic": "food"},
+    )
+    assert (second["memory_type"], second["quality_score"], second["metadata"]) == (
+        "short",
+        0.5,
+        {"topic": "travel"},
+    )
+    assert {m["text"]: m["memory_type"] for m in s.list_memories()} == {
+        "The user is vegetarian": "long",
+        "The user is in Rome this week": "short",
+    }

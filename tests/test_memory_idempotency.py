@@ -23,8 +23,10 @@ from sessionkit.errors import from_rpc_error
 from sessionkit.v1 import common_pb2, memory_pb2, memory_pb2_grpc
 from sessionkit_server.common.config import ServerSettings
 from sessionkit_server.common.db import Database
+from sessionkit_server.common.idempotency import IDEMPOTENCY_TTL_US, Idempotency, Replayed
+from sessionkit_server.common.identity import Owner
 from sessionkit_server.common.migrate import alembic_config
-from sessionkit_server.memory.store import IDEMPOTENCY_TTL_US, Idempotency, MemoryStore, Owner, Replayed
+from sessionkit_server.memory.store import MemoryStore
 from tests.conftest import _truncate
 from tests.llm_server import LLMServer, llm_server_fixture  # noqa: F401 - the llm_server fixture
 from tests.servers import ServerThread
@@ -314,10 +316,11 @@ async def test_migrations_upgrade_a_0001_database(tmp_path: Path) -> None:
         return version, columns, texts
 
     version, columns, texts = await db.read(check)
-    assert version == "m0003"
-    assert columns == ["app_name", "user_id", "key", "method", "response", "create_us"]
+    assert version == "m0004"
+    # m0004: the shared shape of idempotency tables (sessionkit_server.common.idempotency).
+    assert columns == ["app_name", "user_id", "scope", "key", "method", "response", "create_us"]
     assert texts == ["kept"]
     # m0003: outbox entries say which partition their vector is in; an older entry has none.
     (entry,) = await store.pending()
-    assert (entry.memory_id, entry.action, entry.vector_collection) == ("m-old", "upsert", None)
+    assert (entry.row_id, entry.collection) == ("m-old", None)
     await db.close()

@@ -107,6 +107,7 @@ def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
     readable, _, _ = select.select([proc.stdout], [], [], timeout)
     if not readable:
         proc.kill()
+        proc.wait(timeout=10)
         pytest.fail(f"no output from child {proc.pid} within {timeout}s")
     return proc.stdout.readline()
 

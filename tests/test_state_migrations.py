@@ -20,11 +20,11 @@ from sessionkit_server.common.db import normalize_url
 from sessionkit_server.state import tables
 from sessionkit_server.state.sql_store import MIGRATIONS, VERSION_TABLE, SqlStateStore
 from sessionkit_server.state.store import SessionKey
-from tests.conftest import BACKENDS, PG_ADMIN_DSN
+from tests.conftest import BACKENDS
 
 
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
+async def _admin(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(sql)
     finally:
@@ -37,15 +37,16 @@ async def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Asyn
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'migrate.db'}"
         return
+    admin: str = request.getfixturevalue("pg_admin_dsn")
     name = f"sk_migrate_{uuid.uuid4().hex[:10]}"
     try:
-        await _admin(f'CREATE DATABASE "{name}"')
+        await _admin(admin, f'CREATE DATABASE "{name}"')
     except (OSError, asyncpg.PostgresError) as error:
-        pytest.fail(f"PostgreSQL at {PG_ADMIN_DSN} is needed for the postgres migration test: {error}")
+        pytest.fail(f"PostgreSQL at {admin} is needed for the postgres migration test: {error}")
     try:
-        yield f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}".replace("postgresql://", "postgresql+asyncpg://")
+        yield f"{admin.rsplit('/', 1)[0]}/{name}".replace("postgresql://", "postgresql+asyncpg://")
     finally:
-        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await _admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _differences(connection: Connection) -> list[Any]:

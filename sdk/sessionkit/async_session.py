@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
 from urllib.parse import urlparse
 
+from sessionkit import reasons
 from sessionkit.agent import AsyncAgent
 from sessionkit.agent_client import AgentClient
 from sessionkit.config import ClientSettings
 from sessionkit.errors import (
-    FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotImplementedByServer,
@@ -197,10 +197,10 @@ class AsyncSession:
     def _check_local(self) -> None:
         """Agents run on the gRPC agent service. State, memory and knowledge work in both modes."""
         if self.is_remote:
-            raise NotImplementedByServer(
-                "a remote (agent_url) session talks to the remote agent with chat()/send_message(); "
-                "session agents need the gRPC services (address='host:port')",
-                reason="NOT_AVAILABLE_REMOTELY",
+            raise reasons.NOT_AVAILABLE_REMOTELY.error(
+                what="a session agent",
+                why="a remote session talks to the remote agent with chat()/send_message(); session agents "
+                "run on the gRPC agent service",
             )
 
     async def _ensure(self) -> None:
@@ -379,7 +379,7 @@ class AsyncSession:
 
         With provider "mem0" the text goes through LLM fact extraction instead (as the user's message
         of a turn, see ``extract_memories``): the result is ``{"operations": [...], "model": ...,
-        "extraction_failed": ...}`` and ``quality_score`` is not used."""
+        "extraction_failed": ...}``; the memories it adds get ``quality_score`` and ``metadata``."""
         quality = metadata.pop("quality_score", None)
         if not self._check_memory():
             return None
@@ -387,7 +387,7 @@ class AsyncSession:
             if not isinstance(text, str):
                 raise InvalidArgument(f"memory text must be a str, not {type(text).__name__}")
             return await self._memory.extract(
-                self._ref, [{"role": "user", "content": text}], memory_type, metadata
+                self._ref, [{"role": "user", "content": text}], memory_type, metadata, quality=quality
             )
         return await self._memory.add(self._ref, text, memory_type, quality, metadata)
 
@@ -568,9 +568,8 @@ class AsyncSession:
             return 0
         if metadata_filter:
             if not isinstance(self._memory, MemoryClient):
-                raise NotImplementedByServer(
-                    "clear_memory(metadata_filter=...) is not available on a remote session",
-                    reason="NOT_AVAILABLE_REMOTELY",
+                raise reasons.NOT_AVAILABLE_REMOTELY.error(
+                    what="clear_memory(metadata_filter=...)", why="the gateway's REST API does not offer it"
                 )
             return await self._memory.clear(self._ref, memory_type, metadata_filter=metadata_filter)
         return await self._memory.clear(self._ref, memory_type)
@@ -587,8 +586,13 @@ class AsyncSession:
             # Extraction is per turn, and the REST API adds one memory per request.
             out: list[dict[str, Any]] = []
             for m in memories:
-                text = m if isinstance(m, str) else m["text"]
-                added = await self.add_memory(text, memory_type)
+                if isinstance(m, str):
+                    added = await self.add_memory(m, memory_type)
+                else:  # each item's own type, quality and metadata, as add_many sends them
+                    meta = dict(m.get("metadata") or {})
+                    if m.get("quality_score") is not None:
+                        meta["quality_score"] = m["quality_score"]
+                    added = await self.add_memory(m["text"], m.get("memory_type") or memory_type, **meta)
                 out.append(added or {})
             return out
         return await self._memory.add_many(self._ref, memories, memory_type)
@@ -678,11 +682,7 @@ class AsyncSession:
         ``stream=True``: an async iterator of the reply's text pieces as the agent produces them
         (``async for piece in await session.chat("hi", stream=True)``)."""
         if self._remote is None:
-            raise FailedPrecondition(
-                "chat() talks to a remote agent: create the session with agent_url= (or remote_url=); "
-                "for a local agent use session.Agent(...).chat()",
-                reason="NOT_REMOTE",
-            )
+            raise reasons.NOT_REMOTE.error()
         if stream:
             return self._remote.chat_stream(self.session_id, self.user_id, message, kwargs)
         answer = await self._remote.chat(self.session_id, self.user_id, message, kwargs)

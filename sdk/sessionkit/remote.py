@@ -50,20 +50,21 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from sessionkit import reasons
 from sessionkit.errors import (
     FieldViolation,
     InvalidArgument,
-    ServiceUnavailable,
+    RemoteConnectionError,
     SessionKitError,
     from_status,
     to_status,
 )
 from sessionkit.retry import UPSTREAM_GAVE_UP, RetryPolicy
 
+__all__ = ["GatewayClient", "RemoteConnectionError", "agent_base_url"]
+
 #: Statuses that mean "the server (or a proxy in front of it) could not serve this now".
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
-BAD_RESPONSE = "BAD_REMOTE_RESPONSE"
-TLS_FAILED = "TLS_FAILED"
 
 
 def _tls_failure(error: BaseException) -> bool:
@@ -77,26 +78,25 @@ def _tls_failure(error: BaseException) -> bool:
     return False
 
 
-class RemoteConnectionError(ConnectionError, ServiceUnavailable):
-    """The remote agent could not be reached, or kept answering 502/503/504, within the timeout.
-
-    A ``ConnectionError`` as in the seed (``except ConnectionError`` keeps working) and a
-    ``ServiceUnavailable`` like the gRPC transport's errors. ``sent`` is False when no byte of the
-    request reached the server (the connection was refused), so repeating it is always safe."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        reason: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-        retry_after: float | None = None,
-        sent: bool = True,
-        status: int | None = None,
-    ) -> None:
-        ServiceUnavailable.__init__(self, message, reason=reason, metadata=metadata, retry_after=retry_after)
-        self.sent = sent
-        self.status = status
+def _unreachable(
+    reason: reasons.Reason[Any],
+    *,
+    sent: bool = True,
+    status: int | None = None,
+    metadata: Mapping[str, str] | None = None,
+    retry_after: float | None = None,
+    **fields: object,
+) -> RemoteConnectionError:
+    """A failure to get an answer, as the one class callers catch for it (a ``ConnectionError``) whatever
+    the reason's own class; the message is the reason's."""
+    return RemoteConnectionError(
+        reason.format(**fields),
+        reason=reason.name,
+        metadata=metadata,
+        retry_after=retry_after,
+        sent=sent,
+        status=status,
+    )
 
 
 def agent_base_url(agent_url: str) -> str:
@@ -133,7 +133,7 @@ def _is_retryable(idempotent: bool) -> Any:
     def predicate(error: BaseException) -> bool:
         if getattr(error, "reason", None) in UPSTREAM_GAVE_UP:
             return False  # the service behind already retried its LLM; asking again only adds load
-        if getattr(error, "reason", None) in (BAD_RESPONSE, TLS_FAILED):
+        if reasons.BAD_REMOTE_RESPONSE.matches(error) or reasons.TLS_FAILED.matches(error):
             return False  # not transient: a bad certificate or a non-JSON server stays so
         if isinstance(error, RemoteConnectionError):
             return idempotent or not error.sent
@@ -253,9 +253,10 @@ class GatewayClient:
         headers = {"Idempotency-Key": uuid.uuid4().hex}
         answer = await self.request("POST", self.agent_url, json=body, headers=headers, idempotent=True)
         if not isinstance(answer, dict) or not isinstance(answer.get("response"), str):
-            raise RemoteConnectionError(
-                f"the remote agent at {self.agent_url} answered without a 'response' text: {answer!r:.200}",
-                reason=BAD_RESPONSE,
+            raise _unreachable(
+                reasons.BAD_REMOTE_RESPONSE,
+                detail=f"the remote agent at {self.agent_url} answered without a 'response' text: "
+                f"{answer!r:.200}",
                 status=200,
             )
         return answer
@@ -286,10 +287,10 @@ class GatewayClient:
                         yield text
                 elif event == "result":
                     if not isinstance(data, dict) or not isinstance(data.get("response"), str):
-                        raise RemoteConnectionError(
-                            f"the remote agent at {self.agent_url} ended its stream without a 'response' "
-                            f"text: {data!r:.200}",
-                            reason=BAD_RESPONSE,
+                        raise _unreachable(
+                            reasons.BAD_REMOTE_RESPONSE,
+                            detail=f"the remote agent at {self.agent_url} ended its stream without a "
+                            f"'response' text: {data!r:.200}",
                             status=200,
                         )
                     if not streamed and data["response"]:
@@ -385,10 +386,10 @@ class GatewayClient:
                 with trying:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
-                        raise RemoteConnectionError(
-                            f"no answer from the remote agent at {url} within the {self.policy.deadline:g}s "
-                            "timeout",
-                            reason="DEADLINE_EXCEEDED",
+                        raise _unreachable(
+                            reasons.DEADLINE_EXCEEDED,
+                            detail=f"no answer from the remote agent at {url} within the "
+                            f"{self.policy.deadline:g}s timeout",
                         )
                     return await attempt(remaining)
         except RemoteConnectionError as error:
@@ -431,32 +432,27 @@ class GatewayClient:
             yield
         except httpx.ConnectError as error:
             if _tls_failure(error):
-                raise RemoteConnectionError(
-                    f"TLS with the remote agent at {url} failed: {error}. For a private CA, point "
-                    "SSL_CERT_FILE at its certificate",
-                    reason=TLS_FAILED,
-                    sent=False,
-                ) from error
-            raise RemoteConnectionError(
-                f"cannot connect to the remote agent at {url}: {error or type(error).__name__}",
-                reason="CONNECTION_FAILED",
+                raise _unreachable(reasons.TLS_FAILED, url=url, detail=error, sent=False) from error
+            raise _unreachable(
+                reasons.CONNECTION_FAILED,
+                detail=f"cannot connect to the remote agent at {url}: {error or type(error).__name__}",
                 sent=False,
             ) from error
         except httpx.ConnectTimeout as error:
-            raise RemoteConnectionError(
-                f"cannot connect to the remote agent at {url}: {error or type(error).__name__}",
-                reason="CONNECTION_FAILED",
+            raise _unreachable(
+                reasons.CONNECTION_FAILED,
+                detail=f"cannot connect to the remote agent at {url}: {error or type(error).__name__}",
                 sent=False,
             ) from error
         except httpx.TimeoutException as error:
-            raise RemoteConnectionError(
-                f"timed out waiting for the remote agent at {url} ({seconds:.3g}s)",
-                reason="DEADLINE_EXCEEDED",
+            raise _unreachable(
+                reasons.DEADLINE_EXCEEDED,
+                detail=f"timed out waiting for the remote agent at {url} ({seconds:.3g}s)",
             ) from error
         except httpx.TransportError as error:
-            raise RemoteConnectionError(
-                f"the connection to the remote agent at {url} failed: {error or type(error).__name__}",
-                reason="CONNECTION_FAILED",
+            raise _unreachable(
+                reasons.CONNECTION_FAILED,
+                detail=f"the connection to the remote agent at {url} failed: {error or type(error).__name__}",
             ) from error
 
     @staticmethod
@@ -464,10 +460,10 @@ class GatewayClient:
         try:
             return response.json()
         except ValueError as error:
-            raise RemoteConnectionError(
-                f"the remote agent at {url} answered {response.status_code} with a body that is not JSON: "
-                f"{response.text[:200]!r}",
-                reason=BAD_RESPONSE,
+            raise _unreachable(
+                reasons.BAD_REMOTE_RESPONSE,
+                detail=f"the remote agent at {url} answered {response.status_code} with a body that is not "
+                f"JSON: {response.text[:200]!r}",
                 status=response.status_code,
             ) from error
 
@@ -493,7 +489,7 @@ class GatewayClient:
         if status in RETRYABLE_STATUSES:
             raise RemoteConnectionError(
                 f"the remote agent at {url} is unavailable ({status}): {text}",
-                reason=reason or ("DEADLINE_EXCEEDED" if status == 504 else "UNAVAILABLE"),
+                reason=reason or (reasons.DEADLINE_EXCEEDED if status == 504 else reasons.UNAVAILABLE).name,
                 metadata=metadata,
                 retry_after=retry_after,
                 status=status,
@@ -503,8 +499,8 @@ class GatewayClient:
             for v in detail.get("violations") or []
             if isinstance(v, dict)
         ]
-        code = _grpc_code(detail.get("status"), status)
-        # Rebuilt through the one table (reason first, then the gRPC code), as the gRPC transport does.
+        code = _grpc_code(detail.get("status"), reason, status)
+        # Rebuilt through the one registry (reason first, then the gRPC code), as the gRPC transport does.
         carrier = SessionKitError(
             text, reason=reason, metadata=metadata, violations=violations, retry_after=retry_after
         )
@@ -538,23 +534,9 @@ async def _sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, Any
                 data.append(value)
 
 
-_HTTP_TO_GRPC = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND,
-    405: grpc.StatusCode.UNIMPLEMENTED,
-    409: grpc.StatusCode.ABORTED,
-    412: grpc.StatusCode.FAILED_PRECONDITION,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    422: grpc.StatusCode.INVALID_ARGUMENT,
-    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    499: grpc.StatusCode.CANCELLED,
-    501: grpc.StatusCode.UNIMPLEMENTED,
-}
-
-
-def _grpc_code(name: Any, http_status: int) -> grpc.StatusCode:
+def _grpc_code(name: Any, reason: str | None, http_status: int) -> grpc.StatusCode:
+    """The answer's gRPC code: its ``status``, else its registered reason's, else its HTTP status's."""
     if isinstance(name, str) and name in grpc.StatusCode.__members__:
         return grpc.StatusCode[name]
-    return _HTTP_TO_GRPC.get(http_status, grpc.StatusCode.INTERNAL)
+    registered = reasons.lookup(reason)
+    return registered.code if registered is not None else reasons.grpc_code_for_http(http_status)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from sessionkit import reasons
 from sessionkit.errors import FieldViolation, InvalidArgument, NotImplementedByServer
 from sessionkit.ids import DEFAULT
 from sessionkit.jsonvalues import JsonValue, check_json
@@ -121,11 +122,7 @@ class _Rest:
 
 
 def _unsupported(what: str) -> NotImplementedByServer:
-    return NotImplementedByServer(
-        f"{what} is not offered by the gateway's REST API, so not by remote (agent_url) sessions; "
-        "use address='host:port' to reach the gRPC services",
-        reason="NOT_AVAILABLE_REMOTELY",
-    )
+    return reasons.NOT_AVAILABLE_REMOTELY.error(what=what, why="the gateway's REST API does not offer it")
 
 
 class RemoteStateClient(_Rest):
@@ -349,6 +346,7 @@ class RemoteMemoryClient(_Rest):
         metadata: dict[str, JsonValue] | None = None,
         dry_run: bool = False,
         idempotency_key: str | None = None,
+        quality: float | None = None,
     ) -> dict[str, Any]:
         raise _unsupported("memory extraction (extract_memories(), memory_config provider 'mem0')")
 

@@ -25,13 +25,16 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from sessionkit import reasons
 from sessionkit.errors import DeadlineExceeded, ResourceExhausted, ServiceUnavailable
 
 T = TypeVar("T")
 
 
 #: UNAVAILABLE reasons of a service's upstream that the service itself already retried.
-UPSTREAM_GAVE_UP = frozenset({"LLM_UNAVAILABLE", "LLM_RATE_LIMITED", "EXTRACTION_LLM_UNAVAILABLE"})
+UPSTREAM_GAVE_UP = frozenset(
+    r.name for r in (reasons.LLM_UNAVAILABLE, reasons.LLM_RATE_LIMITED, reasons.EXTRACTION_LLM_UNAVAILABLE)
+)
 
 
 def is_transient(error: BaseException) -> bool:
@@ -90,7 +93,9 @@ async def call_with_retry(
                 await before_retry(last_error)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise DeadlineExceeded(f"no answer within the {policy.deadline:g}s deadline")
+                raise reasons.DEADLINE_EXCEEDED.error(
+                    detail=f"no answer within the {policy.deadline:g}s deadline"
+                )
             try:
                 return await attempt(remaining)
             except Exception as error:

@@ -12,9 +12,10 @@ from typing import Any, TypeVar
 
 import grpc
 
+from sessionkit import reasons
 from sessionkit.config import ClientSettings
 from sessionkit.embedded import ensure_local_server
-from sessionkit.errors import InvalidArgument, NotImplementedByServer, ServiceUnavailable, from_rpc_error
+from sessionkit.errors import InvalidArgument, ServiceUnavailable, from_rpc_error
 from sessionkit.retry import RetryPolicy, call_with_retry
 
 T = TypeVar("T")
@@ -207,12 +208,11 @@ class Transport:
 
     def _error(self, service: str, error: grpc.RpcError) -> Exception:
         typed = from_rpc_error(error)
-        if isinstance(typed, NotImplementedByServer):
-            return NotImplementedByServer(
-                f"the {service} service is not available on this server: {typed.message}", reason=typed.reason
-            )
-        if isinstance(typed, ServiceUnavailable) and not typed.metadata:
+        if reasons.UNIMPLEMENTED.matches(typed):
+            typed.message = f"the {service} service is not available on this server: {typed.message}"
+        elif isinstance(typed, ServiceUnavailable) and not typed.metadata:
             typed.message = f"{service} service unavailable: {typed.message}"
+        typed.args = (typed.message,)
         return typed
 
     async def _before_retry(self, error: BaseException) -> None:

@@ -14,10 +14,10 @@ import uuid
 from collections.abc import AsyncIterator
 
 from sessionkit.errors import StateConflict
-from sessionkit_server.agent.clock import now_us
 from sessionkit_server.agent.records import BusyPolicy, ChatOptions
 from sessionkit_server.agent.settings import AgentSettings
 from sessionkit_server.agent.store import AgentStore, Conversation
+from sessionkit_server.common.timestamps import now_us
 
 
 class ConversationLeases:

@@ -10,27 +10,18 @@ from collections.abc import Iterable
 from enum import IntEnum
 from typing import TypeVar
 
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2
 
 from sessionkit.jsonvalues import from_struct, to_struct
 from sessionkit.state_client import SessionRef
 from sessionkit.v1 import agent_pb2, common_pb2
 from sessionkit_server.agent import records as r
 from sessionkit_server.agent.tools import CLIENT, ToolSpec
+from sessionkit_server.common.timestamps import from_proto, to_proto
 
 
 def _seconds(value: duration_pb2.Duration) -> float:
     return value.ToNanoseconds() / 1e9
-
-
-def to_proto(micros: int) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromMicroseconds(micros)
-    return ts
-
-
-def from_proto(ts: timestamp_pb2.Timestamp) -> int:
-    return int(ts.ToMicroseconds())
 
 
 E = TypeVar("E", bound=IntEnum)

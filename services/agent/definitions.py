@@ -12,15 +12,15 @@ from dataclasses import dataclass
 
 from sessionkit.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound, ResourceExhausted
 from sessionkit.state_client import SessionRef
-from sessionkit_server.agent.clock import now_us
 from sessionkit_server.agent.convert import definition_bytes, definition_from_bytes
 from sessionkit_server.agent.records import AgentDefinition, IfExists
 from sessionkit_server.agent.settings import AgentSettings
 from sessionkit_server.agent.store import AgentRow, AgentStore, Conversation
 from sessionkit_server.agent.tools import check_tools
 from sessionkit_server.agent.upstream import LLMRouter, Upstreams
+from sessionkit_server.common.identity import session_key
 from sessionkit_server.common.paging import page_size, page_token, read_token
-from sessionkit_server.state.service import session_key
+from sessionkit_server.common.timestamps import now_us
 
 #: Agent names: printable, no leading/trailing spaces.
 MAX_NAME = 128

@@ -8,8 +8,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from sessionkit.errors import FieldViolation, InvalidArgument
-from sessionkit_server.agent.clock import now_us
 from sessionkit_server.agent.store import AgentStore, Conversation
+from sessionkit_server.common.timestamps import now_us
 
 
 async def run_once(

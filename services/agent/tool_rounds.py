@@ -16,7 +16,7 @@ from typing import Any
 
 from sessionkit.errors import SessionKitError
 from sessionkit.state_client import SessionRef
-from sessionkit_server.agent.clock import ms
+from sessionkit_server.agent.latency import ms
 from sessionkit_server.agent.llm import ChatModel, LLMReply, ToolCallRequest
 from sessionkit_server.agent.records import ClientToolCall, ToolCallRecord, TurnMetadata
 from sessionkit_server.agent.tools import SERVER, ToolSpec, parse_arguments, result_json

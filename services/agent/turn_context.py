@@ -13,7 +13,7 @@ from typing import Any
 from sessionkit.errors import NotImplementedByServer
 from sessionkit.jsonvalues import JsonValue
 from sessionkit.state_client import SessionRef
-from sessionkit_server.agent.clock import ms
+from sessionkit_server.agent.latency import ms
 from sessionkit_server.agent.prompt import ContextItem
 from sessionkit_server.agent.records import AgentDefinition, TurnLatency
 from sessionkit_server.agent.upstream import Upstream

@@ -29,11 +29,11 @@ from sessionkit.errors import FieldViolation, InvalidArgument, SessionKitError
 from sessionkit.jsonvalues import JsonValue
 from sessionkit.state_client import SessionRef
 from sessionkit_server.agent import prompt as prompts
-from sessionkit_server.agent.clock import ms, now_us
 from sessionkit_server.agent.conversations import ConversationLeases
 from sessionkit_server.agent.convert import turn_result_bytes, turn_result_from_bytes
 from sessionkit_server.agent.definitions import AgentDefinitions, check_agent_name
 from sessionkit_server.agent.idempotent import run_once
+from sessionkit_server.agent.latency import ms
 from sessionkit_server.agent.records import (
     AgentDefinition,
     ChatOptions,
@@ -47,6 +47,7 @@ from sessionkit_server.agent.tools import BUILTINS, SERVER, ToolSpec, check_tool
 from sessionkit_server.agent.turn_context import ContextRequest, read_context
 from sessionkit_server.agent.turn_io import TurnIO
 from sessionkit_server.agent.upstream import LLMRouter, Upstream, Upstreams
+from sessionkit_server.common.timestamps import now_us
 
 log = logging.getLogger("sessionkit.agent")
 

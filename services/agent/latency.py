@@ -1,12 +1,6 @@
-"""Time as the agent service stores it (integer microseconds since the epoch) and reports it."""
+"""Durations as a turn's metadata reports them (timestamps are sessionkit_server.common.timestamps)."""
 
 from __future__ import annotations
-
-import time
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def ms(seconds: float) -> float:

@@ -1,5 +1,6 @@
-"""Words of a memory's text: the terms of a lexical query (stop words dropped) and the "details" that
-keep two near-identical texts apart (numbers, dates, weekdays, names, negations).
+"""Words of a text (memories, knowledge chunks, queries): the terms of a lexical query (stop words
+dropped) and the "details" that keep two near-identical texts apart (numbers, dates, weekdays, names,
+negations).
 
 Both are plain, language-specific (English) rules, not tuned to any data set: the stop words are NLTK's
 English list, and the detail rules are listed in :func:`details`."""
