@@ -4,6 +4,9 @@ service has always written, so rows and replays from before the records read the
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 from google.protobuf.message import Message
 
 from sessionkit.jsonvalues import to_struct
@@ -187,3 +190,29 @@ def test_enum_numbers_this_server_does_not_know_mean_unspecified() -> None:
     assert convert.enum_value(r.IfExists, 99) is r.IfExists.UNSPECIFIED
     assert convert.definition(agent_pb2.AgentDefinition(name="X", memory_write=42)).memory_write == 0  # type: ignore[arg-type]
     assert convert.enum_value(r.BusyPolicy, 2) is r.BusyPolicy.FAIL_FAST
+
+
+#: The modules that see sessionkit.v1 messages: the wire adapter and the conversion it uses.
+ADAPTERS = {"grpc_servicer.py", "convert.py"}
+
+
+def test_the_business_layer_imports_no_messages() -> None:
+    agent = Path(__file__).resolve().parent.parent / "services" / "agent"
+    offenders = []
+    for path in sorted(agent.glob("*.py")):
+        if path.name in ADAPTERS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            offenders += [
+                f"{path.name}:{node.lineno} imports {n}"  # type: ignore[attr-defined]
+                for n in names
+                if n.startswith(("sessionkit.v1", "google.protobuf"))
+            ]
+    assert offenders == [], "the agent's business layer works on records.py; convert in convert.py"
