@@ -36,6 +36,12 @@ REASON_NAME = re.compile(r"^[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*$")
 PROSE = re.compile(r"\breasons? ``?([A-Z][A-Z0-9_]{2,})``?|\(reason ([A-Z][A-Z0-9_]{2,})[),;]")
 # Names on the registry module that are not reasons.
 REGISTRY_API = {name for name in vars(reasons) if not REASON_NAME.match(name)} | {"REGISTRY", "E"}
+#: The keywords of common.llm.Reasons that name a reason.
+REASON_SET_ROLES = {"unavailable", "rejected", "rate_limited", "context_too_long"}
+#: Code that still writes reasons as strings, each pending its own branch of issue 11 (the agent's split,
+#: the SDK's transports); everything else raises ``reasons.X.error(...)`` and compares with
+#: ``reasons.X.matches(error)`` / ``reasons.X.name``. Remove an entry when its code is converted.
+LITERAL_REASONS_PENDING = ("services/agent/", "sdk/sessionkit/")
 
 # -- finding the reasons the code uses ----------------------------------------------------------------
 
@@ -65,6 +71,24 @@ def _is_reason(node: ast.AST) -> bool:
     )
 
 
+def _is_reason_set(node: ast.AST) -> bool:
+    """A call of sessionkit_server.common.llm.Reasons (its keywords name reasons)."""
+    return isinstance(node, ast.Call) and (
+        getattr(node.func, "id", None) == "Reasons" or getattr(node.func, "attr", None) == "Reasons"
+    )
+
+
+def _module_constants(tree: ast.Module) -> dict[str, str]:
+    return {
+        target.id: node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+        if isinstance(node.value.value, str)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+
+
 def _assigns_default_reason(node: ast.AST) -> bool:
     if isinstance(node, ast.Assign):
         return any(getattr(t, "id", "") == "default_reason" for t in node.targets)
@@ -76,14 +100,7 @@ def reason_uses(source: str, where: str) -> list[Use]:
     ``x.reason == "X"`` / ``in ("X", ...)``, ``default_reason = "X"``, ``{"reason": "X"}``,
     ``reasons.X``, and "reason ``X``" in docstrings and comments."""
     tree = ast.parse(source)
-    constants = {
-        target.id: node.value.value
-        for node in tree.body
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
-        if isinstance(node.value.value, str)
-        for target in node.targets
-        if isinstance(target, ast.Name)
-    }
+    constants = _module_constants(tree)
     uses: list[Use] = []
 
     def add(node: ast.AST, names: list[str]) -> None:
@@ -97,6 +114,10 @@ def reason_uses(source: str, where: str) -> list[Use]:
                 add(node, _strings(side, constants))
         elif _assigns_default_reason(node):
             add(node, _strings(getattr(node, "value", None), constants))
+        elif _is_reason_set(node):
+            assert isinstance(node, ast.Call)
+            for value in (*node.args, *(k.value for k in node.keywords if k.arg in REASON_SET_ROLES)):
+                add(node, _strings(value, constants))
         elif isinstance(node, ast.Dict):
             for key, value in zip(node.keys, node.values, strict=True):
                 if isinstance(key, ast.Constant) and key.value == "reason":
@@ -128,6 +149,43 @@ def all_uses() -> list[Use]:
     return uses
 
 
+def _has_string(node: ast.AST, constants: dict[str, str]) -> bool:
+    return any(
+        (isinstance(n, ast.Constant) and isinstance(n.value, str))
+        or (isinstance(n, ast.Name) and n.id in constants)
+        for n in ast.walk(node)
+    )
+
+
+def literal_reasons(source: str, where: str) -> list[str]:
+    """Where ``source`` writes a reason as a string instead of taking it from the registry: a ``reason=``
+    keyword holding a string (an error, an ErrorInfo), a ``Reasons(...)`` entry given by name, a reason
+    compared with a string, ``{"reason": "X"}``. A class's ``default_reason = "X"`` is its definition."""
+    tree = ast.parse(source)
+    constants = _module_constants(tree)
+    found: list[str] = []
+
+    def add(node: ast.AST, what: str) -> None:
+        found.append(f"{where}:{getattr(node, 'lineno', 0)}: {what}")
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.keyword) and node.arg == "reason" and _has_string(node.value, constants):
+            add(node.value, f"reason={ast.unparse(node.value)}")
+        elif _is_reason_set(node):
+            assert isinstance(node, ast.Call)
+            for value in (*node.args, *(k.value for k in node.keywords if k.arg in REASON_SET_ROLES)):
+                if _has_string(value, constants):
+                    add(value, f"Reasons(... {ast.unparse(value)} ...)")
+        elif isinstance(node, ast.Compare) and any(_is_reason(n) for n in (node.left, *node.comparators)):
+            if any(_has_string(side, constants) for side in (node.left, *node.comparators)):
+                add(node, ast.unparse(node))
+        elif isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values, strict=True):
+                if isinstance(key, ast.Constant) and key.value == "reason" and _has_string(value, constants):
+                    add(node, f'{{"reason": {ast.unparse(value)}}}')
+    return found
+
+
 def test_the_scanner_finds_each_way_of_naming_a_reason() -> None:
     source = '''
 GONE = "CONST_REASON"
@@ -138,6 +196,7 @@ def f(error):
     if error.reason == "COMPARED_REASON" or error.reason in ("IN_REASON", GONE):
         raise NotFound("x", reason="KEYWORD_REASON")
     body = {"reason": "DICT_REASON"}
+    llm = Reasons(unavailable="SET_REASON", label="not one")
     raise reasons.ATTRIBUTE_REASON.error()
 '''
     found = {use.name for use in reason_uses(source, "example.py")}
@@ -149,10 +208,27 @@ def f(error):
         "IN_REASON",
         "KEYWORD_REASON",
         "DICT_REASON",
+        "SET_REASON",
         "ATTRIBUTE_REASON",
     }
     # Not reasons: other keywords, the registry's own API, prose without "reason".
     assert not reason_uses('f(status="NOT_ONE")\nreasons.lookup("x")\n# see SESSIONKIT_X\n', "b.py")
+    # Written as strings: every form but the class default and the registry's own.
+    literal = sorted(found.split(": ", 1)[1] for found in literal_reasons(source, "example.py"))
+    assert literal == [
+        "Reasons(... 'SET_REASON' ...)",
+        "error.reason == 'COMPARED_REASON'",
+        "error.reason in ('IN_REASON', GONE)",
+        "reason='KEYWORD_REASON'",
+        "{\"reason\": 'DICT_REASON'}",
+    ]
+    registry_forms = """
+raise NotFound("x", reason=reasons.MEMORY_NOT_FOUND.name)
+info = ErrorInfo(reason=error.reason, domain=DOMAIN)
+if reasons.MEMORY_NOT_FOUND.matches(error) or error.reason == reasons.MEMORY_EXISTS.name:
+    llm = Reasons(unavailable=reasons.LLM_UNAVAILABLE, label="the LLM")
+"""
+    assert not literal_reasons(registry_forms, "c.py")
 
 
 def test_every_reason_the_code_uses_is_registered() -> None:
@@ -162,6 +238,18 @@ def test_every_reason_the_code_uses_is_registered() -> None:
     )
     unknown = sorted(f"{u.where}: {u.name}" for u in uses if u.name not in reasons.REGISTRY)
     assert not unknown, "reasons used but not in sessionkit.reasons:\n" + "\n".join(unknown)
+
+
+def test_no_reason_is_written_as_a_string_outside_the_registry() -> None:
+    found = []
+    for path in code_files():
+        where = path.relative_to(ROOT).as_posix()
+        if not where.startswith(LITERAL_REASONS_PENDING):
+            found.extend(literal_reasons(path.read_text(), where))
+    assert not found, (
+        "raise reasons.X.error(...) (the message is the registry's), compare with reasons.X.matches(error), "
+        "and give common.llm.Reasons registry entries; written as strings:\n" + "\n".join(found)
+    )
 
 
 # -- the registry and docs/ERRORS.md -------------------------------------------------------------------

@@ -32,13 +32,13 @@ from sessionkit_server.memory import tables as memory_tables
 from sessionkit_server.memory.store import MIGRATIONS as MEMORY_MIGRATIONS
 from sessionkit_server.memory.store import VERSION_TABLE as MEMORY_VERSIONS
 from sessionkit_server.memory.store import MemoryStore
-from tests.conftest import BACKENDS, PG_ADMIN_DSN
+from tests.conftest import BACKENDS
 
 NOW = 1_000_000_000
 
 
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
+async def _admin(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(sql)
     finally:
@@ -50,15 +50,16 @@ async def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Asyn
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'old.db'}"
         return
+    admin: str = request.getfixturevalue("pg_admin_dsn")
     name = f"sk_idem_{uuid.uuid4().hex[:10]}"
     try:
-        await _admin(f'CREATE DATABASE "{name}"')
+        await _admin(admin, f'CREATE DATABASE "{name}"')
     except (OSError, asyncpg.PostgresError) as error:
-        pytest.fail(f"PostgreSQL at {PG_ADMIN_DSN} is needed for the postgres migration test: {error}")
+        pytest.fail(f"PostgreSQL at {admin} is needed for the postgres migration test: {error}")
     try:
-        yield f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}".replace("postgresql://", "postgresql+asyncpg://")
+        yield f"{admin.rsplit('/', 1)[0]}/{name}".replace("postgresql://", "postgresql+asyncpg://")
     finally:
-        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await _admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _differences(conn: Connection, version_table: str, metadata: MetaData, table: str) -> list[Any]:

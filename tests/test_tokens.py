@@ -81,6 +81,6 @@ def test_the_tokenizer_is_loaded_once_per_process() -> None:
 
 
 def test_a_missing_tokenizer_file_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(FailedPrecondition, match="tokenizer is not available") as caught:
+    with pytest.raises(FailedPrecondition, match="not available: loading its tokenizer") as caught:
         load_tokenizer(f"{tmp_path}/nowhere/tokenizer.json")
     assert caught.value.reason == "EMBEDDING_MODEL_UNAVAILABLE"

@@ -211,7 +211,7 @@ EMBEDDING_DIMENSION_MISMATCH = Reason(
     "is configured",
 )
 EMBEDDING_BAD_RESPONSE = Reason("EMBEDDING_BAD_RESPONSE", FailedPrecondition, "the {where} {problem}")
-EMBEDDING_UNAVAILABLE = Reason("EMBEDDING_UNAVAILABLE", ServiceUnavailable, "the {where} {problem}")
+EMBEDDING_UNAVAILABLE = Reason("EMBEDDING_UNAVAILABLE", ServiceUnavailable, "the {where} {problem}: {detail}")
 EMBEDDING_REJECTED = Reason(
     "EMBEDDING_REJECTED", InvalidArgument, "the {where} rejected the request ({status}): {detail}"
 )
@@ -236,7 +236,7 @@ URL_FETCH_TIMEOUT = Reason(
 SOURCE_TOO_LARGE = Reason(
     "SOURCE_TOO_LARGE", ResourceExhausted, "{what} is over the size limit ({size} bytes; at most {limit})"
 )
-CHUNK_QUOTA = Reason("CHUNK_QUOTA", ResourceExhausted, "{name!r} makes {count} chunks; at most {limit}")
+CHUNK_QUOTA = Reason("CHUNK_QUOTA", ResourceExhausted, "{name!r} makes {count} {what}; at most {limit}")
 KNOWLEDGE_SOURCE_NOT_FOUND = Reason(
     "KNOWLEDGE_SOURCE_NOT_FOUND", NotFound, "knowledge source {source!r} not found"
 )
@@ -263,7 +263,9 @@ UNKNOWN_MODEL = Reason(
 CONVERSATION_BUSY = Reason(
     "CONVERSATION_BUSY", StateConflict, "session {session_id!r} is busy with another turn"
 )
-LLM_UNAVAILABLE = Reason("LLM_UNAVAILABLE", ServiceUnavailable, "{where} {problem}")
+LLM_UNAVAILABLE = Reason(
+    "LLM_UNAVAILABLE", ServiceUnavailable, "{where} {problem} ({attempts} attempts): {detail}"
+)
 LLM_RATE_LIMITED = Reason(
     "LLM_RATE_LIMITED", RateLimited, "{where} is rate limiting (429, {attempts} attempts): {detail}"
 )

@@ -36,7 +36,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.schema import SchemaItem
 
-from sessionkit.errors import FailedPrecondition, FieldViolation, InvalidArgument, ServiceUnavailable
+from sessionkit import reasons
+from sessionkit.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from sessionkit_server.common.db import Database
 
 #: How long the response of an idempotent write is kept (and replayed).
@@ -138,12 +139,14 @@ def check_key(key: str) -> str:
     return key
 
 
-def key_reused(key: str, method: str, used_by: str) -> FailedPrecondition:
-    return FailedPrecondition(
-        f"idempotency key {key[:64]!r} was already used by {used_by}, not {method}; "
-        "use a fresh key per write",
-        reason="IDEMPOTENCY_KEY_REUSED",
-        metadata={"idempotency_key": key[:128], "method": used_by},
+def key_reused(key: str, first_use: str, method: str) -> FailedPrecondition:
+    """The one IDEMPOTENCY_KEY_REUSED error: ``key`` was first used for ``first_use`` (an RPC, or a
+    kind of write), and now for ``method``. Metadata: the key and its first use."""
+    return reasons.IDEMPOTENCY_KEY_REUSED.error(
+        key=key[:64],
+        first_use=first_use,
+        method=method,
+        metadata={"idempotency_key": key[:MAX_KEY_LENGTH], "method": first_use},
     )
 
 
@@ -186,7 +189,7 @@ class IdempotencyLedger:
         if row is None or row.create_us < now_us - IDEMPOTENCY_TTL_US:
             return KeyState(Status.FREE)
         if row.method != method:
-            raise key_reused(key, method, row.method)
+            raise key_reused(key, first_use=row.method, method=method)
         if row.response is not None:
             return KeyState(Status.DONE, bytes(row.response))
         return KeyState(Status.RUNNING, create_us=row.create_us)
@@ -205,18 +208,11 @@ class IdempotencyLedger:
         if state.response is not None:
             raise Replayed(state.response)
         if self.claim_lease_us is not None and state.create_us < now_us - self.claim_lease_us:
-            raise FailedPrecondition(
-                f"an earlier {method} call with idempotency key {key!r} never finished (the server "
-                "stopped); what it applied is unknown, so it is not run again: check the data and use a "
-                "new key",
-                reason="IDEMPOTENCY_KEY_ABANDONED",
-                metadata={"idempotency_key": key},
+            raise reasons.IDEMPOTENCY_KEY_ABANDONED.error(
+                method=method, key=key, metadata={"idempotency_key": key}
             )
-        raise ServiceUnavailable(
-            f"a {method} call with idempotency key {key!r} is still running; retry to get its response",
-            reason="IDEMPOTENCY_KEY_IN_PROGRESS",
-            metadata={"idempotency_key": key},
-            retry_after=1.0,
+        raise reasons.IDEMPOTENCY_KEY_IN_PROGRESS.error(
+            method=method, key=key, metadata={"idempotency_key": key}, retry_after=1.0
         )
 
     def record_in(

@@ -2,7 +2,8 @@
 agent's chat model): the ``openai`` client with a timeout and no retries of its own, tenacity retries
 of connection errors, timeouts, 408, 409, 429 and 5xx with jittered exponential backoff (waiting what a
 429/503's ``Retry-After`` asks for instead, capped), and one mapping of what is left to the SDK's errors.
-Each caller names its reasons (:class:`Reasons`), so its errors say which LLM failed."""
+Each caller names its reasons (:class:`Reasons`, entries of the registry ``sessionkit.reasons``, whose
+messages they raise), so its errors say which LLM failed."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from sessionkit import reasons
 from sessionkit.errors import (
     FailedPrecondition,
     RateLimited,
@@ -76,21 +78,61 @@ def _context_too_long(error: openai.APIStatusError) -> bool:
     return error.status_code in (400, 413) and ("context" in text and ("length" in text or "window" in text))
 
 
+#: A registry entry, or its name (looked up in ``sessionkit.reasons`` when the :class:`Reasons` is made).
+ReasonRef = reasons.Reason[Any] | str
+
+#: Each role of :class:`Reasons`: the class its reason must raise and the fields its message fills.
+_ROLES: dict[str, tuple[type[SessionKitError], frozenset[str]]] = {
+    "unavailable": (ServiceUnavailable, frozenset({"where", "problem", "attempts", "detail"})),
+    "rejected": (FailedPrecondition, frozenset({"where", "status", "detail"})),
+    "rate_limited": (RateLimited, frozenset({"where", "attempts", "detail"})),
+    "context_too_long": (ResourceExhausted, frozenset({"where", "detail"})),
+}
+
+
 @dataclass(frozen=True)
 class Reasons:
-    """The error reasons of one caller. ``rate_limited`` None: a persistent 429 is ``unavailable`` (with
-    the server's retry_after); ``context_too_long`` None: such a 400 is ``rejected``."""
+    """The error reasons of one caller: entries of ``sessionkit.reasons`` (a name is looked up there),
+    whose templates are the messages (``rejected``'s says what to check). ``rate_limited`` None: a
+    persistent 429 is ``unavailable`` (with the server's retry_after); ``context_too_long`` None: such a
+    400 is ``rejected``. An unknown name, a reason of the wrong class or a template without the
+    role's fields (:data:`_ROLES`) is a ValueError when the caller's module is imported."""
 
-    unavailable: str
-    rejected: str
-    rate_limited: str | None = None
-    context_too_long: str | None = None
-    #: What the caller should check when the endpoint refuses (appended to the message).
-    hint: str = "check the model name and the key"
-    #: What to check when the endpoint cannot be reached.
+    unavailable: ReasonRef
+    rejected: ReasonRef
+    rate_limited: ReasonRef | None = None
+    context_too_long: ReasonRef | None = None
+    #: Checked only: what to check when the endpoint refuses is in ``rejected``'s registered message.
+    hint: str = ""
+    #: What to check when the endpoint cannot be reached (appended to the error's detail).
     unreachable_hint: str = ""
     #: How errors name the endpoint ("the LLM", "the extraction LLM").
     label: str = "the LLM"
+
+    def __post_init__(self) -> None:
+        for role, (cls, fields) in _ROLES.items():
+            ref = getattr(self, role)
+            if ref is None:
+                continue
+            entry = reasons.lookup(ref) if isinstance(ref, str) else ref
+            if entry is None:
+                raise ValueError(f"Reasons.{role}: {ref!r} is not in sessionkit.reasons")
+            if not issubclass(entry.exception, cls) or entry.fields != fields:
+                raise ValueError(
+                    f"Reasons.{role}: {entry.name} must raise {cls.__name__} with a message of the "
+                    f"fields {sorted(fields)}, not {entry.exception.__name__} with {sorted(entry.fields)}"
+                )
+            object.__setattr__(self, role, entry)
+        if self.hint and self.hint not in self.entry("rejected").message:
+            raise ValueError(
+                f"Reasons.hint {self.hint!r} is not in the message of {self.entry('rejected').name}"
+            )
+
+    def entry(self, role: str) -> reasons.Reason[SessionKitError]:
+        """The registry entry of ``role`` (a key of :data:`_ROLES`; set)."""
+        value = getattr(self, role)
+        assert isinstance(value, reasons.Reason), role
+        return value
 
 
 class NotRetried(Exception):
@@ -180,35 +222,35 @@ class LLMClient:
             detail = str(error.message)[:300]
             retry_after = retry_after_seconds(error.response.headers)
             if status == 429 and r.rate_limited is not None:
-                return RateLimited(
-                    f"{where} is rate limiting (429, {attempts} attempts): {detail}",
-                    reason=r.rate_limited,
+                return r.entry("rate_limited").error(
+                    where=where,
+                    attempts=attempts,
+                    detail=detail,
                     metadata=metadata,
                     retry_after=retry_after or 1.0,
                 )
             if is_transient(error):
-                return ServiceUnavailable(
-                    f"{where} answered {status} ({attempts} attempts): {detail}",
-                    reason=r.unavailable,
+                return r.entry("unavailable").error(
+                    where=where,
+                    problem=f"answered {status}",
+                    attempts=attempts,
+                    detail=detail,
                     metadata=metadata,
                     retry_after=retry_after if status == 429 else None,
                 )
             if r.context_too_long is not None and _context_too_long(error):
-                return ResourceExhausted(
-                    f"the prompt does not fit the context of {where}: {detail}",
-                    reason=r.context_too_long,
-                    metadata=metadata,
-                )
-            return FailedPrecondition(
-                f"{where} refused the request ({status}): {detail}; {r.hint}",
-                reason=r.rejected,
-                metadata=metadata,
-            )
+                return r.entry("context_too_long").error(where=where, detail=detail, metadata=metadata)
+            return r.entry("rejected").error(where=where, status=status, detail=detail, metadata=metadata)
+        unavailable = r.entry("unavailable")
         if isinstance(error, openai.APIConnectionError):
-            return ServiceUnavailable(
-                f"{where} could not be reached ({attempts} attempts): {error}"
-                + (f"; {r.unreachable_hint}" if r.unreachable_hint else ""),
-                reason=r.unavailable,
+            detail = str(error) + (f"; {r.unreachable_hint}" if r.unreachable_hint else "")
+            return unavailable.error(
+                where=where,
+                problem="could not be reached",
+                attempts=attempts,
+                detail=detail,
                 metadata=metadata,
             )
-        return ServiceUnavailable(f"{where} failed: {error}", reason=r.unavailable, metadata=metadata)
+        return unavailable.error(
+            where=where, problem="failed", attempts=attempts, detail=error, metadata=metadata
+        )

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
+from sessionkit import reasons
 from sessionkit.errors import FieldViolation, InvalidArgument, ResourceExhausted
 from sessionkit_server.common.idempotency import Idempotency, then
 from sessionkit_server.common.identity import Owner
@@ -59,20 +60,21 @@ class KnowledgeIngestion(KnowledgeBase):
             raise InvalidArgument("empty text", violations=[FieldViolation("text", "must not be empty")])
         data = text.encode()
         if len(data) > self.settings.max_text_bytes:
-            raise ResourceExhausted(
-                f"text is over the size limit ({len(data)} bytes; at most {self.settings.max_text_bytes})",
-                reason="SOURCE_TOO_LARGE",
+            raise reasons.SOURCE_TOO_LARGE.error(
+                what="the text",
+                size=len(data),
+                limit=self.settings.max_text_bytes,
                 metadata={"limit_bytes": str(self.settings.max_text_bytes)},
-            )
-        content_type = (content_type or "text/plain").split(";")[0].strip().lower()
-        if content_type not in ("text/plain", "text/markdown"):
-            raise InvalidArgument(
-                f"unsupported content_type {content_type!r} for text",
-                reason="UNSUPPORTED_CONTENT_TYPE",
-                violations=[FieldViolation("content_type", "text/plain or text/markdown")],
             )
         digest = hashlib.sha256(data).hexdigest()
         name = name or f"text-{digest[:12]}"
+        content_type = (content_type or "text/plain").split(";")[0].strip().lower()
+        if content_type not in ("text/plain", "text/markdown"):
+            raise reasons.UNSUPPORTED_CONTENT_TYPE.error(
+                name=name,
+                problem=f"content_type {content_type!r} is not text/plain or text/markdown",
+                violations=[FieldViolation("content_type", "text/plain or text/markdown")],
+            )
         progress(Progress(PARSING, len(data), len(data)))
         content = Content(t.TEXT, name, data, content_type)
         return await self._ingest(owner, scope, content, chunker, metadata, force, progress, idem)
@@ -154,10 +156,8 @@ class KnowledgeIngestion(KnowledgeBase):
 
     def _too_large(self, name: str, size: int) -> ResourceExhausted:
         limit = self.settings.max_upload_bytes
-        return ResourceExhausted(
-            f"{name!r} is over the upload limit ({size} bytes; at most {limit})",
-            reason="SOURCE_TOO_LARGE",
-            metadata={"name": name, "limit_bytes": str(limit)},
+        return reasons.SOURCE_TOO_LARGE.error(
+            what=repr(name), size=size, limit=limit, metadata={"name": name, "limit_bytes": str(limit)}
         )
 
     async def _ingest(
@@ -193,20 +193,20 @@ class KnowledgeIngestion(KnowledgeBase):
         extracted = await asyncio.to_thread(parsing.extract, content.name, content.content_type, content.data)
         progress(Progress(CHUNKING, len(content.data), len(content.data)))
         if chunker.strategy == chunking.SEMANTIC:
-            pieces = await self._semantic(extracted.text, chunker)
+            pieces = await self._semantic(content.name, extracted.text, chunker)
         else:
             page_starts = [start for _, start in extracted.pages]
             pieces = await asyncio.to_thread(chunking.split_pages, extracted.text, page_starts, chunker)
         if not pieces:
-            raise InvalidArgument(
-                f"{content.name!r} has no text to index",
-                reason="UNSUPPORTED_CONTENT_TYPE",
-                metadata={"name": content.name},
+            raise reasons.UNSUPPORTED_CONTENT_TYPE.error(
+                name=content.name, problem="it has no text to index", metadata={"name": content.name}
             )
         if len(pieces) > self.settings.max_chunks_per_source:
-            raise ResourceExhausted(
-                f"{content.name!r} makes {len(pieces)} chunks; at most {self.settings.max_chunks_per_source}",
-                reason="CHUNK_QUOTA",
+            raise reasons.CHUNK_QUOTA.error(
+                name=content.name,
+                count=len(pieces),
+                what="chunks",
+                limit=self.settings.max_chunks_per_source,
             )
         total = len(pieces)
         progress(Progress(CHUNKING, len(content.data), len(content.data), total, 0, total))
@@ -273,11 +273,14 @@ class KnowledgeIngestion(KnowledgeBase):
             await self.drain_outbox({c.id: v for c, v in zip(chunks, vectors, strict=True)})
         return result_of(replaced)
 
-    async def _semantic(self, text: str, chunker: chunking.ChunkerConfig) -> list[chunking.Chunk]:
+    async def _semantic(self, name: str, text: str, chunker: chunking.ChunkerConfig) -> list[chunking.Chunk]:
         sentences = await asyncio.to_thread(chunking.sentences, text)
         if len(sentences) > self.settings.max_chunks_per_source * 4:
-            raise ResourceExhausted(
-                f"too many sentences for the semantic chunker ({len(sentences)})", reason="CHUNK_QUOTA"
+            raise reasons.CHUNK_QUOTA.error(
+                name=name,
+                count=len(sentences),
+                what="sentences for the semantic chunker",
+                limit=self.settings.max_chunks_per_source * 4,
             )
         vectors: list[list[float]] = []
         for start in range(0, len(sentences), EMBED_BATCH):

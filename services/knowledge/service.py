@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 
+from sessionkit import reasons
 from sessionkit.errors import FieldViolation, InvalidArgument, NotFound
 from sessionkit_server.common import paging
 from sessionkit_server.common.idempotency import Idempotency, then
@@ -87,10 +88,8 @@ class KnowledgeService(KnowledgeIngestion):
         else:
             record = await self.store.by_name(owner.app_name, scope, self._check_name(name))
         if record is None:
-            raise NotFound(
-                f"knowledge source {source_id or name!r} not found",
-                reason="KNOWLEDGE_SOURCE_NOT_FOUND",
-                metadata={"source": source_id or name},
+            raise reasons.KNOWLEDGE_SOURCE_NOT_FOUND.error(
+                source=source_id or name, metadata={"source": source_id or name}
             )
         return record
 
@@ -136,7 +135,7 @@ class KnowledgeService(KnowledgeIngestion):
         if removed is None:
             if allow_missing:
                 return False, 0
-            raise NotFound(f"knowledge source {record.id!r} not found", reason="KNOWLEDGE_SOURCE_NOT_FOUND")
+            raise reasons.KNOWLEDGE_SOURCE_NOT_FOUND.error(source=record.id)
         return True, removed
 
     async def clear(

@@ -5,7 +5,8 @@ are: the user's text is never lost."""
 
 from __future__ import annotations
 
-from sessionkit.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from sessionkit import reasons
+from sessionkit.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from sessionkit_server.common.idempotency import Idempotency
 from sessionkit_server.common.identity import Owner
 from sessionkit_server.common.timestamps import now_us
@@ -39,13 +40,7 @@ class MemoryExtraction(MemoryWrites):
         applied twice."""
         extractor = self.extractor
         if extractor is None:
-            raise FailedPrecondition(
-                "LLM fact extraction (memory_config provider 'mem0') is not configured on this server: "
-                "set SESSIONKIT_LLM_BASE_URL to an OpenAI-compatible endpoint (e.g. "
-                "http://localhost:11434/v1) and SESSIONKIT_LLM_MODEL, or OPENAI_API_KEY to use "
-                "api.openai.com",
-                reason="EXTRACTION_UNAVAILABLE",
-            )
+            raise reasons.EXTRACTION_UNAVAILABLE.error()
         turn = self._check_turn(messages)
         meta = self._check_metadata(metadata)
         # Every memory the extraction adds gets it (as an AddMemory's quality_score).

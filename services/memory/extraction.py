@@ -26,14 +26,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sessionkit import reasons
 from sessionkit_server.common.llm import LLMClient, Reasons
 
 log = logging.getLogger("sessionkit.memory.extraction")
 
 REASONS = Reasons(
-    unavailable="EXTRACTION_LLM_UNAVAILABLE",
-    rejected="EXTRACTION_LLM_REJECTED",
-    hint="check SESSIONKIT_LLM_MODEL and the key",
+    unavailable=reasons.EXTRACTION_LLM_UNAVAILABLE,
+    rejected=reasons.EXTRACTION_LLM_REJECTED,
     label="the extraction LLM",
 )
 

@@ -8,7 +8,8 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from sessionkit.errors import NotFound, StateConflict
+from sessionkit import reasons
+from sessionkit.errors import NotFound
 from sessionkit.jsonvalues import dumps
 from sessionkit_server.common.identity import Owner
 from sessionkit_server.memory import tables as t
@@ -121,14 +122,13 @@ def locked(
     )
     row = conn.execute(query).first()
     if row is None:
-        raise NotFound(
-            f"memory {memory_id!r} not found", reason="MEMORY_NOT_FOUND", metadata={"memory_id": memory_id}
-        )
+        raise reasons.MEMORY_NOT_FOUND.error(memory_id=memory_id, metadata={"memory_id": memory_id})
     current = memory_of(row)
     if expected_revision is not None and expected_revision != current.revision:
-        raise StateConflict(
-            f"memory {memory_id!r} is at revision {current.revision}, not the expected {expected_revision}",
-            reason="MEMORY_CONFLICT",
+        raise reasons.MEMORY_CONFLICT.error(
+            memory_id=memory_id,
+            current=current.revision,
+            expected=expected_revision,
             metadata={"current_revision": str(current.revision)},
         )
     return current

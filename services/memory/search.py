@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 
-from sessionkit.errors import FieldViolation, InvalidArgument, NotFound
+from sessionkit import reasons
+from sessionkit.errors import FieldViolation, InvalidArgument
 from sessionkit_server.common import paging
 from sessionkit_server.common.identity import Owner
 from sessionkit_server.common.timestamps import now_us
@@ -22,11 +23,7 @@ class MemoryReads(MemoryBase):
     async def get(self, owner: Owner, memory_id: str) -> MemoryRecord:
         record = await self.store.get(owner, memory_id, now_us())
         if record is None:
-            raise NotFound(
-                f"memory {memory_id!r} not found",
-                reason="MEMORY_NOT_FOUND",
-                metadata={"memory_id": memory_id},
-            )
+            raise reasons.MEMORY_NOT_FOUND.error(memory_id=memory_id, metadata={"memory_id": memory_id})
         return record
 
     async def list_memories(

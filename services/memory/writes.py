@@ -9,7 +9,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from sessionkit.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
+from sessionkit import reasons
+from sessionkit.errors import FieldViolation, InvalidArgument, NotFound
 from sessionkit_server.common import failpoints
 from sessionkit_server.common.idempotency import Idempotency, then
 from sessionkit_server.common.identity import Owner
@@ -352,9 +353,7 @@ class MemoryWrites(MemoryReads):
             )
         except Exception as error:
             if "uq_sk_memories_content" in str(error) or "UNIQUE constraint failed" in str(error):
-                raise AlreadyExists(
-                    "another memory in this scope already has this text", reason="MEMORY_EXISTS"
-                ) from None
+                raise reasons.MEMORY_EXISTS.error() from None
             raise
         await self.drain_outbox()
         return updated
