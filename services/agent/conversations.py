@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
-from sessionkit.errors import StateConflict
+from sessionkit import reasons
 from sessionkit_server.agent.records import BusyPolicy, ChatOptions
 from sessionkit_server.agent.settings import AgentSettings
 from sessionkit_server.agent.store import AgentStore, Conversation
@@ -44,9 +44,8 @@ class ConversationLeases:
         while not await self.store.try_lease(conv, holder, now_us(), ttl_us):
             now = time.monotonic()
             if options.busy_policy == BusyPolicy.FAIL_FAST or (limit is not None and now >= limit):
-                raise StateConflict(
-                    f"session {conv.session_id!r} is busy with another turn",
-                    reason="CONVERSATION_BUSY",
+                raise reasons.CONVERSATION_BUSY.error(
+                    session_id=conv.session_id,
                     metadata={"session_id": conv.session_id},
                     retry_after=self.settings.busy_poll_seconds * 5,
                 )

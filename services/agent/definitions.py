@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from sessionkit.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound, ResourceExhausted
+from sessionkit import reasons
+from sessionkit.errors import FieldViolation, InvalidArgument, NotFound
 from sessionkit.state_client import SessionRef
 from sessionkit_server.agent.convert import definition_bytes, definition_from_bytes
 from sessionkit_server.agent.records import AgentDefinition, IfExists
@@ -54,11 +55,7 @@ class OpenSession:
 
 
 def _not_found(conv: Conversation, name: str) -> NotFound:
-    return NotFound(
-        f"session {conv.session_id!r} has no agent named {name!r}",
-        reason="AGENT_NOT_FOUND",
-        metadata={"agent_name": name},
-    )
+    return reasons.AGENT_NOT_FOUND.error(session_id=conv.session_id, name=name, metadata={"agent_name": name})
 
 
 class AgentDefinitions:
@@ -112,18 +109,13 @@ class AgentDefinitions:
         mode = {IfExists.REPLACE: "replace", IfExists.GET: "get"}.get(if_exists, "fail")
         existing = await self.store.list_agents(conv, session.create_us, "", limit + 1)
         if len(existing) >= limit and all(a.name != agent.name for a in existing):
-            raise ResourceExhausted(
-                f"session {conv.session_id!r} already has {len(existing)} agents (limit {limit})",
-                reason="AGENT_LIMIT",
-            )
+            raise reasons.AGENT_LIMIT.error(session_id=conv.session_id, count=len(existing), limit=limit)
         row, created = await self.store.put_agent(
             conv, agent.name, definition_bytes(stored), session.create_us, mode, now_us()
         )
         if not created and mode == "fail":
-            raise AlreadyExists(
-                f"session {conv.session_id!r} already has an agent named {agent.name!r}",
-                reason="AGENT_EXISTS",
-                metadata={"agent_name": agent.name},
+            raise reasons.AGENT_EXISTS.error(
+                session_id=conv.session_id, name=agent.name, metadata={"agent_name": agent.name}
             )
         return self._loaded(session, row), created
 

@@ -19,20 +19,17 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from sessionkit import reasons
 from sessionkit_server.common.llm import LLMClient, NotRetried, Reasons
-
-if TYPE_CHECKING:
-    pass
 
 OnDelta = Callable[[str], Awaitable[None]]
 REASONS = Reasons(
-    unavailable="LLM_UNAVAILABLE",
-    rejected="LLM_REJECTED",
-    rate_limited="LLM_RATE_LIMITED",
-    context_too_long="CONTEXT_TOO_LONG",
-    hint="check the model name (SESSIONKIT_MODEL or the agent's llm=) and the key (OPENAI_API_KEY)",
+    unavailable=reasons.LLM_UNAVAILABLE,
+    rejected=reasons.LLM_REJECTED,
+    rate_limited=reasons.LLM_RATE_LIMITED,
+    context_too_long=reasons.CONTEXT_TOO_LONG,
     unreachable_hint="check OPENAI_BASE_URL",
 )
 
