@@ -1,6 +1,7 @@
 """The StateStore contract, run over every implementation (the ``state_store`` fixture is
-parametrized over SQLite, SQLite behind the read cache, and PostgreSQL). Only the StateStore
-interface is used here, so a new backend passes this file or is not a StateStore."""
+parametrized over SQLite, SQLite behind the read cache, and PostgreSQL: tests/conftest.py, shared with
+the state service tests). Only the StateStore interface is used here, so a new backend passes this file
+or is not a StateStore."""
 
 from __future__ import annotations
 
