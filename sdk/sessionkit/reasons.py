@@ -5,7 +5,7 @@ Raise one with ``raise reasons.STATE_TOO_LARGE.error(what="state", size=n, limit
 the keyword fields fill the message template, and ``metadata``, ``violations`` and ``retry_after``
 go to the exception. The servers' interceptor, the gateway's HTTP mapping and both SDK transports
 look reasons up here (:func:`lookup`), so a reason means the same class on every side.
-docs/ERRORS.md documents each one; tests/test_error_registry.py fails when code uses a reason that
+docs/ERRORS.md documents each one; tests/project/test_error_registry.py fails when code uses a reason that
 is not here or not documented there.
 """
 

@@ -18,7 +18,7 @@ import pytest
 from google.protobuf import descriptor_pb2
 from grpc_tools import protoc
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROTO_ROOT = ROOT / "protos"
 PROTO_DIR = PROTO_ROOT / "sessionkit" / "v1"
 GENERATED_DIR = ROOT / "sdk" / "sessionkit" / "v1"

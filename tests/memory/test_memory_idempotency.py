@@ -29,8 +29,8 @@ from sessionkit_server.common.migrate import alembic_config
 from sessionkit_server.memory.store import MemoryStore
 from tests.conftest import _truncate
 from tests.llm_server import LLMServer, llm_server_fixture  # noqa: F401 - the llm_server fixture
+from tests.sdk.test_sdk_retry import Flaky, Sleeps
 from tests.servers import ServerThread
-from tests.test_sdk_retry import Flaky, Sleeps
 
 MEMORY_WRITES = {"AddMemory", "UpdateMemory", "DeleteMemory", "ClearMemories", "ExtractMemories"}
 REF = common_pb2.SessionRef(app_name="default", user_id="alice", session_id="s1")

@@ -23,9 +23,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from sessionkit_server.common.config import ServerSettings
+from tests.gateway.test_gateway_support import GatewayThread, gateway_settings
 from tests.llm_server import LLMServer, Reply
 from tests.servers import ServerThread
-from tests.test_gateway_support import GatewayThread, gateway_settings
 
 pytestmark = pytest.mark.slow
 

@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from sessionkit_server.common.config import ServerSettings
+from tests.gateway.test_gateway_support import GatewayThread, assert_error, gateway_settings
 from tests.llm_server import LLMServer, Reply
 from tests.servers import ServerThread
-from tests.test_gateway_support import GatewayThread, assert_error, gateway_settings
 
 MODEL = "test-model"
 

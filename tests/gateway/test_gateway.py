@@ -24,8 +24,7 @@ from sessionkit_server.common.auth import server_interceptors
 from sessionkit_server.common.config import ServerSettings
 from sessionkit_server.gateway.server import GatewayServer, local_client_settings
 from tests.conftest import free_port
-from tests.servers import ServerThread
-from tests.test_gateway_support import (
+from tests.gateway.test_gateway_support import (
     KEY_A,
     KEY_B,
     GatewayThread,
@@ -33,6 +32,7 @@ from tests.test_gateway_support import (
     gateway_settings,
     self_signed,
 )
+from tests.servers import ServerThread
 
 KEYS = {KEY_A: "acme", KEY_B: "globex"}
 

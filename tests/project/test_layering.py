@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SERVER = ROOT / "services"
 SDK = ROOT / "sdk" / "sessionkit"
 SERVICES = ("state", "memory", "knowledge", "agent", "gateway")

@@ -197,7 +197,7 @@ ADAPTERS = {"grpc_servicer.py", "convert.py"}
 
 
 def test_the_business_layer_imports_no_messages() -> None:
-    agent = Path(__file__).resolve().parent.parent / "services" / "agent"
+    agent = Path(__file__).resolve().parents[2] / "services" / "agent"
     offenders = []
     for path in sorted(agent.glob("*.py")):
         if path.name in ADAPTERS:

@@ -224,7 +224,7 @@ def test_memory_config_is_checked_and_none_disables_memory(memory_server: Server
     assert "colour" in str(info.value)
     with pytest.raises(NotImplementedByServer):
         session(memory_server, memory_config={"use_embedding": False})
-    # "mem0" (LLM fact extraction) is accepted; tests/test_memory_extraction.py covers it.
+    # "mem0" (LLM fact extraction) is accepted; tests/memory/test_memory_extraction.py covers it.
     assert session(memory_server, memory_config={"provider": "mem0"}).memory_config == {"provider": "mem0"}
     seeded = {
         "provider": "rag",

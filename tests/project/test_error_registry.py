@@ -26,9 +26,9 @@ from sessionkit.v1 import state_pb2
 from sessionkit_server.common.interceptors import ErrorAndLogInterceptor
 from sessionkit_server.gateway.server import GatewayServer, local_client_settings
 from sessionkit_server.gateway.upstream import Upstream
-from tests.test_gateway_support import gateway_settings
+from tests.gateway.test_gateway_support import gateway_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SOURCES = [ROOT / "sdk" / "sessionkit", ROOT / "services"]
 ERRORS_MD = ROOT / "docs" / "ERRORS.md"
 REASON_NAME = re.compile(r"^[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*$")

@@ -11,7 +11,7 @@ What praisonaiagents (PRAISONAI_VERSION) does on the wire, read from its session
   (user_id "default_user" when none is given) and return the answer's ``response``.
 - it sends no API key (its Session has no api_key parameter), so it needs a gateway with auth off.
 
-curl and a plain ``requests`` client of the documented protocol are covered by tests/test_gateway_cli.py.
+curl and a plain ``requests`` client of the documented protocol: tests/gateway/test_gateway_cli.py.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
+from tests.gateway.test_gateway_support import GatewayThread, gateway_settings
 from tests.llm_server import LLMServer
+from tests.sdk.test_remote_session import FaultyProxy, module_llm, services  # noqa: F401 - fixtures
 from tests.servers import ServerThread
-from tests.test_gateway_support import GatewayThread, gateway_settings
-from tests.test_remote_session import FaultyProxy, module_llm, services  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.slow
 

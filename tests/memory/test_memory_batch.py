@@ -25,8 +25,8 @@ from sessionkit_server.retrieval.embeddings import LocalEmbedder
 from sessionkit_server.retrieval.vector_index import ChromaIndex
 from sessionkit_server.retrieval.words import details, lexical_terms
 from tests.chroma_server import chroma_server  # noqa: F401 - fixture
+from tests.memory.test_memory import memory_server  # noqa: F401 - fixture (SQLite, PostgreSQL, Chroma server)
 from tests.servers import ServerThread
-from tests.test_memory import memory_server  # noqa: F401 - fixture (SQLite, PostgreSQL, Chroma server)
 
 
 def client_of(session: AsyncSession) -> MemoryClient:

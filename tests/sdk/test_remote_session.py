@@ -32,9 +32,9 @@ from sessionkit.errors import (
 from sessionkit.remote import RemoteConnectionError, agent_base_url
 from sessionkit_server.common.config import ServerSettings
 from tests.conftest import free_port
+from tests.gateway.test_gateway_support import KEY_A, GatewayThread, gateway_settings, self_signed
 from tests.llm_server import LLMServer, Reply
 from tests.servers import ServerThread
-from tests.test_gateway_support import KEY_A, GatewayThread, gateway_settings, self_signed
 
 MODEL = "test-model"
 

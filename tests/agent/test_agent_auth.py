@@ -14,9 +14,9 @@ import pytest
 from sessionkit import PermissionDenied, Session, Unauthenticated
 from sessionkit_server.common.auth import server_interceptors
 from sessionkit_server.common.config import ServerSettings
+from tests.gateway.test_gateway_support import KEY_A, KEY_B, GatewayThread, gateway_settings, self_signed
 from tests.llm_server import LLMServer, llm_server_fixture  # noqa: F401 - fixture
 from tests.servers import ServerThread
-from tests.test_gateway_support import KEY_A, KEY_B, GatewayThread, gateway_settings, self_signed
 
 KEYS = {KEY_A: "acme", KEY_B: "globex"}
 
