@@ -34,10 +34,10 @@ sys.path[:0] = [str(ROOT / "sdk"), str(ROOT)]
 from knowledge_dataset import EvaluationSet, Question, evaluation_set  # noqa: E402
 
 from sessionkit_server.common.db import Database  # noqa: E402
+from sessionkit_server.common.identity import Owner  # noqa: E402
 from sessionkit_server.knowledge import chunking  # noqa: E402
 from sessionkit_server.knowledge.service import KnowledgeService, Progress, default_scopes  # noqa: E402
 from sessionkit_server.knowledge.store import KnowledgeStore  # noqa: E402
-from sessionkit_server.memory.store import Owner  # noqa: E402
 from sessionkit_server.retrieval.embeddings import LocalEmbedder  # noqa: E402
 from sessionkit_server.retrieval.fusion import rrf_normalized  # noqa: E402
 from sessionkit_server.retrieval.vector_index import ChromaIndex  # noqa: E402

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from sessionkit.config import ClientSettings
 from sessionkit.embedded import socket_path
@@ -64,7 +65,6 @@ def serve(
     from sessionkit_server.common import logs, storage_lock
     from sessionkit_server.common.auth import check_binding, server_interceptors
     from sessionkit_server.common.config import ServerSettings
-    from sessionkit_server.gateway.server import GatewayServer, local_client_settings
     from sessionkit_server.server import create_server
 
     requested = list(service or ())
@@ -114,7 +114,9 @@ def serve(
     default_gateway = settings.http_port and "http_port" not in settings.model_fields_set
     if default_gateway and not gateway_only and missing_modules("gateway"):
         err.print(
-            "note: no HTTP gateway (pip install 'sessionkit-server[gateway]' to add it)", highlight=False
+            # \[ : a literal bracket; rich would take [gateway] for markup and print nothing.
+            "note: no HTTP gateway (pip install 'sessionkit-server\\[gateway]' to add it)",
+            highlight=False,
         )
         settings.http_port = 0
     if settings.http_port or gateway_only:
@@ -123,7 +125,8 @@ def serve(
         try:
             require_extra(extra)
         except SessionKitError as error:
-            err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+            # escape(): the message names 'sessionkit-server[extra]', which rich would take for markup.
+            err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
     if gateway_only:
         _serve_gateway_alone(settings)
@@ -154,6 +157,9 @@ def serve(
         gateway = None
         try:
             if settings.http_port:
+                # Imported only here: the gateway's web stack is an extra a gRPC-only install lacks.
+                from sessionkit_server.gateway.server import GatewayServer, local_client_settings
+
                 gateway = await _start_local_gateway(settings, bound, GatewayServer, local_client_settings)
             where = f"; HTTP gateway on {gateway.url}" if gateway else ""
             err.print(

@@ -1,5 +1,6 @@
-"""Shared fixtures: storage backends (SQLite file and the real PostgreSQL on 127.0.0.1:5432) and
-real gRPC servers on ephemeral ports."""
+"""Shared fixtures: storage backends (SQLite file and a real PostgreSQL: the one on 127.0.0.1:5432, or
+a throwaway one when nothing listens there, tests/pg_server.py) and real gRPC servers on ephemeral
+ports."""
 
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ from sessionkit_server.common.config import ServerSettings
 from sessionkit_server.state.cached_store import CachingStateStore
 from sessionkit_server.state.sql_store import SqlStateStore
 from sessionkit_server.state.store import StateStore
+from tests import pg_server
 from tests.servers import ServerThread
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-PG_ADMIN_DSN = os.environ.get("SESSIONKIT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 BACKENDS = ["sqlite", "postgres"]
 #: The StateStore implementations the contract (and the service tests) run over.
 STORE_KINDS = ["sqlite", "sqlite-cached", "postgres"]
@@ -32,26 +33,53 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _pg_admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
+async def _pg_admin(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(sql)
     finally:
         await conn.close()
 
 
+def _announce(config: pytest.Config, line: str) -> None:
+    """A line on the terminal even while output is captured: a run on another server than configured
+    is news to whoever reads the results."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line(f"\n{line}")
+
+
 @pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test run (dropped at the end). Fails, never skips:
-    the PostgreSQL path is part of what the suite proves."""
+def pg_admin_dsn(pytestconfig: pytest.Config) -> Iterator[str]:
+    """The admin DSN of the PostgreSQL server of this run: SESSIONKIT_TEST_PG (default
+    postgresql://postgres@127.0.0.1:5432/test), or a throwaway server started from the installed
+    binaries when nothing listens there. Fails, never skips: the PostgreSQL path is part of what the
+    suite proves."""
+    configured = os.environ.get("SESSIONKIT_TEST_PG") or pg_server.DEFAULT_DSN
+    try:
+        with pg_server.admin_dsn(configured) as dsn:
+            if dsn != configured:
+                why = "asked for" if configured == pg_server.THROWAWAY else f"nothing listens at {configured}"
+                _announce(pytestconfig, f"PostgreSQL: a throwaway server at {dsn} ({why})")
+            yield dsn
+    except pg_server.PostgresUnavailable as error:
+        pytest.fail(str(error))
+
+
+@pytest.fixture(scope="session")
+def pg_database(pg_admin_dsn: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for this test run (dropped at the end)."""
     name = f"sk_test_{uuid.uuid4().hex[:10]}"
     try:
-        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+        asyncio.run(_pg_admin(pg_admin_dsn, f'CREATE DATABASE "{name}"'))
     except (OSError, asyncpg.PostgresError) as error:
-        pytest.fail(f"PostgreSQL at {PG_ADMIN_DSN} is needed for the postgres backend tests: {error}")
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
+        pytest.fail(f"PostgreSQL at {pg_admin_dsn} is needed for the postgres backend tests: {error}")
+    base = pg_admin_dsn.rsplit("/", 1)[0]
     yield f"{base}/{name}".replace("postgresql://", "postgresql+asyncpg://")
-    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(_pg_admin(pg_admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 async def _truncate(url: str) -> None:

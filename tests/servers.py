@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -81,10 +80,14 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def wait_serving(target: str, timeout: float = 30.0) -> None:
+def wait_serving(target: str, timeout: float = 30.0, child: ChildProcess | None = None) -> None:
+    """Until the gRPC health check at ``target`` answers SERVING; with ``child`` (the server's process),
+    fails at once, with its log, when that exits instead."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
+        if child is not None and child.returncode is not None:
+            raise RuntimeError(f"the server exited with {child.returncode}:\n{child.log()[-3000:]}")
         try:
             with grpc.insecure_channel(target) as channel:
                 reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
@@ -96,8 +99,71 @@ def wait_serving(target: str, timeout: float = 30.0) -> None:
     raise TimeoutError(f"server at {target} not SERVING after {timeout}s: {last}")
 
 
+class ChildProcess:
+    """A child process whose stdout and stderr go to a log file, never to a pipe: a pipe that is read
+    only after exit fills (64 KiB) and blocks a chatty server in the middle of a write. Every way of
+    stopping it also reaps it (a killed child not waited for lingers as a zombie, holding its ports'
+    state and its exit code). Usable as a context manager that kills it on the way out."""
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        log_path: Path,
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        # The child keeps its own copy of the descriptor; ours can close at once.
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                list(args), env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll()
+
+    def log(self) -> str:
+        """Everything the child has written so far (safe while it runs)."""
+        return self.log_path.read_text(errors="replace")
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def send_signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def kill(self) -> int:
+        """SIGKILL (if still running), then wait for it; its exit code."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        return self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait up to ``timeout``; SIGKILL (and wait) if it is still running then."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return self.kill()
+
+    def __enter__(self) -> ChildProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
 class ServerProcess:
-    """``sessionkit serve`` in a child process."""
+    """``sessionkit serve --service state`` in a child process; its output in ``data_dir``'s parent,
+    ``serve-PORT.log``."""
 
     def __init__(
         self, port: int, data_dir: Path, database_url: str = "", extra_env: dict[str, str] | None = None
@@ -114,33 +180,31 @@ class ServerProcess:
             }
         )
         env.update(extra_env or {})
-        self.proc = subprocess.Popen(
+        self.child = ChildProcess(
             [sys.executable, "-m", "sessionkit.cli", "serve", "--service", "state"],
+            data_dir.parent / f"serve-{port}.log",
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
         )
         try:
-            wait_serving(self.address)
-        except TimeoutError:
-            self.proc.kill()
-            raise
+            wait_serving(self.address, child=self.child)
+        except TimeoutError as error:
+            self.child.kill()
+            raise TimeoutError(f"{error}; its log:\n{self.child.log()[-3000:]}") from None
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        return self.child.proc
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
+        self.child.kill()
 
     def terminate(self) -> int:
-        self.proc.terminate()
-        return self.proc.wait(timeout=30)
+        return self.child.stop(timeout=30)
 
     def stderr_text(self) -> str:
-        """What the server wrote to stderr; call once it has exited (this closes the pipe)."""
-        assert self.proc.poll() is not None, "stderr_text() of a running server would block"
-        assert self.proc.stderr is not None
-        with self.proc.stderr:
-            return self.proc.stderr.read().decode(errors="replace")
+        """What the server has written to stderr (and stdout) so far."""
+        return self.child.log()

@@ -1,7 +1,7 @@
 """Type stubs of the generated sync classes (session.pyi, agent_sync.pyi), written from the async
 classes, so type checkers and IDEs see the sync API with its real types. The classes themselves are
 built at import time (sessionkit._sync); these stubs only describe them, and
-tests/test_sdk_sync_api.py fails when a stub is not what this module writes.
+tests/sdk/test_sdk_sync_api.py fails when a stub is not what this module writes.
 
 Regenerate with ``python -m sessionkit._stubgen`` after changing the async API.
 """

@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Literal, overload
 
+from sessionkit import reasons
 from sessionkit.agent import AsyncAgent
-from sessionkit.errors import FailedPrecondition, NotImplementedByServer
+from sessionkit.errors import NotImplementedByServer
 from sessionkit.session_core import check_memory_config, normalize_remote_url
 from sessionkit.session_knowledge import KnowledgeMixin, SessionKnowledge
 from sessionkit.session_memory import MemoryMixin, SessionMemory
@@ -130,11 +131,7 @@ class AsyncSession(StateMixin, MemoryMixin, KnowledgeMixin):
         ``stream=True``: an async iterator of the reply's text pieces as the agent produces them
         (``async for piece in await session.chat("hi", stream=True)``)."""
         if self._remote is None:
-            raise FailedPrecondition(
-                "chat() talks to a remote agent: create the session with agent_url= (or remote_url=); "
-                "for a local agent use session.Agent(...).chat()",
-                reason="NOT_REMOTE",
-            )
+            raise reasons.NOT_REMOTE.error()
         if stream:
             return self._remote.chat_stream(self.session_id, self.user_id, message, kwargs)
         answer = await self._remote.chat(self.session_id, self.user_id, message, kwargs)

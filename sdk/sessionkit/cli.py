@@ -110,7 +110,8 @@ def _register_plugins() -> None:
             """Run the services (needs the server package: pip install 'sessionkit-server[all]')."""
             err.print(
                 "[red]error:[/red] `sessionkit serve` needs the server package, which is not installed: "
-                "pip install 'sessionkit-server[all]' (or one extra per service: state, memory, "
+                # \[ : a literal bracket; rich would take [all] for markup and print nothing.
+                "pip install 'sessionkit-server\\[all]' (or one extra per service: state, memory, "
                 "knowledge, agent, gateway)",
                 highlight=False,
                 soft_wrap=True,

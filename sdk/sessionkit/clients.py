@@ -173,6 +173,7 @@ class MemoryAPI(Protocol):
         metadata: dict[str, JsonValue] | None = None,
         dry_run: bool = False,
         idempotency_key: str | None = None,
+        quality: float | None = None,
     ) -> dict[str, Any]: ...
 
     async def clear(

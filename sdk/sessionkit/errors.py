@@ -1,5 +1,5 @@
-"""One exception hierarchy for the SDK and the services, and the one table that maps each
-error to a gRPC status code, an HTTP status and a machine-readable reason.
+"""One exception hierarchy for the SDK and the services: each class has its gRPC status code and
+HTTP status; each reason (sessionkit.reasons, the one registry) names its class.
 
 The server turns a :class:`SessionKitError` into ``google.rpc.Status`` carrying
 ``ErrorInfo`` (reason, domain, metadata), ``BadRequest`` (field violations) and
@@ -147,12 +147,32 @@ class InternalError(SessionKitError):
     pass
 
 
-# Reason -> class, for the reasons that have a class of their own; otherwise the gRPC code decides.
-_BY_REASON: dict[str, type[SessionKitError]] = {
-    "SESSION_NOT_FOUND": SessionNotFound,
-    "STATE_CONFLICT": StateConflict,
-    "RATE_LIMITED": RateLimited,
-}
+class RemoteConnectionError(ConnectionError, ServiceUnavailable):
+    """The remote agent could not be reached, or kept answering 502/503/504, within the timeout.
+
+    A ``ConnectionError`` as in the seed (``except ConnectionError`` keeps working) and a
+    ``ServiceUnavailable`` like the gRPC transport's errors. ``sent`` is False when no byte of the
+    request reached the server (the connection was refused), so repeating it is always safe."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        violations: list[FieldViolation] | None = None,
+        retry_after: float | None = None,
+        sent: bool = True,
+        status: int | None = None,
+    ) -> None:
+        ServiceUnavailable.__init__(
+            self, message, reason=reason, metadata=metadata, violations=violations, retry_after=retry_after
+        )
+        self.sent = sent
+        self.status = status
+
+
+# A received status whose reason is not registered (a newer server) is raised by its code.
 _BY_CODE: dict[grpc.StatusCode, type[SessionKitError]] = {
     cls.code: cls
     for cls in (
@@ -174,12 +194,6 @@ _BY_CODE: dict[grpc.StatusCode, type[SessionKitError]] = {
 _BY_CODE[grpc.StatusCode.UNKNOWN] = InternalError
 _BY_CODE[grpc.StatusCode.DATA_LOSS] = InternalError
 _BY_CODE[grpc.StatusCode.OUT_OF_RANGE] = InvalidArgument
-
-
-def error_table() -> list[tuple[str, str, int, str]]:
-    """(class name, gRPC code, HTTP status, default reason) for docs and the gateway."""
-    classes = {*_BY_CODE.values(), *_BY_REASON.values()}
-    return sorted((c.__name__, c.code.name, c.http_status, c.default_reason) for c in classes)
 
 
 def to_status(error: SessionKitError) -> status_pb2.Status:
@@ -205,7 +219,9 @@ def to_status(error: SessionKitError) -> status_pb2.Status:
         packed = any_pb2.Any()
         packed.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
         details.append(packed)
-    return status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
+    from sessionkit.reasons import grpc_code_of  # the registry imports this module's classes
+
+    return status_pb2.Status(code=grpc_code_of(error).value[0], message=error.message, details=details)
 
 
 def from_status(code: grpc.StatusCode, message: str, status: status_pb2.Status | None) -> SessionKitError:
@@ -229,7 +245,9 @@ def from_status(code: grpc.StatusCode, message: str, status: status_pb2.Status |
                 info_retry = error_details_pb2.RetryInfo()
                 detail.Unpack(info_retry)
                 retry_after = info_retry.retry_delay.ToNanoseconds() / 1e9
-    cls = _BY_REASON.get(reason or "") or _BY_CODE.get(code, InternalError)
+    from sessionkit.reasons import exception_class  # the registry imports this module's classes
+
+    cls = exception_class(reason, code) or _BY_CODE.get(code, InternalError)
     if cls is ResourceExhausted and retry_after is not None:
         cls = RateLimited
     return cls(message, reason=reason, metadata=metadata, violations=violations, retry_after=retry_after)

@@ -270,9 +270,10 @@ class MemoryClient:
         metadata: dict[str, JsonValue] | None = None,
         dry_run: bool = False,
         idempotency_key: str | None = None,
+        quality: float | None = None,
     ) -> dict[str, Any]:
         """LLM fact extraction from a conversation turn: ``{"operations": [{"type", "fact", "old_text",
-        "memory"}], "model": ..., "extraction_failed": bool}``."""
+        "memory"}], "model": ..., "extraction_failed": bool}``. ``quality``: of every memory it adds."""
         request = memory_pb2.ExtractMemoriesRequest(
             session=ref.message,
             messages=conversation(messages),
@@ -280,6 +281,7 @@ class MemoryClient:
             metadata=_struct(metadata, "metadata"),
             dry_run=dry_run,
             idempotency_key=_key(idempotency_key),
+            quality_score=quality,
         )
         reply = await self._call("ExtractMemories", request)
         operations = [operation_dict(o) for o in reply.operations]

@@ -22,8 +22,9 @@ call, the same on every attempt), so the server applies a repeated write once. C
 DeleteSession have no key in the proto: they are repeated only when that is harmless (get_if_exists,
 allow_missing, which AsyncSession uses). A stream is retried until it starts, never after. Other 4xx
 are never retried. HTTP errors become typed errors in sessionkit.remote_errors: what cannot reach the
-server ends as :class:`RemoteConnectionError`, a ``ConnectionError`` (the seed's error) that is also a
-:class:`ServiceUnavailable`; other refusals are the typed errors of sessionkit.errors.
+server ends as :class:`RemoteConnectionError` (sessionkit.errors, re-exported here), a ``ConnectionError``
+(the seed's error) that is also a :class:`ServiceUnavailable`; other refusals are the typed errors their
+reason names in the one registry (sessionkit.reasons).
 """
 
 from __future__ import annotations
@@ -37,18 +38,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from sessionkit.errors import FieldViolation, InvalidArgument
-from sessionkit.remote_errors import (
-    BAD_RESPONSE,
-    TLS_FAILED,
-    RemoteConnectionError,
-    json_body,
-    mapped,
-    raise_for,
-)
+from sessionkit import reasons
+from sessionkit.errors import FieldViolation, InvalidArgument, RemoteConnectionError
+from sessionkit.remote_errors import RETRYABLE_STATUSES, json_body, mapped, raise_for, unreachable
 from sessionkit.retry import RetryPolicy
 
-__all__ = ["BAD_RESPONSE", "TLS_FAILED", "GatewayClient", "RemoteConnectionError", "agent_base_url"]
+__all__ = ["RETRYABLE_STATUSES", "GatewayClient", "RemoteConnectionError", "agent_base_url"]
 
 
 def agent_base_url(agent_url: str) -> str:
@@ -156,9 +151,10 @@ class GatewayClient:
         headers = {"Idempotency-Key": uuid.uuid4().hex}
         answer = await self.request("POST", self.agent_url, json=body, headers=headers, idempotent=True)
         if not isinstance(answer, dict) or not isinstance(answer.get("response"), str):
-            raise RemoteConnectionError(
-                f"the remote agent at {self.agent_url} answered without a 'response' text: {answer!r:.200}",
-                reason=BAD_RESPONSE,
+            raise unreachable(
+                reasons.BAD_REMOTE_RESPONSE,
+                detail=f"the remote agent at {self.agent_url} answered without a 'response' text: "
+                f"{answer!r:.200}",
                 status=200,
             )
         return answer
@@ -189,10 +185,10 @@ class GatewayClient:
                         yield text
                 elif event == "result":
                     if not isinstance(data, dict) or not isinstance(data.get("response"), str):
-                        raise RemoteConnectionError(
-                            f"the remote agent at {self.agent_url} ended its stream without a 'response' "
-                            f"text: {data!r:.200}",
-                            reason=BAD_RESPONSE,
+                        raise unreachable(
+                            reasons.BAD_REMOTE_RESPONSE,
+                            detail=f"the remote agent at {self.agent_url} ended its stream without a "
+                            f"'response' text: {data!r:.200}",
                             status=200,
                         )
                     if not streamed and data["response"]:
@@ -279,9 +275,10 @@ class GatewayClient:
         repeated only when the request never reached the server, or was refused by a rate limit."""
 
         def out_of_time() -> Exception:
-            return RemoteConnectionError(
-                f"no answer from the remote agent at {url} within the {self.policy.deadline:g}s timeout",
-                reason="DEADLINE_EXCEEDED",
+            return unreachable(
+                reasons.DEADLINE_EXCEEDED,
+                detail=f"no answer from the remote agent at {url} within the {self.policy.deadline:g}s "
+                "timeout",
             )
 
         try:

@@ -1,7 +1,8 @@
 """What an HTTP exchange with a remote server can end in, as sessionkit's typed errors: a connection
 that failed or timed out (:class:`RemoteConnectionError`, a ``ConnectionError`` and a
 ``ServiceUnavailable``), and the gateway's error body (``{"error": {status, reason, message, metadata,
-violations, retry_after}}``) rebuilt through sessionkit's one error table."""
+violations, retry_after}}``) rebuilt through sessionkit's one error registry (sessionkit.reasons):
+no table of its own, the reason (else the HTTP status) names the gRPC code and so the class."""
 
 from __future__ import annotations
 
@@ -16,40 +17,40 @@ from typing import Any, NoReturn
 import grpc
 import httpx
 
+from sessionkit import reasons
 from sessionkit.errors import (
     FieldViolation,
-    ServiceUnavailable,
+    RemoteConnectionError,
     SessionKitError,
     from_status,
     to_status,
 )
 
+__all__ = ["RETRYABLE_STATUSES", "RemoteConnectionError", "json_body", "mapped", "raise_for", "retry_after"]
+
 #: Statuses that mean "the server (or a proxy in front of it) could not serve this now".
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
-BAD_RESPONSE = "BAD_REMOTE_RESPONSE"
-TLS_FAILED = "TLS_FAILED"
 
 
-class RemoteConnectionError(ConnectionError, ServiceUnavailable):
-    """The remote agent could not be reached, or kept answering 502/503/504, within the timeout.
-
-    A ``ConnectionError`` as in the seed (``except ConnectionError`` keeps working) and a
-    ``ServiceUnavailable`` like the gRPC transport's errors. ``sent`` is False when no byte of the
-    request reached the server (the connection was refused), so repeating it is always safe."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        reason: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-        retry_after: float | None = None,
-        sent: bool = True,
-        status: int | None = None,
-    ) -> None:
-        ServiceUnavailable.__init__(self, message, reason=reason, metadata=metadata, retry_after=retry_after)
-        self.sent = sent
-        self.status = status
+def unreachable(
+    reason: reasons.Reason[Any],
+    *,
+    sent: bool = True,
+    status: int | None = None,
+    metadata: Mapping[str, str] | None = None,
+    retry_after: float | None = None,
+    **fields: object,
+) -> RemoteConnectionError:
+    """A failure to get an answer, as the one class callers catch for it (a ``ConnectionError``) whatever
+    the reason's own class; the message is the reason's."""
+    return RemoteConnectionError(
+        reason.format(**fields),
+        reason=reason.name,
+        metadata=metadata,
+        retry_after=retry_after,
+        sent=sent,
+        status=status,
+    )
 
 
 def _tls_failure(error: BaseException) -> bool:
@@ -93,32 +94,27 @@ def mapped(url: str, seconds: float) -> Iterator[None]:
         yield
     except httpx.ConnectError as error:
         if _tls_failure(error):
-            raise RemoteConnectionError(
-                f"TLS with the remote agent at {url} failed: {error}. For a private CA, point "
-                "SSL_CERT_FILE at its certificate",
-                reason=TLS_FAILED,
-                sent=False,
-            ) from error
-        raise RemoteConnectionError(
-            f"cannot connect to the remote agent at {url}: {error or type(error).__name__}",
-            reason="CONNECTION_FAILED",
+            raise unreachable(reasons.TLS_FAILED, url=url, detail=error, sent=False) from error
+        raise unreachable(
+            reasons.CONNECTION_FAILED,
+            detail=f"cannot connect to the remote agent at {url}: {error or type(error).__name__}",
             sent=False,
         ) from error
     except httpx.ConnectTimeout as error:
-        raise RemoteConnectionError(
-            f"cannot connect to the remote agent at {url}: {error or type(error).__name__}",
-            reason="CONNECTION_FAILED",
+        raise unreachable(
+            reasons.CONNECTION_FAILED,
+            detail=f"cannot connect to the remote agent at {url}: {error or type(error).__name__}",
             sent=False,
         ) from error
     except httpx.TimeoutException as error:
-        raise RemoteConnectionError(
-            f"timed out waiting for the remote agent at {url} ({seconds:.3g}s)",
-            reason="DEADLINE_EXCEEDED",
+        raise unreachable(
+            reasons.DEADLINE_EXCEEDED,
+            detail=f"timed out waiting for the remote agent at {url} ({seconds:.3g}s)",
         ) from error
     except httpx.TransportError as error:
-        raise RemoteConnectionError(
-            f"the connection to the remote agent at {url} failed: {error or type(error).__name__}",
-            reason="CONNECTION_FAILED",
+        raise unreachable(
+            reasons.CONNECTION_FAILED,
+            detail=f"the connection to the remote agent at {url} failed: {error or type(error).__name__}",
         ) from error
 
 
@@ -126,17 +122,17 @@ def json_body(url: str, response: httpx.Response) -> Any:
     try:
         return response.json()
     except ValueError as error:
-        raise RemoteConnectionError(
-            f"the remote agent at {url} answered {response.status_code} with a body that is not JSON: "
-            f"{response.text[:200]!r}",
-            reason=BAD_RESPONSE,
+        raise unreachable(
+            reasons.BAD_REMOTE_RESPONSE,
+            detail=f"the remote agent at {url} answered {response.status_code} with a body that is not "
+            f"JSON: {response.text[:200]!r}",
             status=response.status_code,
         ) from error
 
 
 def raise_for(method: str, url: str, response: httpx.Response) -> NoReturn:
     """The typed error for an error answer: the gateway's one error shape through sessionkit's error
-    table; any other body by its HTTP status."""
+    registry (sessionkit.reasons); any other body by its HTTP status."""
     status = response.status_code
     detail: dict[str, Any] = {}
     try:
@@ -155,7 +151,7 @@ def raise_for(method: str, url: str, response: httpx.Response) -> NoReturn:
     if status in RETRYABLE_STATUSES:
         raise RemoteConnectionError(
             f"the remote agent at {url} is unavailable ({status}): {text}",
-            reason=reason or ("DEADLINE_EXCEEDED" if status == 504 else "UNAVAILABLE"),
+            reason=reason or (reasons.DEADLINE_EXCEEDED if status == 504 else reasons.UNAVAILABLE).name,
             metadata=metadata,
             retry_after=delay,
             status=status,
@@ -165,8 +161,8 @@ def raise_for(method: str, url: str, response: httpx.Response) -> NoReturn:
         for v in detail.get("violations") or []
         if isinstance(v, dict)
     ]
-    code = _grpc_code(detail.get("status"), status)
-    # Rebuilt through the one table (reason first, then the gRPC code), as the gRPC transport does.
+    code = _grpc_code(detail.get("status"), reason, status)
+    # Rebuilt through the one registry (reason first, then the gRPC code), as the gRPC transport does.
     carrier = SessionKitError(
         text, reason=reason, metadata=metadata, violations=violations, retry_after=delay
     )
@@ -176,23 +172,9 @@ def raise_for(method: str, url: str, response: httpx.Response) -> NoReturn:
     raise error
 
 
-_HTTP_TO_GRPC = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND,
-    405: grpc.StatusCode.UNIMPLEMENTED,
-    409: grpc.StatusCode.ABORTED,
-    412: grpc.StatusCode.FAILED_PRECONDITION,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    422: grpc.StatusCode.INVALID_ARGUMENT,
-    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    499: grpc.StatusCode.CANCELLED,
-    501: grpc.StatusCode.UNIMPLEMENTED,
-}
-
-
-def _grpc_code(name: Any, http_status: int) -> grpc.StatusCode:
+def _grpc_code(name: Any, reason: str | None, http_status: int) -> grpc.StatusCode:
+    """The answer's gRPC code: its ``status``, else its registered reason's, else its HTTP status's."""
     if isinstance(name, str) and name in grpc.StatusCode.__members__:
         return grpc.StatusCode[name]
-    return _HTTP_TO_GRPC.get(http_status, grpc.StatusCode.INTERNAL)
+    registered = reasons.lookup(reason)
+    return registered.code if registered is not None else reasons.grpc_code_for_http(http_status)

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
+from sessionkit import reasons
 from sessionkit.errors import InvalidArgument, NotImplementedByServer
 from sessionkit.ids import DEFAULT
 from sessionkit.jsonvalues import JsonValue, check_json
@@ -116,11 +117,7 @@ class Rest:
 
 
 def unsupported(what: str) -> NotImplementedByServer:
-    return NotImplementedByServer(
-        f"{what} is not offered by the gateway's REST API, so not by remote (agent_url) sessions; "
-        "use address='host:port' to reach the gRPC services",
-        reason="NOT_AVAILABLE_REMOTELY",
-    )
+    return reasons.NOT_AVAILABLE_REMOTELY.error(what=what, why="the gateway's REST API does not offer it")
 
 
 class RemoteStateClient(Rest):

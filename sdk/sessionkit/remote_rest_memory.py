@@ -64,6 +64,7 @@ class RemoteMemoryClient(Rest):
         metadata: dict[str, JsonValue] | None = None,
         dry_run: bool = False,
         idempotency_key: str | None = None,
+        quality: float | None = None,
     ) -> dict[str, Any]:
         raise unsupported("memory extraction (extract_memories(), memory_config provider 'mem0')")
 

@@ -30,15 +30,18 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from sessionkit import reasons
 from sessionkit.errors import DeadlineExceeded, ResourceExhausted, ServiceUnavailable
 
 T = TypeVar("T")
 
 #: UNAVAILABLE reasons of a service's upstream that the service itself already retried.
-UPSTREAM_GAVE_UP = frozenset({"LLM_UNAVAILABLE", "LLM_RATE_LIMITED", "EXTRACTION_LLM_UNAVAILABLE"})
+UPSTREAM_GAVE_UP = frozenset(
+    r.name for r in (reasons.LLM_UNAVAILABLE, reasons.LLM_RATE_LIMITED, reasons.EXTRACTION_LLM_UNAVAILABLE)
+)
 #: Reasons of failures that stay as they are however often they are tried (a bad certificate, a server
 #: that does not speak the protocol).
-PERMANENT = frozenset({"BAD_REMOTE_RESPONSE", "TLS_FAILED"})
+PERMANENT = frozenset(r.name for r in (reasons.BAD_REMOTE_RESPONSE, reasons.TLS_FAILED))
 #: The shortest time worth starting an attempt with: less than this left after a wait means the wait
 #: would use up the deadline.
 MIN_ATTEMPT_SECONDS = 0.01
@@ -102,7 +105,9 @@ class RetryPolicy:
                 if remaining <= 0:
                     if deadline_error is not None:
                         raise deadline_error()
-                    raise DeadlineExceeded(f"no answer within the {self.deadline:g}s deadline")
+                    raise reasons.DEADLINE_EXCEEDED.error(
+                        detail=f"no answer within the {self.deadline:g}s deadline"
+                    )
                 try:
                     return await attempt(remaining)
                 except Exception as error:

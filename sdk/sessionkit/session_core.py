@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 from urllib.parse import urlparse
 
+from sessionkit import reasons
 from sessionkit.clients import AgentAPI, KnowledgeAPI, MemoryAPI, StateAPI, open_clients
 from sessionkit.config import ClientSettings
 from sessionkit.errors import (
@@ -179,10 +180,10 @@ class SessionCore:
     def _agent_client(self) -> AgentAPI:
         """Agents run on the gRPC agent service. State, memory and knowledge work in both modes."""
         if self._agents is None:
-            raise NotImplementedByServer(
-                "a remote (agent_url) session talks to the remote agent with chat()/send_message(); "
-                "session agents need the gRPC services (address='host:port')",
-                reason="NOT_AVAILABLE_REMOTELY",
+            raise reasons.NOT_AVAILABLE_REMOTELY.error(
+                what="a session agent",
+                why="a remote session talks to the remote agent with chat()/send_message(); session agents "
+                "run on the gRPC agent service",
             )
         return self._agents
 

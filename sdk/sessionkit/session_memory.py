@@ -25,7 +25,7 @@ class MemoryMixin(SessionCore):
 
         With provider "mem0" the text goes through LLM fact extraction instead (as the user's message
         of a turn, see ``extract_memories``): the result is ``{"operations": [...], "model": ...,
-        "extraction_failed": ...}`` and ``quality_score`` is not used."""
+        "extraction_failed": ...}``; the memories it adds get ``quality_score`` and ``metadata``."""
         quality = metadata.pop("quality_score", None)
         if not self._check_memory():
             return None
@@ -33,7 +33,7 @@ class MemoryMixin(SessionCore):
             if not isinstance(text, str):
                 raise InvalidArgument(f"memory text must be a str, not {type(text).__name__}")
             return await self._memory.extract(
-                self._ref, [{"role": "user", "content": text}], memory_type, metadata
+                self._ref, [{"role": "user", "content": text}], memory_type, metadata, quality=quality
             )
         return await self._memory.add(self._ref, text, memory_type, quality, metadata)
 
@@ -110,8 +110,13 @@ class MemoryMixin(SessionCore):
             # Extraction is per turn: each text goes through it as one user message.
             out: list[dict[str, Any]] = []
             for m in memories:
-                text = m if isinstance(m, str) else m["text"]
-                added = await self.add_memory(text, memory_type)
+                if isinstance(m, str):
+                    added = await self.add_memory(m, memory_type)
+                else:  # each item's own type, quality and metadata, as add_many sends them
+                    meta = dict(m.get("metadata") or {})
+                    if m.get("quality_score") is not None:
+                        meta["quality_score"] = m["quality_score"]
+                    added = await self.add_memory(m["text"], m.get("memory_type") or memory_type, **meta)
                 out.append(added or {})
             return out
         return await self._memory.add_many(self._ref, memories, memory_type)

@@ -12,9 +12,10 @@ from typing import Any, TypeVar
 
 import grpc
 
+from sessionkit import reasons
 from sessionkit.config import ClientSettings
 from sessionkit.embedded import ensure_local_server
-from sessionkit.errors import InvalidArgument, NotImplementedByServer, ServiceUnavailable, from_rpc_error
+from sessionkit.errors import InvalidArgument, ServiceUnavailable, from_rpc_error
 from sessionkit.retry import RetryPolicy
 
 T = TypeVar("T")
@@ -215,16 +216,15 @@ class Transport:
 
     def _error(self, service: str, error: grpc.RpcError) -> Exception:
         typed = from_rpc_error(error)
-        if isinstance(typed, NotImplementedByServer):
-            return NotImplementedByServer(
-                f"the {service} service is not available on this server: {typed.message}", reason=typed.reason
-            )
-        if isinstance(typed, ServiceUnavailable):
+        if reasons.UNIMPLEMENTED.matches(typed):
+            typed.message = f"the {service} service is not available on this server: {typed.message}"
+        elif isinstance(typed, ServiceUnavailable):
             # gRPC reports a connection that could not be opened this way: the request never left,
             # so even a call without an idempotency key may be repeated (the retry policy reads it).
             typed.sent = "failed to connect" not in typed.message.lower()  # type: ignore[attr-defined]
             if not typed.metadata:
                 typed.message = f"{service} service unavailable: {typed.message}"
+        typed.args = (typed.message,)
         return typed
 
     async def _before_retry(self, error: BaseException) -> None:

@@ -1,5 +1,7 @@
-"""gRPC adapter of the agent service. ChatStream runs the turn as a task and multiplexes: its progress
-and CLIENT tool calls go out on the stream, the client's tool results come back on it."""
+"""gRPC adapter of the agent service: converts sessionkit.v1 messages to the agent's records and back
+(sessionkit_server.agent.convert) and calls AgentService. ChatStream runs the turn as a task and
+multiplexes: its progress and CLIENT tool calls go out on the stream, the client's tool results come
+back on it."""
 
 from __future__ import annotations
 
@@ -11,7 +13,11 @@ from typing import Any
 
 from sessionkit.errors import FieldViolation, InvalidArgument
 from sessionkit.v1 import agent_pb2, agent_pb2_grpc
-from sessionkit_server.agent.service import AgentService, TurnIO, _specs, caller_key
+from sessionkit_server.agent import convert
+from sessionkit_server.agent.records import ClientToolCall, IfExists, ToolCallRecord, WorkflowEvent
+from sessionkit_server.agent.service import AgentService
+from sessionkit_server.agent.turn_io import TurnIO
+from sessionkit_server.agent.upstream import caller_key
 from sessionkit_server.common.auth import key_from_metadata
 
 Context = Any
@@ -49,17 +55,17 @@ class _StreamIO(TurnIO):
                 agent_pb2.ChatStreamResponse(text_delta=agent_pb2.ChatTextDelta(text=text, round=round_))
             )
 
-    async def tool_completed(self, record: agent_pb2.ToolCallRecord) -> None:
-        await self.out.put(agent_pb2.ChatStreamResponse(tool_call_completed=record))
+    async def tool_completed(self, record: ToolCallRecord) -> None:
+        await self.out.put(
+            agent_pb2.ChatStreamResponse(tool_call_completed=convert.tool_record_message(record))
+        )
 
-    async def client_tool(
-        self, call: agent_pb2.ChatToolCall, tool_timeout: float
-    ) -> tuple[str | None, str | None]:
+    async def client_tool(self, call: ClientToolCall, tool_timeout: float) -> tuple[str | None, str | None]:
         if self.closed:
             return None, "the client closed its side of the stream before the tool was called"
         future: asyncio.Future[tuple[str | None, str | None]] = asyncio.get_running_loop().create_future()
         self.pending[call.call_id] = future
-        await self.out.put(agent_pb2.ChatStreamResponse(tool_call=call))
+        await self.out.put(agent_pb2.ChatStreamResponse(tool_call=convert.client_tool_call_message(call)))
         try:
             return await asyncio.wait_for(future, tool_timeout)
         except TimeoutError:
@@ -97,42 +103,53 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self, request: agent_pb2.CreateAgentRequest, context: Context
     ) -> agent_pb2.CreateAgentResponse:
         _caller(context)
-        agent, created = await self.service.create_agent(request.session, request.agent, request.if_exists)
-        return agent_pb2.CreateAgentResponse(agent=agent, created=created)
+        agent, created = await self.service.agents.create(
+            convert.session_ref(request.session),
+            convert.definition(request.agent),
+            convert.enum_value(IfExists, request.if_exists),
+        )
+        return agent_pb2.CreateAgentResponse(agent=convert.definition_message(agent), created=created)
 
     async def GetAgent(
         self, request: agent_pb2.GetAgentRequest, context: Context
     ) -> agent_pb2.GetAgentResponse:
         _caller(context)
-        return agent_pb2.GetAgentResponse(
-            agent=await self.service.get_agent(request.session, request.agent_name)
-        )
+        agent = await self.service.agents.get(convert.session_ref(request.session), request.agent_name)
+        return agent_pb2.GetAgentResponse(agent=convert.definition_message(agent))
 
     async def ListAgents(
         self, request: agent_pb2.ListAgentsRequest, context: Context
     ) -> agent_pb2.ListAgentsResponse:
         _caller(context)
-        agents, token = await self.service.list_agents(request.session, request.page_size, request.page_token)
-        return agent_pb2.ListAgentsResponse(agents=agents, next_page_token=token)
+        agents, token = await self.service.agents.list_page(
+            convert.session_ref(request.session), request.page_size, request.page_token
+        )
+        return agent_pb2.ListAgentsResponse(
+            agents=[convert.definition_message(a) for a in agents], next_page_token=token
+        )
 
     async def DeleteAgent(
         self, request: agent_pb2.DeleteAgentRequest, context: Context
     ) -> agent_pb2.DeleteAgentResponse:
         _caller(context)
-        deleted = await self.service.delete_agent(request.session, request.agent_name, request.allow_missing)
+        deleted = await self.service.agents.delete(
+            convert.session_ref(request.session), request.agent_name, request.allow_missing
+        )
         return agent_pb2.DeleteAgentResponse(deleted=deleted)
 
     async def Chat(self, request: agent_pb2.ChatRequest, context: Context) -> agent_pb2.ChatResponse:
         _caller(context)
-        result = await self.service.chat(
-            request.session,
+        result = await self.service.turns.chat(
+            convert.session_ref(request.session),
             request.agent_name,
             request.message,
-            request.options,
+            convert.chat_options(request.options),
             idempotency_key=request.idempotency_key,
             deadline=_deadline(context),
         )
-        return agent_pb2.ChatResponse(text=result.text, metadata=result.metadata)
+        return agent_pb2.ChatResponse(
+            text=result.text, metadata=convert.turn_metadata_message(result.metadata)
+        )
 
     async def ChatStream(
         self, request_iterator: AsyncIterator[agent_pb2.ChatStreamRequest], context: Context
@@ -157,18 +174,18 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
         async def turn() -> None:
             try:
-                result = await self.service.chat(
-                    start.session,
+                result = await self.service.turns.chat(
+                    convert.session_ref(start.session),
                     start.agent_name,
                     start.message,
-                    start.options,
+                    convert.chat_options(start.options),
                     idempotency_key=start.idempotency_key,
                     stream=start.stream,
-                    client_tools=_specs(start.tools),
+                    client_tools=convert.tool_specs(start.tools),
                     io=io,
                     deadline=_deadline(context),
                 )
-                await out.put(agent_pb2.ChatStreamResponse(result=result))
+                await out.put(agent_pb2.ChatStreamResponse(result=convert.turn_result_message(result)))
             except BaseException as error:  # handed to the handler, which raises it as the status
                 problem.append(error)
             finally:
@@ -212,12 +229,17 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self, request: agent_pb2.RunWorkflowRequest, context: Context
     ) -> AsyncIterator[agent_pb2.RunWorkflowResponse]:
         _caller(context)
+        workflow = convert.workflow_request(request)
         out: asyncio.Queue[Any] = asyncio.Queue()
         problem: list[BaseException] = []
 
+        async def send(event: WorkflowEvent) -> None:
+            # Converted now: the business layer goes on changing its records after sending them.
+            await out.put(convert.workflow_event_message(event))
+
         async def run() -> None:
             try:
-                await self.service.run_workflow(request, out.put, _deadline(context))
+                await self.service.workflows.run(workflow, send, _deadline(context))
             except BaseException as error:
                 problem.append(error)
             finally:

@@ -3,7 +3,7 @@
 - One call (:meth:`ChatModel.complete`) is one LLM round: text, or tool calls, with token usage. With
   ``on_delta`` it streams: each text piece is handed on as soon as it arrives (no buffering), and tool
   call fragments are assembled.
-- Transport: ``openai.AsyncOpenAI`` with a timeout and no retries of its own; tenacity retries
+- Transport: sessionkit_server.common.llm (shared with memory's fact extraction): tenacity retries
   connection errors, timeouts, 408, 409, 429 and 5xx with jittered exponential backoff, waiting what a
   429/503's ``Retry-After`` asks for. A streamed call is retried only until its first piece was handed
   on (after that the caller has shown text, and a retry would show it twice).
@@ -17,32 +17,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
-)
-
-from sessionkit.errors import (
-    FailedPrecondition,
-    RateLimited,
-    ResourceExhausted,
-    ServiceUnavailable,
-    SessionKitError,
-)
-from sessionkit_server.memory.extraction import _transient, retry_after_seconds
-
-if TYPE_CHECKING:
-    import openai
+from sessionkit import reasons
+from sessionkit_server.common.llm import LLMClient, NotRetried, Reasons
 
 OnDelta = Callable[[str], Awaitable[None]]
+REASONS = Reasons(
+    unavailable=reasons.LLM_UNAVAILABLE,
+    rejected=reasons.LLM_REJECTED,
+    rate_limited=reasons.LLM_RATE_LIMITED,
+    context_too_long=reasons.CONTEXT_TOO_LONG,
+    unreachable_hint="check OPENAI_BASE_URL",
+)
 
 
 @dataclass
@@ -63,19 +52,6 @@ class LLMReply:
     completion_tokens: int = 0
 
 
-class _Started(Exception):
-    """A streamed call failed after handing on text: not retried."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-def _context_too_long(error: openai.APIStatusError) -> bool:
-    text = str(error.message).lower()
-    return error.status_code in (400, 413) and ("context" in text and ("length" in text or "window" in text))
-
-
 class ChatModel:
     """Chat completions on one OpenAI-compatible endpoint."""
 
@@ -91,71 +67,22 @@ class ChatModel:
         max_retry_after: float = 60.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        import openai
-
-        self.max_attempts = max_attempts
-        self.max_retry_after = max_retry_after
-        self.sleep = sleep
-        self._backoff = wait_random_exponential(multiplier=initial_backoff, max=max_backoff)
-        # A local server often needs no key, but the client insists on one.
-        key = api_key or os.environ.get("OPENAI_API_KEY") or "no-key"
-        self._client = openai.AsyncOpenAI(base_url=base_url, api_key=key, timeout=timeout, max_retries=0)
-        self.base_url = str(self._client.base_url)
+        self._llm = LLMClient(
+            REASONS,
+            base_url=base_url,
+            api_key=api_key,
+            timeout=timeout,
+            max_attempts=max_attempts,
+            initial_backoff=initial_backoff,
+            max_backoff=max_backoff,
+            max_retry_after=max_retry_after,
+            sleep=sleep,
+        )
+        self._client = self._llm.client
+        self.base_url = self._llm.base_url
 
     async def close(self) -> None:
-        await self._client.close()
-
-    def _wait(self, state: RetryCallState) -> float:
-        import openai
-
-        error = state.outcome.exception() if state.outcome else None
-        if isinstance(error, openai.APIStatusError) and error.status_code in (429, 503):
-            asked = retry_after_seconds(error.response.headers)
-            if asked is not None:
-                return min(asked, self.max_retry_after)
-        return float(self._backoff(state))
-
-    def _error(self, error: BaseException, model: str, attempts: int) -> SessionKitError:
-        import openai
-
-        where = f"the LLM at {self.base_url} (model {model!r})"
-        metadata = {"base_url": self.base_url, "model": model}
-        if isinstance(error, openai.APIStatusError):
-            status = error.status_code
-            metadata["status"] = str(status)
-            detail = str(error.message)[:300]
-            if status == 429:
-                return RateLimited(
-                    f"{where} is rate limiting (429, {attempts} attempts): {detail}",
-                    reason="LLM_RATE_LIMITED",
-                    metadata=metadata,
-                    retry_after=retry_after_seconds(error.response.headers) or 1.0,
-                )
-            if _transient(error):
-                return ServiceUnavailable(
-                    f"{where} answered {status} ({attempts} attempts): {detail}",
-                    reason="LLM_UNAVAILABLE",
-                    metadata=metadata,
-                )
-            if _context_too_long(error):
-                return ResourceExhausted(
-                    f"the prompt does not fit the context of {where}: {detail}",
-                    reason="CONTEXT_TOO_LONG",
-                    metadata=metadata,
-                )
-            return FailedPrecondition(
-                f"{where} refused the request ({status}): {detail}; check the model name "
-                "(SESSIONKIT_MODEL or the agent's llm=) and the key (OPENAI_API_KEY)",
-                reason="LLM_REJECTED",
-                metadata=metadata,
-            )
-        if isinstance(error, openai.APIConnectionError):
-            return ServiceUnavailable(
-                f"{where} could not be reached ({attempts} attempts): {error}; check OPENAI_BASE_URL",
-                reason="LLM_UNAVAILABLE",
-                metadata=metadata,
-            )
-        return ServiceUnavailable(f"{where} failed: {error}", reason="LLM_UNAVAILABLE", metadata=metadata)
+        await self._llm.close()
 
     async def complete(
         self,
@@ -167,31 +94,16 @@ class ChatModel:
         on_delta: OnDelta | None = None,
     ) -> LLMReply:
         """One LLM round. ``params``: temperature, max_tokens and other request fields."""
-        import openai
-
         request: dict[str, Any] = {"model": model, "messages": messages, **(params or {})}
         if tools:
             request["tools"] = tools
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(_transient),
-            stop=stop_after_attempt(self.max_attempts),
-            wait=self._wait,
-            sleep=self.sleep,
-            reraise=True,
-        )
-        attempts = 0
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    attempts += 1
-                    if on_delta is None:
-                        return await self._once(request)
-                    return await self._streamed(request, on_delta)
-        except _Started as started:
-            raise self._error(started.error, model, attempts) from started.error
-        except (openai.OpenAIError, ValueError) as error:
-            raise self._error(error, model, attempts) from error
-        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+        async def attempt() -> LLMReply:
+            if on_delta is None:
+                return await self._once(request)
+            return await self._streamed(request, on_delta)
+
+        return await self._llm.call(model, attempt)
 
     async def _once(self, request: dict[str, Any]) -> LLMReply:
         response = await self._client.chat.completions.create(**request)
@@ -246,7 +158,7 @@ class ChatModel:
                         finish = choice.finish_reason
         except (openai.OpenAIError, ValueError, json.JSONDecodeError) as error:
             if text:
-                raise _Started(error) from error
+                raise NotRetried(error) from error
             raise
         tool_calls = [
             ToolCallRequest(c["id"] or f"call_{i}", c["name"], c["arguments"])

@@ -14,16 +14,13 @@ from typing import Any
 from sqlalchemy import Connection, Row, and_, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from sessionkit.errors import FailedPrecondition
 from sessionkit_server.agent import tables as t
 from sessionkit_server.common.db import Database
+from sessionkit_server.common.idempotency import IdempotencyLedger, KeySpace, Status
 from sessionkit_server.common.migrate import upgrader
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "sk_agent_alembic_version"
-
-#: How long a completed call's response is kept and replayed for its idempotency key.
-IDEMPOTENCY_TTL_US = 24 * 3600 * 1_000_000
 
 
 @dataclass(frozen=True)
@@ -72,6 +69,7 @@ def _insert_ignore(conn: Connection, table: Any) -> Any:
 class AgentStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._keys = IdempotencyLedger(db, t.idempotency)
 
     async def start(self) -> None:
         await self.db.migrate(upgrader(MIGRATIONS, VERSION_TABLE), VERSION_TABLE)
@@ -197,54 +195,21 @@ class AgentStore:
 
         await self.db.write(run)
 
-    # -- idempotency ----------------------------------------------------------------------------------
+    # -- idempotency (the shared ledger: sessionkit_server.common.idempotency) -------------------------
 
     async def claim(self, conv: Conversation, key: str, method: str, now_us: int) -> Claim:
         """Claim ``key`` for a call of ``method``; or the first call's response; or "still running"."""
-        i = t.idempotency.c
-
-        def run(conn: Connection) -> Claim:
-            where = and_(conv.where(t.idempotency), i.key == key)
-            # An expired record no longer protects anything: the key starts afresh.
-            conn.execute(delete(t.idempotency).where(where, i.create_us < now_us - IDEMPOTENCY_TTL_US))
-            inserted = conn.execute(
-                _insert_ignore(conn, t.idempotency).values(
-                    **conv.values(), key=key, method=method, response=None, create_us=now_us
-                )
-            ).rowcount
-            if inserted:
-                return Claim(True)
-            row = conn.execute(select(i.method, i.response).where(where)).first()
-            if row is None:  # completed and expired between the two statements: cannot happen in one txn
-                return Claim(False)
-            if row.method != method:
-                raise FailedPrecondition(
-                    f"idempotency key {key!r} was already used by {row.method}, not {method}; "
-                    "use a fresh key per call",
-                    reason="IDEMPOTENCY_KEY_REUSED",
-                    metadata={"idempotency_key": key, "method": row.method},
-                )
-            return Claim(False, bytes(row.response) if row.response is not None else None)
-
-        return await self.db.write(run)
+        state = await self._keys.try_claim(_space(conv), key, method, now_us)
+        return Claim(state.status is Status.FREE, state.response)
 
     async def complete(self, conv: Conversation, key: str, response: bytes) -> None:
-        i = t.idempotency.c
-
-        def run(conn: Connection) -> None:
-            conn.execute(
-                update(t.idempotency).where(conv.where(t.idempotency), i.key == key).values(response=response)
-            )
-
-        await self.db.write(run)
+        await self._keys.complete(_space(conv), key, response)
 
     async def abandon(self, conv: Conversation, key: str) -> None:
         """Forget a claim whose call failed: a retry with the key runs the call again."""
-        i = t.idempotency.c
+        await self._keys.release(_space(conv), key)
 
-        def run(conn: Connection) -> None:
-            conn.execute(
-                delete(t.idempotency).where(conv.where(t.idempotency), i.key == key, i.response.is_(None))
-            )
 
-        await self.db.write(run)
+def _space(conv: Conversation) -> KeySpace:
+    """An agent's keys belong to its session."""
+    return KeySpace(conv.app_name, conv.user_id, conv.session_id)

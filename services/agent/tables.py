@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, LargeBinary, MetaData, String, Table
 
+from sessionkit_server.common.idempotency import idempotency_table
+
 metadata = MetaData()
 ID = String(128)
 
@@ -37,15 +39,6 @@ leases = Table(
     Column("expire_us", BigInteger, nullable=False),
 )
 
-# A call with an idempotency key: claimed (response NULL) when it starts, completed with its response.
-idempotency = Table(
-    "sk_agent_idempotency",
-    metadata,
-    Column("app_name", ID, primary_key=True),
-    Column("user_id", ID, primary_key=True),
-    Column("session_id", ID, primary_key=True),
-    Column("key", String(128), primary_key=True),
-    Column("method", String(32), nullable=False),
-    Column("response", LargeBinary, nullable=True),
-    Column("create_us", BigInteger, nullable=False),
-)
+# A call with an idempotency key, per session (scope = session id): claimed (response NULL) when it
+# starts, completed with its response.
+idempotency = idempotency_table(metadata, "sk_agent_idempotency")

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sessionkit import reasons
 from sessionkit.errors import FieldViolation, InvalidArgument, SessionKitError
 from sessionkit.jsonvalues import JsonValue, check_json
 
@@ -114,9 +115,9 @@ def check_tools(specs: list[ToolSpec], field: str, *, client_only: bool = False)
                 )
             builtin = BUILTINS.get(spec.name)
             if builtin is None:
-                raise InvalidArgument(
-                    f"unknown server tool {spec.name!r}; built-in tools: {', '.join(sorted(BUILTINS))}",
-                    reason="UNKNOWN_TOOL",
+                raise reasons.UNKNOWN_TOOL.error(
+                    name=spec.name,
+                    builtins=", ".join(sorted(BUILTINS)),
                     violations=[FieldViolation(f"{where}.name", "not a built-in tool")],
                 )
             out.append(builtin)

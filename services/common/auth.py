@@ -23,7 +23,8 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from sessionkit.errors import FailedPrecondition, PermissionDenied, Unauthenticated
+from sessionkit import reasons
+from sessionkit.errors import PermissionDenied
 
 log = logging.getLogger("sessionkit.auth")
 
@@ -82,17 +83,14 @@ class KeyRing:
         if not self.enabled:
             return ANONYMOUS
         if not key:
-            raise Unauthenticated(
-                "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
-                reason="API_KEY_MISSING",
-            )
+            raise reasons.API_KEY_MISSING.error()
         digest = key_digest(key).encode()
         tenant: str | None = None
         for stored, owner in self._digests:
             if hmac.compare_digest(stored, digest):
                 tenant = owner
         if tenant is None:
-            raise Unauthenticated("the API key is not valid", reason="API_KEY_INVALID")
+            raise reasons.API_KEY_INVALID.error()
         return Principal(tenant, digest.decode()[:12])
 
 
@@ -103,9 +101,7 @@ def key_from_headers(authorization: str | None, api_key: str | None) -> str | No
     if authorization:
         scheme, _, value = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
-            raise Unauthenticated(
-                "the Authorization header must be 'Bearer <key>'", reason="API_KEY_MALFORMED"
-            )
+            raise reasons.API_KEY_MALFORMED.error()
         return value.strip()
     return None
 
@@ -125,11 +121,7 @@ def check_binding(auth_enabled: bool, host: str, what: str) -> None:
         log.info("%s: API key authentication on", what, extra={"host": host})
         return
     if not is_loopback(host):
-        raise FailedPrecondition(
-            f"refusing to serve {what} on {host} without API keys: set SESSIONKIT_API_KEYS "
-            "(or SESSIONKIT_API_KEYS_FILE), or bind to 127.0.0.1",
-            reason="AUTH_REQUIRED",
-        )
+        raise reasons.AUTH_REQUIRED.error(what=what, host=host)
     log.warning(
         "%s: authentication is OFF (no API keys configured); allowed because it listens on loopback "
         "only (%s)",

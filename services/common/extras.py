@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from sessionkit.errors import FailedPrecondition
+from sessionkit import reasons
 
 #: The distributions (by import name) each extra of sessionkit-server brings.
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
@@ -26,8 +26,6 @@ def require_extra(extra: str) -> None:
     """Raise FailedPrecondition naming the extra to install if ``extra``'s packages are missing."""
     missing = missing_modules(extra)
     if missing:
-        raise FailedPrecondition(
-            f"the {extra} service needs the {extra!r} extra, which is not installed "
-            f"(missing: {', '.join(missing)}): pip install 'sessionkit-server[{extra}]'",
-            reason="EXTRA_NOT_INSTALLED",
+        raise reasons.EXTRA_NOT_INSTALLED.error(
+            extra=extra, missing=", ".join(missing), metadata={"extra": extra}
         )

@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from sessionkit import reasons
 from sessionkit.errors import (
     FieldViolation,
     InternalError,
-    InvalidArgument,
     NotFound,
     SessionKitError,
     SessionNotFound,
@@ -53,9 +53,8 @@ def _message(body: AgentRequest) -> str:
         text = body.query if body.query is not None else (body.message or "")
         field = "query"
     if not text.strip():
-        raise InvalidArgument(
-            "no message to send: give messages [{'role': 'user', 'content': ...}] or query",
-            reason="INVALID_REQUEST",
+        raise reasons.INVALID_REQUEST.error(
+            detail="no message to send: give messages [{'role': 'user', 'content': ...}] or query",
             violations=[FieldViolation(f"body.{field}", "a non-empty message")],
         )
     return text
@@ -74,7 +73,7 @@ def _ids(body: AgentRequest) -> tuple[str, str | None]:
         if v is not None
     ]
     if violations:
-        raise InvalidArgument("invalid ids in the request", reason="INVALID_REQUEST", violations=violations)
+        raise reasons.INVALID_REQUEST.error(detail="invalid ids in the request", violations=violations)
     return user_id, session_id
 
 
@@ -102,7 +101,7 @@ class Turn:
     async def _create_missing(self, ref: SessionRef, error: NotFound) -> None:
         if isinstance(error, SessionNotFound):
             await self.caller.clients.state.create_session(ref, get_if_exists=True)
-        elif error.reason != "AGENT_NOT_FOUND":
+        elif not reasons.AGENT_NOT_FOUND.matches(error):
             raise error
         await self.agent.create_agent(
             ref,

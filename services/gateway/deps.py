@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Header, Path, Query, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from sessionkit import reasons
 from sessionkit.errors import RateLimited, Unauthenticated
 from sessionkit.state_client import SessionRef
 from sessionkit_server.common.auth import KeyRing, Principal
@@ -82,9 +83,7 @@ async def caller(
     try:
         if not key and request.headers.get("authorization") and gateway.keys.enabled:
             # Sent, but not as "Bearer <key>": say so instead of "missing".
-            raise Unauthenticated(
-                "the Authorization header must be 'Bearer <key>'", reason="API_KEY_MALFORMED"
-            )
+            raise reasons.API_KEY_MALFORMED.error()
         principal = gateway.keys.authenticate(key)
     except Unauthenticated:
         # Failed attempts share their client address's bucket, so guessing keys is rate limited too.
@@ -106,6 +105,8 @@ def _take(gateway: Gateway, bucket: str) -> None:
 
 CallerDep = Annotated[Caller, Depends(caller)]
 SessionIdPath = Annotated[str, Path(pattern=ID_REGEX, description="Session id")]
+PageSize = Annotated[int, Query(ge=0, le=1000, description="0: the server's default")]
+PageToken = Annotated[str, Query(max_length=4096)]
 UserQuery = Annotated[str, Query(pattern=ID_REGEX, description="User id (default 'default')")]
 #: Writes: the same key (1-128 printable ASCII characters, e.g. a UUID) repeated applies the write once
 #: and answers its first reply; passed through as the gRPC request's idempotency_key. Omitted: a fresh

@@ -1,12 +1,14 @@
-"""The gateway's one error shape and its one mapping: every SessionKitError answers its own
-``http_status`` and ``reason`` (sessionkit.errors, the table in docs/ERRORS.md); request validation
-is InvalidArgument (400) with one violation per field; anything unexpected is logged with its
-traceback and answered 500 without one."""
+"""The gateway's one error shape and its one mapping: every SessionKitError answers the HTTP status and
+gRPC code of its reason in the registry (sessionkit.reasons, documented in docs/ERRORS.md), so HTTP-level
+refusals (no route, wrong method, ...) are registry reasons too; request validation is INVALID_REQUEST
+(400) with one violation per field; anything unexpected is logged with its traceback and answered 500
+without one."""
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,33 +16,39 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sessionkit.errors import (
-    DeadlineExceeded,
-    FieldViolation,
-    InternalError,
-    InvalidArgument,
-    NotFound,
-    SessionKitError,
-)
+from sessionkit import reasons
+from sessionkit.errors import FieldViolation, InvalidArgument, ResourceExhausted, SessionKitError
 from sessionkit_server.gateway.models import ErrorBody, ErrorDetail
 from sessionkit_server.gateway.models import FieldViolation as FieldViolationOut
 
 log = logging.getLogger("sessionkit.gateway")
 
-#: HTTP-level refusals that have no SessionKitError class (no route, wrong method, ...).
-_HTTP_REASONS = {
-    404: ("NOT_FOUND", "ROUTE_NOT_FOUND"),
-    405: ("UNIMPLEMENTED", "METHOD_NOT_ALLOWED"),
-    406: ("INVALID_ARGUMENT", "NOT_ACCEPTABLE"),
-    413: ("RESOURCE_EXHAUSTED", "REQUEST_TOO_LARGE"),
-    415: ("INVALID_ARGUMENT", "UNSUPPORTED_MEDIA_TYPE"),
+#: HTTP-level refusals by status; any other is HTTP_ERROR with its own status.
+_HTTP_REASONS: dict[int, reasons.Reason[Any]] = {
+    r.http_status: r
+    for r in (
+        reasons.METHOD_NOT_ALLOWED,
+        reasons.NOT_ACCEPTABLE,
+        reasons.UNSUPPORTED_MEDIA_TYPE,
+    )
 }
 
 
-def error_body(error: SessionKitError) -> dict[str, Any]:
+class TooLarge(StarletteHTTPException):
+    """A 413 raised while the body streams in (FastAPI re-raises only an HTTPException from there),
+    carrying its registry error for the error handler."""
+
+    def __init__(self, limit: int) -> None:
+        self.error: ResourceExhausted = reasons.REQUEST_TOO_LARGE.error(
+            limit=limit, metadata={"limit_bytes": str(limit)}
+        )
+        super().__init__(413, self.error.message)
+
+
+def error_body(error: SessionKitError, http_status: int | None = None) -> dict[str, Any]:
     detail = ErrorDetail(
-        code=error.http_status,
-        status=error.code.name,
+        code=http_status or reasons.http_status_of(error),
+        status=reasons.grpc_code_of(error).name,
         reason=error.reason,
         message=error.message,
         metadata=error.metadata,
@@ -50,16 +58,20 @@ def error_body(error: SessionKitError) -> dict[str, Any]:
     return ErrorBody(error=detail).model_dump(mode="json")
 
 
-def error_response(error: SessionKitError) -> JSONResponse:
-    headers = {}
+def error_response(
+    error: SessionKitError, http_status: int | None = None, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """The error's answer; ``http_status`` for a refusal whose status is its own (HTTP_ERROR)."""
+    status = http_status or reasons.http_status_of(error)
+    out = dict(headers or {})
     if error.retry_after is not None:
         # Retry-After takes whole seconds; round up so a client that honours it is not refused again.
-        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
-    return JSONResponse(error_body(error), status_code=error.http_status, headers=headers)
+        out["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+    return JSONResponse(error_body(error, status), status_code=status, headers=out)
 
 
 def _clear(error: SessionKitError) -> SessionKitError:
-    if isinstance(error, DeadlineExceeded) and error.reason == "DEADLINE_EXCEEDED":
+    if reasons.DEADLINE_EXCEEDED.matches(error):
         # The SDK's message ("no answer within the 30s deadline") does not say whose answer.
         error.message = (
             "upstream deadline exceeded: the services behind the gateway did not answer in time "
@@ -76,7 +88,7 @@ def validation_error(exc: RequestValidationError) -> InvalidArgument:
     violations = []
     for problem in exc.errors():
         violations.append(FieldViolation(_loc(problem.get("loc", ())), str(problem.get("msg", "invalid"))))
-    return InvalidArgument("the request is not valid", reason="INVALID_REQUEST", violations=violations)
+    return reasons.INVALID_REQUEST.error(detail="the request is not valid", violations=violations)
 
 
 def install(app: FastAPI) -> None:
@@ -90,19 +102,23 @@ def install(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        headers = getattr(exc, "headers", None)
         if exc.status_code == 404:
-            return error_response(
-                NotFound(f"no route {request.method} {request.url.path}", reason="ROUTE_NOT_FOUND")
+            error: SessionKitError = reasons.ROUTE_NOT_FOUND.error(
+                method=request.method, path=request.url.path
             )
-        status, reason = _HTTP_REASONS.get(exc.status_code, ("UNKNOWN", "HTTP_ERROR"))
-        body = ErrorBody(
-            error=ErrorDetail(code=exc.status_code, status=status, reason=reason, message=str(exc.detail))
-        ).model_dump(mode="json")
-        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        elif isinstance(exc, TooLarge):
+            error = exc.error
+        else:
+            reason = _HTTP_REASONS.get(exc.status_code, reasons.HTTP_ERROR)
+            error = reason.error(detail=str(exc.detail))
+        return error_response(error, exc.status_code, headers)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response(InternalError("internal error in the gateway; its log has the details"))
+        return error_response(
+            reasons.INTERNAL.error(detail="internal error in the gateway; its log has the details")
+        )
 
     app.add_exception_handler(SessionKitError, on_sessionkit)
     app.add_exception_handler(RequestValidationError, on_validation)

@@ -8,15 +8,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sessionkit_server.gateway.errors import TooLarge, error_body
 
 #: Paths whose bodies may be as large as an uploaded knowledge file.
 UPLOAD_SUFFIX = "/knowledge/files"
-
-
-def _too_large(limit: int) -> HTTPException:
-    return HTTPException(413, f"the request body is larger than this gateway accepts ({limit} bytes)")
 
 
 class BodyLimit:
@@ -45,26 +42,14 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _too_large(limit)
+                    raise TooLarge(limit)
             return message
 
         await self.app(scope, limited, send)
 
 
 async def _send_413(send: Send, limit: int) -> None:
-    body = json.dumps(
-        {
-            "error": {
-                "code": 413,
-                "status": "RESOURCE_EXHAUSTED",
-                "reason": "REQUEST_TOO_LARGE",
-                "message": f"the request body is larger than this gateway accepts ({limit} bytes)",
-                "metadata": {"limit_bytes": str(limit)},
-                "violations": [],
-                "retry_after": None,
-            }
-        }
-    ).encode()
+    body = json.dumps(error_body(TooLarge(limit).error)).encode()
     await send(
         {
             "type": "http.response.start",

@@ -20,14 +20,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from sessionkit.errors import (
-    DeadlineExceeded,
-    FailedPrecondition,
-    FieldViolation,
-    InvalidArgument,
-    PermissionDenied,
-    ResourceExhausted,
-)
+from sessionkit import reasons
+from sessionkit.errors import FieldViolation, InvalidArgument, PermissionDenied, ResourceExhausted
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 #: Resolves (host, port) to IP address strings, in preference order.
@@ -70,11 +64,7 @@ def check_url(url: str) -> urllib.parse.SplitResult:
 
 
 def _not_allowed(url: str, why: str) -> PermissionDenied:
-    return PermissionDenied(
-        f"refusing to fetch {url!r}: {why} (set SESSIONKIT_KNOWLEDGE_ALLOW_PRIVATE_URLS=true to allow)",
-        reason="URL_NOT_ALLOWED",
-        metadata={"url": url},
-    )
+    return reasons.URL_NOT_ALLOWED.error(url=url, why=why, metadata={"url": url})
 
 
 async def resolve_checked(url: str, settings: FetchSettings) -> list[IPAddress]:
@@ -102,12 +92,12 @@ async def _addresses(url: str, host: str, port: int, resolver: Resolver) -> list
     try:
         answer = await resolver(host, port)
     except OSError as error:
-        raise FailedPrecondition(
-            f"cannot resolve {host!r}: {error}", reason="URL_FETCH_FAILED", metadata={"url": url}
+        raise reasons.URL_FETCH_FAILED.error(
+            url=url, detail=f"cannot resolve {host!r}: {error}", metadata={"url": url}
         ) from None
     if not answer:
-        raise FailedPrecondition(
-            f"cannot resolve {host!r}: no addresses", reason="URL_FETCH_FAILED", metadata={"url": url}
+        raise reasons.URL_FETCH_FAILED.error(
+            url=url, detail=f"cannot resolve {host!r}: no addresses", metadata={"url": url}
         )
     return [ipaddress.ip_address(a.split("%", 1)[0]) for a in answer]
 
@@ -148,24 +138,18 @@ async def fetch(url: str, settings: FetchSettings, on_bytes: Callable[[int, int]
             try:
                 fetched = await _get(client, current, parsed, addresses, settings, on_bytes)
             except httpx.TimeoutException:
-                raise DeadlineExceeded(
-                    f"fetching {current!r} timed out after {settings.timeout_seconds}s",
-                    reason="URL_FETCH_TIMEOUT",
-                    metadata={"url": current},
+                raise reasons.URL_FETCH_TIMEOUT.error(
+                    url=current, seconds=settings.timeout_seconds, metadata={"url": current}
                 ) from None
             except httpx.HTTPError as error:
-                raise FailedPrecondition(
-                    f"fetching {current!r} failed: {error}",
-                    reason="URL_FETCH_FAILED",
-                    metadata={"url": current},
+                raise reasons.URL_FETCH_FAILED.error(
+                    url=current, detail=error, metadata={"url": current}
                 ) from None
             if isinstance(fetched, Fetched):
                 return fetched
             current = fetched
-    raise FailedPrecondition(
-        f"fetching {url!r}: more than {settings.max_redirects} redirects",
-        reason="URL_FETCH_FAILED",
-        metadata={"url": url},
+    raise reasons.URL_FETCH_FAILED.error(
+        url=url, detail=f"more than {settings.max_redirects} redirects", metadata={"url": url}
     )
 
 
@@ -187,9 +171,9 @@ async def _get(
                     # Relative to the URL as the user named it, not to the address connected to.
                     return str(urllib.parse.urljoin(current, response.headers.get("location", "")))
                 if response.status_code >= 400:
-                    raise FailedPrecondition(
-                        f"fetching {current!r} answered HTTP {response.status_code}",
-                        reason="URL_FETCH_FAILED",
+                    raise reasons.URL_FETCH_FAILED.error(
+                        url=current,
+                        detail=f"the server answered HTTP {response.status_code}",
                         metadata={"url": current, "http_status": str(response.status_code)},
                     )
                 declared = int(response.headers.get("content-length", "0") or 0)
@@ -209,8 +193,6 @@ async def _get(
 
 
 def _too_large(url: str, size: int, limit: int) -> ResourceExhausted:
-    return ResourceExhausted(
-        f"{url!r} is over the size limit ({size} bytes; at most {limit})",
-        reason="SOURCE_TOO_LARGE",
-        metadata={"url": url, "limit_bytes": str(limit)},
+    return reasons.SOURCE_TOO_LARGE.error(
+        what=repr(url), size=size, limit=limit, metadata={"url": url, "limit_bytes": str(limit)}
     )

@@ -9,13 +9,17 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2
 
 from sessionkit.errors import FieldViolation, InvalidArgument
 from sessionkit.jsonvalues import from_struct, to_struct
 from sessionkit.v1 import common_pb2, knowledge_pb2, knowledge_pb2_grpc
+from sessionkit_server.common.idempotency import Idempotency, Replayed, idempotent
+from sessionkit_server.common.identity import Owner, owner_of
+from sessionkit_server.common.timestamps import to_proto
 from sessionkit_server.knowledge import chunking
 from sessionkit_server.knowledge import tables as t
+from sessionkit_server.knowledge.records import Scope, SourceRecord
 from sessionkit_server.knowledge.service import (
     Hit,
     IngestResult,
@@ -24,9 +28,6 @@ from sessionkit_server.knowledge.service import (
     ProgressFn,
     scope_of,
 )
-from sessionkit_server.knowledge.store import Scope, SourceRecord
-from sessionkit_server.memory.grpc_servicer import idempotent, owner_of
-from sessionkit_server.memory.store import Idempotency, Owner, Replayed
 
 Context = Any
 #: How long a failed upload waits for the client to finish sending before answering.
@@ -36,12 +37,6 @@ DRAIN_SECONDS = 10.0
 async def _drain(requests: AsyncIterator[Any]) -> None:
     async for _ in requests:
         pass
-
-
-def _ts(micros: int) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromMicroseconds(micros)
-    return ts
 
 
 def scope_message(scope: Scope) -> knowledge_pb2.KnowledgeScope:
@@ -91,8 +86,8 @@ def source_message(record: SourceRecord) -> knowledge_pb2.KnowledgeSource:
             chunk_overlap=int(chunker.get("chunk_overlap", 0) or 0),  # type: ignore[arg-type]
         ),
         metadata=to_struct(record.metadata),
-        create_time=_ts(record.create_us),
-        update_time=_ts(record.update_us),
+        create_time=to_proto(record.create_us),
+        update_time=to_proto(record.update_us),
     )
     if isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
         message.chunker.semantic_threshold = float(threshold)

@@ -13,6 +13,7 @@ import posixpath
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
+from sessionkit import reasons
 from sessionkit.errors import InvalidArgument
 
 TYPES_BY_EXTENSION = {
@@ -48,11 +49,7 @@ class Extracted:
 
 
 def unsupported(name: str, problem: str) -> InvalidArgument:
-    return InvalidArgument(
-        f"cannot read {name!r}: {problem}",
-        reason="UNSUPPORTED_CONTENT_TYPE",
-        metadata={"name": name},
-    )
+    return reasons.UNSUPPORTED_CONTENT_TYPE.error(name=name, problem=problem, metadata={"name": name})
 
 
 def detect_type(name: str, declared: str, data: bytes) -> str:

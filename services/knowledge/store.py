@@ -8,173 +8,56 @@ mix."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Row, and_, delete, func, insert, literal_column, or_, select, text, update
+from sqlalchemy import Connection, and_, delete, func, insert, literal_column, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from sessionkit.jsonvalues import JsonValue, dumps, loads
+from sessionkit.jsonvalues import dumps
 from sessionkit_server.common.db import Database
+from sessionkit_server.common.idempotency import Idempotency, IdempotencyLedger, KeySpace
 from sessionkit_server.common.migrate import upgrader
+from sessionkit_server.common.timestamps import now_us
+from sessionkit_server.common.vector_outbox import IndexRow, PendingEntry
 from sessionkit_server.knowledge import tables as t
-from sessionkit_server.memory.store import (
-    IDEMPOTENCY_TTL_US,
-    Idempotency,
-    Replayed,
-    key_reused,
-    lexical_terms,
+from sessionkit_server.knowledge.records import (
+    ChunkRecord,
+    Replaced,
+    Scope,
+    SourceRecord,
+    app_collection,
+    chunk_of,
+    in_scopes,
+    source_of,
+    source_values,
+    vector_collection,
 )
-from sessionkit_server.retrieval.vector_index import partition
+from sessionkit_server.retrieval.words import lexical_terms
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "sk_knowledge_alembic_version"
-JsonObject = dict[str, JsonValue]
 T = TypeVar("T")
 
 
-class _KeyTaken(Exception):
-    """A concurrent write recorded the same idempotency key first (its transaction committed first)."""
+__all__ = ["ChunkRecord", "KnowledgeStore", "Scope", "SourceRecord", "app_collection", "vector_collection"]
 
 
-@dataclass(frozen=True)
-class Scope:
-    """Where a source lives: (kind, owner, key) as stored (see tables.sources)."""
-
-    kind: int
-    owner: str
-    key: str
-
-    @property
-    def bucket(self) -> str:
-        """The vector index's tag for this scope."""
-        return f"{self.kind}\x1f{self.owner}\x1f{self.key}"
-
-
-def app_collection(app_name: str) -> str:
-    """The logical name of an app's knowledge vectors: its partitions are named after it (and, before
-    partitions, it was the app's one collection, filtered by bucket)."""
-    return f"knowledge:{app_name}"
-
-
-def vector_collection(app_name: str, scope: Scope) -> str:
-    """Where the vectors of a scope's chunks live: one collection (partition) per scope, so a search
-    queries each of its scopes without a filter (a filtered Chroma query costs time linear in the
-    collection's size, whatever it matches)."""
-    return partition(app_collection(app_name), str(scope.kind), scope.owner, scope.key)
-
-
-@dataclass(frozen=True)
-class OutboxEntry:
-    id: int
-    chunk_id: str
-    app_name: str
-    #: None: written before partitions (the vector is in the app's collection of old).
-    vector_collection: str | None
-
-
-@dataclass
-class SourceRecord:
-    id: str
-    app_name: str
-    scope: Scope
-    name: str
-    kind: int
-    user_id: str
-    session_id: str
-    uri: str
-    content_type: str
-    title: str
-    content_hash: str
-    size_bytes: int
-    chunk_count: int
-    chunker: JsonObject
-    metadata: JsonObject
-    version: int
-    create_us: int
-    update_us: int
-
-
-@dataclass
-class ChunkRecord:
-    id: str
-    source_id: str
-    version: int
-    app_name: str
-    chunk_index: int
-    text: str
-    page: int
-    start_char: int
-    end_char: int
-    heading_path: list[str] = field(default_factory=list)
-
-
-def _source(row: Row[Any]) -> SourceRecord:
-    m = row._mapping
-    return SourceRecord(
-        m["id"], m["app_name"], Scope(m["scope_kind"], m["owner"], m["scope_key"]), m["name"], m["kind"],
-        m["user_id"], m["session_id"], m["uri"], m["content_type"], m["title"], m["content_hash"],
-        m["size_bytes"], m["chunk_count"], loads(m["chunker"]), loads(m["metadata"]), m["version"],
-        m["create_us"], m["update_us"],
-    )  # fmt: skip
-
-
-def _chunk(row: Row[Any]) -> ChunkRecord:
-    m = row._mapping
-    path = loads(m["heading_path"])
-    return ChunkRecord(
-        m["id"], m["source_id"], m["version"], m["app_name"], m["chunk_index"], m["text"], m["page"],
-        m["start_char"], m["end_char"], [str(p) for p in path] if isinstance(path, list) else [],
-    )  # fmt: skip
-
-
-def in_scopes(app_name: str, scopes: Sequence[Scope]) -> Any:
-    s = t.sources.c
-    return and_(
-        s.app_name == app_name,
-        or_(*(and_(s.scope_kind == x.kind, s.owner == x.owner, s.scope_key == x.key) for x in scopes)),
+def index_row(chunk: ChunkRecord, scope: Scope) -> IndexRow:
+    """A chunk as the index holds it (a chunk's text never changes under its id: no fingerprint)."""
+    return IndexRow(
+        chunk.id,
+        chunk.text,
+        vector_collection(chunk.app_name, scope),
+        {"bucket": scope.bucket, "source_id": chunk.source_id},
     )
-
-
-def _source_values(record: SourceRecord) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "app_name": record.app_name,
-        "scope_kind": record.scope.kind,
-        "owner": record.scope.owner,
-        "scope_key": record.scope.key,
-        "name": record.name,
-        "kind": record.kind,
-        "user_id": record.user_id,
-        "session_id": record.session_id,
-        "uri": record.uri,
-        "content_type": record.content_type,
-        "title": record.title,
-        "content_hash": record.content_hash,
-        "size_bytes": record.size_bytes,
-        "chunk_count": record.chunk_count,
-        "chunker": dumps(record.chunker),
-        "metadata": dumps(record.metadata),
-        "version": record.version,
-        "create_us": record.create_us,
-        "update_us": record.update_us,
-    }
-
-
-@dataclass
-class Replaced:
-    source: SourceRecord
-    created: bool
-    chunks_removed: int
-    unchanged: bool = False
 
 
 class KnowledgeStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.keys = IdempotencyLedger(db, t.idempotency)
 
     async def start(self) -> None:
         await self.db.migrate(upgrader(MIGRATIONS, VERSION_TABLE), VERSION_TABLE)
@@ -210,9 +93,9 @@ class KnowledgeStore:
             if row is None:
                 new = record
                 new.version = 1
-                conn.execute(insert(t.sources).values(**_source_values(new)))
+                conn.execute(insert(t.sources).values(**source_values(new)))
             else:
-                old = _source(row)
+                old = source_of(row)
                 if not force and (old.content_hash, old.chunker, old.metadata) == (
                     record.content_hash,
                     record.chunker,
@@ -229,7 +112,7 @@ class KnowledgeStore:
                     }
                 )
                 removed = _delete_chunks(conn, old.id, vector_collection(old.app_name, old.scope))
-                conn.execute(update(t.sources).where(s.id == old.id).values(**_source_values(new)))
+                conn.execute(update(t.sources).where(s.id == old.id).values(**source_values(new)))
             for chunk in chunks:
                 chunk.source_id, chunk.version = new.id, new.version
             if chunks:
@@ -316,55 +199,27 @@ class KnowledgeStore:
 
         return await self._write(app_name, user_id, idem, run)
 
-    # -- idempotency ----------------------------------------------------------------------------------
+    # -- idempotency (the shared ledger: sessionkit_server.common.idempotency) -------------------------
 
     async def _write(
         self, app_name: str, user_id: str, idem: Idempotency[T] | None, run: Callable[[Connection], T]
     ) -> T:
-        """Run the write ``run`` in one transaction; with a key, check the key first and record the
-        response in the same transaction (a repeat raises ``Replayed`` and writes nothing)."""
-        if idem is None:
-            return await self.db.write(run)
-        now = _now_us()
-
-        def idempotent(conn: Connection) -> T:
-            _check_key(conn, app_name, user_id, idem.key, idem.method, now)
-            result = run(conn)
-            _record_key(conn, app_name, user_id, idem.key, idem.method, idem.encode(result), now)
-            return result
-
-        try:
-            return await self.db.write(idempotent)
-        except _KeyTaken:
-            # A concurrent write with this key committed first (ours was rolled back): replay it.
-            await self.replay(app_name, user_id, idem.key, idem.method)
-            raise
+        """Run the write ``run`` in one transaction, with its key checked and its response recorded in
+        that transaction (a repeat raises ``Replayed`` and writes nothing)."""
+        return await self.keys.write(KeySpace(app_name, user_id), idem, now_us(), run)
 
     async def remember(self, app_name: str, user_id: str, idem: Idempotency[T], result: T) -> None:
         """Record the response of a write that changed nothing (unchanged content, a missing source
-        deleted with allow_missing), so a repeat answers the same. Raises ``Replayed`` when the key was
-        used meanwhile."""
-        await self._write(app_name, user_id, idem, lambda conn: result)
+        deleted with allow_missing), so a repeat answers the same."""
+        await self.keys.remember(KeySpace(app_name, user_id), idem, result, now_us())
 
     async def replay(self, app_name: str, user_id: str, key: str, method: str) -> None:
         """Raise ``Replayed`` when ``key`` holds a response (a read: the fast path of a repeat)."""
-        now = _now_us()
+        await self.keys.replay(KeySpace(app_name, user_id), key, method, now_us())
 
-        def run(conn: Connection) -> None:
-            _check_key(conn, app_name, user_id, key, method, now, lock=False)
-
-        await self.db.read(run)
-
-    async def purge_idempotency(self, now_us: int) -> int:
+    async def purge_idempotency(self, now: int) -> int:
         """Delete the idempotency records older than 24 hours; returns how many."""
-
-        def run(conn: Connection) -> int:
-            gone = conn.execute(
-                delete(t.idempotency).where(t.idempotency.c.create_us < now_us - IDEMPOTENCY_TTL_US)
-            )
-            return int(gone.rowcount or 0)
-
-        return await self.db.write(run)
+        return await self.keys.purge(now)
 
     # -- reads ----------------------------------------------------------------------------------------
 
@@ -373,7 +228,7 @@ class KnowledgeStore:
             row = conn.execute(
                 select(t.sources).where(in_scopes(app_name, [scope]), t.sources.c.name == name)
             ).first()
-            return None if row is None else _source(row)
+            return None if row is None else source_of(row)
 
         return await self.db.read(run)
 
@@ -382,7 +237,7 @@ class KnowledgeStore:
             row = conn.execute(
                 select(t.sources).where(t.sources.c.id == source_id, in_scopes(app_name, scopes))
             ).first()
-            return None if row is None else _source(row)
+            return None if row is None else source_of(row)
 
         return await self.db.read(run)
 
@@ -395,7 +250,7 @@ class KnowledgeStore:
             if kind:
                 query = query.where(s.kind == kind)
             query = query.order_by(s.scope_kind, s.scope_key, s.name, s.pk).offset(offset).limit(limit)
-            return [_source(r) for r in conn.execute(query).all()]
+            return [source_of(r) for r in conn.execute(query).all()]
 
         return await self.db.read(run)
 
@@ -408,7 +263,7 @@ class KnowledgeStore:
 
         def run(conn: Connection) -> dict[str, tuple[ChunkRecord, SourceRecord]]:
             c = t.chunks.c
-            chunks = [_chunk(r) for r in conn.execute(select(t.chunks).where(c.id.in_(chunk_ids))).all()]
+            chunks = [chunk_of(r) for r in conn.execute(select(t.chunks).where(c.id.in_(chunk_ids))).all()]
             return _current(conn, app_name, scopes, chunks)
 
         return await self.db.read(run)
@@ -454,15 +309,15 @@ class KnowledgeStore:
 
         return await self.db.read(run)
 
-    # -- the vector outbox ----------------------------------------------------------------------------
+    # -- the vector outbox (sessionkit_server.common.vector_outbox reads it through these) -------------
 
-    async def pending(self, limit: int = 512) -> list[OutboxEntry]:
+    async def pending(self, limit: int = 512) -> list[PendingEntry]:
         """Outbox entries, oldest first."""
 
-        def run(conn: Connection) -> list[OutboxEntry]:
+        def run(conn: Connection) -> list[PendingEntry]:
             o = t.outbox.c
             query = select(o.id, o.chunk_id, o.app_name, o.vector_collection).order_by(o.id).limit(limit)
-            return [OutboxEntry(r[0], r[1], r[2], r[3]) for r in conn.execute(query).all()]
+            return [PendingEntry(r[0], r[1], r[2], r[3]) for r in conn.execute(query).all()]
 
         return await self.db.read(run)
 
@@ -477,10 +332,23 @@ class KnowledgeStore:
             out: dict[str, tuple[ChunkRecord, Scope]] = {}
             for row in conn.execute(query).all():
                 m = row._mapping
-                out[m["id"]] = (_chunk(row), Scope(m["scope_kind"], m["owner"], m["scope_key"]))
+                out[m["id"]] = (chunk_of(row), Scope(m["scope_kind"], m["owner"], m["scope_key"]))
             return out
 
         return await self.db.read(run)
+
+    async def index_rows(self, ids: list[str]) -> dict[str, IndexRow]:
+        return {
+            i: index_row(chunk, scope) for i, (chunk, scope) in (await self.chunks_for_index(ids)).items()
+        }
+
+    async def index_rows_after(
+        self, app_name: str | None, after_pk: int, limit: int
+    ) -> list[tuple[int, IndexRow]]:
+        return [
+            (pk, index_row(chunk, scope))
+            for pk, chunk, scope in await self.chunks_after(app_name, after_pk, limit)
+        ]
 
     async def apps(self) -> list[str]:
         """Every app_name that has knowledge sources."""
@@ -508,14 +376,14 @@ class KnowledgeStore:
             out: list[tuple[int, ChunkRecord, Scope]] = []
             for row in conn.execute(query.order_by(c.pk).limit(limit)).all():
                 m = row._mapping
-                out.append((m["pk"], _chunk(row), Scope(m["scope_kind"], m["owner"], m["scope_key"])))
+                out.append((m["pk"], chunk_of(row), Scope(m["scope_kind"], m["owner"], m["scope_key"])))
             return out
 
         return await self.db.read(run)
 
-    async def done(self, outbox_ids: list[int]) -> None:
+    async def done(self, entry_ids: list[int]) -> None:
         def run(conn: Connection) -> None:
-            conn.execute(delete(t.outbox).where(t.outbox.c.id.in_(outbox_ids)))
+            conn.execute(delete(t.outbox).where(t.outbox.c.id.in_(entry_ids)))
 
         await self.db.write(run)
 
@@ -534,63 +402,6 @@ def _delete_chunks(conn: Connection, source_id: str, coll: str) -> int:
     return len(rows)
 
 
-def _now_us() -> int:
-    return time.time_ns() // 1000
-
-
-def _check_key(
-    conn: Connection, app_name: str, user_id: str, key: str, method: str, now_us: int, lock: bool = True
-) -> None:
-    """Raise ``Replayed`` when ``key`` was used by ``method`` within 24 hours (``key_reused`` when by
-    another RPC). With ``lock``, first serialize every writer of this key: a PostgreSQL advisory lock
-    held until the transaction ends (SQLite has one writer at a time), so a concurrent repeat waits for
-    the first, then replays it."""
-    if lock and conn.dialect.name == "postgresql":
-        conn.execute(
-            text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))"),
-            {"name": f"sk_knowledge_idempotency\x1f{app_name}\x1f{user_id}\x1f{key}"},
-        )
-    i = t.idempotency.c
-    row = conn.execute(
-        select(i.method, i.response, i.create_us).where(
-            i.app_name == app_name, i.user_id == user_id, i.key == key
-        )
-    ).first()
-    if row is None or row.create_us < now_us - IDEMPOTENCY_TTL_US:
-        return
-    if row.method != method:
-        raise key_reused(key, method, row.method)
-    raise Replayed(bytes(row.response))
-
-
-def _record_key(
-    conn: Connection, app_name: str, user_id: str, key: str, method: str, response: bytes, now_us: int
-) -> None:
-    i = t.idempotency.c
-    # A record older than 24 hours is over: the key may be used again.
-    conn.execute(
-        delete(t.idempotency).where(
-            i.app_name == app_name,
-            i.user_id == user_id,
-            i.key == key,
-            i.create_us < now_us - IDEMPOTENCY_TTL_US,
-        )
-    )
-    try:
-        conn.execute(
-            insert(t.idempotency).values(
-                app_name=app_name,
-                user_id=user_id,
-                key=key,
-                method=method,
-                response=response,
-                create_us=now_us,
-            )
-        )
-    except IntegrityError as error:
-        raise _KeyTaken from error
-
-
 def _visible_sources(
     conn: Connection, app_name: str, scopes: Sequence[Scope], source_ids: set[str]
 ) -> dict[str, SourceRecord]:
@@ -603,7 +414,7 @@ def _visible_sources(
     rows = conn.execute(select(t.sources).where(t.sources.c.id.in_(source_ids))).all()
     return {
         record.id: record
-        for record in map(_source, rows)
+        for record in map(source_of, rows)
         if record.app_name == app_name and record.scope in wanted
     }
 

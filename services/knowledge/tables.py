@@ -9,7 +9,6 @@ from sqlalchemy import (
     Column,
     Index,
     Integer,
-    LargeBinary,
     MetaData,
     SmallInteger,
     String,
@@ -17,6 +16,8 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+
+from sessionkit_server.common.idempotency import idempotency_table
 
 metadata = MetaData()
 ID = String(128)
@@ -90,16 +91,4 @@ outbox = Table(
 
 #: The response of each write made with an idempotency key, for 24 hours: a repeat of the key by the
 #: same (app_name, user_id) gets it back instead of running again. Written in the write's transaction.
-idempotency = Table(
-    "sk_knowledge_idempotency",
-    metadata,
-    Column("app_name", ID, primary_key=True),
-    Column("user_id", ID, primary_key=True),
-    Column("key", String(128), primary_key=True),
-    # The RPC that used the key (a key reused for another RPC is refused).
-    Column("method", String(32), nullable=False),
-    # The serialized response message (KnowledgeIngestionResult for the ingestion RPCs).
-    Column("response", LargeBinary, nullable=False),
-    Column("create_us", BigInteger, nullable=False),
-    Index("ix_sk_knowledge_idempotency_time", "create_us"),
-)
+idempotency = idempotency_table(metadata, "sk_knowledge_idempotency")

@@ -5,7 +5,7 @@ UPDATE or DELETE, and which facts are already known (NONE).
 :class:`FactExtractor` only talks to the model and checks its answer; MemoryService.extract decides what
 to show it and applies the operations through the ordinary write paths.
 
-- Transport: ``openai.AsyncOpenAI`` with a timeout and no retries of its own; tenacity retries
+- Transport: sessionkit_server.common.llm, ``openai.AsyncOpenAI`` with no retries of its own; tenacity retries
   connection errors, timeouts, 408, 409, 429 and 5xx with jittered exponential backoff, waiting what a
   429/503's ``Retry-After`` asks for instead. When the attempts run out: ``ServiceUnavailable``
   (reason ``EXTRACTION_LLM_UNAVAILABLE``) naming the base URL and the model. Other 4xx answers (a bad
@@ -19,30 +19,23 @@ to show it and applies the operations through the ordinary write paths.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import logging
-import os
 import re
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
-)
-
-from sessionkit.errors import FailedPrecondition, ServiceUnavailable, SessionKitError
-
-if TYPE_CHECKING:
-    import openai
+from sessionkit import reasons
+from sessionkit_server.common.llm import LLMClient, Reasons
 
 log = logging.getLogger("sessionkit.memory.extraction")
+
+REASONS = Reasons(
+    unavailable=reasons.EXTRACTION_LLM_UNAVAILABLE,
+    rejected=reasons.EXTRACTION_LLM_REJECTED,
+    label="the extraction LLM",
+)
 
 OPERATION_TYPES = ("ADD", "UPDATE", "DELETE", "NONE")
 #: More operations than this in one answer is taken for a runaway answer (malformed).
@@ -172,40 +165,6 @@ def build_prompt(messages: Sequence[Message], memories: Sequence[tuple[str, str]
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": body}]
 
 
-def retry_after_seconds(headers: Any) -> float | None:
-    """A ``Retry-After`` (seconds or an HTTP date) or ``retry-after-ms`` header, in seconds."""
-    if headers is None:
-        return None
-    millis = headers.get("retry-after-ms")
-    if millis is not None:
-        try:
-            return max(0.0, float(millis) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _transient(error: BaseException) -> bool:
-    import openai
-
-    if isinstance(error, openai.APIConnectionError):  # includes timeouts
-        return True
-    if isinstance(error, openai.APIStatusError):
-        return error.status_code in (408, 409, 429) or error.status_code >= 500
-    return False
-
-
 class FactExtractor:
     """Asks an OpenAI-compatible chat model which memory operations a conversation turn calls for."""
 
@@ -223,87 +182,32 @@ class FactExtractor:
         format_retries: int = 2,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        import openai
-
         self.model = model
-        self.max_attempts = max_attempts
-        self.max_retry_after = max_retry_after
         self.format_retries = format_retries
-        self.sleep = sleep
-        self._backoff = wait_random_exponential(multiplier=initial_backoff, max=max_backoff)
-        # A local server often needs no key, but the client insists on one.
-        key = api_key or os.environ.get("OPENAI_API_KEY") or "no-key"
-        self._client = openai.AsyncOpenAI(base_url=base_url, api_key=key, timeout=timeout, max_retries=0)
-        self.base_url = str(self._client.base_url)
-
-    def _metadata(self, status: int | None = None) -> dict[str, str]:
-        metadata = {"base_url": self.base_url, "model": self.model}
-        if status is not None:
-            metadata["status"] = str(status)
-        return metadata
-
-    def _wait(self, state: RetryCallState) -> float:
-        import openai
-
-        error = state.outcome.exception() if state.outcome else None
-        if isinstance(error, openai.APIStatusError) and error.status_code in (429, 503):
-            asked = retry_after_seconds(error.response.headers)
-            if asked is not None:
-                return min(asked, self.max_retry_after)
-        return float(self._backoff(state))
-
-    def _error(self, error: openai.OpenAIError) -> SessionKitError:
-        import openai
-
-        where = f"the extraction LLM at {self.base_url} (model {self.model!r})"
-        if isinstance(error, openai.APIStatusError):
-            status = error.status_code
-            detail = str(error.message)[:300]
-            if _transient(error):
-                retry_after = retry_after_seconds(error.response.headers) if status == 429 else None
-                return ServiceUnavailable(
-                    f"{where} answered {status} {self.max_attempts} times: {detail}",
-                    reason="EXTRACTION_LLM_UNAVAILABLE",
-                    metadata=self._metadata(status),
-                    retry_after=retry_after,
-                )
-            return FailedPrecondition(
-                f"{where} refused the request ({status}): {detail}; check SESSIONKIT_LLM_MODEL and the key",
-                reason="EXTRACTION_LLM_REJECTED",
-                metadata=self._metadata(status),
-            )
-        return ServiceUnavailable(
-            f"{where} could not be reached ({self.max_attempts} attempts): {error}",
-            reason="EXTRACTION_LLM_UNAVAILABLE",
-            metadata=self._metadata(),
+        self._llm = LLMClient(
+            REASONS,
+            base_url=base_url,
+            api_key=api_key,
+            timeout=timeout,
+            max_attempts=max_attempts,
+            initial_backoff=initial_backoff,
+            max_backoff=max_backoff,
+            max_retry_after=max_retry_after,
+            sleep=sleep,
         )
+        self.base_url = self._llm.base_url
 
     async def _complete(self, prompt: list[dict[str, str]]) -> str | None:
-        """One answer of the model, retried on transient failures."""
-        import openai
-
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(_transient),
-            stop=stop_after_attempt(self.max_attempts),
-            wait=self._wait,
-            sleep=self.sleep,
-            reraise=True,
-        )
+        """One answer of the model, retried on transient failures (sessionkit_server.common.llm)."""
         chat: Any = prompt  # plain {"role", "content"} dicts: what the typed message params describe
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    response = await self._client.chat.completions.create(
-                        model=self.model,
-                        messages=chat,
-                        temperature=0,
-                        response_format={"type": "json_object"},
-                    )
-        except openai.OpenAIError as error:
-            raise self._error(error) from error
-        if not response.choices:
-            return None
-        return response.choices[0].message.content
+
+        async def attempt() -> str | None:
+            response = await self._llm.client.chat.completions.create(
+                model=self.model, messages=chat, temperature=0, response_format={"type": "json_object"}
+            )
+            return response.choices[0].message.content if response.choices else None
+
+        return await self._llm.call(self.model, attempt)
 
     async def extract(
         self, messages: Sequence[Message], memories: Sequence[tuple[str, str]], max_fact_bytes: int
@@ -336,4 +240,4 @@ class FactExtractor:
         raise MalformedOutput(problems)
 
     async def close(self) -> None:
-        await self._client.close()
+        await self._llm.close()

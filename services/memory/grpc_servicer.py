@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2
 from google.protobuf.message import Message as ProtoMessage
 
 from sessionkit.errors import FieldViolation, InvalidArgument
 from sessionkit.jsonvalues import from_struct, to_struct
 from sessionkit.v1 import common_pb2, memory_pb2, memory_pb2_grpc
+from sessionkit_server.common.idempotency import idempotent
+from sessionkit_server.common.identity import owner_of
+from sessionkit_server.common.timestamps import to_proto
 from sessionkit_server.memory import tables as t
 from sessionkit_server.memory.extraction import Message
+from sessionkit_server.memory.records import ChangeRecord, MemoryRecord
 from sessionkit_server.memory.service import (
     AddResult,
     ExtractResult,
@@ -22,8 +25,6 @@ from sessionkit_server.memory.service import (
     NewMemory,
     Operation,
 )
-from sessionkit_server.memory.store import ChangeRecord, Idempotency, MemoryRecord, Owner, Replayed
-from sessionkit_server.state.service import session_key
 
 Context = Any
 R = TypeVar("R")
@@ -34,17 +35,6 @@ OPERATION_TYPES = {
     "DELETE": memory_pb2.MemoryOperation.DELETE,
     "NONE": memory_pb2.MemoryOperation.NONE,
 }
-
-
-def _ts(micros: int) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromMicroseconds(micros)
-    return ts
-
-
-def owner_of(ref: common_pb2.SessionRef) -> Owner:
-    key = session_key(ref.app_name, ref.user_id, ref.session_id)
-    return Owner(key.app_name, key.user_id, key.session_id)
 
 
 def _type(value: int, field: str = "memory_type") -> int | None:
@@ -65,13 +55,13 @@ def memory_message(record: MemoryRecord) -> memory_pb2.Memory:
         text=record.text,
         quality_score=record.quality,
         metadata=to_struct(record.metadata),
-        create_time=_ts(record.create_us),
-        update_time=_ts(record.update_us),
+        create_time=to_proto(record.create_us),
+        update_time=to_proto(record.update_us),
         revision=record.revision,
         content_hash=record.content_hash,
     )
     if record.expire_us is not None:
-        message.expire_time.CopyFrom(_ts(record.expire_us))
+        message.expire_time.CopyFrom(to_proto(record.expire_us))
     return message
 
 
@@ -95,7 +85,7 @@ def change_message(change: ChangeRecord) -> memory_pb2.MemoryChange:
         new_text=change.new_text or "",
         actor=change.actor,
         session_id=change.session_id,
-        time=_ts(change.time_us),
+        time=to_proto(change.time_us),
         revision=change.revision,
     )
     if change.old_metadata is not None:
@@ -135,24 +125,6 @@ def extract_response(result: ExtractResult) -> memory_pb2.ExtractMemoriesRespons
     return memory_pb2.ExtractMemoriesResponse(
         operations=[operation_message(o) for o in result.operations], model=result.model
     )
-
-
-async def idempotent(
-    key: str,
-    method: str,
-    response_type: type[M],
-    respond: Callable[[R], M],
-    write: Callable[[Idempotency[R] | None], Awaitable[R]],
-) -> M:
-    """Run ``write`` with the request's idempotency key (none when empty): its response is stored with
-    the write, and a repeat of the key answers that stored response."""
-    idem: Idempotency[R] | None = (
-        Idempotency(key, method, lambda result: respond(result).SerializeToString()) if key else None
-    )
-    try:
-        return respond(await write(idem))
-    except Replayed as replay:
-        return response_type.FromString(replay.response)
 
 
 class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
@@ -323,6 +295,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
                 request.dry_run,
                 request.actor,
                 idem,
+                quality=request.quality_score if request.HasField("quality_score") else None,
             ),
         )
 

@@ -11,7 +11,6 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
-    LargeBinary,
     MetaData,
     SmallInteger,
     String,
@@ -19,6 +18,8 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+
+from sessionkit_server.common.idempotency import idempotency_table
 
 metadata = MetaData()
 ID = String(128)
@@ -89,17 +90,5 @@ outbox = Table(
 )
 
 # The responses of idempotent writes (AddMemory, UpdateMemory, DeleteMemory, ClearMemories,
-# ExtractMemories), by (app, user, key), kept 24 hours. ``response`` is the serialized response
-# message; NULL while an ExtractMemories call holds the key (its LLM call and writes are in flight).
-idempotency = Table(
-    "sk_memory_idempotency",
-    metadata,
-    Column("app_name", ID, primary_key=True),
-    Column("user_id", ID, primary_key=True),
-    Column("key", String(128), primary_key=True),
-    # The RPC that used the key (a key reused for another RPC is refused).
-    Column("method", String(32), nullable=False),
-    Column("response", LargeBinary, nullable=True),
-    Column("create_us", BigInteger, nullable=False),
-    Index("ix_sk_memory_idempotency_time", "create_us"),
-)
+# ExtractMemories), by (app, user, key), kept 24 hours; an ExtractMemories call claims its key first.
+idempotency = idempotency_table(metadata, "sk_memory_idempotency")

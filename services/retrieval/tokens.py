@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from sessionkit.errors import FailedPrecondition
+from sessionkit import reasons
 from sessionkit_server.retrieval.embeddings import default_model_path
 
 if TYPE_CHECKING:
@@ -68,10 +68,8 @@ def load_tokenizer(path: Path | str | None = None) -> Tokenizer:
             try:
                 tokenizer = Tokenizer.from_file(key)
             except Exception as error:  # missing, unreadable or not a tokenizer file: one answer
-                raise FailedPrecondition(
-                    f"the tokenizer is not available: loading {file} failed: {error}",
-                    reason="EMBEDDING_MODEL_UNAVAILABLE",
-                    metadata={"path": key},
+                raise reasons.EMBEDDING_MODEL_UNAVAILABLE.error(
+                    detail=f"loading its tokenizer {file} failed: {error}", metadata={"path": key}
                 ) from error
             tokenizer.no_truncation()
             tokenizer.no_padding()

@@ -46,7 +46,8 @@ from chromadb.api.types import PyEmbedding
 from chromadb.config import Settings
 from chromadb.errors import NotFoundError
 
-from sessionkit.errors import FieldViolation, InvalidArgument, ServiceUnavailable
+from sessionkit import reasons
+from sessionkit.errors import FieldViolation, InvalidArgument
 
 MetadataValue = str | int | float | bool
 Metadata = dict[str, MetadataValue]
@@ -239,10 +240,8 @@ class ChromaIndex(VectorIndex):
         except self._unavailable as error:
             if isinstance(error, ValueError) and self._client is not None:
                 raise  # a real ValueError from a connected client (a bad argument), not "server down"
-            raise ServiceUnavailable(
-                f"{self.location} is unavailable: {error}",
-                reason="VECTOR_INDEX_UNAVAILABLE",
-                metadata={"location": self.location},
+            raise reasons.VECTOR_INDEX_UNAVAILABLE.error(
+                location=self.location, detail=error, metadata={"location": self.location}
             ) from error
 
     def _get_client(self) -> ClientAPI:

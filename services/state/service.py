@@ -10,24 +10,23 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass
 
+from sessionkit import reasons
 from sessionkit.errors import (
-    FailedPrecondition,
     FieldViolation,
     InvalidArgument,
-    NotFound,
-    ResourceExhausted,
     ServiceUnavailable,
     SessionNotFound,
     StateConflict,
 )
-from sessionkit.ids import DEFAULT, id_violation, key_violation, new_session_id
+from sessionkit.ids import key_violation
 from sessionkit.jsonvalues import JsonValue, check_json, dumps
 from sessionkit_server.common import paging
+from sessionkit_server.common.identity import session_key as session_key  # re-exported
+from sessionkit_server.common.timestamps import now_us as now_us  # re-exported
 from sessionkit_server.state.limits import StateLimits
 from sessionkit_server.state.store import (
     EVENT_RESPONSE_PREFIX,
@@ -48,10 +47,6 @@ log = logging.getLogger("sessionkit.state")
 SCOPES = ("user:", "app:")
 TEMP = "temp:"
 IDEMPOTENCY_TTL_US = 24 * 3600 * 1_000_000
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass
@@ -79,24 +74,6 @@ class ChangeView:
     value: JsonValue
     state: JsonObject
     time_us: int
-
-
-def session_key(app_name: str, user_id: str, session_id: str, *, generate: bool = False) -> SessionKey:
-    app_name, user_id = app_name or DEFAULT, user_id or DEFAULT
-    if not session_id and generate:
-        session_id = new_session_id()
-    violations = [
-        v
-        for v in (
-            id_violation("session.app_name", app_name),
-            id_violation("session.user_id", user_id),
-            id_violation("session.session_id", session_id),
-        )
-        if v
-    ]
-    if violations:
-        raise InvalidArgument("invalid session reference", violations=violations)
-    return SessionKey(app_name, user_id, session_id)
 
 
 def _check_key(key: str, field: str = "key") -> str:
@@ -331,10 +308,8 @@ class StateService:
             bare = _split(name)[1]
             current = target.get(bare, 0)
             if isinstance(current, bool) or not isinstance(current, (int, float)):
-                raise FailedPrecondition(
-                    f"cannot increment {name!r}: its value is a {type(current).__name__}, not a number",
-                    reason="VALUE_NOT_NUMBER",
-                    metadata={"key": name},
+                raise reasons.VALUE_NOT_NUMBER.error(
+                    key=name, kind=type(current).__name__, metadata={"key": name}
                 )
             assert isinstance(delta_value, (int, float))
             new_value = check_json(current + delta_value, name)
@@ -361,10 +336,8 @@ class StateService:
             bare = _split(name)[1]
             current = target.get(bare, [])
             if not isinstance(current, list):
-                raise FailedPrecondition(
-                    f"cannot append to {name!r}: its value is a {type(current).__name__}, not a list",
-                    reason="VALUE_NOT_LIST",
-                    metadata={"key": name},
+                raise reasons.VALUE_NOT_LIST.error(
+                    key=name, kind=type(current).__name__, metadata={"key": name}
                 )
             new_value = [*current, *checked]
             target[bare] = new_value
@@ -381,10 +354,10 @@ class StateService:
         earlier = await self.store.get_version(key, version)
         if earlier is None:
             await self.get_session(key)
-            raise NotFound(
-                f"version {version} of session {key.session_id!r} is not retained "
-                f"(the last {self.limits.history_limit} versions are kept)",
-                reason="VERSION_NOT_FOUND",
+            raise reasons.VERSION_NOT_FOUND.error(
+                version=version,
+                session_id=key.session_id,
+                kept=self.limits.history_limit,
                 metadata={"version": str(version)},
             )
 
@@ -487,9 +460,9 @@ class StateService:
         assert isinstance(meta, dict)
         size = len(content.encode()) + len(dumps(meta).encode())
         if size > self.limits.max_event_bytes:
-            raise ResourceExhausted(
-                f"event is {size} bytes; the limit is {self.limits.max_event_bytes}",
-                reason="EVENT_TOO_LARGE",
+            raise reasons.EVENT_TOO_LARGE.error(
+                size=size,
+                limit=self.limits.max_event_bytes,
                 metadata={"limit_bytes": str(self.limits.max_event_bytes), "size_bytes": str(size)},
             )
         event = EventRecord(0, role, content, author, meta, 0)
@@ -553,7 +526,7 @@ class StateService:
         def run(tx: WriteTx) -> WriteResult:
             if tx.replayed_response is not None:
                 if tx.replayed_response.startswith(EVENT_RESPONSE_PREFIX):
-                    raise key_reused(idempotency_key, "an event append")
+                    raise key_reused(idempotency_key, "an event append", "a state write")
                 return WriteResult.decode(tx.replayed_response)
             if expected_version is not None and expected_version != tx.session.version:
                 raise StateConflict(
@@ -604,9 +577,10 @@ class StateService:
     def _check_size(self, state: JsonObject, what: str) -> None:
         size = len(dumps(state).encode())
         if size > self.limits.max_state_bytes:
-            raise ResourceExhausted(
-                f"{what} would be {size} bytes of JSON; the limit is {self.limits.max_state_bytes}",
-                reason="STATE_TOO_LARGE",
+            raise reasons.STATE_TOO_LARGE.error(
+                what=what,
+                size=size,
+                limit=self.limits.max_state_bytes,
                 metadata={"limit_bytes": str(self.limits.max_state_bytes), "size_bytes": str(size)},
             )
 

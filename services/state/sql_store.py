@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Row, and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from sessionkit.errors import AlreadyExists, SessionNotFound
+from sessionkit import reasons
+from sessionkit.errors import SessionNotFound
 from sessionkit.jsonvalues import dumps, loads
 from sessionkit_server.common.db import Database
 from sessionkit_server.common.migrate import upgrader
@@ -289,10 +290,7 @@ class SqlStateStore(StateStore):
             pk = conn.execute(inserted.returning(t.sessions.c.pk)).scalar_one_or_none()
             if pk is None:
                 if not get_if_exists:
-                    raise AlreadyExists(
-                        f"session {key.session_id!r} of user {key.user_id!r} already exists",
-                        reason="SESSION_EXISTS",
-                    )
+                    raise reasons.SESSION_EXISTS.error(session_id=key.session_id, user_id=key.user_id)
                 return _record(conn.execute(select(t.sessions).where(_where_key(key))).one()), False
             if initial_state:
                 conn.execute(
@@ -420,7 +418,7 @@ class SqlStateStore(StateStore):
             earlier: bytes | None = row._mapping["replayed"]
             if earlier is not None:
                 if not earlier.startswith(EVENT_RESPONSE_PREFIX):
-                    raise key_reused(idempotency_key, "a state write")
+                    raise key_reused(idempotency_key, "a state write", "an event append")
                 event_id = int(earlier[len(EVENT_RESPONSE_PREFIX) :])
                 return _event(conn.execute(select(t.events).where(e.id == event_id)).one())
             event_id = conn.execute(

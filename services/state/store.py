@@ -16,8 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from sessionkit import reasons
 from sessionkit.errors import FailedPrecondition
 from sessionkit.jsonvalues import JsonValue
+
+# Defined once for every service; re-exported for the state store's implementations.
+from sessionkit_server.common.identity import SessionKey as SessionKey
 
 JsonObject = dict[str, JsonValue]
 T = TypeVar("T")
@@ -26,19 +30,13 @@ T = TypeVar("T")
 EVENT_RESPONSE_PREFIX = b"event:"
 
 
-def key_reused(idempotency_key: str, first_use: str) -> FailedPrecondition:
-    return FailedPrecondition(
-        f"idempotency key {idempotency_key[:64]!r} was already used for {first_use} in this session; "
-        "use a new key for every distinct request",
-        reason="IDEMPOTENCY_KEY_REUSED",
+def key_reused(idempotency_key: str, first_use: str, method: str) -> FailedPrecondition:
+    return reasons.IDEMPOTENCY_KEY_REUSED.error(
+        key=idempotency_key[:64],
+        first_use=first_use,
+        method=method,
+        metadata={"idempotency_key": idempotency_key, "method": first_use},
     )
-
-
-@dataclass(frozen=True, order=True)
-class SessionKey:
-    app_name: str
-    user_id: str
-    session_id: str
 
 
 class Operation(enum.IntEnum):

@@ -1,0 +1,193 @@
+"""The vector outbox, once for every service that keeps vectors (memory, knowledge).
+
+The rows in the database are the source of truth; the vector index is derived from them. A write
+queues an outbox entry in its own transaction; :meth:`VectorOutbox.drain` applies the entries after
+commit (and again at start-up, for what a crash left): the *row* decides, so an entry whose row is gone
+deletes the vector, and one whose row exists upserts it. :meth:`VectorOutbox.reindex` rebuilds every
+partition from the rows; :meth:`VectorOutbox.migrate` moves the vectors of an app's single collection
+of old (before partitions) into the partitions.
+
+A service gives the outbox its rows through :class:`OutboxSource`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from sessionkit_server.retrieval.embeddings import Embedder
+from sessionkit_server.retrieval.vector_index import VectorIndex, partition, partition_prefix
+
+log = logging.getLogger("sessionkit.vectors")
+
+VectorMetadata = dict[str, str | int | float | bool]
+#: Vectors a write already computed, by row id: (the fingerprint they are valid for, the vector).
+Computed = dict[str, tuple[str, list[float]]]
+
+
+@dataclass(frozen=True)
+class IndexRow:
+    """A row as the vector index holds it."""
+
+    id: str
+    text: str
+    #: The partition (collection) its vector lives in.
+    collection: str
+    #: Stored next to the vector (only what never changes, so the vector is rewritten only on a new text).
+    metadata: VectorMetadata
+    #: What a precomputed vector must match to be used (the content hash; "" when a row's text never
+    #: changes under its id).
+    fingerprint: str = ""
+
+
+@dataclass(frozen=True)
+class PendingEntry:
+    id: int
+    row_id: str
+    app_name: str
+    #: Where the vector lives; None for an entry written before partitions (its vector is in the app's
+    #: collection of old).
+    collection: str | None
+
+
+class OutboxSource(Protocol):
+    """What a service's store gives the outbox."""
+
+    async def pending(self, limit: int) -> list[PendingEntry]: ...
+
+    async def done(self, entry_ids: list[int]) -> None: ...
+
+    async def index_rows(self, ids: list[str]) -> dict[str, IndexRow]: ...
+
+    async def apps(self) -> list[str]: ...
+
+    async def index_rows_after(
+        self, app_name: str | None, after_pk: int, limit: int
+    ) -> list[tuple[int, IndexRow]]:
+        """Current rows (of one app, or of every app when None) with a key over ``after_pk``, in key order."""
+        ...
+
+
+class VectorOutbox:
+    """``namespace``: the prefix of every app's collection name ("memories", "knowledge")."""
+
+    def __init__(
+        self,
+        source: OutboxSource,
+        index: VectorIndex,
+        embedder: Embedder,
+        namespace: str,
+        batch: int = 256,
+    ) -> None:
+        self.source = source
+        self.index = index
+        self.embedder = embedder
+        self.namespace = namespace
+        self.batch = batch
+        self._lock = asyncio.Lock()
+
+    def app_collection(self, app_name: str) -> str:
+        """An app's logical collection: its partitions are named after it (and, before partitions, it
+        was the app's one collection, filtered by owner)."""
+        return f"{self.namespace}:{app_name}"
+
+    async def drain(self, computed: Computed | None = None) -> int:
+        """Apply the pending entries (idempotent: upserts and deletes by id). Returns how many."""
+        computed = computed or {}
+        applied = 0
+        async with self._lock:
+            while True:
+                pending = await self.source.pending(self.batch)
+                if not pending:
+                    return applied
+                rows = await self.source.index_rows([entry.row_id for entry in pending])
+                upserts: dict[str, dict[str, IndexRow]] = defaultdict(dict)
+                deletes: dict[str, set[str]] = defaultdict(set)
+                for entry in pending:
+                    row = rows.get(entry.row_id)  # the row decides: gone means delete
+                    if row is not None:
+                        upserts[row.collection][row.id] = row
+                    else:
+                        deletes[entry.collection or self.app_collection(entry.app_name)].add(entry.row_id)
+                for coll, by_id in upserts.items():
+                    await self._upsert(coll, list(by_id.values()), computed)
+                for coll, gone in deletes.items():
+                    await self.index.delete(coll, sorted(gone))
+                await self.source.done([entry.id for entry in pending])
+                applied += len(pending)
+
+    async def _upsert(self, coll: str, rows: Sequence[IndexRow], computed: Computed) -> None:
+        todo = [r for r in rows if computed.get(r.id, ("\x00",))[0] != r.fingerprint]
+        fresh = await self.embedder.embed([r.text for r in todo]) if todo else []
+        vectors = {r.id: v for r, v in zip(todo, fresh, strict=True)}
+        await self.index.upsert(
+            coll,
+            [r.id for r in rows],
+            [vectors[r.id] if r.id in vectors else computed[r.id][1] for r in rows],
+            [r.metadata for r in rows],
+        )
+
+    async def reindex(self, app_name: str | None) -> tuple[int, int]:
+        """Rebuild the index from the rows: every partition of the app (of every app when None) is
+        dropped, then each row embedded again into its partition. Returns (rows scanned, vectors
+        written). A write meanwhile adds its own vectors through the outbox."""
+        await self.drain()
+        apps = [app_name] if app_name is not None else await self.source.apps()
+        # Every app's partitions start with the encoded "<namespace>:" (see vector_index.partition).
+        prefix = (
+            partition_prefix(self.app_collection(app_name))
+            if app_name is not None
+            else partition(self.app_collection(""))
+        )
+        for coll in await self.index.collections(prefix):
+            await self.index.drop(coll)
+        for app in apps:
+            await self.index.drop(self.app_collection(app))  # a collection from before partitions
+        scanned = written = 0
+        after = 0
+        while True:
+            page = await self.source.index_rows_after(app_name, after, self.batch)
+            if not page:
+                return scanned, written
+            after = page[-1][0]
+            by_collection: dict[str, list[IndexRow]] = defaultdict(list)
+            for _, row in page:
+                by_collection[row.collection].append(row)
+            for coll, rows in by_collection.items():
+                await self._upsert(coll, rows, {})
+                written += len(rows)
+            scanned += len(page)
+
+    async def migrate(self, page: int = 1000) -> int:
+        """Move the vectors of each app's single collection of old into the partitions, then drop it.
+        Vectors are copied, not re-embedded; those whose row is gone are left behind. Safe to repeat
+        after a crash (upserts by id; the old collection is dropped last). Returns the vectors moved."""
+        moved = 0
+        for app_name in await self.source.apps():
+            legacy = self.app_collection(app_name)
+            if not await self.index.exists(legacy):
+                continue
+            log.warning("moving %s vectors into partitions", self.namespace, extra={"app_name": app_name})
+            offset = 0
+            while True:
+                entries = await self.index.entries(legacy, offset, page)
+                if not entries:
+                    break
+                offset += len(entries)
+                rows = await self.source.index_rows([e.id for e in entries])
+                by_collection: dict[str, list[tuple[IndexRow, list[float]]]] = defaultdict(list)
+                for entry in entries:
+                    row = rows.get(entry.id)
+                    if row is not None:
+                        by_collection[row.collection].append((row, entry.vector))
+                for coll, items in by_collection.items():
+                    await self.index.upsert(
+                        coll, [r.id for r, _ in items], [v for _, v in items], [r.metadata for r, _ in items]
+                    )
+                    moved += len(items)
+            await self.index.drop(legacy)
+            log.warning("moved %s vectors", self.namespace, extra={"app_name": app_name, "count": moved})
+        return moved

@@ -1,0 +1,163 @@
+"""Reading memories: get, list, history, hybrid search and the context block built from it.
+
+Search ranks by a documented fusion (docs/MEMORY.md): dense cosine similarity (Chroma) and lexical
+relevance (SQLite FTS5 bm25 / PostgreSQL ts_rank_cd) are fused by reciprocal rank, then combined with
+the memory's quality score and its recency (sessionkit_server.retrieval.fusion)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sessionkit import reasons
+from sessionkit.errors import FieldViolation, InvalidArgument
+from sessionkit_server.common import paging
+from sessionkit_server.common.identity import Owner
+from sessionkit_server.common.timestamps import now_us
+from sessionkit_server.memory import tables as t
+from sessionkit_server.memory.base import Hit, JsonObject, MemoryBase
+from sessionkit_server.memory.records import ChangeRecord, MemoryRecord, owner_collections
+from sessionkit_server.retrieval.fusion import FusionWeights, fused_score, recency, rrf_normalized
+
+
+class MemoryReads(MemoryBase):
+    async def get(self, owner: Owner, memory_id: str) -> MemoryRecord:
+        record = await self.store.get(owner, memory_id, now_us())
+        if record is None:
+            raise reasons.MEMORY_NOT_FOUND.error(memory_id=memory_id, metadata={"memory_id": memory_id})
+        return record
+
+    async def list_memories(
+        self,
+        owner: Owner,
+        memory_type: int | None,
+        page_size: int,
+        page_token: str,
+        metadata_filter: JsonObject | None = None,
+        min_quality: float | None = None,
+    ) -> tuple[list[MemoryRecord], str]:
+        size = paging.page_size(page_size, 100, 1000)
+        after = paging.read_int_token(page_token, "a memory position")
+        check = self._filter(metadata_filter, min_quality)
+        out: list[MemoryRecord] = []
+        last = after
+        while len(out) < size:
+            rows = await self.store.list_page(owner, memory_type, size, last, now_us())
+            if not rows:
+                return out, ""
+            for pk, record in rows:
+                last = pk
+                if check(record):
+                    out.append(record)
+                    if len(out) == size:
+                        return out, paging.page_token(str(last))
+            if len(rows) < size:
+                return out, ""
+        return out, paging.page_token(str(last))
+
+    async def history(
+        self, owner: Owner, memory_id: str, memory_type: int | None, page_size: int, page_token: str
+    ) -> tuple[list[ChangeRecord], str]:
+        size = paging.page_size(page_size, 100, 1000)
+        after = paging.read_int_token(page_token, "a change id")
+        changes = await self.store.changes(owner, memory_id, memory_type, size + 1, after)
+        more = len(changes) > size
+        changes = changes[:size]
+        return changes, paging.page_token(str(changes[-1].id)) if more else ""
+
+    async def search(
+        self,
+        owner: Owner,
+        query: str,
+        memory_type: int | None = None,
+        limit: int = 5,
+        min_quality: float | None = None,
+        metadata_filter: JsonObject | None = None,
+        min_score: float | None = None,
+    ) -> list[Hit]:
+        if not query.strip():
+            raise InvalidArgument("empty query", violations=[FieldViolation("query", "must not be empty")])
+        self._check_text(query, "query")
+        if limit < 1 or limit > self.settings.max_limit:
+            raise InvalidArgument(
+                "invalid limit",
+                violations=[FieldViolation("limit", f"must be between 1 and {self.settings.max_limit}")],
+            )
+        check = self._filter(metadata_filter, min_quality)
+        k = max(limit * 4, 40)
+        now = now_us()
+        vector = await self.embedder.embed_one(query)
+        dense, lexical = await asyncio.gather(
+            self._dense(owner, memory_type, vector, k),
+            self.store.lexical(owner, memory_type, query, k, now),
+        )
+        fused = rrf_normalized(
+            [[i for i, _ in dense], [i for i, _ in lexical]],
+            weights=[1.0, self.settings.weight_lexical_rank],
+        )
+        if not fused:
+            return []
+        semantic = dict(dense)
+        top_lexical = max((score for _, score in lexical), default=0.0) or 1.0
+        lexical_norm = {i: score / top_lexical for i, score in lexical}
+        rows = await self.store.by_ids(owner, list(fused), now)  # the rows decide: scope, expiry, deletion
+        s = self.settings
+        weights = FusionWeights(s.weight_relevance, s.weight_quality, s.weight_recency)
+        hits: list[Hit] = []
+        for memory_id, relevance in fused.items():
+            record = rows.get(memory_id)
+            if record is None or not check(record):
+                continue
+            fresh = recency(max(0.0, (now - record.update_us) / 86_400e6), s.recency_half_life_days)
+            hits.append(
+                Hit(
+                    record,
+                    fused_score(relevance, record.quality, fresh, weights),
+                    max(0.0, semantic.get(memory_id, 0.0)),
+                    lexical_norm.get(memory_id, 0.0),
+                    record.quality,
+                    fresh,
+                )
+            )
+        hits.sort(key=lambda h: -h.score)
+        if min_score is not None:
+            hits = [h for h in hits if h.score >= min_score]
+        return hits[:limit]
+
+    async def _dense(
+        self, owner: Owner, memory_type: int | None, vector: list[float], k: int
+    ) -> list[tuple[str, float]]:
+        """The ``k`` nearest of the owner's partitions (the session's short-term and/or the user's
+        long-term memories), best first."""
+        found: list[tuple[str, float]] = []
+        for coll in owner_collections(owner, memory_type):
+            found.extend(await self.index.query(coll, vector, k))
+        found.sort(key=lambda hit: -hit[1])
+        return found[:k]
+
+    async def context(
+        self,
+        owner: Owner,
+        query: str,
+        max_items: int = 3,
+        memory_type: int | None = None,
+        min_quality: float | None = None,
+        metadata_filter: JsonObject | None = None,
+        max_chars: int = 0,
+    ) -> tuple[str, list[Hit]]:
+        hits = await self.search(owner, query, memory_type, max_items, min_quality, metadata_filter)
+        lines: list[str] = []
+        used: list[Hit] = []
+        total = 0
+        for hit in hits:
+            kind = "long-term" if hit.memory.memory_type == t.LONG else "short-term"
+            line = f"- {hit.memory.text} ({kind})"
+            if max_chars and total + len(line) + 1 > max_chars:
+                break
+            lines.append(line)
+            used.append(hit)
+            total += len(line) + 1
+        return "\n".join(lines), used
+
+    async def _same_content(self, owner: Owner, memory_type: int, digest: str) -> MemoryRecord | None:
+        # A fast path only: the unique constraint is what guarantees one row under concurrency.
+        return await self.store.by_hash(owner, memory_type, digest, now_us())

@@ -1,0 +1,93 @@
+"""The storage contract's fixtures: one ``database`` per backend (a SQLite file, a PostgreSQL database),
+migrated as the server migrates it at start-up (one Database shared by every service's store, each
+store's ``start()`` running its service's Alembic migrations: sessionkit_server.server.Host.start).
+
+SQLite: a fresh file per test. PostgreSQL: a fresh database per test module (created on the run's
+server, tests/conftest.py ``pg_admin_dsn``, dropped after the module), every table emptied before each
+test, so each test starts on empty, fully migrated tables on both backends."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from sqlalchemy import Connection, text
+
+from sessionkit_server.agent.store import AgentStore
+from sessionkit_server.common.db import Database
+from sessionkit_server.knowledge.store import KnowledgeStore
+from sessionkit_server.memory.store import MemoryStore
+from sessionkit_server.state.sql_store import SqlStateStore
+
+CONTRACT_BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+]
+
+
+async def _admin(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+def contract_pg_url(pg_admin_dsn: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for this module (dropped after it)."""
+    name = f"sk_contract_{uuid.uuid4().hex[:10]}"
+    try:
+        asyncio.run(_admin(pg_admin_dsn, f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError) as error:
+        pytest.fail(f"PostgreSQL at {pg_admin_dsn} is needed for the postgres contract: {error}")
+    base = pg_admin_dsn.rsplit("/", 1)[0]
+    yield f"{base}/{name}".replace("postgresql://", "postgresql+asyncpg://")
+    asyncio.run(_admin(pg_admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def migrate_all(db: Database) -> None:
+    """Every service's migrations on ``db``, in the order the server runs them."""
+    await SqlStateStore(db).start()
+    await MemoryStore(db).start()
+    await KnowledgeStore(db).start()
+    await AgentStore(db).start()
+
+
+def _empty_tables(conn: Connection) -> None:
+    tables = conn.execute(
+        text(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+            "AND tablename LIKE 'sk\\_%' AND tablename NOT LIKE '%alembic%'"
+        )
+    ).scalars()
+    names = ", ".join(f'"{name}"' for name in tables)
+    if names:
+        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture(params=CONTRACT_BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of each backend (a sync fixture: creating the PostgreSQL database runs its own loop)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'contract.db'}"
+    url: str = request.getfixturevalue("contract_pg_url")
+    return url
+
+
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[Database]:
+    """A migrated, empty database on each backend, shared by the stores of a test as the server
+    shares its one Database."""
+    db = Database(database_url)
+    try:
+        await migrate_all(db)
+        if db.is_postgres:
+            await db.write(_empty_tables)
+        yield db
+    finally:
+        await db.close()

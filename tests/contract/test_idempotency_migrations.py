@@ -1,0 +1,161 @@
+"""The idempotency tables of memory, knowledge and agent move to the shared shape
+(sessionkit_server.common.idempotency) with their rows: a database written before (older revision,
+older shape, keys in use) keeps replaying its keys after the upgrade, on SQLite and PostgreSQL, and the
+migrated schema is exactly what the tables describe."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, MetaData, text
+
+from sessionkit_server.agent import tables as agent_tables
+from sessionkit_server.agent.store import MIGRATIONS as AGENT_MIGRATIONS
+from sessionkit_server.agent.store import VERSION_TABLE as AGENT_VERSIONS
+from sessionkit_server.agent.store import AgentStore, Conversation
+from sessionkit_server.common.db import Database
+from sessionkit_server.common.idempotency import KeySpace, Replayed
+from sessionkit_server.common.migrate import alembic_config
+from sessionkit_server.knowledge import tables as knowledge_tables
+from sessionkit_server.knowledge.store import MIGRATIONS as KNOWLEDGE_MIGRATIONS
+from sessionkit_server.knowledge.store import VERSION_TABLE as KNOWLEDGE_VERSIONS
+from sessionkit_server.knowledge.store import KnowledgeStore
+from sessionkit_server.memory import tables as memory_tables
+from sessionkit_server.memory.store import MIGRATIONS as MEMORY_MIGRATIONS
+from sessionkit_server.memory.store import VERSION_TABLE as MEMORY_VERSIONS
+from sessionkit_server.memory.store import MemoryStore
+from tests.conftest import BACKENDS
+
+NOW = 1_000_000_000
+
+
+async def _admin(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=BACKENDS)
+async def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'old.db'}"
+        return
+    admin: str = request.getfixturevalue("pg_admin_dsn")
+    name = f"sk_idem_{uuid.uuid4().hex[:10]}"
+    try:
+        await _admin(admin, f'CREATE DATABASE "{name}"')
+    except (OSError, asyncpg.PostgresError) as error:
+        pytest.fail(f"PostgreSQL at {admin} is needed for the postgres migration test: {error}")
+    try:
+        yield f"{admin.rsplit('/', 1)[0]}/{name}".replace("postgresql://", "postgresql+asyncpg://")
+    finally:
+        await _admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _differences(conn: Connection, version_table: str, metadata: MetaData, table: str) -> list[Any]:
+    """How the migrated ``table`` differs from its description (the other tables have their own tests)."""
+
+    def include(name: str | None, kind: str, parent: Any) -> bool:
+        return kind != "table" or name == table
+
+    context = MigrationContext.configure(
+        conn, opts={"version_table": version_table, "compare_type": True, "include_name": include}
+    )
+    only = MetaData()
+    metadata.tables[table].to_metadata(only)
+    return list(compare_metadata(context, only))
+
+
+async def _at(
+    db: Database, migrations: Path, version_table: str, revision: str, insert: str, response: bytes
+) -> None:
+    def run(conn: Connection) -> None:
+        command.upgrade(alembic_config(migrations, version_table, conn), revision)
+        conn.execute(text(insert), {"response": response})
+
+    await db.migrate(run, version_table)
+
+
+async def test_memory_keys_survive_the_reshape(empty_database: str) -> None:
+    db = Database(empty_database)
+    await _at(
+        db, MEMORY_MIGRATIONS, MEMORY_VERSIONS, "m0003",
+        "INSERT INTO sk_memory_idempotency (app_name, user_id, key, method, response, create_us) "
+        f"VALUES ('app', 'u', 'k1', 'AddMemory', :response, {NOW})",
+        b"first",
+    )  # fmt: skip
+    store = MemoryStore(db)
+    await store.start()
+    with pytest.raises(Replayed) as replay:
+        await store.replay("app", "u", "k1", "AddMemory", NOW + 1)
+    assert replay.value.response == b"first"
+    assert (
+        await db.read(
+            lambda c: _differences(c, MEMORY_VERSIONS, memory_tables.metadata, "sk_memory_idempotency")
+        )
+        == []
+    )
+    await db.close()
+
+
+async def test_knowledge_keys_survive_the_reshape(empty_database: str) -> None:
+    db = Database(empty_database)
+    await _at(
+        db, KNOWLEDGE_MIGRATIONS, KNOWLEDGE_VERSIONS, "k0003",
+        "INSERT INTO sk_knowledge_idempotency (app_name, user_id, key, method, response, create_us) "
+        f"VALUES ('app', 'u', 'k1', 'DeleteKnowledgeSource', :response, {NOW})",
+        b"gone",
+    )  # fmt: skip
+    store = KnowledgeStore(db)
+    await store.start()
+    rows = await db.read(
+        lambda c: c.execute(text("SELECT scope, response FROM sk_knowledge_idempotency")).all()
+    )
+    assert [(r[0], bytes(r[1])) for r in rows] == [("", b"gone")]
+    ledger_state = await db.read(
+        lambda c: store.keys.state_in(c, KeySpace("app", "u"), "k1", "DeleteKnowledgeSource", NOW + 1)
+    )
+    assert ledger_state.response == b"gone"
+    assert (
+        await db.read(
+            lambda c: _differences(
+                c, KNOWLEDGE_VERSIONS, knowledge_tables.metadata, "sk_knowledge_idempotency"
+            )
+        )
+        == []
+    )
+    await db.close()
+
+
+async def test_agent_keys_keep_their_session(empty_database: str) -> None:
+    db = Database(empty_database)
+    await _at(
+        db, AGENT_MIGRATIONS, AGENT_VERSIONS, "a0001",
+        "INSERT INTO sk_agent_idempotency (app_name, user_id, session_id, key, method, response, create_us) "
+        f"VALUES ('app', 'u', 's1', 'k1', 'Chat', :response, {NOW})",
+        b"reply",
+    )  # fmt: skip
+    store = AgentStore(db)
+    await store.start()
+    claim = await store.claim(Conversation("app", "u", "s1"), "k1", "Chat", NOW + 1)
+    assert (claim.claimed, claim.response) == (False, b"reply")
+    # The same key in another session of the user is another key.
+    other = await store.claim(Conversation("app", "u", "s2"), "k1", "Chat", NOW + 1)
+    assert (other.claimed, other.response) == (True, None)
+    assert (
+        await db.read(
+            lambda c: _differences(c, AGENT_VERSIONS, agent_tables.metadata, "sk_agent_idempotency")
+        )
+        == []
+    )
+    await db.close()

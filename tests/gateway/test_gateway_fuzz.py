@@ -1,0 +1,88 @@
+"""Schemathesis against the live gateway's /openapi.json: generated requests (valid and invalid) for
+every operation, a bounded number each, failing on any 5xx, any response that does not match its
+documented schema, and any undocumented status code. The services behind are real (state, memory,
+knowledge, agent), the agent's model a scripted OpenAI-compatible server that always answers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from sessionkit_server.common.config import ServerSettings
+from tests.gateway.test_gateway_support import GatewayThread, gateway_settings
+from tests.llm_server import LLMServer, Reply
+from tests.servers import ServerThread
+
+pytestmark = pytest.mark.slow
+
+#: Examples per operation and generation mode (about 25 operations): the run stays well under a minute.
+EXAMPLES = 10
+#: /agent turns are real turns (memory and knowledge retrieval, a model call): fewer of them.
+AGENT_EXAMPLES = 6
+CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance, content_type_conformance]
+
+
+@pytest.fixture(scope="module")
+def live_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    llm = LLMServer("test-model").start()
+    llm.fallback = lambda request: Reply(content="fuzzed answer")
+    settings_ = ServerSettings(
+        port=0,
+        data_dir=tmp_path_factory.mktemp("fuzz") / "data",
+        services=["state", "memory", "knowledge", "agent"],
+        log_format="text",
+        llm_base_url=llm.base_url,
+        llm_model="test-model",
+        llm_api_key="sk-test",
+    )
+    server = ServerThread(settings_).start()
+    gateway = GatewayThread(gateway_settings(http_max_body_bytes=256 << 10), server.address).start()
+    try:
+        yield gateway.url
+    finally:
+        gateway.stop()
+        server.stop()
+        llm.stop()
+
+
+def test_generated_requests_get_documented_answers_and_never_a_5xx(live_gateway: str, tmp_path: Path) -> None:
+    schema = schemathesis.openapi.from_url(f"{live_gateway}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
+    assert len(operations) >= 20, [op.label for op in operations]
+    started = time.monotonic()
+    for operation in operations:
+        examples = AGENT_EXAMPLES if operation.path == "/agent" else EXAMPLES
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
+            @given(case=operation.as_strategy(generation_mode=mode))
+            @settings(
+                max_examples=examples,
+                deadline=None,
+                database=None,
+                derandomize=True,
+                suppress_health_check=list(HealthCheck),
+            )
+            def run(case: Any) -> None:
+                response = case.call(base_url=live_gateway, timeout=60)
+                case.validate_response(response, checks=CHECKS)
+
+            try:
+                run()
+            except Unsatisfiable:
+                # Nothing to make invalid (e.g. GET /health has no parameters): no negative cases.
+                assert mode is GenerationMode.NEGATIVE, operation.label
+    assert time.monotonic() - started < 120, "the fuzz run is too slow for CI"
