@@ -16,6 +16,7 @@ from sessionkit.config import ClientSettings
 from sessionkit.embedded import socket_path
 from sessionkit.errors import SessionKitError
 from sessionkit.transport import close_channels
+from sessionkit_server.agent.offline_llm import require_offline_model
 from sessionkit_server.common.extras import missing_modules, require_extra
 
 #: The services `--service` may name.
@@ -122,6 +123,8 @@ def serve(
     for extra in wanted:
         try:
             require_extra(extra)
+            if extra == "agent" and not settings.llm_configured:
+                require_offline_model()  # no endpoint: the offline model answers, so it must be there
         except SessionKitError as error:
             err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
