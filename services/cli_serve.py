@@ -123,11 +123,16 @@ def serve(
     for extra in wanted:
         try:
             require_extra(extra)
-            if extra == "agent" and not settings.llm_configured:
-                require_offline_model()  # no endpoint: the offline model answers, so it must be there
         except SessionKitError as error:
             err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+    if "agent" in wanted and not settings.llm_configured:
+        # No endpoint: the offline model answers turns. Without it the other services are still worth
+        # serving, so say now what a turn will fail with rather than refusing to start.
+        try:
+            require_offline_model()
+        except SessionKitError as error:
+            err.print(f"note: agent turns will fail: {error}", highlight=False, soft_wrap=True)
     if gateway_only:
         _serve_gateway_alone(settings)
         return
