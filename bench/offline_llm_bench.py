@@ -9,10 +9,13 @@ path with the real ``openai`` client. It needs llama-cpp-python installed (it co
 Rounds alternate between the runtimes so that both see the same background load; the machine's load
 average is printed with the figures. Per runtime:
 
-- load: seconds to load and warm up the model (once per process);
+- load: seconds to load and warm up the model (once per process; transformers reads the converted copy
+  its first load kept, see offline_model.converted_copy: SESSIONKIT_OFFLINE_LLM_CACHE=off measures
+  the conversion from the GGUF);
 - TTFT: time to the first streamed text of a short question (the prompt's prefill plus one token);
 - decode: tokens/s between the first and the last streamed piece of a 128-token answer;
-- answer: seconds for a whole non-streamed answer of at most 64 tokens to the short question.
+- answer: seconds for a whole non-streamed answer of at most 64 tokens to the short question (the
+  runtimes' numerics differ, so their greedy answers, and lengths, may too: printed at the end).
 
 Usage: python bench/offline_llm_bench.py [--rounds 5] [--baseline-ref c65a034] [--threads N]
 """
@@ -59,6 +62,7 @@ def load_baseline(ref: str) -> ModuleType | None:
     spec = importlib.util.spec_from_file_location("offline_llm_llamacpp", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -99,7 +103,8 @@ async def answer(client: openai.AsyncOpenAI) -> tuple[float, str]:
     reply = await client.chat.completions.create(
         model="offline", messages=SHORT, max_tokens=64, temperature=0
     )
-    return time.perf_counter() - started, reply.choices[0].message.content or ""
+    tokens = reply.usage.completion_tokens if reply.usage else 0
+    return time.perf_counter() - started, f"{tokens} tokens: {reply.choices[0].message.content!r}"
 
 
 async def main() -> None:
@@ -146,7 +151,7 @@ async def main() -> None:
             f"{statistics.median(figures['answer']):.2f} |"
         )
     for name, text in answers.items():
-        print(f"{name} answers: {text!r}")
+        print(f"{name} answers in {text}")
     for llm, client in endpoints.values():
         await client.close()
         await llm.close()

@@ -9,6 +9,8 @@ so the module runs in seconds on two cores."""
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -322,3 +324,30 @@ async def test_close_ends_in_flight_streams_at_once(offline_llm: OfflineLLM) -> 
             pieces += [ch.delta.content for ch in chunk.choices if ch.delta.content]
             finish_reasons += [ch.finish_reason for ch in chunk.choices if ch.finish_reason]
     assert finish_reasons == ["stop"] and 3 <= len(pieces) < 1500
+
+
+@module_loop
+async def test_the_first_load_keeps_a_converted_copy_that_later_loads_read(
+    offline_llm: OfflineLLM, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SESSIONKIT_OFFLINE_LLM_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "model.gguf"
+    shutil.copyfile(packaged_model_path(), gguf)
+
+    async def answer(n_ctx: int) -> str:
+        llm = OfflineLLM(str(gguf), n_ctx=n_ctx, n_threads=offline_llm.n_threads)  # a new n_ctx: a new load
+        async with openai.AsyncOpenAI(base_url=await llm.start(), api_key="x", max_retries=0) as c:
+            reply = await c.chat.completions.create(
+                model=MODEL_NAME, messages=QUESTION, max_tokens=12, temperature=0
+            )
+        await llm.close()
+        return reply.choices[0].message.content or ""
+
+    from_gguf = await answer(1024)
+    [copy] = (tmp_path / "cache").iterdir()
+    assert (copy / "config.json").is_file() and (copy / "model.safetensors").is_file()
+    # Spoil the GGUF but keep its size and time, which name the copy: only the copy can still load.
+    stat = gguf.stat()
+    gguf.write_bytes(b"\0" * stat.st_size)
+    os.utime(gguf, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert await answer(512) == from_gguf

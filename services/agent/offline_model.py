@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -133,9 +134,16 @@ def _read_gguf(path: Path, n_threads: int) -> tuple[Any, Any]:
     # several times slower than one (see offline_llm.default_threads). Set on this thread, which runs
     # every generation.
     torch.set_num_threads(n_threads)
+    converted = converted_copy(path, transformers.__version__)
     try:
-        tokenizer: Any = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model: Any = transformers.AutoModelForCausalLM.from_pretrained(
+        if converted is not None and (converted / "config.json").is_file():
+            tokenizer: Any = transformers.AutoTokenizer.from_pretrained(str(converted))
+            model: Any = transformers.AutoModelForCausalLM.from_pretrained(
+                str(converted), dtype=torch.float32
+            )
+            return model.eval(), tokenizer
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = transformers.AutoModelForCausalLM.from_pretrained(
             str(path.parent), gguf_file=path.name, dtype=torch.float32
         )
     except Exception as error:  # a corrupt file, or one transformers cannot read
@@ -144,7 +152,51 @@ def _read_gguf(path: Path, n_threads: int) -> tuple[Any, Any]:
             reason="LLM_MODEL_UNAVAILABLE",
             metadata={"path": str(path)},
         ) from error
+    if converted is not None:
+        _save_converted(model, tokenizer, converted)
     return model.eval(), tokenizer
+
+
+def converted_copy(path: Path, transformers_version: str) -> Path | None:
+    """Where the model converted from ``path`` is kept, or None if SESSIONKIT_OFFLINE_LLM_CACHE is "off".
+
+    transformers reads a GGUF slowly (its reader parses the 49k-token vocabulary three times and
+    dequantizes every tensor: 15-35 s here, against 2-5 s for the converted copy), so the first load
+    of a file saves what it made, and later loads (every server start) read that instead. The name
+    changes with the file and the transformers version, so a stale copy is never read."""
+    configured = os.environ.get("SESSIONKIT_OFFLINE_LLM_CACHE", "")
+    if configured.lower() == "off":
+        return None
+    if configured:
+        root = Path(configured)
+    else:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sessionkit" / "offline-llm"
+    stat = path.stat()
+    return root / f"{path.stem}-{stat.st_size}-{stat.st_mtime_ns}-transformers{transformers_version}"
+
+
+def _save_converted(model: Any, tokenizer: Any, target: Path) -> None:
+    """Writes the converted copy beside its final name and renames it into place, so a reader never
+    sees half a copy and two processes converting at once do not mix their files. Best effort: a
+    read-only or full disk costs the next start its time, not this one its model."""
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}")
+    # transformers marks a model read from a GGUF as quantized and refuses to save it, although its
+    # weights are plain float32 by now: saved without the mark, they load back as an ordinary model.
+    quantizer = getattr(model, "hf_quantizer", None)
+    quantization = model.config.__dict__.pop("quantization_config", None)
+    model.hf_quantizer = None
+    try:
+        model.save_pretrained(str(temporary))
+        tokenizer.save_pretrained(str(temporary))
+        os.replace(temporary, target)
+    except Exception as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        if not (target / "config.json").is_file():  # else another process kept its copy first
+            logger.warning("offline LLM: could not keep the converted model at %s: %s", target, error)
+    finally:
+        model.hf_quantizer = quantizer
+        if quantization is not None:
+            model.config.quantization_config = quantization
 
 
 def prepare(
