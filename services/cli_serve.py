@@ -159,7 +159,6 @@ def serve(
         if settings.idle_shutdown_seconds > 0:
             server.tasks.append(asyncio.create_task(server._idle_watch(settings.idle_shutdown_seconds, stop)))
         await server.start()
-        warming = _warm_offline_model(server.agent)
         gateway = None
         try:
             if settings.http_port:
@@ -172,8 +171,6 @@ def serve(
             )
             await stop.wait()
         finally:
-            if warming is not None:
-                warming.cancel()
             # Both drain at once, so stopping takes at most the drain time.
             await asyncio.gather(server.stop(), gateway.stop() if gateway else asyncio.sleep(0))
             await close_channels()
@@ -193,26 +190,6 @@ def serve(
             settings.unix_socket.unlink(missing_ok=True)
         if lock is not None:
             lock.close()
-
-
-def _warm_offline_model(agent: Any) -> asyncio.Task[Any] | None:
-    """Loads the offline LLM in the background as soon as the server serves, when it is the one that
-    will answer: loading takes seconds (more on a first run, which converts the GGUF), and a user's
-    first chat should not wait for it (nor a remote client time out on it). Failures are only logged
-    here: the first turn reports them to its caller."""
-    from sessionkit_server.agent.models import OfflineRouter
-
-    router = getattr(agent, "llm", None)
-    if not isinstance(router, OfflineRouter):
-        return None
-
-    def report(task: asyncio.Task[Any]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            err.print(f"note: the offline LLM did not load: {task.exception()}", highlight=False)
-
-    task = asyncio.create_task(router.resolve(""))
-    task.add_done_callback(report)
-    return task
 
 
 async def _start_local_gateway(

