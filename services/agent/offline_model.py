@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sessionkit.errors import FailedPrecondition
+from sessionkit import reasons
 
 if TYPE_CHECKING:
     import torch
@@ -93,17 +93,15 @@ def load_model(path: str, n_ctx: int, n_threads: int) -> LoadedModel:
         if loaded is not None:
             return loaded
         if not Path(path).is_file():
-            raise FailedPrecondition(
-                f"the offline LLM is not available: no model file at {path}",
-                reason="LLM_MODEL_UNAVAILABLE",
+            raise reasons.LLM_MODEL_UNAVAILABLE.error(
+                detail=f"no model file at {path}",
                 metadata={"path": path},
             )
         started = time.perf_counter()
         model, tokenizer = _read_gguf(Path(path), n_threads)
         if not getattr(tokenizer, "chat_template", None):
-            raise FailedPrecondition(
-                f"the offline LLM could not load {path}: the GGUF has no chat template",
-                reason="LLM_MODEL_UNAVAILABLE",
+            raise reasons.LLM_MODEL_UNAVAILABLE.error(
+                detail=f"could not load {path}: the GGUF has no chat template",
                 metadata={"path": path},
             )
         eos = model.generation_config.eos_token_id
@@ -147,9 +145,8 @@ def _read_gguf(path: Path, n_threads: int) -> tuple[Any, Any]:
             str(path.parent), gguf_file=path.name, dtype=torch.float32
         )
     except Exception as error:  # a corrupt file, or one transformers cannot read
-        raise FailedPrecondition(
-            f"the offline LLM could not load {path}: {error}",
-            reason="LLM_MODEL_UNAVAILABLE",
+        raise reasons.LLM_MODEL_UNAVAILABLE.error(
+            detail=f"could not load {path}: {error}",
             metadata={"path": str(path)},
         ) from error
     if converted is not None:

@@ -30,5 +30,9 @@ def require_extra(extra: str) -> None:
     missing = missing_modules(extra)
     if missing:
         raise reasons.EXTRA_NOT_INSTALLED.error(
-            extra=extra, missing=", ".join(missing), metadata={"extra": extra}
+            what=f"the {extra} service",
+            extra=extra,
+            missing=", ".join(missing),
+            install=f"pip install 'sessionkit-server[{extra}]'",
+            metadata={"extra": extra},
         )

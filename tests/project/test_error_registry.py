@@ -38,10 +38,9 @@ PROSE = re.compile(r"\breasons? ``?([A-Z][A-Z0-9_]{2,})``?|\(reason ([A-Z][A-Z0-
 REGISTRY_API = {name for name in vars(reasons) if not REASON_NAME.match(name)} | {"REGISTRY", "E"}
 #: The keywords of common.llm.Reasons that name a reason.
 REASON_SET_ROLES = {"unavailable", "rejected", "rate_limited", "context_too_long"}
-#: Code that still writes reasons as strings, each pending its own branch of issue 11 (the agent's split);
-#: everything else raises ``reasons.X.error(...)`` and compares with ``reasons.X.matches(error)`` /
-#: ``reasons.X.name``. Remove an entry when its code is converted.
-LITERAL_REASONS_PENDING = ("services/agent/",)
+#: Code allowed to write reasons as strings (none): everything raises ``reasons.X.error(...)`` and compares
+#: with ``reasons.X.matches(error)`` / ``reasons.X.name``.
+LITERAL_REASONS_PENDING: tuple[str, ...] = ()
 
 # -- finding the reasons the code uses ----------------------------------------------------------------
 
