@@ -25,11 +25,11 @@ from sessionkit.errors import (
 from sessionkit.ids import key_violation
 from sessionkit.jsonvalues import JsonValue, check_json, dumps
 from sessionkit_server.common import paging
+from sessionkit_server.common.idempotency import IDEMPOTENCY_TTL_US
 from sessionkit_server.common.identity import session_key as session_key  # re-exported
 from sessionkit_server.common.timestamps import now_us as now_us  # re-exported
 from sessionkit_server.state.limits import StateLimits
 from sessionkit_server.state.store import (
-    EVENT_RESPONSE_PREFIX,
     Change,
     EventRecord,
     JsonObject,
@@ -39,14 +39,12 @@ from sessionkit_server.state.store import (
     StateStore,
     VersionRecord,
     WriteTx,
-    key_reused,
 )
 
 log = logging.getLogger("sessionkit.state")
 
 SCOPES = ("user:", "app:")
 TEMP = "temp:"
-IDEMPOTENCY_TTL_US = 24 * 3600 * 1_000_000
 
 
 @dataclass
@@ -504,8 +502,6 @@ class StateService:
 
         def run(tx: WriteTx) -> WriteResult:
             if tx.replayed_response is not None:
-                if tx.replayed_response.startswith(EVENT_RESPONSE_PREFIX):
-                    raise key_reused(idempotency_key, "an event append", "a state write")
                 return WriteResult.decode(tx.replayed_response)
             if expected_version is not None and expected_version != tx.session.version:
                 raise StateConflict(

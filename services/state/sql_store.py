@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Row, and_, bindparam, delete, insert, or_, select, update
@@ -19,10 +20,13 @@ from sessionkit import reasons
 from sessionkit.errors import SessionNotFound
 from sessionkit.jsonvalues import dumps, loads
 from sessionkit_server.common.db import Database
+from sessionkit_server.common.idempotency import IdempotencyLedger, KeySpace, key_state
 from sessionkit_server.common.migrate import upgrader
 from sessionkit_server.state import tables as t
 from sessionkit_server.state.store import (
+    EVENT_APPEND,
     EVENT_RESPONSE_PREFIX,
+    STATE_WRITE,
     Change,
     EventRecord,
     JsonObject,
@@ -33,7 +37,6 @@ from sessionkit_server.state.store import (
     StateStore,
     VersionRecord,
     WriteTx,
-    key_reused,
 )
 
 T = TypeVar("T")
@@ -82,9 +85,24 @@ def _version(row: Row[Any]) -> VersionRecord:
 
 # The write path's statements, built once: bound parameters, compiled once per dialect and cached.
 _S, _I, _V = t.sessions.c, t.idempotency.c, t.state_versions.c
+# The idempotency record of the write's key is joined into the session lock: a keyed write costs no
+# extra round trip to look it up (the lock on the session row serializes every user of its keys).
 _LOCK = (
-    select(t.sessions, _I.response.label("replayed"))
-    .outerjoin(t.idempotency, and_(_I.session_pk == _S.pk, _I.key == bindparam("p_idem")))
+    select(
+        t.sessions,
+        _I.method.label("idem_method"),
+        _I.response.label("idem_response"),
+        _I.create_us.label("idem_us"),
+    )
+    .outerjoin(
+        t.idempotency,
+        and_(
+            _I.app_name == _S.app_name,
+            _I.user_id == _S.user_id,
+            _I.scope == _S.session_id,
+            _I.key == bindparam("p_idem"),
+        ),
+    )
     .where(
         _S.app_name == bindparam("p_app"),
         _S.user_id == bindparam("p_user"),
@@ -119,7 +137,6 @@ _INSERT_VERSION = insert(t.state_versions)
 _PRUNE_VERSIONS = delete(t.state_versions).where(
     _V.session_pk == bindparam("p_pk"), _V.version <= bindparam("p_oldest")
 )
-_INSERT_IDEMPOTENCY = insert(t.idempotency)
 
 
 def _insert(conn: Connection) -> Any:
@@ -127,7 +144,7 @@ def _insert(conn: Connection) -> Any:
 
 
 def _lock_session(conn: Connection, key: SessionKey, now_us: int, idempotency_key: str) -> Row[Any]:
-    """The live session's row, locked, with the stored response of ``idempotency_key`` (``replayed``)."""
+    """The live session's row, locked, with the record of ``idempotency_key`` (``idem_*``)."""
     params = {
         "p_app": key.app_name,
         "p_user": key.user_id,
@@ -139,6 +156,34 @@ def _lock_session(conn: Connection, key: SessionKey, now_us: int, idempotency_ke
     if row is None:
         raise _not_found(key)
     return row
+
+
+class _Key:
+    """The idempotency key of a write on a locked session, decided by the shared ledger's rules."""
+
+    def __init__(
+        self, keys: IdempotencyLedger, row: Row[Any], key: SessionKey, idem: str, method: str
+    ) -> None:
+        self.keys, self.idem, self.method = keys, idem, method
+        self.space = KeySpace(key.app_name, key.user_id, key.session_id)
+        m = row._mapping
+        self._record = SimpleNamespace(
+            method=m["idem_method"], response=m["idem_response"], create_us=m["idem_us"]
+        )
+
+    def replayed(self, now_us: int) -> bytes | None:
+        """The stored response of this key (raises ``key_reused`` when the other kind used it)."""
+        if not self.idem:
+            return None
+        return key_state(self._record, self.idem, self.method, now_us).response
+
+    def record(self, conn: Connection, response: bytes, now_us: int) -> None:
+        if not self.idem:
+            return
+        if self._record.method is None:  # no record at all: the insert alone
+            self.keys.insert_in(conn, self.space, self.idem, self.method, response, now_us)
+        else:  # an expired record is replaced
+            self.keys.record_in(conn, self.space, self.idem, self.method, response, now_us)
 
 
 class _Scope:
@@ -154,13 +199,14 @@ class _Scope:
 
 
 class SqlWriteTx(WriteTx):
-    def __init__(self, conn: Connection, row: Row[Any], now_us: int) -> None:
+    def __init__(self, conn: Connection, row: Row[Any], now_us: int, key: _Key) -> None:
         self._conn = conn
+        self._key = key
         self._pk: int = row._mapping["pk"]
         self._now_us = now_us
         self.session = _record(row)
         self.state = loads(row._mapping["state"])
-        self.replayed_response = row._mapping["replayed"]
+        self.replayed_response = key.replayed(now_us)
         self._user: _Scope | None = None
         self._app: _Scope | None = None
         self._done: tuple[Change, bytes] | None = None
@@ -191,7 +237,7 @@ class SqlWriteTx(WriteTx):
     def commit(self, change: Change, response: bytes) -> None:
         self._done = (change, response)
 
-    def persist(self, idempotency_key: str, history_limit: int) -> None:
+    def persist(self, history_limit: int) -> None:
         if self._done is None:
             return
         change, response = self._done
@@ -231,11 +277,7 @@ class SqlWriteTx(WriteTx):
         )
         if version > history_limit:
             conn.execute(_PRUNE_VERSIONS, {"p_pk": self._pk, "p_oldest": version - history_limit})
-        if idempotency_key:
-            conn.execute(
-                _INSERT_IDEMPOTENCY,
-                {"session_pk": self._pk, "key": idempotency_key, "response": response, "create_us": now},
-            )
+        self._key.record(conn, response, now)
 
 
 class SqlStateStore(StateStore):
@@ -247,6 +289,7 @@ class SqlStateStore(StateStore):
         self._owns_db = isinstance(db, str)
         self.db = Database(db) if isinstance(db, str) else db
         self.exclusive = exclusive
+        self.keys = IdempotencyLedger(self.db, t.idempotency)
 
     @property
     def url(self) -> str:
@@ -285,7 +328,11 @@ class SqlStateStore(StateStore):
 
         def run(conn: Connection) -> tuple[SessionRecord, bool]:
             # An expired session the reaper has not reached yet is gone for every reader: replace it.
-            conn.execute(delete(t.sessions).where(_where_key(key), ~_alive(now_us)))
+            expired = list(
+                conn.execute(select(t.sessions.c.pk).where(_where_key(key), ~_alive(now_us))).scalars()
+            )
+            if expired:
+                _delete_pks(conn, expired)
             inserted = _insert(conn)(t.sessions).values(**values).on_conflict_do_nothing()
             pk = conn.execute(inserted.returning(t.sessions.c.pk)).scalar_one_or_none()
             if pk is None:
@@ -366,10 +413,11 @@ class SqlStateStore(StateStore):
         self, key: SessionKey, idempotency_key: str, now_us: int, apply: Callable[[WriteTx], T]
     ) -> T:
         def run(conn: Connection) -> T:
-            tx = SqlWriteTx(conn, _lock_session(conn, key, now_us, idempotency_key), now_us)
+            row = _lock_session(conn, key, now_us, idempotency_key)
+            tx = SqlWriteTx(conn, row, now_us, _Key(self.keys, row, key, idempotency_key, STATE_WRITE))
             result = apply(tx)
             if tx.replayed_response is None:
-                tx.persist(idempotency_key, self.history_limit)
+                tx.persist(self.history_limit)
             return result
 
         return await self.db.write(run)
@@ -415,10 +463,9 @@ class SqlStateStore(StateStore):
         def run(conn: Connection) -> EventRecord:
             row = _lock_session(conn, key, now_us, idempotency_key)
             pk = row._mapping["pk"]
-            earlier: bytes | None = row._mapping["replayed"]
+            idem = _Key(self.keys, row, key, idempotency_key, EVENT_APPEND)
+            earlier = idem.replayed(now_us)
             if earlier is not None:
-                if not earlier.startswith(EVENT_RESPONSE_PREFIX):
-                    raise key_reused(idempotency_key, "a state write", "an event append")
                 event_id = int(earlier[len(EVENT_RESPONSE_PREFIX) :])
                 return _event(conn.execute(select(t.events).where(e.id == event_id)).one())
             event_id = conn.execute(
@@ -441,15 +488,7 @@ class SqlStateStore(StateStore):
                     event_count=t.sessions.c.event_count + 1, update_us=now_us, expire_us=_expire(ttl, now_us)
                 )
             )
-            if idempotency_key:
-                conn.execute(
-                    insert(t.idempotency).values(
-                        session_pk=pk,
-                        key=idempotency_key,
-                        response=EVENT_RESPONSE_PREFIX + str(event_id).encode(),
-                        create_us=now_us,
-                    )
-                )
+            idem.record(conn, EVENT_RESPONSE_PREFIX + str(event_id).encode(), now_us)
             return EventRecord(event_id, event.role, event.content, event.author, event.metadata, now_us)
 
         return await self.db.write(run)
@@ -487,8 +526,17 @@ class SqlStateStore(StateStore):
 
 
 def _delete_pks(conn: Connection, pks: list[int]) -> None:
-    # Explicit child deletes: correct whether or not the backend enforces ON DELETE CASCADE.
-    for table in (t.idempotency, t.events, t.state_versions):
+    # Explicit child deletes: correct whether or not the backend enforces ON DELETE CASCADE. The
+    # sessions' idempotency keys go with them (a session created again under the same id is new).
+    s, i = t.sessions.c, t.idempotency.c
+    conn.execute(
+        delete(t.idempotency).where(
+            select(s.pk)
+            .where(s.pk.in_(pks), s.app_name == i.app_name, s.user_id == i.user_id, s.session_id == i.scope)
+            .exists()
+        )
+    )
+    for table in (t.events, t.state_versions):
         conn.execute(delete(table).where(table.c.session_pk.in_(pks)))
     conn.execute(delete(t.sessions).where(t.sessions.c.pk.in_(pks)))
 

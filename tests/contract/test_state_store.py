@@ -14,7 +14,6 @@ import pytest
 from sessionkit.errors import AlreadyExists, FailedPrecondition, SessionNotFound
 from sessionkit.jsonvalues import JsonValue
 from sessionkit_server.state.store import (
-    EVENT_RESPONSE_PREFIX,
     Change,
     EventRecord,
     JsonObject,
@@ -382,14 +381,16 @@ async def test_an_idempotency_key_is_never_replayed_across_writes_and_events(sta
     assert info.value.reason == "IDEMPOTENCY_KEY_REUSED"
     assert await state_store.list_events(KEY, 10, 0, 0, "") == []
 
-    # The other direction: the store hands the event's stored response to apply, marked as one.
+    # The other direction: a state write with an event's key is refused before apply runs.
     first = await state_store.append_event(KEY, event("hi"), "ev-key", now_us())
 
-    def replayed(tx: WriteTx) -> bytes | None:
-        return tx.replayed_response
+    def must_not_run(tx: WriteTx) -> None:
+        raise AssertionError("apply ran for a key an event append used")
 
-    stored = await state_store.write(KEY, "ev-key", now_us(), replayed)
-    assert stored is not None and stored.startswith(EVENT_RESPONSE_PREFIX)
+    with pytest.raises(FailedPrecondition) as info:
+        await state_store.write(KEY, "ev-key", now_us(), must_not_run)
+    assert info.value.reason == "IDEMPOTENCY_KEY_REUSED"
+    assert info.value.metadata["method"] == "an event append"
     assert await state_of(state_store) == (1, {"a": 1}, {}, {})
     assert await state_store.list_events(KEY, 10, 0, 0, "") == [first]
 
