@@ -8,26 +8,37 @@ of replicas serialize per session without deadlocks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from sqlalchemy import Connection, Row, and_, bindparam, delete, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, delete, insert, select, update
 
 from sessionkit import reasons
-from sessionkit.errors import SessionNotFound
 from sessionkit.jsonvalues import dumps, loads
 from sessionkit_server.common.db import Database
-from sessionkit_server.common.idempotency import IdempotencyLedger, KeySpace, key_state
+from sessionkit_server.common.idempotency import IdempotencyLedger
 from sessionkit_server.common.migrate import upgrader
+from sessionkit_server.state import sql_write
 from sessionkit_server.state import tables as t
+from sessionkit_server.state.sql_rows import (
+    _READ,
+    _alive,
+    _delete_pks,
+    _event,
+    _expire,
+    _insert,
+    _Key,
+    _lock_session,
+    _not_found,
+    _record,
+    _version,
+    _where_key,
+)
 from sessionkit_server.state.store import (
     EVENT_APPEND,
     EVENT_RESPONSE_PREFIX,
     STATE_WRITE,
-    Change,
     EventRecord,
     JsonObject,
     ListPage,
@@ -42,242 +53,6 @@ from sessionkit_server.state.store import (
 T = TypeVar("T")
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "sk_state_alembic_version"
-
-
-def _record(row: Row[Any] | Mapping[str, Any]) -> SessionRecord:
-    m = row._mapping if isinstance(row, Row) else row
-    return SessionRecord(
-        key=SessionKey(m["app_name"], m["user_id"], m["session_id"]),
-        create_us=m["create_us"],
-        update_us=m["update_us"],
-        ttl_seconds=m["ttl_seconds"],
-        expire_us=m["expire_us"],
-        version=m["version"],
-        event_count=m["event_count"],
-    )
-
-
-def _where_key(key: SessionKey) -> Any:
-    s = t.sessions.c
-    return and_(s.app_name == key.app_name, s.user_id == key.user_id, s.session_id == key.session_id)
-
-
-def _alive(now_us: int) -> Any:
-    return or_(t.sessions.c.expire_us.is_(None), t.sessions.c.expire_us > now_us)
-
-
-def _expire(ttl_seconds: int | None, now_us: int) -> int | None:
-    return None if ttl_seconds is None else now_us + ttl_seconds * 1_000_000
-
-
-def _event(row: Row[Any]) -> EventRecord:
-    m = row._mapping
-    return EventRecord(m["id"], m["role"], m["content"], m["author"], loads(m["metadata"]), m["create_us"])
-
-
-def _version(row: Row[Any]) -> VersionRecord:
-    m = row._mapping
-    value = None if m["value"] is None else loads(m["value"])
-    return VersionRecord(
-        m["version"], Operation(m["operation"]), m["key"], value, loads(m["state"]), m["time_us"]
-    )
-
-
-# The write path's statements, built once: bound parameters, compiled once per dialect and cached.
-_S, _I, _V = t.sessions.c, t.idempotency.c, t.state_versions.c
-# The idempotency record of the write's key is joined into the session lock: a keyed write costs no
-# extra round trip to look it up (the lock on the session row serializes every user of its keys).
-_LOCK = (
-    select(
-        t.sessions,
-        _I.method.label("idem_method"),
-        _I.response.label("idem_response"),
-        _I.create_us.label("idem_us"),
-    )
-    .outerjoin(
-        t.idempotency,
-        and_(
-            _I.app_name == _S.app_name,
-            _I.user_id == _S.user_id,
-            _I.scope == _S.session_id,
-            _I.key == bindparam("p_idem"),
-        ),
-    )
-    .where(
-        _S.app_name == bindparam("p_app"),
-        _S.user_id == bindparam("p_user"),
-        _S.session_id == bindparam("p_session"),
-        or_(_S.expire_us.is_(None), _S.expire_us > bindparam("p_now")),
-    )
-    .with_for_update(of=t.sessions)
-)
-_UPDATE_SESSION = (
-    update(t.sessions)
-    .where(_S.pk == bindparam("p_pk"))
-    .values(
-        state=bindparam("p_state"),
-        version=bindparam("p_version"),
-        update_us=bindparam("p_now"),
-        expire_us=bindparam("p_expire"),
-    )
-)
-_U, _A = t.user_states.c, t.app_states.c
-_READ = (
-    select(t.sessions, _U.state.label("user_state"), _A.state.label("app_state"))
-    .outerjoin(t.user_states, and_(_U.app_name == _S.app_name, _U.user_id == _S.user_id))
-    .outerjoin(t.app_states, _A.app_name == _S.app_name)
-    .where(
-        _S.app_name == bindparam("p_app"),
-        _S.user_id == bindparam("p_user"),
-        _S.session_id == bindparam("p_session"),
-        or_(_S.expire_us.is_(None), _S.expire_us > bindparam("p_now")),
-    )
-)
-_INSERT_VERSION = insert(t.state_versions)
-_PRUNE_VERSIONS = delete(t.state_versions).where(
-    _V.session_pk == bindparam("p_pk"), _V.version <= bindparam("p_oldest")
-)
-
-
-def _insert(conn: Connection) -> Any:
-    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-
-
-def _lock_session(conn: Connection, key: SessionKey, now_us: int, idempotency_key: str) -> Row[Any]:
-    """The live session's row, locked, with the record of ``idempotency_key`` (``idem_*``)."""
-    params = {
-        "p_app": key.app_name,
-        "p_user": key.user_id,
-        "p_session": key.session_id,
-        "p_now": now_us,
-        "p_idem": idempotency_key,
-    }
-    row = conn.execute(_LOCK, params).first()
-    if row is None:
-        raise _not_found(key)
-    return row
-
-
-class _Key:
-    """The idempotency key of a write on a locked session, decided by the shared ledger's rules."""
-
-    def __init__(
-        self, keys: IdempotencyLedger, row: Row[Any], key: SessionKey, idem: str, method: str
-    ) -> None:
-        self.keys, self.idem, self.method = keys, idem, method
-        self.space = KeySpace(key.app_name, key.user_id, key.session_id)
-        m = row._mapping
-        self._record = SimpleNamespace(
-            method=m["idem_method"], response=m["idem_response"], create_us=m["idem_us"]
-        )
-
-    def replayed(self, now_us: int) -> bytes | None:
-        """The stored response of this key (raises ``key_reused`` when the other kind used it)."""
-        if not self.idem:
-            return None
-        return key_state(self._record, self.idem, self.method, now_us).response
-
-    def record(self, conn: Connection, response: bytes, now_us: int) -> None:
-        if not self.idem:
-            return
-        if self._record.method is None:  # no record at all: the insert alone
-            self.keys.insert_in(conn, self.space, self.idem, self.method, response, now_us)
-        else:  # an expired record is replaced
-            self.keys.record_in(conn, self.space, self.idem, self.method, response, now_us)
-
-
-class _Scope:
-    """A user or app scope row, loaded and locked on first use within a write."""
-
-    def __init__(self, state: JsonObject) -> None:
-        self.state = state
-        self.original = dumps(state)
-
-    @property
-    def changed(self) -> bool:
-        return dumps(self.state) != self.original
-
-
-class SqlWriteTx(WriteTx):
-    def __init__(self, conn: Connection, row: Row[Any], now_us: int, key: _Key) -> None:
-        self._conn = conn
-        self._key = key
-        self._pk: int = row._mapping["pk"]
-        self._now_us = now_us
-        self.session = _record(row)
-        self.state = loads(row._mapping["state"])
-        self.replayed_response = key.replayed(now_us)
-        self._user: _Scope | None = None
-        self._app: _Scope | None = None
-        self._done: tuple[Change, bytes] | None = None
-
-    def user_state(self) -> JsonObject:
-        if self._user is None:
-            k = self.session.key
-            self._user = _Scope(
-                self._lock_scope(t.user_states, {"app_name": k.app_name, "user_id": k.user_id})
-            )
-        return self._user.state
-
-    def app_state(self) -> JsonObject:
-        if self._app is None:
-            self._app = _Scope(self._lock_scope(t.app_states, {"app_name": self.session.key.app_name}))
-        return self._app.state
-
-    def _lock_scope(self, table: Any, ident: dict[str, str]) -> JsonObject:
-        self._conn.execute(
-            _insert(self._conn)(table)
-            .values(**ident, state="{}", update_us=self._now_us)
-            .on_conflict_do_nothing()
-        )
-        where = and_(*(table.c[name] == value for name, value in ident.items()))
-        state = self._conn.execute(select(table.c.state).where(where).with_for_update()).scalar_one()
-        return dict(loads(state))
-
-    def commit(self, change: Change, response: bytes) -> None:
-        self._done = (change, response)
-
-    def persist(self, history_limit: int) -> None:
-        if self._done is None:
-            return
-        change, response = self._done
-        conn, now, version = self._conn, self._now_us, self.next_version
-        state_text = dumps(self.state)
-        expire = _expire(self.session.ttl_seconds, now)
-        conn.execute(
-            _UPDATE_SESSION,
-            {"p_pk": self._pk, "p_state": state_text, "p_version": version, "p_now": now, "p_expire": expire},
-        )
-        k = self.session.key
-        if self._user is not None and self._user.changed:
-            u = t.user_states.c
-            conn.execute(
-                update(t.user_states)
-                .where(u.app_name == k.app_name, u.user_id == k.user_id)
-                .values(state=dumps(self._user.state), update_us=now)
-            )
-        if self._app is not None and self._app.changed:
-            conn.execute(
-                update(t.app_states)
-                .where(t.app_states.c.app_name == k.app_name)
-                .values(state=dumps(self._app.state), update_us=now)
-            )
-        has_value = change.value is not None or change.operation == Operation.SET
-        conn.execute(
-            _INSERT_VERSION,
-            {
-                "session_pk": self._pk,
-                "version": version,
-                "operation": int(change.operation),
-                "key": change.key,
-                "value": dumps(change.value) if has_value else None,
-                "state": state_text,
-                "time_us": now,
-            },
-        )
-        if version > history_limit:
-            conn.execute(_PRUNE_VERSIONS, {"p_pk": self._pk, "p_oldest": version - history_limit})
-        self._key.record(conn, response, now)
 
 
 class SqlStateStore(StateStore):
@@ -414,7 +189,9 @@ class SqlStateStore(StateStore):
     ) -> T:
         def run(conn: Connection) -> T:
             row = _lock_session(conn, key, now_us, idempotency_key)
-            tx = SqlWriteTx(conn, row, now_us, _Key(self.keys, row, key, idempotency_key, STATE_WRITE))
+            tx = sql_write.SqlWriteTx(
+                conn, row, now_us, _Key(self.keys, row, key, idempotency_key, STATE_WRITE)
+            )
             result = apply(tx)
             if tx.replayed_response is None:
                 tx.persist(self.history_limit)
@@ -523,26 +300,3 @@ class SqlStateStore(StateStore):
             return len(pks)
 
         return await self.db.write(run)
-
-
-def _delete_pks(conn: Connection, pks: list[int]) -> None:
-    # Explicit child deletes: correct whether or not the backend enforces ON DELETE CASCADE. The
-    # sessions' idempotency keys go with them (a session created again under the same id is new).
-    s, i = t.sessions.c, t.idempotency.c
-    conn.execute(
-        delete(t.idempotency).where(
-            select(s.pk)
-            .where(s.pk.in_(pks), s.app_name == i.app_name, s.user_id == i.user_id, s.session_id == i.scope)
-            .exists()
-        )
-    )
-    for table in (t.events, t.state_versions):
-        conn.execute(delete(table).where(table.c.session_pk.in_(pks)))
-    conn.execute(delete(t.sessions).where(t.sessions.c.pk.in_(pks)))
-
-
-def _not_found(key: SessionKey) -> SessionNotFound:
-    return SessionNotFound(
-        f"session {key.session_id!r} of user {key.user_id!r} (app {key.app_name!r}) not found",
-        metadata={"session_id": key.session_id, "user_id": key.user_id, "app_name": key.app_name},
-    )
