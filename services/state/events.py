@@ -9,6 +9,7 @@ from sessionkit import reasons
 from sessionkit.errors import FieldViolation, InvalidArgument
 from sessionkit.jsonvalues import check_json, dumps
 from sessionkit_server.common import paging
+from sessionkit_server.common.idempotency import MAX_KEY_LENGTH
 from sessionkit_server.common.timestamps import now_us
 from sessionkit_server.state.store import EventRecord, JsonObject, SessionKey
 
@@ -30,8 +31,8 @@ async def append_event(
         violations.append(FieldViolation("event.role", "role must be 1-64 characters (e.g. 'user')"))
     if len(author) > 128:
         violations.append(FieldViolation("event.author", "author must be at most 128 characters"))
-    if len(idempotency_key) > 128:
-        violations.append(FieldViolation("idempotency_key", "at most 128 characters"))
+    if len(idempotency_key) > MAX_KEY_LENGTH:
+        violations.append(FieldViolation("idempotency_key", f"1 to {MAX_KEY_LENGTH} characters"))
     if violations:
         raise InvalidArgument("invalid event", violations=violations)
     meta = check_json(metadata or {}, "event.metadata")

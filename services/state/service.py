@@ -22,7 +22,7 @@ from sessionkit.errors import (
 )
 from sessionkit.jsonvalues import JsonValue, check_json, dumps
 from sessionkit_server.common import paging
-from sessionkit_server.common.idempotency import IDEMPOTENCY_TTL_US
+from sessionkit_server.common.idempotency import IDEMPOTENCY_TTL_US, check_key
 from sessionkit_server.common.identity import session_key as session_key  # re-exported
 from sessionkit_server.common.timestamps import now_us as now_us  # re-exported
 from sessionkit_server.state import events, watch
@@ -348,11 +348,8 @@ class StateService:
         idempotency_key: str,
         apply: Callable[[WriteTx], tuple[Change, WriteResult]],
     ) -> WriteResult:
-        if len(idempotency_key) > 128:
-            raise InvalidArgument(
-                "invalid idempotency_key",
-                violations=[FieldViolation("idempotency_key", "at most 128 characters")],
-            )
+        if idempotency_key:
+            check_key(idempotency_key)  # the ledger's rule: what its table can hold
 
         def run(tx: WriteTx) -> WriteResult:
             if tx.replayed_response is not None:

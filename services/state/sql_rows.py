@@ -24,7 +24,7 @@ from sessionkit_server.state.store import (
 )
 
 
-def _record(row: Row[Any] | Mapping[str, Any]) -> SessionRecord:
+def session_record(row: Row[Any] | Mapping[str, Any]) -> SessionRecord:
     m = row._mapping if isinstance(row, Row) else row
     return SessionRecord(
         key=SessionKey(m["app_name"], m["user_id"], m["session_id"]),
@@ -37,25 +37,25 @@ def _record(row: Row[Any] | Mapping[str, Any]) -> SessionRecord:
     )
 
 
-def _where_key(key: SessionKey) -> Any:
+def where_key(key: SessionKey) -> Any:
     s = t.sessions.c
     return and_(s.app_name == key.app_name, s.user_id == key.user_id, s.session_id == key.session_id)
 
 
-def _alive(now_us: int) -> Any:
+def alive(now_us: int) -> Any:
     return or_(t.sessions.c.expire_us.is_(None), t.sessions.c.expire_us > now_us)
 
 
-def _expire(ttl_seconds: int | None, now_us: int) -> int | None:
+def expire_at(ttl_seconds: int | None, now_us: int) -> int | None:
     return None if ttl_seconds is None else now_us + ttl_seconds * 1_000_000
 
 
-def _event(row: Row[Any]) -> EventRecord:
+def event_record(row: Row[Any]) -> EventRecord:
     m = row._mapping
     return EventRecord(m["id"], m["role"], m["content"], m["author"], loads(m["metadata"]), m["create_us"])
 
 
-def _version(row: Row[Any]) -> VersionRecord:
+def version_record(row: Row[Any]) -> VersionRecord:
     m = row._mapping
     value = None if m["value"] is None else loads(m["value"])
     return VersionRecord(
@@ -64,7 +64,7 @@ def _version(row: Row[Any]) -> VersionRecord:
 
 
 # The write path's statements, built once: bound parameters, compiled once per dialect and cached.
-_S, _I, _V = t.sessions.c, t.idempotency.c, t.state_versions.c
+_S, _I = t.sessions.c, t.idempotency.c
 # The idempotency record of the write's key is joined into the session lock: a keyed write costs no
 # extra round trip to look it up (the lock on the session row serializes every user of its keys).
 _LOCK = (
@@ -92,7 +92,7 @@ _LOCK = (
     .with_for_update(of=t.sessions)
 )
 _U, _A = t.user_states.c, t.app_states.c
-_READ = (
+READ_STATE = (
     select(t.sessions, _U.state.label("user_state"), _A.state.label("app_state"))
     .outerjoin(t.user_states, and_(_U.app_name == _S.app_name, _U.user_id == _S.user_id))
     .outerjoin(t.app_states, _A.app_name == _S.app_name)
@@ -105,11 +105,11 @@ _READ = (
 )
 
 
-def _insert(conn: Connection) -> Any:
+def dialect_insert(conn: Connection) -> Any:
     return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
 
 
-def _lock_session(conn: Connection, key: SessionKey, now_us: int, idempotency_key: str) -> Row[Any]:
+def lock_session(conn: Connection, key: SessionKey, now_us: int, idempotency_key: str) -> Row[Any]:
     """The live session's row, locked, with the record of ``idempotency_key`` (``idem_*``)."""
     params = {
         "p_app": key.app_name,
@@ -120,11 +120,11 @@ def _lock_session(conn: Connection, key: SessionKey, now_us: int, idempotency_ke
     }
     row = conn.execute(_LOCK, params).first()
     if row is None:
-        raise _not_found(key)
+        raise not_found(key)
     return row
 
 
-class _Key:
+class WriteKey:
     """The idempotency key of a write on a locked session, decided by the shared ledger's rules."""
 
     def __init__(
@@ -133,7 +133,7 @@ class _Key:
         self.keys, self.idem, self.method = keys, idem, method
         self.space = KeySpace(key.app_name, key.user_id, key.session_id)
         m = row._mapping
-        self._record = SimpleNamespace(
+        self._stored = SimpleNamespace(
             method=m["idem_method"], response=m["idem_response"], create_us=m["idem_us"]
         )
 
@@ -141,18 +141,18 @@ class _Key:
         """The stored response of this key (raises ``key_reused`` when the other kind used it)."""
         if not self.idem:
             return None
-        return key_state(self._record, self.idem, self.method, now_us).response
+        return key_state(self._stored, self.idem, self.method, now_us).response
 
     def record(self, conn: Connection, response: bytes, now_us: int) -> None:
         if not self.idem:
             return
-        if self._record.method is None:  # no record at all: the insert alone
+        if self._stored.method is None:  # no record at all: the insert alone
             self.keys.insert_in(conn, self.space, self.idem, self.method, response, now_us)
         else:  # an expired record is replaced
             self.keys.record_in(conn, self.space, self.idem, self.method, response, now_us)
 
 
-def _delete_pks(conn: Connection, pks: list[int]) -> None:
+def delete_sessions(conn: Connection, pks: list[int]) -> None:
     # Explicit child deletes: correct whether or not the backend enforces ON DELETE CASCADE. The
     # sessions' idempotency keys go with them (a session created again under the same id is new).
     s, i = t.sessions.c, t.idempotency.c
@@ -168,7 +168,7 @@ def _delete_pks(conn: Connection, pks: list[int]) -> None:
     conn.execute(delete(t.sessions).where(t.sessions.c.pk.in_(pks)))
 
 
-def _not_found(key: SessionKey) -> SessionNotFound:
+def not_found(key: SessionKey) -> SessionNotFound:
     return SessionNotFound(
         f"session {key.session_id!r} of user {key.user_id!r} (app {key.app_name!r}) not found",
         metadata={"session_id": key.session_id, "user_id": key.user_id, "app_name": key.app_name},

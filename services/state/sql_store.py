@@ -22,18 +22,18 @@ from sessionkit_server.common.migrate import upgrader
 from sessionkit_server.state import sql_write
 from sessionkit_server.state import tables as t
 from sessionkit_server.state.sql_rows import (
-    _READ,
-    _alive,
-    _delete_pks,
-    _event,
-    _expire,
-    _insert,
-    _Key,
-    _lock_session,
-    _not_found,
-    _record,
-    _version,
-    _where_key,
+    READ_STATE,
+    WriteKey,
+    alive,
+    delete_sessions,
+    dialect_insert,
+    event_record,
+    expire_at,
+    lock_session,
+    not_found,
+    session_record,
+    version_record,
+    where_key,
 )
 from sessionkit_server.state.store import (
     EVENT_APPEND,
@@ -98,22 +98,22 @@ class SqlStateStore(StateStore):
             "create_us": now_us,
             "update_us": now_us,
             "ttl_seconds": ttl_seconds,
-            "expire_us": _expire(ttl_seconds, now_us),
+            "expire_us": expire_at(ttl_seconds, now_us),
         }
 
         def run(conn: Connection) -> tuple[SessionRecord, bool]:
             # An expired session the reaper has not reached yet is gone for every reader: replace it.
             expired = list(
-                conn.execute(select(t.sessions.c.pk).where(_where_key(key), ~_alive(now_us))).scalars()
+                conn.execute(select(t.sessions.c.pk).where(where_key(key), ~alive(now_us))).scalars()
             )
             if expired:
-                _delete_pks(conn, expired)
-            inserted = _insert(conn)(t.sessions).values(**values).on_conflict_do_nothing()
+                delete_sessions(conn, expired)
+            inserted = dialect_insert(conn)(t.sessions).values(**values).on_conflict_do_nothing()
             pk = conn.execute(inserted.returning(t.sessions.c.pk)).scalar_one_or_none()
             if pk is None:
                 if not get_if_exists:
                     raise reasons.SESSION_EXISTS.error(session_id=key.session_id, user_id=key.user_id)
-                return _record(conn.execute(select(t.sessions).where(_where_key(key))).one()), False
+                return session_record(conn.execute(select(t.sessions).where(where_key(key))).one()), False
             if initial_state:
                 conn.execute(
                     insert(t.state_versions).values(
@@ -126,14 +126,14 @@ class SqlStateStore(StateStore):
                         time_us=now_us,
                     )
                 )
-            return _record(values), True
+            return session_record(values), True
 
         return await self.db.write(run)
 
     async def get_session(self, key: SessionKey, now_us: int) -> SessionRecord | None:
         def run(conn: Connection) -> SessionRecord | None:
-            row = conn.execute(select(t.sessions).where(_where_key(key), _alive(now_us))).first()
-            return None if row is None else _record(row)
+            row = conn.execute(select(t.sessions).where(where_key(key), alive(now_us))).first()
+            return None if row is None else session_record(row)
 
         return await self.db.read(run)
 
@@ -141,13 +141,13 @@ class SqlStateStore(StateStore):
         self, app_name: str, user_id: str, limit: int, after: str | None, now_us: int
     ) -> ListPage:
         s = t.sessions.c
-        query = select(t.sessions).where(s.app_name == app_name, s.user_id == user_id, _alive(now_us))
+        query = select(t.sessions).where(s.app_name == app_name, s.user_id == user_id, alive(now_us))
         if after is not None:
             query = query.where(s.session_id > after)
         query = query.order_by(s.session_id).limit(limit + 1)
 
         def run(conn: Connection) -> ListPage:
-            records = [_record(row) for row in conn.execute(query).all()]
+            records = [session_record(row) for row in conn.execute(query).all()]
             more = len(records) > limit
             records = records[:limit]
             return ListPage(records, records[-1].key.session_id if more else None)
@@ -156,10 +156,10 @@ class SqlStateStore(StateStore):
 
     async def delete_session(self, key: SessionKey) -> bool:
         def run(conn: Connection) -> bool:
-            pk = conn.execute(select(t.sessions.c.pk).where(_where_key(key))).scalar_one_or_none()
+            pk = conn.execute(select(t.sessions.c.pk).where(where_key(key))).scalar_one_or_none()
             if pk is None:
                 return False
-            _delete_pks(conn, [pk])
+            delete_sessions(conn, [pk])
             return True
 
         return await self.db.write(run)
@@ -171,12 +171,12 @@ class SqlStateStore(StateStore):
         params = {"p_app": key.app_name, "p_user": key.user_id, "p_session": key.session_id, "p_now": now_us}
 
         def run(conn: Connection) -> tuple[SessionRecord, JsonObject, JsonObject, JsonObject]:
-            row = conn.execute(_READ, params).first()
+            row = conn.execute(READ_STATE, params).first()
             if row is None:
-                raise _not_found(key)
+                raise not_found(key)
             m = row._mapping
             return (
-                _record(row),
+                session_record(row),
                 loads(m["state"]),
                 loads(m["user_state"] or "{}"),
                 loads(m["app_state"] or "{}"),
@@ -188,9 +188,9 @@ class SqlStateStore(StateStore):
         self, key: SessionKey, idempotency_key: str, now_us: int, apply: Callable[[WriteTx], T]
     ) -> T:
         def run(conn: Connection) -> T:
-            row = _lock_session(conn, key, now_us, idempotency_key)
+            row = lock_session(conn, key, now_us, idempotency_key)
             tx = sql_write.SqlWriteTx(
-                conn, row, now_us, _Key(self.keys, row, key, idempotency_key, STATE_WRITE)
+                conn, row, now_us, WriteKey(self.keys, row, key, idempotency_key, STATE_WRITE)
             )
             result = apply(tx)
             if tx.replayed_response is None:
@@ -204,7 +204,7 @@ class SqlStateStore(StateStore):
     ) -> list[VersionRecord]:
         v = t.state_versions.c
         query = (
-            select(t.state_versions).join(t.sessions, t.sessions.c.pk == v.session_pk).where(_where_key(key))
+            select(t.state_versions).join(t.sessions, t.sessions.c.pk == v.session_pk).where(where_key(key))
         )
         if after is not None:
             query = query.where(v.version > after).order_by(v.version)
@@ -214,7 +214,7 @@ class SqlStateStore(StateStore):
             query = query.order_by(v.version.desc())
 
         def run(conn: Connection) -> list[VersionRecord]:
-            return [_version(row) for row in conn.execute(query.limit(limit)).all()]
+            return [version_record(row) for row in conn.execute(query.limit(limit)).all()]
 
         return await self.db.read(run)
 
@@ -223,12 +223,12 @@ class SqlStateStore(StateStore):
         query = (
             select(t.state_versions)
             .join(t.sessions, t.sessions.c.pk == v.session_pk)
-            .where(_where_key(key), v.version == version)
+            .where(where_key(key), v.version == version)
         )
 
         def run(conn: Connection) -> VersionRecord | None:
             row = conn.execute(query).first()
-            return None if row is None else _version(row)
+            return None if row is None else version_record(row)
 
         return await self.db.read(run)
 
@@ -238,13 +238,13 @@ class SqlStateStore(StateStore):
         e = t.events.c
 
         def run(conn: Connection) -> EventRecord:
-            row = _lock_session(conn, key, now_us, idempotency_key)
+            row = lock_session(conn, key, now_us, idempotency_key)
             pk = row._mapping["pk"]
-            idem = _Key(self.keys, row, key, idempotency_key, EVENT_APPEND)
+            idem = WriteKey(self.keys, row, key, idempotency_key, EVENT_APPEND)
             earlier = idem.replayed(now_us)
             if earlier is not None:
                 event_id = int(earlier[len(EVENT_RESPONSE_PREFIX) :])
-                return _event(conn.execute(select(t.events).where(e.id == event_id)).one())
+                return event_record(conn.execute(select(t.events).where(e.id == event_id)).one())
             event_id = conn.execute(
                 insert(t.events)
                 .values(
@@ -262,7 +262,9 @@ class SqlStateStore(StateStore):
                 update(t.sessions)
                 .where(t.sessions.c.pk == pk)
                 .values(
-                    event_count=t.sessions.c.event_count + 1, update_us=now_us, expire_us=_expire(ttl, now_us)
+                    event_count=t.sessions.c.event_count + 1,
+                    update_us=now_us,
+                    expire_us=expire_at(ttl, now_us),
                 )
             )
             idem.record(conn, EVENT_RESPONSE_PREFIX + str(event_id).encode(), now_us)
@@ -274,7 +276,7 @@ class SqlStateStore(StateStore):
         self, key: SessionKey, limit: int, after_id: int, tail: int, author: str
     ) -> list[EventRecord]:
         e = t.events.c
-        query = select(t.events).join(t.sessions, t.sessions.c.pk == e.session_pk).where(_where_key(key))
+        query = select(t.events).join(t.sessions, t.sessions.c.pk == e.session_pk).where(where_key(key))
         if author:
             query = query.where(e.author == author)
         if tail > 0:
@@ -283,7 +285,7 @@ class SqlStateStore(StateStore):
             query = query.where(e.id > after_id).order_by(e.id).limit(limit)
 
         def run(conn: Connection) -> list[EventRecord]:
-            events = [_event(row) for row in conn.execute(query).all()]
+            events = [event_record(row) for row in conn.execute(query).all()]
             return events[::-1] if tail > 0 else events
 
         return await self.db.read(run)
@@ -295,7 +297,7 @@ class SqlStateStore(StateStore):
             expired = select(s.pk).where(s.expire_us.is_not(None), s.expire_us <= now_us).limit(1000)
             pks = list(conn.execute(expired).scalars())
             if pks:
-                _delete_pks(conn, pks)
+                delete_sessions(conn, pks)
             conn.execute(delete(t.idempotency).where(t.idempotency.c.create_us < idempotency_before_us))
             return len(pks)
 

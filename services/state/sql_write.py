@@ -10,7 +10,7 @@ from sqlalchemy import Connection, Row, and_, bindparam, delete, insert, select,
 
 from sessionkit.jsonvalues import dumps, loads
 from sessionkit_server.state import tables as t
-from sessionkit_server.state.sql_rows import _expire, _insert, _Key, _record
+from sessionkit_server.state.sql_rows import WriteKey, dialect_insert, expire_at, session_record
 from sessionkit_server.state.store import Change, JsonObject, Operation, WriteTx
 
 _S, _V = t.sessions.c, t.state_versions.c
@@ -43,12 +43,12 @@ class _Scope:
 
 
 class SqlWriteTx(WriteTx):
-    def __init__(self, conn: Connection, row: Row[Any], now_us: int, key: _Key) -> None:
+    def __init__(self, conn: Connection, row: Row[Any], now_us: int, key: WriteKey) -> None:
         self._conn = conn
         self._key = key
         self._pk: int = row._mapping["pk"]
         self._now_us = now_us
-        self.session = _record(row)
+        self.session = session_record(row)
         self.state = loads(row._mapping["state"])
         self.replayed_response = key.replayed(now_us)
         self._user: _Scope | None = None
@@ -70,7 +70,7 @@ class SqlWriteTx(WriteTx):
 
     def _lock_scope(self, table: Any, ident: dict[str, str]) -> JsonObject:
         self._conn.execute(
-            _insert(self._conn)(table)
+            dialect_insert(self._conn)(table)
             .values(**ident, state="{}", update_us=self._now_us)
             .on_conflict_do_nothing()
         )
@@ -87,7 +87,7 @@ class SqlWriteTx(WriteTx):
         change, response = self._done
         conn, now, version = self._conn, self._now_us, self.next_version
         state_text = dumps(self.state)
-        expire = _expire(self.session.ttl_seconds, now)
+        expire = expire_at(self.session.ttl_seconds, now)
         conn.execute(
             _UPDATE_SESSION,
             {"p_pk": self._pk, "p_state": state_text, "p_version": version, "p_now": now, "p_expire": expire},

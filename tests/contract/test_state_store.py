@@ -10,6 +10,8 @@ import random
 import time
 
 import pytest
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import Engine
 
 from sessionkit.errors import AlreadyExists, FailedPrecondition, SessionNotFound
 from sessionkit.jsonvalues import JsonValue
@@ -371,6 +373,29 @@ async def test_a_repeated_idempotency_key_replays_the_first_response(state_store
     assert await state_of(state_store) == (2, {"n": 2}, {}, {})
     assert await write_set(state_store, KEY, "n", 9, idem="req-2") == b"v2"
     assert await state_of(state_store) == (2, {"n": 2}, {}, {})
+
+
+async def test_a_keyed_write_costs_one_statement_more_than_an_unkeyed_one(state_store: StateStore) -> None:
+    # The key's record is looked up within the session lock's query; only its insert is extra. A store
+    # that checked keys in statements of their own would add round trips to every SDK write.
+    await create(state_store)
+    statements: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *rest: object) -> None:
+        statements.append(statement)
+
+    sa_event.listen(Engine, "before_cursor_execute", count)
+    try:
+        await write_set(state_store, KEY, "a", 1)
+        plain, statements[:] = len(statements), []
+        await write_set(state_store, KEY, "a", 2, idem="k")
+        keyed, statements[:] = len(statements), []
+        assert await write_set(state_store, KEY, "a", 3, idem="k") == b"v2"
+        replayed = len(statements)
+    finally:
+        sa_event.remove(Engine, "before_cursor_execute", count)
+    assert keyed == plain + 1
+    assert replayed < plain
 
 
 async def test_an_idempotency_key_is_never_replayed_across_writes_and_events(state_store: StateStore) -> None:
