@@ -4,9 +4,9 @@ one contract suite (tests/contract/test_state_store.py) runs over all of them.
 A write is a unit of work: :meth:`StateStore.write` opens a transaction, locks the session (and, on
 demand, its user and app scopes), calls the business layer's ``apply(tx)`` with the current values,
 and persists what ``apply`` changed together with the new version, a history entry and the
-idempotent response (in the shared ledger's table, sessionkit_server.common.idempotency), all in that
-one transaction. ``apply`` is plain computation: it runs inside
-the transaction (on SQLite in the database thread) and must not do I/O of its own.
+idempotent response (in the shared ledger's table, sessionkit_server.common.idempotency), all in
+that one transaction. ``apply`` is plain computation: it runs inside the transaction (on SQLite in
+the database thread) and must not do I/O of its own.
 """
 
 from __future__ import annotations

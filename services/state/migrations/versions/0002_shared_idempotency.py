@@ -7,6 +7,8 @@ Revises: 0001
 Create Date: 2026-12-07
 """
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -31,7 +33,7 @@ sessions = sa.table(
 )
 
 
-def _old_rows(old: str) -> sa.Select:  # type: ignore[type-arg]
+def _old_rows(old: str) -> sa.Select[Any]:
     source = sa.table(old, *[sa.column(c) for c in ("session_pk", "key", "response", "create_us")])
     is_event = sa.func.substr(source.c.response, 1, len(EVENT_PREFIX)) == sa.literal(
         EVENT_PREFIX, sa.LargeBinary
