@@ -150,6 +150,19 @@ def key_reused(key: str, first_use: str, method: str) -> FailedPrecondition:
     )
 
 
+def key_state(row: Any | None, key: str, method: str, now_us: int) -> KeyState:
+    """Where ``key`` stands for a call of ``method``, from its record (a row with ``method``,
+    ``response`` and ``create_us``; None when there is none): a store that reads the record within a
+    query of its own (state joins it into its session lock) decides here, as the ledger does."""
+    if row is None or row.method is None or row.create_us < now_us - IDEMPOTENCY_TTL_US:
+        return KeyState(Status.FREE)
+    if row.method != method:
+        raise key_reused(key, first_use=row.method, method=method)
+    if row.response is not None:
+        return KeyState(Status.DONE, bytes(row.response))
+    return KeyState(Status.RUNNING, create_us=row.create_us)
+
+
 class IdempotencyLedger:
     """The keys of one service's table. The ``*_in`` methods run inside a caller's transaction; the
     others are whole transactions on ``db``.
@@ -186,13 +199,7 @@ class IdempotencyLedger:
         """Where ``key`` stands for a call of ``method`` (``key_reused`` when another RPC used it)."""
         c = self.table.c
         row = conn.execute(select(c.method, c.response, c.create_us).where(*self._where(space, key))).first()
-        if row is None or row.create_us < now_us - IDEMPOTENCY_TTL_US:
-            return KeyState(Status.FREE)
-        if row.method != method:
-            raise key_reused(key, first_use=row.method, method=method)
-        if row.response is not None:
-            return KeyState(Status.DONE, bytes(row.response))
-        return KeyState(Status.RUNNING, create_us=row.create_us)
+        return key_state(row, key, method, now_us)
 
     def check_in(
         self, conn: Connection, space: KeySpace, key: str, method: str, now_us: int, lock: bool = True
@@ -225,6 +232,13 @@ class IdempotencyLedger:
         conn.execute(
             delete(self.table).where(*self._where(space, key), c.create_us < now_us - IDEMPOTENCY_TTL_US)
         )
+        self.insert_in(conn, space, key, method, response, now_us)
+
+    def insert_in(
+        self, conn: Connection, space: KeySpace, key: str, method: str, response: bytes | None, now_us: int
+    ) -> None:
+        """:meth:`record_in` for a caller that knows no record of the key is left (not even an expired
+        one): the insert alone."""
         try:
             conn.execute(
                 insert(self.table).values(

@@ -7,6 +7,9 @@ PostgreSQL alike."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -19,9 +22,13 @@ def create(name: str) -> None:
     op.create_index(f"ix_{name}_time", name, ["create_us"])
 
 
-def reshape(name: str, scope_column: str | None = None) -> None:
+def reshape(
+    name: str, scope_column: str | None = None, rows: Callable[[str], sa.Select[Any]] | None = None
+) -> None:
     """Move the rows of ``name`` (app_name, user_id, key, method, response, create_us; and
-    ``scope_column`` when keys belonged to a session) into the shared shape; scope "" otherwise."""
+    ``scope_column`` when keys belonged to a session) into the shared shape; scope "" otherwise.
+    ``rows``: for an old table of another shape, the query (given the old table's name) selecting
+    app_name, user_id, key, method, response, create_us and scope, in that order."""
     bind = op.get_bind()
     for index in sa.inspect(bind).get_indexes(name):
         op.drop_index(index["name"] or "", table_name=name)  # index names are per schema: free them first
@@ -31,10 +38,9 @@ def reshape(name: str, scope_column: str | None = None) -> None:
     columns = ["app_name", "user_id", "key", "method", "response", "create_us"]
     source = sa.table(old, *[sa.column(c) for c in [*columns, *([scope_column] if scope_column else [])]])
     scope = source.c[scope_column] if scope_column else sa.literal("")
+    query = rows(old) if rows else sa.select(*[source.c[c] for c in columns], scope)
     target = sa.table(name, *[sa.column(c) for c in [*columns, "scope"]])
-    op.execute(
-        target.insert().from_select([*columns, "scope"], sa.select(*[source.c[c] for c in columns], scope))
-    )
+    op.execute(target.insert().from_select([*columns, "scope"], query))
     op.drop_table(old)
 
 

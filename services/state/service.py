@@ -1,16 +1,15 @@
-"""The state service's business layer: validation, scopes, versions, idempotency and watch.
+"""The state service's business layer (sessions, state writes with versions and compare-and-set,
+idempotency, reaping); watch streams are in watch.py, events in events.py, key rules in keys.py.
 
-Adapters (grpc_servicer.py, and later the HTTP gateway) convert messages and call this class;
-everything that decides behaviour is here, once.
+Adapters (grpc_servicer.py, the HTTP gateway) convert messages and call StateService; everything
+that decides behaviour is in these modules, once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -18,18 +17,20 @@ from sessionkit import reasons
 from sessionkit.errors import (
     FieldViolation,
     InvalidArgument,
-    ServiceUnavailable,
     SessionNotFound,
     StateConflict,
 )
-from sessionkit.ids import key_violation
 from sessionkit.jsonvalues import JsonValue, check_json, dumps
 from sessionkit_server.common import paging
+from sessionkit_server.common.idempotency import IDEMPOTENCY_TTL_US, check_key
 from sessionkit_server.common.identity import session_key as session_key  # re-exported
 from sessionkit_server.common.timestamps import now_us as now_us  # re-exported
+from sessionkit_server.state import events, watch
+from sessionkit_server.state.keys import check_key as _check_key
+from sessionkit_server.state.keys import merge as merge  # re-exported
+from sessionkit_server.state.keys import split_key as _split
 from sessionkit_server.state.limits import StateLimits
 from sessionkit_server.state.store import (
-    EVENT_RESPONSE_PREFIX,
     Change,
     EventRecord,
     JsonObject,
@@ -39,14 +40,11 @@ from sessionkit_server.state.store import (
     StateStore,
     VersionRecord,
     WriteTx,
-    key_reused,
 )
+from sessionkit_server.state.watch import ChangeNotifier
+from sessionkit_server.state.watch import ChangeView as ChangeView  # re-exported
 
 log = logging.getLogger("sessionkit.state")
-
-SCOPES = ("user:", "app:")
-TEMP = "temp:"
-IDEMPOTENCY_TTL_US = 24 * 3600 * 1_000_000
 
 
 @dataclass
@@ -64,72 +62,10 @@ class WriteResult:
         return cls(**json.loads(data))
 
 
-@dataclass
-class ChangeView:
-    """One change as a watcher sees it."""
-
-    version: int
-    operation: Operation
-    key: str
-    value: JsonValue
-    state: JsonObject
-    time_us: int
-
-
-def _check_key(key: str, field: str = "key") -> str:
-    violation = key_violation(field, key)
-    if violation is None and key.startswith(TEMP):
-        violation = FieldViolation(field, f"{key!r}: temp: keys are never persisted; keep them in the client")
-    if violation:
-        raise InvalidArgument(f"invalid state key {key[:64]!r}", violations=[violation])
-    return key
-
-
-def _split(key: str) -> tuple[str, str]:
-    """('user' | 'app' | '', key without prefix)."""
-    for prefix in SCOPES:
-        if key.startswith(prefix):
-            return prefix[:-1], key[len(prefix) :]
-    return "", key
-
-
-def merge(own: JsonObject, user: JsonObject, app: JsonObject) -> JsonObject:
-    merged = dict(own)
-    merged.update({f"user:{k}": v for k, v in user.items()})
-    merged.update({f"app:{k}": v for k, v in app.items()})
-    return merged
-
-
-class ChangeNotifier:
-    """Wakes this process's watchers of a session when it changes. Watchers also poll the store, so
-    changes written by other replicas arrive too, within ``poll_interval``."""
-
-    def __init__(self) -> None:
-        self._waiters: dict[SessionKey, set[asyncio.Event]] = defaultdict(set)
-
-    def notify(self, key: SessionKey) -> None:
-        for event in self._waiters.get(key, ()):
-            event.set()
-
-    def subscribe(self, key: SessionKey) -> asyncio.Event:
-        event = asyncio.Event()
-        self._waiters[key].add(event)
-        return event
-
-    def notify_all(self) -> None:
-        for waiters in self._waiters.values():
-            for event in waiters:
-                event.set()
-
-    def unsubscribe(self, key: SessionKey, event: asyncio.Event) -> None:
-        waiters = self._waiters.get(key)
-        if waiters is not None:
-            waiters.discard(event)
-            if not waiters:
-                del self._waiters[key]
-
-
 class StateService:
+    """The state service's business layer: sessions and state writes here; watch streams and events
+    in watch.py and events.py."""
+
     def __init__(
         self, store: StateStore, limits: StateLimits | None = None, poll_interval: float = 0.5
     ) -> None:
@@ -384,59 +320,11 @@ class StateService:
         versions = versions[:size]
         return versions, paging.page_token(str(versions[-1].version)) if more else ""
 
-    # -- watch --------------------------------------------------------------------------------------
+    # -- watch and events (watch.py, events.py) -----------------------------------------------------
 
-    async def watch(self, key: SessionKey, since_version: int = 0) -> AsyncIterator[ChangeView]:
+    def watch(self, key: SessionKey, since_version: int = 0) -> AsyncIterator[ChangeView]:
         """The current state, then every change as it is committed, until the session is deleted."""
-        waker = self.notifier.subscribe(key)
-        try:
-            created = (await self.get_session(key)).create_us
-            state, version = await self.get_state(key)
-            yield ChangeView(version, Operation.SNAPSHOT, "", None, state, now_us())
-            last = version
-            if 0 < since_version < version:
-                last = since_version
-            while True:
-                changes = await self.store.list_versions(key, 500, None, after=last)
-                if changes:
-                    # Versions are listed by session id: make sure they are still this session's.
-                    await self._check_same_session(key, created)
-                if changes and changes[0].version != last + 1:
-                    # The watcher fell behind the retained history: resynchronise with a snapshot.
-                    state, version = await self.get_state(key)
-                    yield ChangeView(version, Operation.SNAPSHOT, "", None, state, now_us())
-                    last = version
-                    continue
-                for change in changes:
-                    yield ChangeView(
-                        change.version,
-                        change.operation,
-                        change.key,
-                        change.value,
-                        change.state,
-                        change.time_us,
-                    )
-                    last = change.version
-                if changes:
-                    continue
-                waker.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(waker.wait(), self.poll_interval)
-                if self.closing:
-                    raise ServiceUnavailable(
-                        "the server is shutting down: watch again to resume (since_version)"
-                    )
-                # End the stream with NOT_FOUND once the session is deleted, also when a session
-                # with the same id was created again meanwhile (its versions are another history).
-                await self._check_same_session(key, created)
-        finally:
-            self.notifier.unsubscribe(key, waker)
-
-    async def _check_same_session(self, key: SessionKey, created_us: int) -> None:
-        if (await self.get_session(key)).create_us != created_us:
-            raise SessionNotFound(f"session {key.session_id!r} was deleted while being watched")
-
-    # -- events -------------------------------------------------------------------------------------
+        return watch.watch(self, key, since_version)
 
     async def append_event(
         self,
@@ -447,48 +335,12 @@ class StateService:
         metadata: JsonObject | None = None,
         idempotency_key: str = "",
     ) -> EventRecord:
-        violations = []
-        if not role or len(role) > 64:
-            violations.append(FieldViolation("event.role", "role must be 1-64 characters (e.g. 'user')"))
-        if len(author) > 128:
-            violations.append(FieldViolation("event.author", "author must be at most 128 characters"))
-        if len(idempotency_key) > 128:
-            violations.append(FieldViolation("idempotency_key", "at most 128 characters"))
-        if violations:
-            raise InvalidArgument("invalid event", violations=violations)
-        meta = check_json(metadata or {}, "event.metadata")
-        assert isinstance(meta, dict)
-        size = len(content.encode()) + len(dumps(meta).encode())
-        if size > self.limits.max_event_bytes:
-            raise reasons.EVENT_TOO_LARGE.error(
-                size=size,
-                limit=self.limits.max_event_bytes,
-                metadata={"limit_bytes": str(self.limits.max_event_bytes), "size_bytes": str(size)},
-            )
-        event = EventRecord(0, role, content, author, meta, 0)
-        return await self.store.append_event(key, event, idempotency_key, now_us())
+        return await events.append_event(self, key, role, content, author, metadata, idempotency_key)
 
     async def list_events(
         self, key: SessionKey, page_size: int = 0, page_token: str = "", tail: int = 0, author: str = ""
     ) -> tuple[list[EventRecord], str]:
-        if tail < 0 or tail > self.limits.max_page_size:
-            raise InvalidArgument(
-                "invalid tail",
-                violations=[FieldViolation("tail", f"must be between 0 and {self.limits.max_page_size}")],
-            )
-        size = self._page_size(page_size, 100)
-        token = paging.read_token(page_token)
-        if token is not None and not token.isdigit():
-            raise InvalidArgument(
-                "invalid page_token", violations=[FieldViolation("page_token", "not an event id")]
-            )
-        await self.get_session(key)
-        events = await self.store.list_events(key, size + 1, int(token or 0), tail, author)
-        if tail:
-            return events, ""
-        more = len(events) > size
-        events = events[:size]
-        return events, paging.page_token(str(events[-1].id)) if more else ""
+        return await events.list_events(self, key, page_size, page_token, tail, author)
 
     def begin_shutdown(self) -> None:
         """End every watch stream (UNAVAILABLE: clients reconnect), so a drain never waits on them."""
@@ -517,16 +369,11 @@ class StateService:
         idempotency_key: str,
         apply: Callable[[WriteTx], tuple[Change, WriteResult]],
     ) -> WriteResult:
-        if len(idempotency_key) > 128:
-            raise InvalidArgument(
-                "invalid idempotency_key",
-                violations=[FieldViolation("idempotency_key", "at most 128 characters")],
-            )
+        if idempotency_key:
+            check_key(idempotency_key)  # the ledger's rule: what its table can hold
 
         def run(tx: WriteTx) -> WriteResult:
             if tx.replayed_response is not None:
-                if tx.replayed_response.startswith(EVENT_RESPONSE_PREFIX):
-                    raise key_reused(idempotency_key, "an event append", "a state write")
                 return WriteResult.decode(tx.replayed_response)
             if expected_version is not None and expected_version != tx.session.version:
                 raise StateConflict(

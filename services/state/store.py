@@ -1,11 +1,12 @@
 """The state store interface. Implementations live beside it (sql_store.py: SQLite and PostgreSQL);
-one contract suite (tests/test_state_store_contract.py) runs over all of them.
+one contract suite (tests/contract/test_state_store.py) runs over all of them.
 
 A write is a unit of work: :meth:`StateStore.write` opens a transaction, locks the session (and, on
 demand, its user and app scopes), calls the business layer's ``apply(tx)`` with the current values,
 and persists what ``apply`` changed together with the new version, a history entry and the
-idempotent response, all in that one transaction. ``apply`` is plain computation: it runs inside
-the transaction (on SQLite in the database thread) and must not do I/O of its own.
+idempotent response (in the shared ledger's table, sessionkit_server.common.idempotency), all in
+that one transaction. ``apply`` is plain computation: it runs inside the transaction (on SQLite in
+the database thread) and must not do I/O of its own.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from sessionkit import reasons
-from sessionkit.errors import FailedPrecondition
 from sessionkit.jsonvalues import JsonValue
 
 # Defined once for every service; re-exported for the state store's implementations.
@@ -25,18 +24,12 @@ from sessionkit_server.common.identity import SessionKey as SessionKey
 
 JsonObject = dict[str, JsonValue]
 T = TypeVar("T")
-#: Stored responses of idempotent event appends start with this; state writes store JSON. A key
-#: reused across the two kinds is refused (IDEMPOTENCY_KEY_REUSED), never misread.
+#: The kinds of write an idempotency key is recorded for (the ledger's ``method``): a key used for one
+#: is refused for the other (IDEMPOTENCY_KEY_REUSED), never replayed as the other's response.
+STATE_WRITE = "a state write"
+EVENT_APPEND = "an event append"
+#: Stored responses of idempotent event appends: this prefix and the event's id.
 EVENT_RESPONSE_PREFIX = b"event:"
-
-
-def key_reused(idempotency_key: str, first_use: str, method: str) -> FailedPrecondition:
-    return reasons.IDEMPOTENCY_KEY_REUSED.error(
-        key=idempotency_key[:64],
-        first_use=first_use,
-        method=method,
-        metadata={"idempotency_key": idempotency_key, "method": first_use},
-    )
 
 
 class Operation(enum.IntEnum):
@@ -95,8 +88,9 @@ class Change:
 class WriteTx(abc.ABC):
     """An open write on one locked session. Mutate the dicts in place; the store persists them."""
 
-    #: The stored response of an earlier write with the same idempotency key, if any. When set,
-    #: nothing may be changed: the caller returns this response as it is.
+    #: The stored response of an earlier state write with the same idempotency key, if any. When
+    #: set, nothing may be changed: the caller returns this response as it is. (A key an event
+    #: append used is refused before ``apply`` runs.)
     replayed_response: bytes | None
     session: SessionRecord
     state: JsonObject

@@ -12,7 +12,6 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    LargeBinary,
     MetaData,
     SmallInteger,
     String,
@@ -20,6 +19,8 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+
+from sessionkit_server.common.idempotency import idempotency_table
 
 metadata = MetaData()
 
@@ -85,12 +86,6 @@ events = Table(
     Index("ix_sk_events_session", "session_pk", "id"),
 )
 
-idempotency = Table(
-    "sk_idempotency",
-    metadata,
-    Column("session_pk", BigInteger, ForeignKey("sk_sessions.pk", ondelete="CASCADE"), primary_key=True),
-    Column("key", String(128), primary_key=True),
-    Column("response", LargeBinary, nullable=False),
-    Column("create_us", BigInteger, nullable=False),
-    Index("ix_sk_idempotency_time", "create_us"),
-)
+# Idempotency records in the shape every service shares; scope is the session id (a key belongs to one
+# session, and goes with it when the session is deleted).
+idempotency = idempotency_table(metadata, "sk_idempotency")

@@ -1,5 +1,5 @@
 """The idempotency ledger's contract (sessionkit_server.common.idempotency.IdempotencyLedger), on every
-service's migrated table (memory, knowledge, agent) and on both backends: claim, complete, replay, a key
+service's migrated table (memory, knowledge, agent, state), on both backends: claim, complete, replay, a key
 reused by another method, expiry, abandoned claims, key spaces, and concurrent users of one key (exactly
 one wins). Each write's effect is a row of a scratch table, so "wrote nothing" is checked in the
 database, not in Python."""
@@ -26,11 +26,13 @@ from sessionkit_server.common.idempotency import (
 )
 from sessionkit_server.knowledge import tables as knowledge_tables
 from sessionkit_server.memory import tables as memory_tables
+from sessionkit_server.state import tables as state_tables
 
 TABLES = {
     "memory": memory_tables.idempotency,
     "knowledge": knowledge_tables.idempotency,
     "agent": agent_tables.idempotency,
+    "state": state_tables.idempotency,
 }
 SPACE = KeySpace("app", "alice")
 LEASE_US = 60 * 1_000_000

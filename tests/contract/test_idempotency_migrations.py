@@ -1,4 +1,4 @@
-"""The idempotency tables of memory, knowledge and agent move to the shared shape
+"""The idempotency tables of memory, knowledge, agent and state move to the shared shape
 (sessionkit_server.common.idempotency) with their rows: a database written before (older revision,
 older shape, keys in use) keeps replaying its keys after the upgrade, on SQLite and PostgreSQL, and the
 migrated schema is exactly what the tables describe."""
@@ -17,6 +17,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, MetaData, text
 
+from sessionkit.errors import FailedPrecondition
 from sessionkit_server.agent import tables as agent_tables
 from sessionkit_server.agent.store import MIGRATIONS as AGENT_MIGRATIONS
 from sessionkit_server.agent.store import VERSION_TABLE as AGENT_VERSIONS
@@ -32,6 +33,11 @@ from sessionkit_server.memory import tables as memory_tables
 from sessionkit_server.memory.store import MIGRATIONS as MEMORY_MIGRATIONS
 from sessionkit_server.memory.store import VERSION_TABLE as MEMORY_VERSIONS
 from sessionkit_server.memory.store import MemoryStore
+from sessionkit_server.state import tables as state_tables
+from sessionkit_server.state.sql_store import MIGRATIONS as STATE_MIGRATIONS
+from sessionkit_server.state.sql_store import VERSION_TABLE as STATE_VERSIONS
+from sessionkit_server.state.sql_store import SqlStateStore
+from sessionkit_server.state.store import EventRecord, SessionKey, WriteTx
 from tests.conftest import BACKENDS
 
 NOW = 1_000_000_000
@@ -156,6 +162,72 @@ async def test_agent_keys_keep_their_session(empty_database: str) -> None:
         await db.read(
             lambda c: _differences(c, AGENT_VERSIONS, agent_tables.metadata, "sk_agent_idempotency")
         )
+        == []
+    )
+    await db.close()
+
+
+WRITE_RESPONSE = b'{"version": 1, "value": null, "existed": false, "length": 0}'
+
+
+async def test_state_keys_keep_their_session_and_kind(empty_database: str) -> None:
+    db = Database(empty_database)
+
+    def old_data(conn: Connection) -> None:
+        command.upgrade(alembic_config(STATE_MIGRATIONS, STATE_VERSIONS, conn), "0001")
+        for pk, session in ((7, "s1"), (8, "s2")):
+            conn.execute(
+                text(
+                    "INSERT INTO sk_sessions (pk, app_name, user_id, session_id, state, version, "
+                    "event_count, create_us, update_us) VALUES (:pk, 'app', 'u', :s, '{}', 1, 1, :t, :t)"
+                ),
+                {"pk": pk, "s": session, "t": NOW},
+            )
+        conn.execute(
+            text(
+                "INSERT INTO sk_events (id, session_pk, role, content, author, metadata, create_us) "
+                "VALUES (3, 7, 'user', 'hi', '', '{}', :t)"
+            ),
+            {"t": NOW},
+        )
+        for key, response in (("w1", WRITE_RESPONSE), ("e1", b"event:3")):
+            conn.execute(
+                text(
+                    "INSERT INTO sk_idempotency (session_pk, key, response, create_us) "
+                    "VALUES (7, :key, :response, :t)"
+                ),
+                {"key": key, "response": response, "t": NOW},
+            )
+
+    await db.migrate(old_data, STATE_VERSIONS)
+    store = SqlStateStore(db)
+    await store.start()
+    s1, s2 = SessionKey("app", "u", "s1"), SessionKey("app", "u", "s2")
+
+    def replayed(tx: WriteTx) -> bytes | None:
+        return tx.replayed_response
+
+    # The state write's key replays its response; the event's key returns the first event.
+    assert (
+        await store.write(s1, "w1", NOW + 1, replayed)
+        == b'{"version": 1, "value": null, "existed": false, "length": 0}'
+    )
+    again = await store.append_event(s1, EventRecord(0, "user", "again", "", {}, 0), "e1", NOW + 1)
+    assert (again.id, again.content) == (3, "hi")
+    # Each kept its kind: reused for the other kind, it is refused.
+    with pytest.raises(FailedPrecondition) as info:
+        await store.append_event(s1, EventRecord(0, "user", "x", "", {}, 0), "w1", NOW + 1)
+    assert info.value.reason == "IDEMPOTENCY_KEY_REUSED"
+    with pytest.raises(FailedPrecondition):
+        await store.write(s1, "e1", NOW + 1, replayed)
+    # And its session: in another session of the user the key is free.
+    assert await store.write(s2, "w1", NOW + 1, replayed) is None
+    rows = await db.read(
+        lambda c: c.execute(text("SELECT scope, key, method FROM sk_idempotency ORDER BY key")).all()
+    )
+    assert [tuple(r) for r in rows] == [("s1", "e1", "an event append"), ("s1", "w1", "a state write")]
+    assert (
+        await db.read(lambda c: _differences(c, STATE_VERSIONS, state_tables.metadata, "sk_idempotency"))
         == []
     )
     await db.close()

@@ -10,11 +10,12 @@ import random
 import time
 
 import pytest
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import Engine
 
 from sessionkit.errors import AlreadyExists, FailedPrecondition, SessionNotFound
 from sessionkit.jsonvalues import JsonValue
 from sessionkit_server.state.store import (
-    EVENT_RESPONSE_PREFIX,
     Change,
     EventRecord,
     JsonObject,
@@ -374,6 +375,29 @@ async def test_a_repeated_idempotency_key_replays_the_first_response(state_store
     assert await state_of(state_store) == (2, {"n": 2}, {}, {})
 
 
+async def test_a_keyed_write_costs_one_statement_more_than_an_unkeyed_one(state_store: StateStore) -> None:
+    # The key's record is looked up within the session lock's query; only its insert is extra. A store
+    # that checked keys in statements of their own would add round trips to every SDK write.
+    await create(state_store)
+    statements: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *rest: object) -> None:
+        statements.append(statement)
+
+    sa_event.listen(Engine, "before_cursor_execute", count)
+    try:
+        await write_set(state_store, KEY, "a", 1)
+        plain, statements[:] = len(statements), []
+        await write_set(state_store, KEY, "a", 2, idem="k")
+        keyed, statements[:] = len(statements), []
+        assert await write_set(state_store, KEY, "a", 3, idem="k") == b"v2"
+        replayed = len(statements)
+    finally:
+        sa_event.remove(Engine, "before_cursor_execute", count)
+    assert keyed == plain + 1
+    assert replayed < plain
+
+
 async def test_an_idempotency_key_is_never_replayed_across_writes_and_events(state_store: StateStore) -> None:
     await create(state_store)
     await write_set(state_store, KEY, "a", 1, idem="shared")
@@ -382,14 +406,16 @@ async def test_an_idempotency_key_is_never_replayed_across_writes_and_events(sta
     assert info.value.reason == "IDEMPOTENCY_KEY_REUSED"
     assert await state_store.list_events(KEY, 10, 0, 0, "") == []
 
-    # The other direction: the store hands the event's stored response to apply, marked as one.
+    # The other direction: a state write with an event's key is refused before apply runs.
     first = await state_store.append_event(KEY, event("hi"), "ev-key", now_us())
 
-    def replayed(tx: WriteTx) -> bytes | None:
-        return tx.replayed_response
+    def must_not_run(tx: WriteTx) -> None:
+        raise AssertionError("apply ran for a key an event append used")
 
-    stored = await state_store.write(KEY, "ev-key", now_us(), replayed)
-    assert stored is not None and stored.startswith(EVENT_RESPONSE_PREFIX)
+    with pytest.raises(FailedPrecondition) as info:
+        await state_store.write(KEY, "ev-key", now_us(), must_not_run)
+    assert info.value.reason == "IDEMPOTENCY_KEY_REUSED"
+    assert info.value.metadata["method"] == "an event append"
     assert await state_of(state_store) == (1, {"a": 1}, {}, {})
     assert await state_store.list_events(KEY, 10, 0, 0, "") == [first]
 
