@@ -32,7 +32,7 @@ import pytest
 from tests.conftest import free_port
 from tests.gateway.test_gateway_support import GatewayThread, gateway_settings
 from tests.llm_server import LLMServer
-from tests.sdk.test_remote_session import FaultyProxy, module_llm, services  # noqa: F401 - fixtures
+from tests.sdk.remote_support import FaultyProxy, module_llm, services  # noqa: F401 - fixtures
 from tests.servers import ServerThread
 
 pytestmark = pytest.mark.slow
