@@ -12,7 +12,7 @@ import pytest
 from sessionkit import Session
 from sessionkit_server.common.config import ServerSettings
 from sessionkit_server.retrieval.vector_index import partition_prefix
-from tests.knowledge.test_knowledge import vector_ids
+from tests.knowledge.support import vector_ids
 from tests.servers import ServerThread, child_env
 
 

@@ -19,7 +19,7 @@ from sessionkit.errors import from_rpc_error
 from sessionkit.v1 import common_pb2, knowledge_pb2, knowledge_pb2_grpc
 from sessionkit_server.common.idempotency import IDEMPOTENCY_TTL_US
 from tests.conftest import _truncate
-from tests.knowledge.test_knowledge import _settings
+from tests.knowledge.support import _settings
 from tests.sdk.test_sdk_retry import Sleeps
 from tests.servers import ServerThread
 
