@@ -17,7 +17,7 @@ import pytest
 
 from sessionkit import FailedPrecondition, Session
 from sessionkit_server.server import Host
-from tests.agent.test_agent import settings
+from tests.agent.support import settings
 from tests.llm_server import LLMServer, llm_server_fixture  # noqa: F401 - fixture
 from tests.servers import ServerThread
 
