@@ -37,77 +37,22 @@ import argparse
 import asyncio
 import itertools
 import os
-import platform
 import random
-import signal
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "sdk"), str(ROOT)]
 
-from tests.servers import wait_serving  # noqa: E402
+from agent_report import STEPS, VARIANTS, Results, Turn, machine, p50, report  # noqa: E402
+from agent_servers import MODEL, REPLY, Servers, postgres_reachable, serve_llm, start_servers  # noqa: E402
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
-MODEL = "bench-model"
 AGENT = "Bench Assistant"
-#: The zero-latency reply (unary) and the streamed one (8 pieces, spaced by --piece-delay).
-REPLY = "Sure. Here is a short answer about that, based on what you told me before."
-STREAM_PIECES = ["Here", " is", " a", " streamed", " answer", " in", " eight", " pieces."]
-
-STEPS = ("history_ms", "memory_ms", "knowledge_ms", "llm_ms", "tools_ms", "persistence_ms", "total_ms")
-
-# -- helpers ------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def p50(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-def machine() -> str:
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
-        f"load average {load} at {time.strftime('%Y-%m-%d %H:%M')}"
-    )
-
-
-def postgres_reachable(url: str) -> bool:
-    rest = url.split("@", 1)[-1].split("/", 1)[0]
-    host, _, port = rest.partition(":")
-    try:
-        with socket.create_connection((host or "127.0.0.1", int(port or 5432)), timeout=1):
-            return True
-    except OSError:
-        return False
-
 
 # Distinct, varied messages (a real conversation; the short-term memory of each exchange is not a
 # near-duplicate of the previous one).
@@ -187,139 +132,6 @@ def handbook() -> str:
             "in the ticket, and confirm the next step with the customer in writing."
         )
     return "\n\n".join(paragraphs)
-
-
-# -- the LLM server process ---------------------------------------------------------------------------
-
-
-def serve_llm(piece_delay: float) -> None:
-    """``--serve-llm``: the scripted server answering every request with the fallback; prints its port
-    and runs until stdin closes (the benchmark ends) or SIGTERM."""
-    from tests.llm_server import LLMServer, Received, Reply
-
-    server = LLMServer(model=MODEL)
-
-    def fallback(request: Received) -> Reply:
-        # Only the last request is needed (the fallback reads it): keep the record from growing.
-        del server.requests[:-1]
-        if isinstance(request.body, dict) and request.body.get("stream"):
-            return Reply(content="".join(STREAM_PIECES), chunks=STREAM_PIECES, piece_delay=piece_delay)
-        return Reply(content=REPLY)
-
-    server.fallback = fallback
-    server.start()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    print(server.port, flush=True)
-    try:
-        sys.stdin.read()
-    finally:
-        server.stop()
-
-
-@dataclass
-class Servers:
-    llm: subprocess.Popen[bytes]
-    sk: subprocess.Popen[bytes]
-    llm_url: str
-    address: str
-
-    def stop(self) -> None:
-        for proc in (self.sk, self.llm):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
-
-
-def start_servers(
-    data_dir: Path, database_url: str, piece_delay: float, extra_env: dict[str, str]
-) -> Servers:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'sdk'}{os.pathsep}{ROOT}", "HF_HUB_OFFLINE": "1"}
-    llm = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--serve-llm", "--piece-delay", str(piece_delay)],
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    assert llm.stdout is not None
-    llm_url = f"http://127.0.0.1:{int(llm.stdout.readline())}/v1"
-    port = free_port()
-    sk = subprocess.Popen(
-        [sys.executable, "-m", "sessionkit.cli", "serve", "--port", str(port), "--http-port", "0"],
-        env={
-            **{k: v for k, v in env.items() if not k.startswith(("SESSIONKIT_", "OPENAI_"))},
-            "SESSIONKIT_DATA_DIR": str(data_dir),
-            "SESSIONKIT_DATABASE_URL": database_url,
-            "SESSIONKIT_LOG_LEVEL": "WARNING",
-            "SESSIONKIT_LLM_BASE_URL": llm_url,
-            "SESSIONKIT_LLM_MODEL": MODEL,
-            "SESSIONKIT_LLM_API_KEY": "sk-bench",
-            **extra_env,
-        },
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    servers = Servers(llm, sk, llm_url, f"127.0.0.1:{port}")
-    try:
-        wait_serving(servers.address, 180)
-    except BaseException:
-        servers.stop()
-        raise
-    return servers
-
-
-# -- measurements -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Turn:
-    sdk_ms: float
-    steps: dict[str, float]
-    direct_ms: float  # p50 of the direct LLM calls of the same round
-
-    @property
-    def search_ms(self) -> float:
-        """Memory and knowledge run concurrently: the longer one is on the critical path."""
-        return max(self.steps["memory_ms"], self.steps["knowledge_ms"])
-
-    @property
-    def in_turn_rest_ms(self) -> float:
-        s = self.steps
-        parts = s["history_ms"] + self.search_ms + s["llm_ms"] + s["tools_ms"] + s["persistence_ms"]
-        return s["total_ms"] - parts
-
-    @property
-    def outside_ms(self) -> float:
-        return self.sdk_ms - self.steps["total_ms"]
-
-    @property
-    def overhead_ms(self) -> float:
-        return self.sdk_ms - self.steps["llm_ms"]
-
-    @property
-    def overhead_direct_ms(self) -> float:
-        return self.sdk_ms - self.direct_ms
-
-
-@dataclass
-class Results:
-    turns: dict[str, list[Turn]] = field(default_factory=dict)
-    calls: dict[str, list[float]] = field(default_factory=dict)
-    ttft: dict[str, list[float]] = field(default_factory=dict)
-    stream_total: dict[str, list[float]] = field(default_factory=dict)
-    gaps: dict[str, list[float]] = field(default_factory=dict)
-    stream_llm_ms: list[float] = field(default_factory=list)
-
-
-VARIANTS: dict[str, dict[str, Any]] = {
-    "turn (memory + knowledge)": {},
-    "turn, use_knowledge=False": {"use_knowledge": False},
-    "turn, use_memory=False": {"use_memory": False},
-    "turn, neither": {"use_memory": False, "use_knowledge": False},
-}
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -468,83 +280,6 @@ def measure(args: argparse.Namespace, servers: Servers, session_class: Any, open
     llm.close()
     session.close()
     return res
-
-
-# -- the report ---------------------------------------------------------------------------------------
-
-
-def row(name: str, values: list[float], base: float | None = None, note: str = "") -> str:
-    ratio = f"{p50(values) / base:8.2f}x" if base else " " * 9
-    return f"{name:44} {p50(values):9.2f} {percentile(values, 0.99):9.2f} {ratio} {note}"
-
-
-def report(res: Results, args: argparse.Namespace) -> None:
-    header = f"{'':44} {'p50 ms':>9} {'p99 ms':>9} {'':>9}"
-    direct = res.calls["LLM called directly (openai client)"]
-    base = p50(direct)
-    print(f"\nBaselines, interleaved with the turns ({len(direct)} calls each)")
-    print(f"{'':44} {'p50 ms':>9} {'p99 ms':>9} {'/ direct':>9}")
-    for name, values in res.calls.items():
-        print(row(name, values, base if name.startswith("LLM") else None))
-
-    full = res.turns["turn (memory + knowledge)"]
-    print(f"\nA turn, agent.chat() with memory and knowledge ({len(full)} turns after warm-up)")
-    print(header)
-    lines: list[tuple[str, list[float]]] = [
-        ("turn as the SDK sees it", [t.sdk_ms for t in full]),
-        ("  service turn (total_ms)", [t.steps["total_ms"] for t in full]),
-        ("    history (read log, append user message)", [t.steps["history_ms"] for t in full]),
-        ("    memory search", [t.steps["memory_ms"] for t in full]),
-        ("    knowledge search (concurrent with memory)", [t.steps["knowledge_ms"] for t in full]),
-        ("    = search on the critical path (max)", [t.search_ms for t in full]),
-        ("    LLM (llm_ms)", [t.steps["llm_ms"] for t in full]),
-        ("    tools", [t.steps["tools_ms"] for t in full]),
-        ("    persistence (append reply, memory write)", [t.steps["persistence_ms"] for t in full]),
-        ("    rest of the turn (prompt, model resolve)", [t.in_turn_rest_ms for t in full]),
-        ("  outside the turn (SDK, gRPC, lookup, lease)", [t.outside_ms for t in full]),
-        ("OVERHEAD = SDK turn - llm_ms", [t.overhead_ms for t in full]),
-        ("overhead vs direct LLM = SDK turn - direct p50", [t.overhead_direct_ms for t in full]),
-    ]
-    for name, values in lines:
-        print(row(name, values))
-    overhead = p50([t.overhead_ms for t in full])
-    verdict = "met" if overhead < args.target else "MISSED"
-    print(f"target: overhead p50 < {args.target:.0f} ms: {verdict} ({overhead:.1f} ms)")
-
-    print("\nVariants of the same agent, interleaved (p50 ms; the difference to the full turn is what the")
-    print("left-out part costs on the critical path)")
-    print(
-        f"{'variant':30} {'SDK turn':>9} {'p99':>8} {'overhead':>9} {'p99':>8} {'history':>8} "
-        f"{'memory':>7} {'knowl.':>7} {'LLM':>6} {'persist':>8} {'saves':>7}"
-    )
-    full_overhead = p50([t.overhead_ms for t in full])
-    for name, turns in res.turns.items():
-        sdk_ms = [t.sdk_ms for t in turns]
-        ov = [t.overhead_ms for t in turns]
-
-        def step(key: str, turns: list[Turn] = turns) -> float:
-            return p50([t.steps[key] for t in turns])
-
-        print(
-            f"{name:30} {p50(sdk_ms):9.2f} {percentile(sdk_ms, 0.99):8.2f} {p50(ov):9.2f} "
-            f"{percentile(ov, 0.99):8.2f} {step('history_ms'):8.2f} {step('memory_ms'):7.2f} "
-            f"{step('knowledge_ms'):7.2f} {step('llm_ms'):6.2f} {step('persistence_ms'):8.2f} "
-            f"{full_overhead - p50(ov):7.2f}"
-        )
-
-    print(f"\nStreaming, reply of {len(STREAM_PIECES)} pieces {args.piece_delay * 1e3:.0f} ms apart")
-    print(f"{'':44} {'TTFT p50':>9} {'p99':>9} {'total p50':>10} {'gap p50':>8} {'gap p99':>8}")
-    for name, values in res.ttft.items():
-        gaps = res.gaps[name]
-        print(
-            f"{name:44} {p50(values):9.2f} {percentile(values, 0.99):9.2f} "
-            f"{p50(res.stream_total[name]):10.2f} {p50(gaps):8.2f} {percentile(gaps, 0.99):8.2f}"
-        )
-    sdk, own = res.ttft["agent.stream (SDK)"], res.ttft["LLM streamed directly (openai client)"]
-    print(
-        f"first piece through the SDK - the LLM's own: {p50(sdk) - p50(own):.2f} ms at p50 "
-        f"({p50(sdk) / p50(own):.2f}x); streamed turns' llm_ms p50 {p50(res.stream_llm_ms):.2f}"
-    )
 
 
 def main() -> None:
