@@ -1,5 +1,5 @@
 """The state store interface. Implementations live beside it (sql_store.py: SQLite and PostgreSQL);
-one contract suite (tests/contract/test_state_store.py) runs over all of them.
+one contract suite (tests/contract/test_state_store_*.py) runs over all of them.
 
 A write is a unit of work: :meth:`StateStore.write` opens a transaction, locks the session (and, on
 demand, its user and app scopes), calls the business layer's ``apply(tx)`` with the current values,
