@@ -29,6 +29,7 @@ import abc
 import asyncio
 import contextlib
 import hashlib
+import logging
 import re
 import urllib.parse
 from collections import OrderedDict
@@ -44,7 +45,7 @@ from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
 from chromadb.api.types import PyEmbedding
 from chromadb.config import Settings
-from chromadb.errors import NotFoundError
+from chromadb.errors import InternalError, NotFoundError
 
 from sessionkit import reasons
 from sessionkit.errors import FieldViolation, InvalidArgument
@@ -53,6 +54,7 @@ MetadataValue = str | int | float | bool
 Metadata = dict[str, MetadataValue]
 Where = dict[str, Any]
 T = TypeVar("T")
+log = logging.getLogger("sessionkit.vector_index")
 
 #: Seconds a Chroma server may take to answer one request before the index reports it unavailable.
 SERVER_TIMEOUT = 30.0
@@ -280,7 +282,10 @@ class ChromaIndex(VectorIndex):
 
     def _on_collection(self, logical: str, create: bool, op: Callable[[Collection], T], missing: T) -> T:
         """``op`` on the collection (``missing`` if it does not exist and ``create`` is false). A cached
-        collection dropped meanwhile (by another client of a shared server) is looked up once more."""
+        collection dropped meanwhile (by another client of a shared server) is looked up once more, and
+        so is one whose segments Chroma's core failed to open (``InternalError``, seen now and then in
+        the embedded index under load): a second failure of that kind is the index being unavailable,
+        a retryable 503, never a 500."""
         name = collection_name(logical)
         for attempt in range(2):
             collection = self._collection(logical, create)
@@ -292,6 +297,13 @@ class ChromaIndex(VectorIndex):
                 self._collections.pop(name, None)
                 if attempt:
                     raise
+            except InternalError as error:
+                self._collections.pop(name, None)
+                if attempt:
+                    log.warning("%s failed twice on %s: %s", self.location, logical, error)
+                    raise reasons.VECTOR_INDEX_UNAVAILABLE.error(
+                        location=self.location, detail=error, metadata={"location": self.location}
+                    ) from error
         raise AssertionError("unreachable")
 
     # -- the interface -------------------------------------------------------------------------------

@@ -304,3 +304,34 @@ async def test_entries_page_through_a_collection(index: ChromaIndex) -> None:
     assert by_id["id07"].metadata == {"n": 7}
     assert cosine(by_id["id07"].vector, unit(1, 7)) == pytest.approx(1.0, abs=1e-5)
     assert await index.entries(unique(), 0, 10) == []
+
+
+async def test_a_core_fault_is_retried_once_then_unavailable(
+    index: ChromaIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chroma's core now and then fails to open a collection's segments (InternalError, seen once as a
+    500 in the gateway fuzz run). It cannot be provoked on demand, so Collection.upsert is made to fail
+    here: one fault is retried on a fresh handle, two are a retryable ServiceUnavailable, never a 500."""
+    from chromadb.api.models.Collection import Collection
+    from chromadb.errors import InternalError
+
+    coll = unique()
+    await index.upsert(coll, ["a"], [unit(1, 0, 0)], [{"user": "u"}])
+    real = Collection.upsert
+    faults = {"left": 1}
+
+    def flaky(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if faults["left"] > 0:
+            faults["left"] -= 1
+            raise InternalError("Error creating hnsw segment reader")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Collection, "upsert", flaky)
+    await index.upsert(coll, ["b"], [unit(0, 1, 0)], [{"user": "u"}])
+    assert await index.ids(coll) == {"a", "b"}
+
+    faults["left"] = 2
+    with pytest.raises(ServiceUnavailable) as raised:
+        await index.upsert(coll, ["c"], [unit(0, 0, 1)], [{"user": "u"}])
+    assert raised.value.reason == "VECTOR_INDEX_UNAVAILABLE"
+    assert await index.ids(coll) == {"a", "b"}
