@@ -5,6 +5,7 @@ ports."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import uuid
@@ -69,17 +70,38 @@ def pg_admin_dsn(pytestconfig: pytest.Config) -> Iterator[str]:
         pytest.fail(str(error))
 
 
+@contextlib.contextmanager
+def fresh_pg_database(admin_dsn: str, prefix: str, needed_for: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database on the run's server (its SQLAlchemy asyncpg URL), dropped on
+    exit. Sync on purpose: fixtures of any scope use it, outside the tests' event loop."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    try:
+        asyncio.run(_pg_admin(admin_dsn, f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError) as error:
+        pytest.fail(f"PostgreSQL at {admin_dsn} is needed for {needed_for}: {error}")
+    try:
+        yield f"{admin_dsn.rsplit('/', 1)[0]}/{name}".replace("postgresql://", "postgresql+asyncpg://")
+    finally:
+        asyncio.run(_pg_admin(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 @pytest.fixture(scope="session")
 def pg_database(pg_admin_dsn: str) -> Iterator[str]:
     """A fresh PostgreSQL database for this test run (dropped at the end)."""
-    name = f"sk_test_{uuid.uuid4().hex[:10]}"
-    try:
-        asyncio.run(_pg_admin(pg_admin_dsn, f'CREATE DATABASE "{name}"'))
-    except (OSError, asyncpg.PostgresError) as error:
-        pytest.fail(f"PostgreSQL at {pg_admin_dsn} is needed for the postgres backend tests: {error}")
-    base = pg_admin_dsn.rsplit("/", 1)[0]
-    yield f"{base}/{name}".replace("postgresql://", "postgresql+asyncpg://")
-    asyncio.run(_pg_admin(pg_admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with fresh_pg_database(pg_admin_dsn, "sk_test", "the postgres backend tests") as url:
+        yield url
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database with no tables at all, for migration tests (the shared test database may hold other
+    services' tables)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'migrate.db'}"
+        return
+    admin: str = request.getfixturevalue("pg_admin_dsn")
+    with fresh_pg_database(admin, "sk_migrate", "the postgres migration tests") as url:
+        yield url
 
 
 async def _truncate(url: str) -> None:

@@ -8,12 +8,9 @@ test, so each test starts on empty, fully migrated tables on both backends."""
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 from sqlalchemy import Connection, text
 
@@ -22,6 +19,7 @@ from sessionkit_server.common.db import Database
 from sessionkit_server.knowledge.store import KnowledgeStore
 from sessionkit_server.memory.store import MemoryStore
 from sessionkit_server.state.sql_store import SqlStateStore
+from tests.conftest import fresh_pg_database
 
 CONTRACT_BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
@@ -29,25 +27,11 @@ CONTRACT_BACKENDS = [
 ]
 
 
-async def _admin(dsn: str, sql: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="module")
 def contract_pg_url(pg_admin_dsn: str) -> Iterator[str]:
     """A fresh PostgreSQL database for this module (dropped after it)."""
-    name = f"sk_contract_{uuid.uuid4().hex[:10]}"
-    try:
-        asyncio.run(_admin(pg_admin_dsn, f'CREATE DATABASE "{name}"'))
-    except (OSError, asyncpg.PostgresError) as error:
-        pytest.fail(f"PostgreSQL at {pg_admin_dsn} is needed for the postgres contract: {error}")
-    base = pg_admin_dsn.rsplit("/", 1)[0]
-    yield f"{base}/{name}".replace("postgresql://", "postgresql+asyncpg://")
-    asyncio.run(_admin(pg_admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with fresh_pg_database(pg_admin_dsn, "sk_contract", "the postgres contract") as url:
+        yield url
 
 
 async def migrate_all(db: Database) -> None:

@@ -5,12 +5,9 @@ migrated schema is exactly what the tables describe."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -38,34 +35,8 @@ from sessionkit_server.state.sql_store import MIGRATIONS as STATE_MIGRATIONS
 from sessionkit_server.state.sql_store import VERSION_TABLE as STATE_VERSIONS
 from sessionkit_server.state.sql_store import SqlStateStore
 from sessionkit_server.state.store import EventRecord, SessionKey, WriteTx
-from tests.conftest import BACKENDS
 
 NOW = 1_000_000_000
-
-
-async def _admin(dsn: str, sql: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-@pytest.fixture(params=BACKENDS)
-async def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'old.db'}"
-        return
-    admin: str = request.getfixturevalue("pg_admin_dsn")
-    name = f"sk_idem_{uuid.uuid4().hex[:10]}"
-    try:
-        await _admin(admin, f'CREATE DATABASE "{name}"')
-    except (OSError, asyncpg.PostgresError) as error:
-        pytest.fail(f"PostgreSQL at {admin} is needed for the postgres migration test: {error}")
-    try:
-        yield f"{admin.rsplit('/', 1)[0]}/{name}".replace("postgresql://", "postgresql+asyncpg://")
-    finally:
-        await _admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _differences(conn: Connection, version_table: str, metadata: MetaData, table: str) -> list[Any]:

@@ -4,13 +4,9 @@ written in an older or driver-less form)."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -20,33 +16,6 @@ from sessionkit_server.common.db import normalize_url
 from sessionkit_server.state import tables
 from sessionkit_server.state.sql_store import MIGRATIONS, VERSION_TABLE, SqlStateStore
 from sessionkit_server.state.store import SessionKey
-from tests.conftest import BACKENDS
-
-
-async def _admin(dsn: str, sql: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-@pytest.fixture(params=BACKENDS)
-async def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """A database with no tables at all (the shared test database may hold other services' tables)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'migrate.db'}"
-        return
-    admin: str = request.getfixturevalue("pg_admin_dsn")
-    name = f"sk_migrate_{uuid.uuid4().hex[:10]}"
-    try:
-        await _admin(admin, f'CREATE DATABASE "{name}"')
-    except (OSError, asyncpg.PostgresError) as error:
-        pytest.fail(f"PostgreSQL at {admin} is needed for the postgres migration test: {error}")
-    try:
-        yield f"{admin.rsplit('/', 1)[0]}/{name}".replace("postgresql://", "postgresql+asyncpg://")
-    finally:
-        await _admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _differences(connection: Connection) -> list[Any]:
