@@ -283,9 +283,9 @@ class ChromaIndex(VectorIndex):
     def _on_collection(self, logical: str, create: bool, op: Callable[[Collection], T], missing: T) -> T:
         """``op`` on the collection (``missing`` if it does not exist and ``create`` is false). A cached
         collection dropped meanwhile (by another client of a shared server) is looked up once more, and
-        so is one whose segments Chroma's core failed to open (``InternalError``, seen now and then in
-        the embedded index under load): a second failure of that kind is the index being unavailable,
-        a retryable 503, never a 500."""
+        so is one on which Chroma's core raised ``InternalError`` (e.g. a segment reader it could not
+        open): a second failure of that kind is the index being unavailable, a retryable 503, not a
+        500."""
         name = collection_name(logical)
         for attempt in range(2):
             collection = self._collection(logical, create)

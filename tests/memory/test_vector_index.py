@@ -309,9 +309,9 @@ async def test_entries_page_through_a_collection(index: ChromaIndex) -> None:
 async def test_a_core_fault_is_retried_once_then_unavailable(
     index: ChromaIndex, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Chroma's core now and then fails to open a collection's segments (InternalError, seen once as a
-    500 in the gateway fuzz run). It cannot be provoked on demand, so Collection.upsert is made to fail
-    here: one fault is retried on a fresh handle, two are a retryable ServiceUnavailable, never a 500."""
+    """Chroma's core can raise InternalError (e.g. a segment reader it could not open). It cannot be
+    provoked on demand, so Collection.upsert is made to fail here: one fault is retried on a fresh
+    handle, two are a retryable ServiceUnavailable, never a 500."""
     from chromadb.api.models.Collection import Collection
     from chromadb.errors import InternalError
 
