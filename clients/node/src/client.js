@@ -77,9 +77,8 @@ async function* readStream(call) {
  * Wraps a generated stub: for every RPC, `lowerCamelName(request, callOptions)`:
  * - unary: a Promise of the response;
  * - server streaming: an async iterable of the responses (breaking out cancels the call);
- * - client streaming: `(requests, callOptions)` with `requests` an (async) iterable, a Promise
- *   of the response;
- * - bidirectional: the grpc-js duplex call (`stub.x(metadata, options)`), as it is.
+ * - client or bidirectional streaming: the grpc-js call (`stub.x(metadata, options)`), as it is
+ *   (sessionkit's are ChatStream, wrapped by chatStream below, and UploadKnowledgeFile).
  * `stub` is the grpc-js client itself.
  */
 function wrapService(stub) {
@@ -96,22 +95,6 @@ function wrapService(stub) {
         });
     } else if (!method.requestStream) {
       wrapped[key] = (request = {}, callOptions) => readStream(raw(request, ...callArgs(callOptions)));
-    } else if (!method.responseStream) {
-      wrapped[key] = (requests, callOptions) =>
-        new Promise((resolve, reject) => {
-          const call = raw(...callArgs(callOptions), (error, response) =>
-            error ? reject(fromServiceError(error)) : resolve(response),
-          );
-          (async () => {
-            for await (const request of requests) {
-              if (!call.write(request)) await new Promise((done) => call.once('drain', done));
-            }
-            call.end();
-          })().catch((error) => {
-            call.cancel();
-            reject(error);
-          });
-        });
     } else {
       wrapped[key] = (callOptions) => raw(...callArgs(callOptions));
     }

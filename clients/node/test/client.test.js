@@ -106,6 +106,32 @@ test('streams an agent chat turn', async () => {
   assert.ok(texts.some((t) => t.includes(`You said: ${message}`)));
 });
 
+test('streams a workflow (a server-streaming RPC)', async () => {
+  const ref = newRef();
+  await sk.state.createSession({ session: ref });
+  await sk.agent.createAgent({ session: ref, agent: { name: 'echo', session: ref, memory: false, knowledge: false } });
+
+  const tasks = [
+    { name: 'draft', agentName: 'echo', description: 'Draft a greeting for Ada' },
+    { name: 'review', agentName: 'echo', description: 'Review the draft', contextTasks: ['draft'] },
+  ];
+  const kinds = [];
+  const streamed = ['', ''];
+  let result = null;
+  for await (const reply of sk.agent.runWorkflow({ session: ref, tasks, stream: true })) {
+    kinds.push(reply.kind === 'textDelta' ? 'textDelta' : `${reply.kind}:${reply[reply.kind].taskIndex ?? ''}`);
+    if (reply.kind === 'textDelta') streamed[reply.textDelta.taskIndex] += reply.textDelta.text;
+    if (reply.kind === 'result') result = reply.result;
+  }
+  const milestones = kinds.filter((k) => k !== 'textDelta');
+  assert.deepEqual(milestones, ['taskStarted:0', 'taskResult:0', 'taskStarted:1', 'taskResult:1', 'result:']);
+  assert.equal(result.taskResults.length, 2);
+  assert.ok(result.taskResults[0].output.startsWith('You said: '));
+  assert.ok(result.taskResults[0].output.includes('Draft a greeting for Ada'));
+  assert.deepEqual(streamed, result.taskResults.map((t) => t.output));
+  assert.equal(result.finalOutput, result.taskResults[1].output);
+});
+
 test('a busy conversation answers CONVERSATION_BUSY with its retry delay', async () => {
   const ref = newRef();
   await sk.state.createSession({ session: ref });
