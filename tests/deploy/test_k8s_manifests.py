@@ -82,6 +82,7 @@ def test_policy(name: str) -> None:
     assert m.probe_problems(objects) == []
     assert m.pdb_and_service_problems(objects) == []
     assert m.image_problems(objects) == []
+    assert m.security_problems(objects) == []
     assert m.env_problems(objects, m.known_env_names()) == []
     assert m.storage_problems(objects, production_secrets()) == []
 
@@ -251,6 +252,32 @@ def test_image_check_accepts_a_digest_and_a_registry_port() -> None:
 
     objects = broken("dev", repin)
     assert m.image_problems(objects) == []
+
+
+@pytest.mark.parametrize(
+    ("breaker", "expected"),
+    [
+        (lambda o: container(o, "state")["securityContext"].pop("readOnlyRootFilesystem"), "writable"),
+        (
+            lambda o: m.pod_spec(m.find(o, "Deployment", "sessionkit-memory"))["securityContext"].update(
+                runAsUser=0, runAsNonRoot=False
+            ),
+            "root",
+        ),
+        (
+            lambda o: container(o, "gateway")["securityContext"]["capabilities"].update(drop=[]),
+            "capabilities",
+        ),
+        (
+            lambda o: m.pod_spec(m.find(o, "Deployment", "sessionkit-agent")).pop("enableServiceLinks"),
+            "links",
+        ),
+    ],
+    ids=["writable-root", "root", "capabilities", "service-links"],
+)
+def test_security_check_rejects(breaker: Breaker, expected: str) -> None:
+    problems = m.security_problems(broken("dev", breaker))
+    assert problems and all(expected in p.lower() for p in problems), problems
 
 
 def test_env_check_rejects_an_unknown_variable() -> None:
