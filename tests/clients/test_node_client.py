@@ -16,7 +16,7 @@ import pytest
 
 from sessionkit_server.common.auth import server_interceptors
 from sessionkit_server.common.config import ServerSettings
-from tests.llm_server import LLMServer, Received, Reply
+from tests.llm_server import LLMServer, Received, Reply, ToolCall
 from tests.node_tools import NODE, NODE_DIR, ROOT, needs_node, node_modules
 from tests.servers import ServerThread
 
@@ -27,10 +27,16 @@ TENANT = "node-client"  # owns the app "node-client" the Node tests use
 OPERATOR_KEY = "node-client-operator-key-0123456789"  # every app: the docs' example uses "demo"
 
 
-def _echo(request: Received) -> Reply:
-    """What the agent tests expect from the model: the user's last message, repeated; after seconds
-    when it starts with "slow:" (so that a second turn finds the conversation busy)."""
-    last = str(next(m for m in reversed(request.messages) if m.get("role") == "user")["content"])
+def _model(request: Received) -> Reply:
+    """The model the Node tests expect: it repeats the user's last message ("You said: ..."), after
+    seconds when that starts with "slow:" (so that a second turn finds the conversation busy); for one
+    starting with "tool:" it calls the client's `lookup` tool with the rest, then reports the result."""
+    messages = request.messages
+    if messages and messages[-1].get("role") == "tool":
+        return Reply(content=f"The tool said: {messages[-1]['content']}")
+    last = str(next(m for m in reversed(messages) if m.get("role") == "user")["content"])
+    if last.startswith("tool:"):
+        return Reply(tool_calls=[ToolCall("lookup", {"q": last.removeprefix("tool:").strip()})])
     return Reply(content=f"You said: {last}", delay=3.0 if last.startswith("slow:") else 0.0)
 
 
@@ -38,7 +44,7 @@ def _echo(request: Received) -> Reply:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     """One server for the module: the embedding model's first load is most of its time."""
     llm = LLMServer().start()
-    llm.fallback = _echo
+    llm.fallback = _model
     settings = ServerSettings(
         port=0,
         data_dir=tmp_path_factory.mktemp("node-client") / "data",
