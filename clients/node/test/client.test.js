@@ -138,6 +138,13 @@ test('answers a CLIENT tool call within the stream', async () => {
   const result = replies.at(-1).result;
   assert.ok(result.text.startsWith('The tool said: '), result.text);
   assert.ok(result.text.includes('WEATHER'), result.text);
+
+  // Without onToolCall the call gets an error result, and the turn still ends.
+  const unanswered = [];
+  for await (const reply of sk.chatStream({ ...start, message: 'tool: rain' })) unanswered.push(reply);
+  const failed = unanswered.find((r) => r.kind === 'toolCallCompleted').toolCallCompleted;
+  assert.match(failed.error, /no handler for the CLIENT tool lookup/);
+  assert.equal(unanswered.at(-1).kind, 'result');
 });
 
 test('streams a workflow (a server-streaming RPC)', async () => {
