@@ -1,7 +1,7 @@
 """The Node.js client (clients/node) against a real server: its `node --test` suite creates sessions,
 saves and increments state concurrently, adds and searches memories, streams agent turns and a workflow
-from a real OpenAI-compatible LLM server, and reads the typed error details of bad requests; and
-docs/CLIENTS.md's example runs as written. The server checks API keys, so every call proves the client
+from a real OpenAI-compatible LLM server, and reads the typed error details of bad requests; its calls
+spread over every address of a target (round_robin); and docs/CLIENTS.md's example runs as written. The server checks API keys, so every call proves the client
 sends its key."""
 
 from __future__ import annotations
@@ -60,21 +60,26 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     llm.stop()
 
 
-def _node(args: list[str], server: ServerThread, api_key: str) -> subprocess.CompletedProcess[str]:
+def _node(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     node_modules()
     assert NODE is not None
-    env = {**os.environ, "SESSIONKIT_ADDRESS": server.address, "SESSIONKIT_API_KEY": api_key}
     done = subprocess.run(
-        [NODE, *args], cwd=NODE_DIR, env=env, capture_output=True, text=True, timeout=240, check=False
+        [NODE, *args],
+        cwd=NODE_DIR,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
     )
     assert done.returncode == 0, f"node {args} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
     return done
 
 
-def test_node_client_suite(server: ServerThread) -> None:
-    tests = sorted(str(p.relative_to(NODE_DIR)) for p in (NODE_DIR / "test").glob("*.test.js"))
-    expected = sum(len(re.findall(r"^test\(", (NODE_DIR / t).read_text(), re.M)) for t in tests)
-    done = _node(["--test", "--test-reporter=tap", *tests], server, API_KEY)
+def _run_tests(test_file: str, env: dict[str, str]) -> None:
+    """`node --test` on one file of clients/node/test: every test in it must run and pass."""
+    expected = len(re.findall(r"^test\(", (NODE_DIR / "test" / test_file).read_text(), re.M))
+    done = _node(["--test", "--test-reporter=tap", f"test/{test_file}"], env)
     # Every test of the suite ran and passed (none skipped, cancelled or left out).
     summary = dict(re.findall(r"^# (tests|pass|fail|skipped|cancelled|todo) (\d+)$", done.stdout, re.M))
     assert summary == {
@@ -85,6 +90,23 @@ def test_node_client_suite(server: ServerThread) -> None:
         "cancelled": "0",
         "todo": "0",
     }, done.stdout
+
+
+def test_node_client_suite(server: ServerThread) -> None:
+    _run_tests("client.test.js", {"SESSIONKIT_ADDRESS": server.address, "SESSIONKIT_API_KEY": API_KEY})
+
+
+def test_node_client_balances_over_addresses(tmp_path: Path) -> None:
+    """Two servers with storage of their own: the client's calls reach both."""
+    servers = [
+        ServerThread(ServerSettings(port=0, data_dir=tmp_path / f"data{i}", log_format="text")).start()
+        for i in range(2)
+    ]
+    try:
+        _run_tests("balancing.test.js", {"SESSIONKIT_ADDRESSES": ",".join(s.address for s in servers)})
+    finally:
+        for server in servers:
+            server.stop()
 
 
 def test_docs_example_runs(server: ServerThread, tmp_path: Path) -> None:
@@ -103,7 +125,8 @@ def test_docs_example_runs(server: ServerThread, tmp_path: Path) -> None:
     script.write_text(
         f"(async () => {{\n{code}}})().catch((e) => {{ console.error(e); process.exit(1); }});\n"
     )
-    out = _node([str(script)], server, OPERATOR_KEY).stdout.splitlines()
+    env = {"SESSIONKIT_ADDRESS": server.address, "SESSIONKIT_API_KEY": OPERATOR_KEY}
+    out = _node([str(script)], env).stdout.splitlines()
     # The lines the example's comments promise, then the streamed reply and the error's fields.
     assert out[0] == "{ step: 1, tags: [ 'a' ] } 1", out
     assert out[1] == "You said: Hi", out
