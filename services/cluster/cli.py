@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import secrets
 from pathlib import Path
 from typing import Annotated
 
@@ -60,6 +62,14 @@ def up(
     llm_api_key: Annotated[
         str, typer.Option(help="Its key (the manifests' Secret)", envvar="OPENAI_API_KEY", show_default=False)
     ] = "",
+    api_keys: Annotated[
+        str,
+        typer.Option(
+            help='API keys of the services (the manifests\' Secret), JSON {"<key>": "<tenant>"}; with '
+            "--netns, where the services listen off loopback and so need keys, one is made when unset",
+            show_default=False,
+        ),
+    ] = "",
     use_netns: Annotated[
         bool,
         typer.Option(
@@ -80,6 +90,10 @@ def up(
         if reason is not None:
             out.print(f"skipped --netns: {escape(reason)}", highlight=False)
             return
+    made_key = ""
+    if use_netns and not api_keys:
+        made_key = secrets.token_hex(24)
+        api_keys = json.dumps({made_key: "*"})
     try:
         topology = plan(
             run_dir=run_dir.resolve(),
@@ -90,7 +104,7 @@ def up(
             http_port=http_port,
             vector_url=vector_url,
             chroma_port=chroma_port,
-            secrets={"llm-api-key": llm_api_key},
+            secrets={"llm-api-key": llm_api_key, "api-keys": api_keys},
             netns_subnet=subnet if use_netns else None,
             llm_base_url=llm_base_url,
         )
@@ -104,6 +118,11 @@ def up(
         err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
         raise typer.Exit(1) from None
     _print_table(run_dir)
+    if made_key:
+        key_file = topology.run_dir / "api-key"
+        key_file.touch(mode=0o600)
+        key_file.write_text(made_key + "\n")
+        out.print(f"API key (every tenant): in {key_file}", highlight=False)
     out.print(
         f"gateway: http://{topology.gateway.address}  state: {topology.target('state')}\n"
         f"logs: {topology.run_dir}/*/output.log; stop with `sessionkit cluster down --run-dir {run_dir}`",

@@ -46,16 +46,34 @@ CONFIG_MAP: dict[str, str] = {
 }
 
 #: Each Deployment's own container variables (on top of the ConfigMap).
+_KEYS = Secret("api-keys")
 CONTAINER_ENV: dict[str, dict[str, str | Secret]] = {
-    "state": {"SESSIONKIT_DATABASE_URL": Secret("database-url"), "SESSIONKIT_HTTP_PORT": "0"},
-    "memory": {"SESSIONKIT_DATABASE_URL": Secret("database-url"), "SESSIONKIT_HTTP_PORT": "0"},
-    "knowledge": {"SESSIONKIT_DATABASE_URL": Secret("database-url"), "SESSIONKIT_HTTP_PORT": "0"},
+    "state": {
+        "SESSIONKIT_DATABASE_URL": Secret("database-url"),
+        "SESSIONKIT_HTTP_PORT": "0",
+        "SESSIONKIT_API_KEYS": _KEYS,
+    },
+    "memory": {
+        "SESSIONKIT_DATABASE_URL": Secret("database-url"),
+        "SESSIONKIT_HTTP_PORT": "0",
+        "SESSIONKIT_API_KEYS": _KEYS,
+    },
+    "knowledge": {
+        "SESSIONKIT_DATABASE_URL": Secret("database-url"),
+        "SESSIONKIT_HTTP_PORT": "0",
+        "SESSIONKIT_API_KEYS": _KEYS,
+    },
     "agent": {
         "SESSIONKIT_DATABASE_URL": Secret("database-url"),
         "SESSIONKIT_HTTP_PORT": "0",
         "SESSIONKIT_LLM_API_KEY": Secret("llm-api-key"),
+        "SESSIONKIT_API_KEYS": _KEYS,
     },
-    "gateway": {"SESSIONKIT_HTTP_HOST": "0.0.0.0", "SESSIONKIT_HTTP_PORT": "8080"},
+    "gateway": {
+        "SESSIONKIT_HTTP_HOST": "0.0.0.0",
+        "SESSIONKIT_HTTP_PORT": "8080",
+        "SESSIONKIT_API_KEYS": _KEYS,
+    },
 }
 
 #: Each container's arguments after ``sessionkit`` (the image's entry point).
