@@ -107,9 +107,9 @@ def build_knowledge(settings: ServerSettings, db: Database, server: grpc.aio.Ser
 
 
 def build_agent(settings: ServerSettings, db: Database, server: grpc.aio.Server, upstream_target: str) -> Any:
-    """The agent service and its servicer. It calls state, memory and knowledge over gRPC at
-    ``upstream_target`` (this server itself unless SESSIONKIT_AGENT_UPSTREAM_ADDRESS names another)."""
-    from sessionkit.config import ClientSettings
+    """The agent service and its servicer. It calls state, memory and knowledge over gRPC: each at its
+    SESSIONKIT_<SERVICE>_ADDRESS when set, else at ``upstream_target`` (this server itself unless
+    SESSIONKIT_AGENT_UPSTREAM_ADDRESS names another)."""
     from sessionkit.knowledge_client import KnowledgeClient
     from sessionkit.memory_client import MemoryClient
     from sessionkit.retry import RetryPolicy
@@ -124,14 +124,15 @@ def build_agent(settings: ServerSettings, db: Database, server: grpc.aio.Server,
 
     # This server's own TLS certificate is the trust root when the agent calls its own TCP port.
     ca = settings.tls_ca_file or settings.tls_cert_file
-    client = ClientSettings(
-        tls_ca_file=str(ca) if ca and settings.tls_cert_file else "", tls_server_name=settings.tls_server_name
+    client = settings.upstream_client_settings(upstream_target).model_copy(
+        update={
+            "tls_ca_file": str(ca) if ca and settings.tls_cert_file else "",
+            "tls_server_name": settings.tls_server_name,
+        }
     )
 
     def upstream(key: str | None) -> Upstream:
-        transport = Transport(
-            client, upstream_target, settings.data_dir, RetryPolicy(deadline=30.0), key or ""
-        )
+        transport = Transport(client, None, settings.data_dir, RetryPolicy(deadline=30.0), key or "")
         return Upstream(StateClient(transport), MemoryClient(transport), KnowledgeClient(transport))
 
     router: Any = (
@@ -267,6 +268,17 @@ class Host:
                 return
 
 
+def _connection_age_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    """Close each client connection after the maximum age (gRPC adds +-10% jitter), so a client's
+    round_robin channel resolves its target again and finds replicas added since it connected."""
+    if settings.max_connection_age_seconds <= 0:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_seconds * 1000)),
+    ]
+
+
 async def create_server(
     settings: ServerSettings,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),  # type: ignore[type-arg]
@@ -289,6 +301,7 @@ async def create_server(
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
             ("grpc.http2.max_ping_strikes", 0),
+            *_connection_age_options(settings),
         ],
     )
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
