@@ -157,6 +157,7 @@ class Cluster:
             if self.topology.netns is not None:
                 say(f"network namespaces on {self.topology.netns.subnet}")
                 netns.setup(self.topology)
+            _write_api_keys(self.topology)
             say(f"database {_without_password(self.topology.database_url)}")
             asyncio.run(create_database(self.topology.database_url))
             first = [r for r in self.topology.processes() if r.component in (CHROMA, RELAY)]
@@ -257,6 +258,13 @@ class Cluster:
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=1))
         tmp.replace(self.state_file)
+
+
+def _write_api_keys(topology: Topology) -> None:
+    """The Secret's api-keys.json (``{}``, auth off, when no keys are given: loopback only)."""
+    path = topology.api_keys_file
+    path.touch(mode=0o600)
+    path.write_text(topology.secrets.get("api-keys") or "{}")
 
 
 def load_record(run_dir: Path) -> dict[str, object]:

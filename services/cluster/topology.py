@@ -33,51 +33,75 @@ class Secret:
 
 #: The ConfigMap deploy/k8s/base/sessionkit.env (every container takes all of it through envFrom).
 CONFIG_MAP: dict[str, str] = {
-    "SESSIONKIT_LOG_FORMAT": "json",
-    "SESSIONKIT_LOG_LEVEL": "INFO",
-    "SESSIONKIT_HOST": "0.0.0.0",
-    "SESSIONKIT_PORT": "50051",
-    "SESSIONKIT_DATA_DIR": "/tmp/sessionkit",
     "SESSIONKIT_VECTOR_URL": "http://sessionkit-chroma:8000",
-    "SESSIONKIT_STATE_ADDRESS": "dns:///sessionkit-state:50051",
-    "SESSIONKIT_MEMORY_ADDRESS": "dns:///sessionkit-memory:50051",
-    "SESSIONKIT_KNOWLEDGE_ADDRESS": "dns:///sessionkit-knowledge:50051",
-    "SESSIONKIT_AGENT_ADDRESS": "dns:///sessionkit-agent:50051",
+    "SESSIONKIT_DRAIN_SECONDS": "300",
+    "SESSIONKIT_MAX_CONNECTION_AGE_SECONDS": "60",
+    "SESSIONKIT_EMBEDDING_THREADS": "2",
+    "SESSIONKIT_AGENT_OFFLINE_THREADS": "2",
+    "SESSIONKIT_LLM_BASE_URL": "",
+    "SESSIONKIT_LLM_MODEL": "gpt-4o-mini",
+    "SESSIONKIT_LOG_LEVEL": "INFO",
+    "SESSIONKIT_LOG_FORMAT": "json",
 }
 
-#: Each Deployment's own container variables (on top of the ConfigMap).
-_KEYS = Secret("api-keys")
+_API_KEYS_FILE = "/etc/sessionkit/secrets/api-keys.json"
+_DATABASE = Secret("database-url")
+_LLM_KEY = Secret("llm-api-key")
+
+
+def _grpc_env(service: str) -> dict[str, str | Secret]:
+    return {
+        "SESSIONKIT_SERVICES": f'["{service}"]',
+        "SESSIONKIT_HOST": "0.0.0.0",
+        "SESSIONKIT_PORT": "50051",
+        "SESSIONKIT_HTTP_PORT": "0",
+    }
+
+
+_UPSTREAMS = {
+    f"SESSIONKIT_{name.upper()}_ADDRESS": f"dns:///sessionkit-{name}:50051"
+    for name in ("state", "memory", "knowledge")
+}
+
+#: Each Deployment's own container variables (on top of the ConfigMap), in the manifests' order.
 CONTAINER_ENV: dict[str, dict[str, str | Secret]] = {
     "state": {
-        "SESSIONKIT_DATABASE_URL": Secret("database-url"),
-        "SESSIONKIT_HTTP_PORT": "0",
-        "SESSIONKIT_API_KEYS": _KEYS,
+        **_grpc_env("state"),
+        "SESSIONKIT_API_KEYS_FILE": _API_KEYS_FILE,
+        "SESSIONKIT_DATABASE_URL": _DATABASE,
     },
     "memory": {
-        "SESSIONKIT_DATABASE_URL": Secret("database-url"),
-        "SESSIONKIT_HTTP_PORT": "0",
-        "SESSIONKIT_API_KEYS": _KEYS,
+        **_grpc_env("memory"),
+        "SESSIONKIT_API_KEYS_FILE": _API_KEYS_FILE,
+        "SESSIONKIT_DATABASE_URL": _DATABASE,
+        "SESSIONKIT_LLM_API_KEY": _LLM_KEY,
     },
     "knowledge": {
-        "SESSIONKIT_DATABASE_URL": Secret("database-url"),
-        "SESSIONKIT_HTTP_PORT": "0",
-        "SESSIONKIT_API_KEYS": _KEYS,
+        **_grpc_env("knowledge"),
+        "SESSIONKIT_API_KEYS_FILE": _API_KEYS_FILE,
+        "SESSIONKIT_DATABASE_URL": _DATABASE,
     },
     "agent": {
-        "SESSIONKIT_DATABASE_URL": Secret("database-url"),
-        "SESSIONKIT_HTTP_PORT": "0",
-        "SESSIONKIT_LLM_API_KEY": Secret("llm-api-key"),
-        "SESSIONKIT_API_KEYS": _KEYS,
+        **_grpc_env("agent"),
+        **_UPSTREAMS,
+        "SESSIONKIT_API_KEYS_FILE": _API_KEYS_FILE,
+        "SESSIONKIT_DATABASE_URL": _DATABASE,
+        "SESSIONKIT_LLM_API_KEY": _LLM_KEY,
     },
     "gateway": {
         "SESSIONKIT_HTTP_HOST": "0.0.0.0",
         "SESSIONKIT_HTTP_PORT": "8080",
-        "SESSIONKIT_API_KEYS": _KEYS,
+        **_UPSTREAMS,
+        "SESSIONKIT_AGENT_ADDRESS": "dns:///sessionkit-agent:50051",
+        "SESSIONKIT_API_KEYS_FILE": _API_KEYS_FILE,
     },
 }
 
-#: Each container's arguments after ``sessionkit`` (the image's entry point).
-ARGS: dict[str, tuple[str, ...]] = {name: ("serve", "--service", name) for name in (*SERVICES, GATEWAY)}
+#: Each container's command after ``sessionkit`` (the image's entry point).
+ARGS: dict[str, tuple[str, ...]] = {
+    **{name: ("serve",) for name in SERVICES},
+    GATEWAY: ("serve", "--service", "gateway"),
+}
 
 
 def manifest_env(component: str) -> dict[str, str | Secret]:
@@ -131,6 +155,7 @@ class Topology:
     netns: NetnsPlan | None = None
     #: The relays (--netns) and the loopback host:port each forwards to.
     relays: dict[Replica, str] = field(default_factory=dict)
+    llm_base_url: str = ""
 
     def all_replicas(self) -> list[Replica]:
         return [r for name in SERVICES for r in self.replicas[name]]
@@ -143,6 +168,11 @@ class Topology:
     def target(self, service: str) -> str:
         """The gRPC target of every replica of ``service`` (gRPC's own address-list syntax)."""
         return "ipv4:" + ",".join(r.address for r in self.replicas[service])
+
+    @property
+    def api_keys_file(self) -> Path:
+        """The mounted Secret's api-keys.json, here a file in the run directory."""
+        return self.run_dir / "api-keys.json"
 
     def replica_dir(self, replica: Replica) -> Path:
         return self.run_dir / replica.name
@@ -162,7 +192,8 @@ class Topology:
             "SESSIONKIT_PORT": str(replica.port),
             "SESSIONKIT_HTTP_HOST": self.gateway.host,
             "SESSIONKIT_VECTOR_URL": self.vector_url,
-            "SESSIONKIT_DATA_DIR": str(self.replica_dir(replica) / "data"),
+            "SESSIONKIT_API_KEYS_FILE": str(self.api_keys_file),
+            **({"SESSIONKIT_LLM_BASE_URL": self.llm_base_url} if self.llm_base_url else {}),
         }
         if replica.component == GATEWAY:
             rewrites["SESSIONKIT_HTTP_PORT"] = str(self.gateway.port)
@@ -222,10 +253,6 @@ def plan(
     if net is not None:
         service_db_url = _relayed(database_url, net, relays, 5432)
         llm_base_url = _relayed(llm_base_url, net, relays, 80) if llm_base_url else ""
-    env = {name: dict(values) for name, values in (extra_env or {}).items()}
-    if llm_base_url:
-        for name in ("memory", "agent"):
-            env.setdefault(name, {})["SESSIONKIT_LLM_BASE_URL"] = llm_base_url
     return Topology(
         replicas=topo_replicas,
         gateway=Replica(GATEWAY, 0, http_host, http_port),
@@ -234,9 +261,10 @@ def plan(
         database_url=database_url,
         run_dir=run_dir,
         secrets={**(secrets or {}), "database-url": service_db_url},
-        extra_env=env,
+        extra_env={name: dict(values) for name, values in (extra_env or {}).items()},
         netns=net,
         relays=relays,
+        llm_base_url=llm_base_url,
     )
 
 
