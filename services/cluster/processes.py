@@ -322,12 +322,15 @@ def _signal_and_wait(
             os.kill(entry.pid, sig)
     deadline = time.monotonic() + timeout
     while True:
-        for entry in live:
-            child = children.get(entry.name)
-            if child is not None:
-                child.poll()  # reaps our own child, so it does not linger as a zombie
         live = [e for e in live if alive(e)]
         if not live:
+            # Reap our own children (a zombie holds its exit status, and Popen warns when it is
+            # collected unreaped); their exit is already known, so this does not wait.
+            for entry in entries:
+                child = children.get(entry.name)
+                if child is not None:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        child.wait(timeout=5)
             return
         if time.monotonic() > deadline:
             if sig == signal.SIGKILL:
@@ -365,3 +368,16 @@ def _without_password(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+def calls_started(address: str, timeout: float = 5.0, api_key: str = "") -> int:
+    """Calls the gRPC server at ``address`` has started since it began (its channelz counters; the
+    channelz call itself included)."""
+    from grpc_channelz.v1 import channelz_pb2, channelz_pb2_grpc
+
+    metadata = (("x-api-key", api_key),) if api_key else None
+    with grpc.insecure_channel(address) as channel:
+        reply = channelz_pb2_grpc.ChannelzStub(channel).GetServers(
+            channelz_pb2.GetServersRequest(), timeout=timeout, metadata=metadata
+        )
+    return sum(int(server.data.calls_started) for server in reply.server)
