@@ -7,7 +7,7 @@ PROTO_SRC := $(wildcard protos/sessionkit/v1/*.proto)
 GENERATED := sdk/sessionkit/v1/.generated
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install protos run test lint bench clean node-deps buf buf-image
+.PHONY: install protos run cluster cluster-status cluster-down test lint bench clean node-deps buf buf-image
 
 # A virtualenv at .venv with both packages editable (the SDK, sdk/, and the server with every
 # service's extra, .), the dev tools, and the generated stubs. Everything installs from wheels: nothing
@@ -35,6 +35,22 @@ $(GENERATED): $(PROTO_SRC) $(STAMP)
 # Every service in one process on 127.0.0.1:50051, data under ./.sessionkit (Ctrl-C drains and stops).
 run: install
 	$(VENV)/bin/sessionkit serve
+
+# The deploy/k8s topology as local processes (docs/CLUSTER.md): CLUSTER_REPLICAS replicas of each gRPC
+# service on 127.0.0.2, .3, ..., the gateway on 127.0.0.1:8080, a Chroma server, on PostgreSQL at
+# CLUSTER_DATABASE_URL (created when missing). Detaches; `make cluster-status`, `make cluster-down`.
+# CLUSTER_ARGS=--netns puts each service in its own network namespace.
+CLUSTER_REPLICAS ?= 3
+CLUSTER_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/sessionkit_cluster
+CLUSTER_ARGS ?=
+cluster: install
+	$(VENV)/bin/sessionkit cluster up --replicas $(CLUSTER_REPLICAS) --database-url "$(CLUSTER_DATABASE_URL)" $(CLUSTER_ARGS)
+
+cluster-status: install
+	$(VENV)/bin/sessionkit cluster status
+
+cluster-down: install
+	$(VENV)/bin/sessionkit cluster down
 
 test: install node-deps
 	$(PY) -m pytest

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_channelz.v1 import channelz
 from grpc_reflection.v1alpha import reflection
 
 from sessionkit.v1 import state_pb2, state_pb2_grpc
@@ -40,6 +41,7 @@ STATE_SERVICE = state_pb2.DESCRIPTOR.services_by_name["StateService"].full_name
 MEMORY_SERVICE = "sessionkit.v1.MemoryService"
 KNOWLEDGE_SERVICE = "sessionkit.v1.KnowledgeService"
 AGENT_SERVICE = "sessionkit.v1.AgentService"
+CHANNELZ_SERVICE = "grpc.channelz.v1.Channelz"
 
 
 def build_memory(settings: ServerSettings, db: Database, server: grpc.aio.Server) -> Any:
@@ -342,9 +344,16 @@ async def create_server(
     )
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    # gRPC's own per-server counters (calls started, succeeded, failed; sockets), read with any channelz
+    # client: how calls spread over replicas (`sessionkit cluster status`, tests/cluster).
+    channelz.add_channelz_servicer(server)  # type: ignore[no-untyped-call]
     db = Database(settings.resolved_database_url())
     host = Host(server, 0, settings, health_servicer, activity, ready, db)
-    names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+    names = [
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+        CHANNELZ_SERVICE,
+    ]
 
     if "state" in settings.services:
         sql_store = SqlStateStore(db, history_limit=settings.history_limit)
