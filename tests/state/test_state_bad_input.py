@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -69,3 +70,43 @@ async def test_a_huge_state_key_is_invalid_argument_quoting_only_a_prefix(
         echoed = len(info.value.details() or "") + sum(len(f) + len(d) for f, d in found)
         assert echoed < 8000, (name, echoed)
     assert await state_of(stub) == ({}, 0)
+
+
+@pytest.mark.parametrize(
+    "ttl",
+    [
+        duration_pb2.Duration(seconds=300_000_000_000),
+        duration_pb2.Duration(seconds=10 * 365 * 86400 + 1),
+        duration_pb2.Duration(seconds=5, nanos=-1),
+        duration_pb2.Duration(seconds=0, nanos=2_000_000_000),
+        duration_pb2.Duration(seconds=-60),
+    ],
+    ids=["far_future", "just_over_ten_years", "negative_nanos", "nanos_over_a_second", "negative"],
+)
+async def test_a_ttl_out_of_range_is_invalid_argument_and_creates_no_session(
+    stub: state_pb2_grpc.StateServiceStub, ttl: duration_pb2.Duration
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.CreateSession(state_pb2.CreateSessionRequest(session=ref("long"), ttl=ttl), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [field for field, _ in violations(info.value)] == ["ttl"]
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await stub.GetSession(state_pb2.GetSessionRequest(session=ref("long")), timeout=10)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    listed = await stub.ListSessions(
+        state_pb2.ListSessionsRequest(app_name="app", user_id="alice"), timeout=10
+    )
+    assert [s.ref.session_id for s in listed.sessions] == ["s1"]
+
+
+async def test_a_ttl_of_ten_years_is_accepted_and_the_session_stays_readable(
+    stub: state_pb2_grpc.StateServiceStub,
+) -> None:
+    ttl = duration_pb2.Duration(seconds=10 * 365 * 86400)
+    await stub.CreateSession(state_pb2.CreateSessionRequest(session=ref("long"), ttl=ttl), timeout=10)
+    reply = await stub.GetSession(state_pb2.GetSessionRequest(session=ref("long")), timeout=10)
+    assert reply.session.ttl.seconds == ttl.seconds
+    again = await stub.CreateSession(
+        state_pb2.CreateSessionRequest(session=ref("long"), ttl=ttl, get_if_exists=True), timeout=10
+    )
+    assert again.created is False
