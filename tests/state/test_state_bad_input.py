@@ -110,3 +110,34 @@ async def test_a_ttl_of_ten_years_is_accepted_and_the_session_stays_readable(
         state_pb2.CreateSessionRequest(session=ref("long"), ttl=ttl, get_if_exists=True), timeout=10
     )
     assert again.created is False
+
+
+async def test_one_number_rule_increment_and_save_refuse_numbers_beyond_2_53(
+    stub: state_pb2_grpc.StateServiceStub,
+) -> None:
+    """Numbers travel as doubles, so the rule is on the value whatever its type: beyond +/-2**53 a
+    double cannot hold the integer exactly, so increment, set and save all refuse it."""
+    calls = {
+        "increment": stub.IncrementState(
+            state_pb2.IncrementStateRequest(session=ref(), key="n", delta=9223372036854775807), timeout=10
+        ),
+        "set": stub.SetStateValue(
+            state_pb2.SetStateValueRequest(session=ref(), key="n", value=to_value(1e19)), timeout=10
+        ),
+        "save": stub.SaveState(
+            state_pb2.SaveStateRequest(session=ref(), state=to_struct({"n": [-(2.0**60)]})), timeout=10
+        ),
+    }
+    for name, call in calls.items():
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+        assert [field for field, _ in violations(info.value)] == [
+            {"increment": "delta", "set": "value", "save": "state.n[0]"}[name]
+        ]
+    assert await state_of(stub) == ({}, 0)
+    reply = await stub.IncrementState(
+        state_pb2.IncrementStateRequest(session=ref(), key="n", delta=2**53), timeout=10
+    )
+    assert reply.value == 2**53
+    assert await state_of(stub) == ({"n": 2**53}, 1)
