@@ -141,3 +141,23 @@ async def test_one_number_rule_increment_and_save_refuse_numbers_beyond_2_53(
     )
     assert reply.value == 2**53
     assert await state_of(stub) == ({"n": 2**53}, 1)
+
+
+@pytest.mark.parametrize(
+    ("field", "bad"),
+    [("content", "before\x00after"), ("author", "a\x00b"), ("role", "us\x00er")],
+    ids=["content", "author", "role"],
+)
+async def test_text_a_store_cannot_hold_is_refused_alike_on_every_store(
+    stub: state_pb2_grpc.StateServiceStub, field: str, bad: str
+) -> None:
+    """PostgreSQL's text holds no NUL: one rule on every store, so SQLite refuses it too, naming the
+    field. (A lone surrogate cannot travel in a protobuf string: the gateway's tests cover it.)"""
+    event = state_pb2.Event(role="user", content="hi", author="me")
+    setattr(event, field, bad)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.AppendEvent(state_pb2.AppendEventRequest(session=ref(), event=event), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [name for name, _ in violations(info.value)] == [f"event.{field}"]
+    listed = await stub.ListEvents(state_pb2.ListEventsRequest(session=ref()), timeout=10)
+    assert list(listed.events) == []
