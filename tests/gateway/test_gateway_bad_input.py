@@ -89,3 +89,54 @@ def test_agent_with_an_unknown_model_in_an_existing_session_stores_no_message(ht
     assert events.status_code == 200, events.text
     assert events.json()["events"] == []
 
+
+LONE_SURROGATE_BODIES: dict[str, tuple[str, str, str]] = {
+    "state_value": ("PUT", "/v1/sessions/s1/state", '{"state": {"a": "\\ud800"}}'),
+    "state_key": ("PUT", "/v1/sessions/s1/state", '{"state": {"\\udfff": 1}}'),
+    "agent_query": ("POST", "/agent", '{"query": "hi \\ud83d", "user_id": "u-surrogate"}'),
+    "memory_text": ("POST", "/v1/sessions/s1/memories", '{"text": "x\\udc00y"}'),
+}
+
+
+@pytest.mark.parametrize("case", LONE_SURROGATE_BODIES)
+def test_a_lone_surrogate_in_a_json_body_is_400_naming_the_body(http: httpx.Client, case: str) -> None:
+    method, path, body = LONE_SURROGATE_BODIES[case]
+    user = "u-surrogate"
+    assert http.post("/v1/sessions", params={"user_id": user}, json={"session_id": "s1"}).status_code < 300
+    reply = http.request(
+        method, path, params={"user_id": user}, content=body, headers={"content-type": "application/json"}
+    )
+    error = assert_error(reply, 400, "INVALID_REQUEST")
+    assert [v["field"].split(".")[0] for v in error["violations"]] == ["body"], error
+    # A valid surrogate pair is one character, and fine.
+    assert (
+        http.put(
+            "/v1/sessions/s1/state",
+            params={"user_id": user},
+            content='{"state": {"a": "\\ud83d\\ude00"}}',
+            headers={"content-type": "application/json"},
+        ).status_code
+        == 200
+    )
+    assert http.get("/v1/sessions/s1/state", params={"user_id": user}).json()["state"] == {"a": "\U0001f600"}
+
+
+def test_a_500_says_connection_close_since_the_server_closes_the_connection() -> None:
+    """Starlette re-raises an unhandled error after its handler answered, and the server then closes
+    the connection: the answer must say so, or a client's next request on it fails with a reset."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from sessionkit_server.gateway import errors
+
+    app = FastAPI()
+    errors.install(app)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        reply = client.get("/boom")
+    assert_error(reply, 500, "INTERNAL")
+    assert reply.headers["connection"] == "close"
