@@ -1,8 +1,8 @@
 """The Node.js client (clients/node) against a real server: its `node --test` suite creates sessions,
 saves and increments state concurrently, adds and searches memories, streams agent turns and a workflow
 from a real OpenAI-compatible LLM server, and reads the typed error details of bad requests; its calls
-spread over every address of a target (round_robin); and docs/CLIENTS.md's example runs as written. The server checks API keys, so every call proves the client
-sends its key."""
+spread over every address of a target (round_robin); and docs/CLIENTS.md's example runs as written.
+The server checks API keys, so every call proves the client sends its key."""
 
 from __future__ import annotations
 
