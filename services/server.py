@@ -186,6 +186,7 @@ class Host:
     agent: Any = None  # sessionkit_server.agent.service.AgentService, likewise
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     monitor: DependencyMonitor | None = None
+    _warm_up: asyncio.Task[None] = field(init=False, repr=False)
 
     async def start(self) -> None:
         """Start answering (health says NOT_SERVING), make storage ready, then SERVING."""
@@ -210,12 +211,21 @@ class Host:
             await self.db.close()
             raise
         self.ready.set()
+        model = self.embedding_model()
         for name in self.served_names():
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            if model is None or name not in model.services:
+                await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        dependencies = self.dependencies() + ([model] if model is not None else [])
         self.monitor = DependencyMonitor(
-            self.health, self.dependencies(), self.settings.health_check_interval_seconds
+            self.health,
+            dependencies,
+            self.settings.health_check_interval_seconds,
+            down={model.name} if model is not None else set(),
         )
         self.tasks.append(asyncio.create_task(self.monitor.run_forever()))
+        if model is not None:
+            # Ready once the model is loaded (seconds of CPU), not at the next round of checks.
+            self.tasks.append(asyncio.create_task(self._report_when_loaded()))
         log.info(
             "serving",
             extra={
@@ -236,6 +246,42 @@ class Host:
         if self.agent is not None:
             names.append(AGENT_SERVICE)
         return names
+
+    def embedding_model(self) -> Dependency | None:
+        """The embedding model of memory and knowledge, loaded in the background from start-up on:
+        their readiness waits for it (a replica that would take its first calls' deadlines to load a
+        model is not ready), while liveness, the database and the other services do not."""
+        embedders = {id(s.embedder): s.embedder for s in (self.memory, self.knowledge) if s is not None}
+        if not embedders:
+            return None
+        names = [n for n in (MEMORY_SERVICE, KNOWLEDGE_SERVICE) if n in self.served_names()]
+        self._warm_up = asyncio.create_task(self._load_models(list(embedders.values())))
+
+        async def check() -> None:
+            if self._warm_up.done() and self._warm_up.exception() is not None:
+                # A failed load (an embeddings endpoint down at start) is tried again at each check.
+                self._warm_up = asyncio.create_task(self._load_models(list(embedders.values())))
+            await asyncio.shield(self._warm_up)
+
+        return Dependency("embedding model", check, tuple(names))
+
+    @staticmethod
+    async def _load_models(embedders: list[Any]) -> None:
+        for embedder in embedders:
+            await embedder.warm_up()
+
+    async def models_loaded(self) -> None:
+        """Until the embedding model is loaded (at once when this server has none); raises what
+        loading it raised."""
+        warm_up = getattr(self, "_warm_up", None)
+        if warm_up is not None:
+            await asyncio.shield(warm_up)
+
+    async def _report_when_loaded(self) -> None:
+        with contextlib.suppress(Exception):  # the monitor's checks report and retry a failure
+            await asyncio.shield(self._warm_up)
+        if self.monitor is not None:
+            await self.monitor.check_once()
 
     def dependencies(self) -> list[Dependency]:
         """What this server's services need to answer: the database (all of them) and, for memory and
@@ -263,8 +309,11 @@ class Host:
         left = await self._finish_in_flight(grace)
         # What is left are health watches and calls past the grace: a short goodbye, then cancelled.
         await self.server.stop(min(left, 1.0))
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+        warm_up = getattr(self, "_warm_up", None)
+        if warm_up is not None:
+            warm_up.cancel()  # after the calls in flight, which may be waiting for the model
+        for task in [*self.tasks, *([warm_up] if warm_up is not None else [])]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self.state is not None:
             await self.state.store.close()

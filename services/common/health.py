@@ -57,11 +57,18 @@ def chroma_dependency(url: str, services: Sequence[str], timeout: float) -> Depe
 class DependencyMonitor:
     """Sets the health of each dependency's services from its checks, every ``interval`` seconds."""
 
-    def __init__(self, health: Any, dependencies: Sequence[Dependency], interval: float) -> None:
+    def __init__(
+        self,
+        health: Any,
+        dependencies: Sequence[Dependency],
+        interval: float,
+        down: set[str] | None = None,
+    ) -> None:
         self.health = health
         self.dependencies = list(dependencies)
         self.interval = interval
-        self.down: set[str] = set()
+        #: Dependencies known to be down (their services' health NOT_SERVING), e.g. one still loading.
+        self.down: set[str] = set(down or ())
 
     async def check_once(self) -> set[str]:
         """Check every dependency once, update the health statuses; the names of those down."""
