@@ -66,7 +66,8 @@ def _status_for(error: BaseException, method: str) -> grpc.Status:
 
 class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Maps exceptions to statuses, logs calls, tracks activity, and answers UNAVAILABLE (which
-    clients retry) to service calls until ``ready`` is set (storage migrated and open)."""
+    clients retry) to service calls until ``ready`` is set (storage migrated and open) and while the
+    server drains (SERVER_DRAINING). Health, reflection and channelz always answer."""
 
     def __init__(self, activity: Activity | None = None, ready: asyncio.Event | None = None) -> None:
         self.activity = activity or Activity()
@@ -153,7 +154,7 @@ class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
         await context.abort_with_status(_status_for(error, method))
 
     def _check_ready(self, method: str) -> None:
-        if method.startswith(("/grpc.health", "/grpc.reflection")):
+        if method.startswith(("/grpc.health", "/grpc.reflection", "/grpc.channelz")):
             return
         if self.activity.draining and not self._agent_upstream_call(method):
             raise reasons.SERVER_DRAINING.error()

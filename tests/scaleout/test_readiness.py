@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import grpc
 import pytest
@@ -16,9 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sessionkit import Session
 from sessionkit_server.common.config import ServerSettings
+from tests import pg_server
 from tests.chroma_server import ChromaServer
-from tests.conftest import fresh_pg_database
-from tests.scaleout.support import TcpCut
 from tests.servers import ServerThread
 
 pytestmark = pytest.mark.slow
@@ -43,31 +41,32 @@ def _becomes(address: str, name: str, status: int, timeout: float = 60) -> None:
 
 
 @pytest.fixture
-def pg_behind_a_cut(pg_admin_dsn: str) -> Iterator[tuple[str, TcpCut]]:
-    with fresh_pg_database(pg_admin_dsn, "sk_ready", "the readiness tests") as url:
-        parsed = urlsplit(url)
-        cut = TcpCut((parsed.hostname or "127.0.0.1", parsed.port or 5432)).restore()
-        yield url.replace(f"{parsed.hostname}:{parsed.port}", f"127.0.0.1:{cut.port}"), cut
-        cut.cut()
+def own_postgres() -> Iterator[pg_server.ThrowawayServer]:
+    """A PostgreSQL server of this test's own, to stop and start (never the run's shared one)."""
+    try:
+        server = pg_server.ThrowawayServer().start()
+    except pg_server.PostgresUnavailable as error:
+        pytest.fail(str(error))
+    yield server
+    server.close()
 
 
 @pytest.mark.postgres
 def test_a_database_outage_turns_readiness_not_liveness(
-    pg_behind_a_cut: tuple[str, TcpCut], tmp_path: Path
+    own_postgres: pg_server.ThrowawayServer, tmp_path: Path
 ) -> None:
-    url, database = pg_behind_a_cut
     settings = ServerSettings(
-        port=0, services=["state"], database_url=url, data_dir=tmp_path, http_port=0,
+        port=0, services=["state"], database_url=own_postgres.dsn, data_dir=tmp_path, http_port=0,
         log_format="text", health_check_interval_seconds=0.2,
     )  # fmt: skip
     server = ServerThread(settings).start()
     state = "sessionkit.v1.StateService"
     try:
         assert _status(server.address, state) == SERVING
-        database.cut()
+        own_postgres.stop()
         _becomes(server.address, state, NOT_SERVING)
         assert _status(server.address, "") == SERVING
-        database.restore()
+        own_postgres.start()
         _becomes(server.address, state, SERVING)
         with Session("after-outage", "u", address=server.address) as session:
             session.set_state("back", True)
