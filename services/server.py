@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_channelz.v1 import channelz
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sessionkit.v1 import state_pb2, state_pb2_grpc
@@ -310,7 +310,7 @@ async def create_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     # gRPC's own per-server counters (calls started, succeeded, failed; sockets), read with any channelz
     # client: how calls spread over replicas (`sessionkit cluster status`, tests/cluster).
-    channelz.add_channelz_servicer(server)  # type: ignore[no-untyped-call]
+    channelz.add_channelz_servicer(server)  # type: ignore[arg-type,no-untyped-call]  # takes aio servers too
     db = Database(settings.resolved_database_url())
     host = Host(server, 0, settings, health_servicer, activity, ready, db)
     names = [
