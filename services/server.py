@@ -21,6 +21,12 @@ from sessionkit_server.common.auth import server_credentials
 from sessionkit_server.common.config import ServerSettings
 from sessionkit_server.common.db import Database
 from sessionkit_server.common.extras import require_extra
+from sessionkit_server.common.health import (
+    Dependency,
+    DependencyMonitor,
+    chroma_dependency,
+    database_dependency,
+)
 from sessionkit_server.common.interceptors import Activity, ErrorAndLogInterceptor
 from sessionkit_server.state.cached_store import CachingStateStore
 from sessionkit_server.state.grpc_servicer import StateServicer
@@ -179,6 +185,7 @@ class Host:
     knowledge: Any = None  # sessionkit_server.knowledge.service.KnowledgeService, likewise
     agent: Any = None  # sessionkit_server.agent.service.AgentService, likewise
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    monitor: DependencyMonitor | None = None
 
     async def start(self) -> None:
         """Start answering (health says NOT_SERVING), make storage ready, then SERVING."""
@@ -205,6 +212,10 @@ class Host:
         self.ready.set()
         for name in self.served_names():
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.monitor = DependencyMonitor(
+            self.health, self.dependencies(), self.settings.health_check_interval_seconds
+        )
+        self.tasks.append(asyncio.create_task(self.monitor.run_forever()))
         log.info(
             "serving",
             extra={
@@ -226,14 +237,32 @@ class Host:
             names.append(AGENT_SERVICE)
         return names
 
+    def dependencies(self) -> list[Dependency]:
+        """What this server's services need to answer: the database (all of them) and, for memory and
+        knowledge, a Chroma server when the vector index is one (an embedded index lives in-process)."""
+        services = [name for name in self.served_names() if name]
+        found = [database_dependency(self.db, services)] if services else []
+        retrieval = [n for n in services if n in (MEMORY_SERVICE, KNOWLEDGE_SERVICE)]
+        if retrieval and self.settings.vector_url.startswith(("http://", "https://")):
+            timeout = max(self.settings.health_check_interval_seconds, 1.0)
+            found.append(chroma_dependency(self.settings.vector_url, retrieval, timeout))
+        return found
+
     async def stop(self, grace: float | None = None) -> None:
-        """Drain: health NOT_SERVING, refuse new calls, let in-flight calls finish within ``grace``."""
+        """Drain: health NOT_SERVING on every name, new calls refused (SERVER_DRAINING: clients retry
+        another replica), calls in flight finished within ``grace`` (default drain_seconds), then stop.
+        The gRPC server keeps accepting connections meanwhile: an agent turn in flight still reaches
+        this server's own state, memory and knowledge services."""
+        grace = self.settings.drain_seconds if grace is None else grace
         await self.health.enter_graceful_shutdown()
+        self.activity.draining = True
         if self.state is not None:
             self.state.begin_shutdown()
         for task in self.tasks:
             task.cancel()
-        await self.server.stop(self.settings.drain_seconds if grace is None else grace)
+        left = await self._finish_in_flight(grace)
+        # What is left are health watches and calls past the grace: a short goodbye, then cancelled.
+        await self.server.stop(min(left, 1.0))
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -246,6 +275,13 @@ class Host:
         if self.memory is not None:
             await self.memory.close()
         await self.db.close()
+
+    async def _finish_in_flight(self, grace: float) -> float:
+        """Wait up to ``grace`` seconds for the service calls in flight to end; the seconds left."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        await self.activity.wait_quiet(grace)
+        return max(deadline - loop.time(), 0.0)
 
     async def serve_until_signal(self) -> None:
         """Run until SIGTERM/SIGINT (or idle shutdown), then drain."""
@@ -310,7 +346,7 @@ async def create_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     # gRPC's own per-server counters (calls started, succeeded, failed; sockets), read with any channelz
     # client: how calls spread over replicas (`sessionkit cluster status`, tests/cluster).
-    channelz.add_channelz_servicer(server)  # type: ignore[arg-type,no-untyped-call]  # takes aio servers too
+    channelz.add_channelz_servicer(server)  # type: ignore[no-untyped-call, arg-type]
     db = Database(settings.resolved_database_url())
     host = Host(server, 0, settings, health_servicer, activity, ready, db)
     names = [

@@ -8,6 +8,7 @@ until the server has started the turn; after that a failure is the caller's to s
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
@@ -126,44 +127,85 @@ def definition_message(definition: Mapping[str, Any]) -> agent_pb2.AgentDefiniti
     return message
 
 
+#: The longest busy_timeout / tool_timeout (s): the server's bound on any duration (ten years).
+MAX_OPTION_SECONDS = 10 * 365 * 86400
+MAX_INT32 = 2**31 - 1
+
+
+def _option_number(
+    d: dict[str, Any], key: str, low: float, high: float, integer: bool = False
+) -> float | None:
+    """Pop option ``key``: a finite number (an integer when ``integer``) within [low, high], or None."""
+    value = d.pop(key, None)
+    if value is None:
+        return None
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgument(
+            f"chat option {key} must be {kind}",
+            violations=[FieldViolation(f"options.{key}", f"{kind}, not {type(value).__name__}")],
+        )
+    if not math.isfinite(value) or not low <= value <= high or (integer and value != int(value)):
+        raise InvalidArgument(
+            f"chat option {key} is out of range",
+            violations=[FieldViolation(f"options.{key}", f"{kind} from {low:g} to {high:g}")],
+        )
+    return value
+
+
 def options_message(options: Mapping[str, Any] | None) -> agent_pb2.ChatOptions:
     """ChatOptions from a dict: busy ("wait"|"fail"), busy_timeout (s), use_memory, use_knowledge,
-    model, temperature, max_tokens, metadata, tool_timeout (s)."""
+    model, temperature, max_tokens, metadata, tool_timeout (s). A value of the wrong type or out of
+    range is InvalidArgument naming ``options.<key>``."""
+    if options is not None and not isinstance(options, Mapping):
+        raise InvalidArgument(
+            "chat options must be a mapping", violations=[FieldViolation("options", "a JSON object")]
+        )
     d = dict(options or {})
     message = agent_pb2.ChatOptions()
     busy = d.pop("busy", None)
     if busy is not None:
         if busy not in ("wait", "fail"):
             raise InvalidArgument(
-                "busy must be 'wait' or 'fail'", violations=[FieldViolation("busy", "wait|fail")]
+                "busy must be 'wait' or 'fail'", violations=[FieldViolation("options.busy", "wait|fail")]
             )
         message.busy_policy = (
             agent_pb2.ChatOptions.WAIT if busy == "wait" else agent_pb2.ChatOptions.FAIL_FAST
         )
     for key, field in (("busy_timeout", "busy_timeout"), ("tool_timeout", "tool_result_timeout")):
-        value = d.pop(key, None)
-        if value is not None:
-            getattr(message, field).FromNanoseconds(int(float(value) * 1e9))
+        seconds = _option_number(d, key, 0, MAX_OPTION_SECONDS)
+        if seconds is not None:
+            getattr(message, field).FromNanoseconds(int(seconds * 1e9))
     for key in ("use_memory", "use_knowledge"):
         value = d.pop(key, None)
         if value is not None:
             setattr(message, key, bool(value))
-    if d.get("model") is not None:
-        message.model = str(d.pop("model"))
-    d.pop("model", None)
-    if d.get("temperature") is not None:
-        message.temperature = float(d.pop("temperature"))
-    d.pop("temperature", None)
-    if d.get("max_tokens"):
-        message.max_tokens = int(d.pop("max_tokens"))
-    d.pop("max_tokens", None)
+    model = d.pop("model", None)
+    if model is not None:
+        if not isinstance(model, str):
+            raise InvalidArgument(
+                "chat option model must be a string",
+                violations=[FieldViolation("options.model", f"a model name, not {type(model).__name__}")],
+            )
+        message.model = model
+    temperature = _option_number(d, "temperature", 0, 2)
+    if temperature is not None:
+        message.temperature = float(temperature)
+    max_tokens = _option_number(d, "max_tokens", 0, MAX_INT32, integer=True)
+    if max_tokens:
+        message.max_tokens = int(max_tokens)
     metadata = d.pop("metadata", None)
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise InvalidArgument(
+            "chat option metadata must be a JSON object",
+            violations=[FieldViolation("options.metadata", f"a JSON object, not {type(metadata).__name__}")],
+        )
     if metadata:
-        message.metadata.CopyFrom(to_struct(check_json(dict(metadata), "metadata")))  # type: ignore[arg-type]
+        message.metadata.CopyFrom(to_struct(check_json(dict(metadata), "options.metadata")))  # type: ignore[arg-type]
     if d:
         raise InvalidArgument(
             f"unknown chat option(s) {sorted(d)}",
-            violations=[FieldViolation(k, "not a chat option") for k in sorted(d)],
+            violations=[FieldViolation(f"options.{k}", "not a chat option") for k in sorted(d)],
         )
     return message
 

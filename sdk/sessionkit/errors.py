@@ -20,10 +20,38 @@ from google.rpc import error_details_pb2, status_pb2
 DOMAIN = "sessionkit.dev"
 
 
+#: The most of any text an error carries: an error repeats what the caller sent (a key, a name, a
+#: value) to say what is wrong, and an unbounded echo would overflow gRPC's metadata limit (the status
+#: travels in the trailers) and turn a clear INVALID_ARGUMENT into RESOURCE_EXHAUSTED.
+MAX_MESSAGE_CHARS = 1024
+MAX_FIELD_CHARS = 128
+MAX_DESCRIPTION_CHARS = 512
+MAX_METADATA_CHARS = 256
+MAX_VIOLATIONS = 20
+
+
+def shown(text: str, limit: int = 64) -> str:
+    """``text`` or its first ``limit`` characters, saying how long it was: how errors quote input."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _clip(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    suffix = f"... ({len(text)} characters)"
+    return text[: max(0, limit - len(suffix))] + suffix
+
+
 @dataclass(frozen=True)
 class FieldViolation:
     field: str
     description: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "field", _clip(self.field, MAX_FIELD_CHARS))
+        object.__setattr__(self, "description", _clip(self.description, MAX_DESCRIPTION_CHARS))
 
 
 class SessionKitError(Exception):
@@ -42,11 +70,18 @@ class SessionKitError(Exception):
         violations: list[FieldViolation] | None = None,
         retry_after: float | None = None,
     ) -> None:
+        message = _clip(message, MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
-        self.metadata = dict(metadata or {})
+        self.metadata = {k: _clip(v, MAX_METADATA_CHARS) for k, v in (metadata or {}).items()}
         self.violations = list(violations or [])
+        if len(self.violations) > MAX_VIOLATIONS:
+            more = len(self.violations) - MAX_VIOLATIONS + 1
+            self.violations = [
+                *self.violations[: MAX_VIOLATIONS - 1],
+                FieldViolation("...", f"{more} more violations"),
+            ]
         self.retry_after = retry_after
 
     def __str__(self) -> str:

@@ -1,8 +1,10 @@
 """JSON values on the wire: checks and conversions between Python and google.protobuf.Value.
 
 State holds JSON: dicts with string keys, lists, strings, numbers, booleans and None.
-Numbers travel as doubles, so integers are limited to +/-2**53 (exact in a double) and a
-number with no fractional part comes back as an ``int``. Anything else (bytes, sets,
+Numbers travel as doubles, so every number is limited to +/-2**53 (a double holds each integer
+up to there exactly, and every double beyond it is an integer it may not hold exactly: one rule
+whether the number was sent as an int or a float) and a number with no fractional part comes back
+as an ``int``. Anything else (bytes, sets,
 datetimes, NaN, infinities, non-string keys) is refused with a message naming the path.
 """
 
@@ -38,6 +40,8 @@ def _check(value: Any, path: str, depth: int) -> JsonValue:
     if isinstance(value, float):
         if not math.isfinite(value):
             raise _invalid(path, f"{value} is not a JSON number")
+        if abs(value) > MAX_SAFE_INT:
+            raise _invalid(path, f"number {value:g} is outside +/-2**53 and cannot be stored exactly")
         return _number(value)
     if isinstance(value, dict):
         out: dict[str, JsonValue] = {}

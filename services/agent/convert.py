@@ -17,6 +17,7 @@ from sessionkit.state_client import SessionRef
 from sessionkit.v1 import agent_pb2, common_pb2
 from sessionkit_server.agent import records as r
 from sessionkit_server.agent.tools import CLIENT, ToolSpec
+from sessionkit_server.common.checks import duration_proto
 from sessionkit_server.common.timestamps import from_proto, to_proto
 
 
@@ -143,14 +144,20 @@ def chat_options(message: agent_pb2.ChatOptions) -> r.ChatOptions:
     m = message
     return r.ChatOptions(
         busy_policy=enum_value(r.BusyPolicy, m.busy_policy),
-        busy_timeout=_seconds(m.busy_timeout) if m.HasField("busy_timeout") else None,
+        busy_timeout=duration_proto(m.busy_timeout, "options.busy_timeout")
+        if m.HasField("busy_timeout")
+        else None,
         use_memory=m.use_memory if m.HasField("use_memory") else None,
         use_knowledge=m.use_knowledge if m.HasField("use_knowledge") else None,
         model=m.model,
         temperature=m.temperature if m.HasField("temperature") else None,
         max_tokens=m.max_tokens,
         metadata=from_struct(m.metadata),
-        tool_result_timeout=_seconds(m.tool_result_timeout) if m.HasField("tool_result_timeout") else None,
+        tool_result_timeout=(
+            duration_proto(m.tool_result_timeout, "options.tool_result_timeout")
+            if m.HasField("tool_result_timeout")
+            else None
+        ),
     )
 
 

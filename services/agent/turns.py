@@ -47,6 +47,7 @@ from sessionkit_server.agent.tools import BUILTINS, SERVER, ToolSpec, check_tool
 from sessionkit_server.agent.turn_context import ContextRequest, read_context
 from sessionkit_server.agent.turn_io import TurnIO
 from sessionkit_server.agent.upstream import LLMRouter, Upstream, Upstreams
+from sessionkit_server.common import checks
 from sessionkit_server.common.timestamps import now_us
 
 log = logging.getLogger("sessionkit.agent")
@@ -94,9 +95,19 @@ class Turns:
                 "the message is empty", violations=[FieldViolation("message", "must not be empty")]
             )
         check_agent_name(agent_name, "agent_name")
+        # Everything the request alone decides is checked before the session or agent is looked up:
+        # the gateway creates a missing session and agent on NOT_FOUND, so a request refused for bad
+        # input must be refused first, before anything is written.
+        check_chat_options(options)
+        checks.text(message, "message")
+        if options.model:
+            self.llm.check(options.model)
         turn_io = io or TurnIO()
         session = await self.definitions.open_session(ref)
         agent = await self.definitions.find(session, agent_name)
+        # The agent's own model was checked when it was defined; checked again here, before the turn
+        # stores the user's message, in case the server's models changed since.
+        self.llm.check(options.model or agent.model)
         extra = check_tools(client_tools or [], "start.tools", client_only=True)
         clash = {t.name for t in extra} & {t.name for t in agent.tools}
         if clash:
@@ -310,3 +321,17 @@ async def _quietly(write: Awaitable[list[str]]) -> None:
 
 async def _nothing() -> list[Any]:
     return []
+
+
+def check_chat_options(options: ChatOptions) -> ChatOptions:
+    """The per-turn options' ranges (one rule for gRPC and the gateway, which sends them over gRPC)."""
+    if options.temperature is not None:
+        checks.number(options.temperature, "options.temperature", low=0, high=2)
+    checks.count(options.max_tokens, "options.max_tokens")
+    if options.busy_timeout is not None:
+        checks.duration(options.busy_timeout, "options.busy_timeout")
+    if options.tool_result_timeout is not None:
+        checks.duration(options.tool_result_timeout, "options.tool_result_timeout")
+    checks.text(options.model, "options.model", max_chars=256)
+    checks.json_text(options.metadata, "options.metadata")
+    return options

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +25,8 @@ from typing import IO, Any, TypeVar
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from sessionkit.errors import FieldViolation, InvalidArgument
 
 T = TypeVar("T")
 
@@ -36,6 +39,46 @@ def normalize_url(url: str) -> str:
     elif parsed.drivername in ("sqlite+aiosqlite", "sqlite+pysqlite"):
         parsed = parsed.set(drivername="sqlite")
     return parsed.render_as_string(hide_password=False)
+
+
+def _text_problem(value: str) -> str | None:
+    if "\x00" in value:
+        return "must not contain NUL (\\u0000)"
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            return f"is not valid Unicode: a lone surrogate at character {error.start}"
+    return None
+
+
+def refuse_unstorable_text(
+    conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+) -> None:
+    """Every statement's text parameters, before they reach the driver: PostgreSQL's text cannot
+    hold NUL (SQLite can) and no store's UTF-8 a lone surrogate, so both are INVALID_ARGUMENT on
+    every store, naming the column, instead of a driver error (500) on one and data on the other.
+    The services check their fields first with better names (sessionkit_server.common.checks);
+    this is the net under every store, direct users (tests/contract) included."""
+    rows = parameters if executemany else [parameters]
+    for row in rows:
+        values = row.items() if isinstance(row, dict) else enumerate(row or ())
+        for name, value in values:
+            if isinstance(value, str):
+                problem = _text_problem(value)
+                if problem is not None:
+                    field = _bind_name(context, name)
+                    raise InvalidArgument(
+                        f"invalid {field}: {problem}", violations=[FieldViolation(field, problem)]
+                    )
+
+
+def _bind_name(context: Any, name: object) -> str:
+    """The column a parameter is bound to: its bind name without SQLAlchemy's ``_1`` suffix."""
+    if isinstance(name, int):
+        names = getattr(getattr(context, "compiled", None), "positiontup", None) or []
+        name = names[name] if name < len(names) else "value"
+    return re.sub(r"_\d+$", "", str(name))
 
 
 class DatabaseLocked(RuntimeError):
@@ -55,6 +98,7 @@ class Database:
         self._lock_file: IO[str] | None = None
         if self.dialect == "postgresql":
             self._async = create_async_engine(self.url, pool_size=pool_size, pool_pre_ping=True)
+            event.listen(self._async.sync_engine, "before_cursor_execute", refuse_unstorable_text)
         elif self.dialect == "sqlite":
             database = make_url(self.url).database
             if not database or database == ":memory:":
@@ -109,6 +153,8 @@ class Database:
         @event.listens_for(engine, "begin")
         def _on_begin(connection: Connection) -> None:
             connection.exec_driver_sql(begin)
+
+        event.listen(engine, "before_cursor_execute", refuse_unstorable_text)
 
         return engine
 

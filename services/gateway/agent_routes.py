@@ -25,7 +25,7 @@ from sessionkit.errors import (
     SessionKitError,
     SessionNotFound,
 )
-from sessionkit.ids import DEFAULT, id_violation
+from sessionkit.ids import DEFAULT, id_violation, new_session_id
 from sessionkit.state_client import SessionRef
 from sessionkit_server.gateway.deps import Caller, CallerDep, IdempotencyKey
 from sessionkit_server.gateway.errors import error_body
@@ -94,8 +94,9 @@ class Turn:
 
     async def ref(self) -> SessionRef:
         if self.session_id is None:
-            info, _ = await self.caller.clients.state.create_session(self.caller.ref(self.user_id, ""))
-            self.session_id = info.session_id
+            # A new id, not a new session: the first chat call refuses bad input before anything
+            # exists, and its SESSION_NOT_FOUND creates the session (run, _create_missing).
+            self.session_id = new_session_id()
         return self.caller.ref(self.user_id, self.session_id)
 
     async def _create_missing(self, ref: SessionRef, error: NotFound) -> None:

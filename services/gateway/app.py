@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from sessionkit_server.common.auth import KeyRing
 from sessionkit_server.common.config import ServerSettings
 from sessionkit_server.gateway import agent_routes, errors, rest_routes
+from sessionkit_server.gateway.bodies import UnicodeJsonRoute
 from sessionkit_server.gateway.deps import COMMON_ERRORS, Gateway
 from sessionkit_server.gateway.limits import BodyLimit, RateLimiter
 from sessionkit_server.gateway.models import Health
@@ -77,7 +78,7 @@ def create_app(settings: ServerSettings, upstream: Upstream) -> FastAPI:
         body = Health(status="ok" if ok else "unavailable", services=statuses)
         return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
-    router = APIRouter(responses=COMMON_ERRORS)
+    router = APIRouter(responses=COMMON_ERRORS, route_class=UnicodeJsonRoute)
     agent_routes.add(router)
     rest_routes.add(router)
     app.include_router(router)

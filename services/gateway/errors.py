@@ -116,8 +116,11 @@ def install(app: FastAPI) -> None:
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+        # Starlette re-raises the error after this answer and the server then closes the connection:
+        # say so, or a client's next request on the connection fails with a reset.
         return error_response(
-            reasons.INTERNAL.error(detail="internal error in the gateway; its log has the details")
+            reasons.INTERNAL.error(detail="internal error in the gateway; its log has the details"),
+            headers={"Connection": "close"},
         )
 
     app.add_exception_handler(SessionKitError, on_sessionkit)

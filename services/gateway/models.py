@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sessionkit_server.common.checks import MAX_DURATION_SECONDS
+
 JsonObject = dict[str, Any]
 MemoryKind = Literal["short", "long"]
 MemoryFilter = Literal["short", "long", "all"]
@@ -103,7 +105,7 @@ class Health(BaseModel):
 
 class CreateSession(Strict):
     session_id: str | None = Field(None, description="Omitted: the server makes one.")
-    ttl_seconds: int | None = Field(None, ge=1, le=10 * 365 * 86400)
+    ttl_seconds: int | None = Field(None, ge=1, le=MAX_DURATION_SECONDS)
     state: JsonObject | None = Field(None, description="Initial state of a new session.")
     get_if_exists: bool = Field(True, description="false: 409 when the session exists.")
 

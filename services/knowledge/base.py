@@ -13,6 +13,7 @@ from typing import Any
 from sessionkit.errors import FieldViolation, InvalidArgument
 from sessionkit.ids import check_id
 from sessionkit.jsonvalues import JsonValue, check_json
+from sessionkit_server.common import checks
 from sessionkit_server.common.idempotency import Idempotency, check_key
 from sessionkit_server.common.identity import Owner
 from sessionkit_server.common.vector_outbox import VectorOutbox
@@ -167,7 +168,7 @@ class KnowledgeBase:
                 "a source id or name is needed",
                 violations=[FieldViolation("name", "1 to 512 characters (or give source_id)")],
             )
-        return name
+        return checks.text(name, "name")
 
 
 def _check_metadata(metadata: JsonObject | None) -> JsonObject:

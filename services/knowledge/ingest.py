@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 from sessionkit import reasons
 from sessionkit.errors import FieldViolation, InvalidArgument, ResourceExhausted
+from sessionkit_server.common import checks
 from sessionkit_server.common.idempotency import Idempotency, then
 from sessionkit_server.common.identity import Owner
 from sessionkit_server.common.timestamps import now_us
@@ -175,6 +176,7 @@ class KnowledgeIngestion(KnowledgeBase):
         meta = _check_metadata(metadata)
         if not 1 <= len(content.name) <= 512:
             raise InvalidArgument("invalid name", violations=[FieldViolation("name", "1 to 512 characters")])
+        checks.text(content.name, "name")
         digest = hashlib.sha256(content.data).hexdigest()
         existing = await self.store.by_name(owner.app_name, scope, content.name)
         if (

@@ -14,6 +14,7 @@ from typing import Any
 
 from sessionkit.errors import FieldViolation, InvalidArgument
 from sessionkit.jsonvalues import JsonValue, check_json
+from sessionkit_server.common import checks
 from sessionkit_server.common.idempotency import Idempotency, check_key
 from sessionkit_server.common.identity import Owner
 from sessionkit_server.common.timestamps import now_us
@@ -162,6 +163,7 @@ class MemoryBase:
             raise InvalidArgument(
                 f"empty {field_name}", violations=[FieldViolation(field_name, "must not be empty")]
             )
+        checks.text(text, field_name)  # valid Unicode without NUL, before encode() can fail on it
         size = len(text.encode())
         if size > self.settings.max_text_bytes:
             raise InvalidArgument(
@@ -169,10 +171,6 @@ class MemoryBase:
                 violations=[
                     FieldViolation(field_name, f"{size} bytes; at most {self.settings.max_text_bytes}")
                 ],
-            )
-        if "\x00" in text:
-            raise InvalidArgument(
-                f"invalid {field_name}", violations=[FieldViolation(field_name, "contains NUL")]
             )
         return text.strip()
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from sessionkit import reasons
 from sessionkit.errors import FieldViolation, InvalidArgument
 from sessionkit.jsonvalues import check_json, dumps
-from sessionkit_server.common import paging
+from sessionkit_server.common import checks, paging
 from sessionkit_server.common.idempotency import MAX_KEY_LENGTH
 from sessionkit_server.common.timestamps import now_us
 from sessionkit_server.state.store import EventRecord, JsonObject, SessionKey
@@ -33,6 +33,10 @@ async def append_event(
         violations.append(FieldViolation("event.author", "author must be at most 128 characters"))
     if len(idempotency_key) > MAX_KEY_LENGTH:
         violations.append(FieldViolation("idempotency_key", f"1 to {MAX_KEY_LENGTH} characters"))
+    for field, value in (("event.role", role), ("event.content", content), ("event.author", author)):
+        violation = checks.text_violation(value, field)
+        if violation:
+            violations.append(violation)
     if violations:
         raise InvalidArgument("invalid event", violations=violations)
     meta = check_json(metadata or {}, "event.metadata")

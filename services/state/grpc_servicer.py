@@ -9,6 +9,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from sessionkit.jsonvalues import from_list_value, from_struct, from_value, to_struct, to_value
 from sessionkit.v1 import common_pb2, state_pb2, state_pb2_grpc
+from sessionkit_server.common import checks
 from sessionkit_server.state.service import ChangeView, StateService, session_key
 from sessionkit_server.state.store import EventRecord, SessionRecord, VersionRecord
 
@@ -84,7 +85,7 @@ class StateServicer(state_pb2_grpc.StateServiceServicer):
         self.service = service
 
     async def CreateSession(self, request: state_pb2.CreateSessionRequest, context: Context) -> Any:
-        ttl = request.ttl.seconds if request.HasField("ttl") else None
+        ttl = int(checks.duration_proto(request.ttl, "ttl")) if request.HasField("ttl") else None
         initial = from_struct(request.initial_state) if request.HasField("initial_state") else None
         record, created = await self.service.create_session(
             _key(request.session, generate=True), ttl, initial, request.get_if_exists

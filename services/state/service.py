@@ -21,7 +21,7 @@ from sessionkit.errors import (
     StateConflict,
 )
 from sessionkit.jsonvalues import JsonValue, check_json, dumps
-from sessionkit_server.common import paging
+from sessionkit_server.common import checks, failpoints, paging
 from sessionkit_server.common.idempotency import IDEMPOTENCY_TTL_US, check_key
 from sessionkit_server.common.identity import session_key as session_key  # re-exported
 from sessionkit_server.common.timestamps import now_us as now_us  # re-exported
@@ -84,10 +84,9 @@ class StateService:
         initial_state: JsonObject | None = None,
         get_if_exists: bool = False,
     ) -> tuple[SessionRecord, bool]:
-        if ttl_seconds is not None and ttl_seconds < 1:
-            raise InvalidArgument(
-                "invalid ttl", violations=[FieldViolation("ttl", "must be at least one second when set")]
-            )
+        if ttl_seconds is not None:
+            # Bounded above too: now + ttl must stay a time every store and Timestamp can hold.
+            checks.duration(ttl_seconds, "ttl", low=1)
         state = self._own_state(initial_state or {}, "initial_state")
         return await self.store.create_session(key, ttl_seconds, state, get_if_exists, now_us())
 
@@ -389,6 +388,7 @@ class StateService:
             return result
 
         result = await self.store.write(key, idempotency_key, now_us(), run)
+        failpoints.hit("state.after_write_commit")  # committed, not yet answered: the retry must replay
         self.notifier.notify(key)
         return result
 

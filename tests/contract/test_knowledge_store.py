@@ -214,13 +214,6 @@ async def test_unicode_names_text_and_metadata_round_trip(store: KnowledgeStore)
     assert (chunk.text, chunk.heading_path) == (UNICODE, ["Überschrift", "見出し 🙂"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14 item 4: KnowledgeStore.put stores a NUL in a chunk's text on SQLite, while "
-    "PostgreSQL refuses it with a driver error (sqlalchemy DBAPIError: invalid byte sequence for "
-    'encoding "UTF8": 0x00); neither answers a clear InvalidArgument. Ingestion refuses NUL in '
-    "text files (knowledge/parsing.py) before the store, so only direct store users see this.",
-)
 async def test_a_nul_in_chunk_text_is_refused_alike_on_both_backends(store: KnowledgeStore) -> None:
     with pytest.raises(InvalidArgument):
         await store.put(source(ALICE, "notes", "x"), chunks("before\x00after"))

@@ -284,13 +284,6 @@ async def test_unicode_text_and_metadata_round_trip(store: MemoryStore) -> None:
     assert (history[0].new_text, history[0].new_metadata) == (UNICODE, metadata)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14 item 4: MemoryStore.add stores a NUL in a memory's text on SQLite, while "
-    "PostgreSQL refuses it with a driver error (sqlalchemy DBAPIError: invalid byte sequence for "
-    'encoding "UTF8": 0x00); neither answers a clear InvalidArgument. The memory service '
-    "refuses NUL before the store (memory/base.py), so only direct store users see this.",
-)
 async def test_a_nul_in_text_is_refused_alike_on_both_backends(store: MemoryStore) -> None:
     with pytest.raises(InvalidArgument):
         await add(store, memory(ALICE, "before\x00after"))

@@ -5,7 +5,7 @@ a check that passes everything cannot hide here. No cluster is needed (there is 
 
 from __future__ import annotations
 
-import copy
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -13,10 +13,6 @@ from pathlib import Path
 import pytest
 
 from tests.deploy import manifests as m
-
-pytestmark = pytest.mark.skipif(
-    m.kubectl() is None, reason="kubectl is not installed: `kubectl kustomize` renders the overlays"
-)
 
 #: A current Kubernetes and the oldest one the manifests support (native grpc probes are GA since 1.27;
 #: the preStop hook is an exec of sleep, not the sleep action 1.29 has only behind a feature gate).
@@ -82,6 +78,7 @@ def test_policy(name: str) -> None:
     assert m.probe_problems(objects) == []
     assert m.pdb_and_service_problems(objects) == []
     assert m.image_problems(objects) == []
+    assert m.security_problems(objects) == []
     assert m.env_problems(objects, m.known_env_names()) == []
     assert m.storage_problems(objects, production_secrets()) == []
 
@@ -119,14 +116,21 @@ def test_production_is_three_replicas_on_external_stores_behind_policies() -> No
     ] == ["sessionkit-gateway"]
 
 
-def test_dev_network_policies_cover_the_in_cluster_stores() -> None:
-    """The network-policies component with the postgres and chroma components (as a dev cluster with
-    a NetworkPolicy-enforcing CNI would combine them): the stores admit only their clients."""
-    objects = overlay("dev")
-    objects += [
-        {**p, "metadata": {**p["metadata"], "namespace": "sessionkit-dev"}}
-        for p in m.of_kind(overlay("production"), "NetworkPolicy")
-    ]
+def test_dev_network_policies_cover_the_in_cluster_stores(tmp_path: Path) -> None:
+    """The dev overlay plus the network-policies component, as a user with a NetworkPolicy-enforcing
+    CNI would combine them: the in-cluster PostgreSQL and Chroma admit only their clients."""
+    root = os.path.relpath(m.K8S, tmp_path)  # kustomize refuses absolute paths
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\n"
+        "kind: Kustomization\n"
+        "namespace: sessionkit-dev\n"
+        f"resources: [{root}/overlays/dev]\n"
+        f"components: [{root}/components/network-policies]\n"
+    )
+    objects = m.render(tmp_path)
+    assert {"sessionkit-postgres", "sessionkit-chroma"} <= {
+        p["metadata"]["name"] for p in m.of_kind(objects, "NetworkPolicy")
+    }
     assert m.network_policy_problems(objects, CALLERS) == []
 
 
@@ -161,7 +165,7 @@ Breaker = Callable[[list[m.Obj]], None]
 
 
 def broken(name: str, breaker: Breaker) -> list[m.Obj]:
-    objects = copy.deepcopy(overlay(name))
+    objects = overlay(name)  # a fresh copy
     breaker(objects)
     return objects
 
@@ -251,6 +255,32 @@ def test_image_check_accepts_a_digest_and_a_registry_port() -> None:
 
     objects = broken("dev", repin)
     assert m.image_problems(objects) == []
+
+
+@pytest.mark.parametrize(
+    ("breaker", "expected"),
+    [
+        (lambda o: container(o, "state")["securityContext"].pop("readOnlyRootFilesystem"), "writable"),
+        (
+            lambda o: m.pod_spec(m.find(o, "Deployment", "sessionkit-memory"))["securityContext"].update(
+                runAsUser=0, runAsNonRoot=False
+            ),
+            "root",
+        ),
+        (
+            lambda o: container(o, "gateway")["securityContext"]["capabilities"].update(drop=[]),
+            "capabilities",
+        ),
+        (
+            lambda o: m.pod_spec(m.find(o, "Deployment", "sessionkit-agent")).pop("enableServiceLinks"),
+            "links",
+        ),
+    ],
+    ids=["writable-root", "root", "capabilities", "service-links"],
+)
+def test_security_check_rejects(breaker: Breaker, expected: str) -> None:
+    problems = m.security_problems(broken("dev", breaker))
+    assert problems and all(expected in p.lower() for p in problems), problems
 
 
 def test_env_check_rejects_an_unknown_variable() -> None:

@@ -106,7 +106,8 @@ function wrapService(stub) {
  * One agent turn over AgentService.ChatStream, as an async iterable of ChatStreamResponse
  * messages (`started`, `textDelta`s, `toolCall`s, `toolCallCompleted`s, then `result`).
  * CLIENT tool calls are answered with `onToolCall(call)`'s value (sent as JSON; a thrown error
- * is sent as the tool's error). The stream is half-closed after `result`.
+ * is sent as the tool's error; without onToolCall, every call gets an error result so that the turn
+ * goes on). The stream is half-closed after `result`.
  *
  * @param {Object} agentService the wrapped AgentService (connect(...).agent)
  * @param {Object} start a ChatStreamStart ({ session, agentName, message, stream: true, ... })
@@ -115,16 +116,22 @@ function wrapService(stub) {
 async function* chatStream(agentService, start, options = {}) {
   const call = agentService.chatStream(options);
   call.write({ start });
+  const handler =
+    options.onToolCall ||
+    ((toolCall) => {
+      throw new Error(`no handler for the CLIENT tool ${toolCall.toolName} (chatStream's onToolCall)`);
+    });
   const answer = async (toolCall) => {
     try {
-      const value = await options.onToolCall(toolCall);
+      const value = await handler(toolCall);
       call.write({ toolResult: { callId: toolCall.callId, resultJson: JSON.stringify(value ?? null) } });
     } catch (error) {
-      call.write({ toolResult: { callId: toolCall.callId, error: String(error && error.message) } });
+      const message = error instanceof Error ? error.message : String(error);
+      call.write({ toolResult: { callId: toolCall.callId, error: message } });
     }
   };
   for await (const message of readStream(call)) {
-    if (message.kind === 'toolCall' && options.onToolCall) await answer(message.toolCall);
+    if (message.kind === 'toolCall') await answer(message.toolCall);
     if (message.kind === 'result') call.end();
     yield message;
   }

@@ -106,6 +106,47 @@ test('streams an agent chat turn', async () => {
   assert.ok(texts.some((t) => t.includes(`You said: ${message}`)));
 });
 
+test('answers a CLIENT tool call within the stream', async () => {
+  const ref = newRef();
+  await sk.state.createSession({ session: ref });
+  await sk.agent.createAgent({ session: ref, agent: { name: 'echo', session: ref, memory: false, knowledge: false } });
+  const lookup = {
+    name: 'lookup',
+    description: 'Looks a word up',
+    parameters: toStruct({ type: 'object', properties: { q: { type: 'string' } }, required: ['q'] }),
+    execution: 'CLIENT',
+  };
+
+  const calls = [];
+  const replies = [];
+  // The test's model calls `lookup` for a message starting with "tool:", then repeats its result.
+  const start = { session: ref, agentName: 'echo', message: 'tool: weather', tools: [lookup] };
+  const onToolCall = (call) => {
+    calls.push(call);
+    return { answer: JSON.parse(call.argumentsJson).q.toUpperCase() };
+  };
+  for await (const reply of sk.chatStream(start, { onToolCall })) replies.push(reply);
+
+  assert.equal(calls.length, 1);
+  assert.equal(calls[0].toolName, 'lookup');
+  assert.deepEqual(JSON.parse(calls[0].argumentsJson), { q: 'weather' });
+  const completed = replies.filter((r) => r.kind === 'toolCallCompleted').map((r) => r.toolCallCompleted);
+  assert.equal(completed.length, 1);
+  assert.equal(completed[0].callId, calls[0].callId);
+  assert.equal(completed[0].execution, 'CLIENT');
+  assert.deepEqual(JSON.parse(completed[0].resultJson), { answer: 'WEATHER' });
+  const result = replies.at(-1).result;
+  assert.ok(result.text.startsWith('The tool said: '), result.text);
+  assert.ok(result.text.includes('WEATHER'), result.text);
+
+  // Without onToolCall the call gets an error result, and the turn still ends.
+  const unanswered = [];
+  for await (const reply of sk.chatStream({ ...start, message: 'tool: rain' })) unanswered.push(reply);
+  const failed = unanswered.find((r) => r.kind === 'toolCallCompleted').toolCallCompleted;
+  assert.match(failed.error, /no handler for the CLIENT tool lookup/);
+  assert.equal(unanswered.at(-1).kind, 'result');
+});
+
 test('streams a workflow (a server-streaming RPC)', async () => {
   const ref = newRef();
   await sk.state.createSession({ session: ref });
