@@ -150,19 +150,6 @@ def _until(replicas: list[str], service: str, wanted: str, timeout: float = 90.0
         time.sleep(0.25)
 
 
-def _dependency_health_merged() -> bool:
-    """Readiness that follows the database and Chroma is the `lb` branch's (services/common/health.py)."""
-    try:
-        import sessionkit_server.common.health  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(
-    not _dependency_health_merged(),
-    reason="NEEDS lb: readiness on dependency loss (services/common/health.py) is not merged yet",
-)
 def test_readiness_goes_not_serving_while_a_dependency_is_down(
     cluster: Cluster, cluster_pg: pg_server.ThrowawayServer
 ) -> None:
