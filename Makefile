@@ -101,6 +101,9 @@ bench: install
 	$(PY) bench/agent_bench.py --quick
 	$(PY) bench/knowledge_bench.py --quick
 	$(PY) bench/gateway_bench.py --quick
+	@if pg_isready -q -d "$(BENCH_PG_URL)" 2>/dev/null; then \
+		$(PY) bench/cluster_bench.py; \
+	else echo "PostgreSQL at $(BENCH_PG_URL) not reachable: skipped the cluster bench"; fi
 
 clean:
 	rm -rf $(VENV) $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache $(GENERATED) sdk/sessionkit/v1/*_pb2*.py sdk/sessionkit/v1/*_pb2*.pyi

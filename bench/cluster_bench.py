@@ -1,21 +1,15 @@
-"""Throughput and latency of the replicated topology (`sessionkit cluster`: N replicas of each service as
-separate processes, on PostgreSQL and one Chroma server) against one `sessionkit serve` process on the
-same database server and a Chroma server, in the same run (``make bench``).
-
-Three topologies run one after another on fresh databases: ``serve`` (every service in one process),
-``1 replica`` and ``N replicas`` of each service (the manifests' environment, `sessionkit cluster`'s
-launcher). Against each, the same workload from this process: state writes (set_value), state reads
-(get_state) and memory searches, by ``--clients`` concurrent clients for ``--seconds`` each, then one
-client's sequential latency. The result is ratios against ``serve``: a 2-core machine cannot show what
-replicas add in capacity (every process shares those two cores, and this client uses them too), only
-what the distributed shape costs and that it holds under concurrent load (docs/SCALING.md).
-"""
+"""Replicas on one machine: state writes, state reads and memory searches per second through
+`sessionkit cluster` topologies with 1 and 3 replicas of each service (PostgreSQL, one Chroma server),
+and the latency of the 3-replica topology against one `sessionkit serve` process (every service in it)
+on the same database, in the same run, as ratios (``make bench``; docs/CLUSTER.md says what a 2-core
+machine can and cannot show)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -23,228 +17,163 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
-
-import asyncpg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "sdk"), str(ROOT)]
 
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
 from sessionkit.config import ClientSettings  # noqa: E402
 from sessionkit.memory_client import MemoryClient  # noqa: E402
 from sessionkit.retry import RetryPolicy  # noqa: E402
-from sessionkit.state_client import SessionRef, StateClient  # noqa: E402
+from sessionkit.state_client import StateClient  # noqa: E402
 from sessionkit.transport import Transport, close_channels  # noqa: E402
-from sessionkit_server.cluster.processes import Cluster  # noqa: E402
+from sessionkit_server.cluster.processes import Cluster, create_database  # noqa: E402
 from sessionkit_server.cluster.topology import SERVICES, plan  # noqa: E402
-from tests.chroma_server import ChromaServer, free_port  # noqa: E402
-from tests.cluster.support import free_base_port  # noqa: E402
+from tests.chroma_server import ChromaServer  # noqa: E402
+from tests.cluster import support  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
 from tests.servers import wait_serving  # noqa: E402
 
-APP = "bench"
-TOPICS = [
-    "the user prefers window seats on long flights",
-    "their daughter starts school in September",
-    "allergic to peanuts and shellfish",
-    "works remotely from Lisbon three days a week",
-    "is training for a marathon in April",
-    "drives an electric car and charges it at night",
-    "reads science fiction before bed",
-    "keeps a sourdough starter named Herbert",
-]
+Op = Callable[[int], Awaitable[object]]
 
 
-@dataclass
-class Figures:
-    writes_per_s: float
-    reads_per_s: float
-    searches_per_s: float
-    write_p50_ms: float
-    read_p50_ms: float
-    search_p50_ms: float
+async def throughput(op: Op, workers: int, seconds: float) -> float:
+    """Operations per second of ``workers`` concurrent loops of ``op`` for ``seconds``."""
+    done = 0
+    end = time.monotonic() + seconds
+
+    async def loop(worker: int) -> None:
+        nonlocal done
+        i = 0
+        while time.monotonic() < end:
+            await op(worker * 1_000_000 + i)
+            i += 1
+            done += 1
+
+    start = time.monotonic()
+    await asyncio.gather(*(loop(w) for w in range(workers)))
+    return done / (time.monotonic() - start)
+
+
+async def latency(op: Op, calls: int) -> float:
+    """Median seconds of one call, one at a time."""
+    times = []
+    for i in range(calls):
+        t0 = time.perf_counter()
+        await op(i)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def clients(targets: dict[str, str]) -> tuple[StateClient, MemoryClient]:
-    settings = ClientSettings(
-        address="",
-        state_address=targets["state"],
-        memory_address=targets["memory"],
-        knowledge_address=targets["knowledge"],
-        agent_address=targets["agent"],
-    )
-    transport = Transport(settings, None, Path("."), RetryPolicy(deadline=300.0))
+    """Clients reaching each service at its own target (an address list: round_robin over it)."""
+    settings = ClientSettings(**{f"{name}_address": targets[name] for name in SERVICES})
+    transport = Transport(settings, None, Path("."), RetryPolicy(deadline=60.0))
     return StateClient(transport), MemoryClient(transport)
 
 
-async def throughput(workers: list[Callable[[int], Awaitable[object]]], seconds: float) -> float:
-    """Operations per second of ``workers`` running side by side for ``seconds``."""
-    done = 0
-    stop_at = time.perf_counter() + seconds
-
-    async def loop(work: Callable[[int], Awaitable[object]]) -> None:
-        nonlocal done
-        n = 0
-        while time.perf_counter() < stop_at:
-            await work(n)
-            n += 1
-            done += 1
-
-    start = time.perf_counter()
-    await asyncio.gather(*(loop(w) for w in workers))
-    return done / (time.perf_counter() - start)
-
-
-async def latency(work: Callable[[int], Awaitable[object]], calls: int) -> float:
-    times = []
-    for n in range(calls):
-        start = time.perf_counter()
-        await work(n)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
-
-
-async def workload(targets: dict[str, str], concurrency: int, seconds: float, calls: int) -> Figures:
+async def measure(targets: dict[str, str], args: argparse.Namespace) -> dict[str, float]:
     state, memory = clients(targets)
-    refs = [SessionRef(APP, f"user-{i}", f"s-{uuid.uuid4().hex[:10]}") for i in range(concurrency)]
-    for ref in refs:
-        await state.create_session(ref)
-    # Every client searches its own user's memories (the scope a turn searches).
-    for i, ref in enumerate(refs):
-        await memory.add_many(ref, [f"{topic} (note {i}.{k})" for k, topic in enumerate(TOPICS * 4)])
-    # Warm every replica's channel and model before timing.
-    for ref in refs:
-        await state.get_state(ref)
-        await memory.search(ref, "warm up", limit=3)
-
-    def writer(ref: SessionRef) -> Callable[[int], Awaitable[object]]:
-        return lambda n: state.set_value(ref, "counter", n)
-
-    def reader(ref: SessionRef) -> Callable[[int], Awaitable[object]]:
-        return lambda n: state.get_state(ref)
-
-    def searcher(ref: SessionRef) -> Callable[[int], Awaitable[object]]:
-        return lambda n: memory.search(ref, TOPICS[n % len(TOPICS)].split(" the ")[-1], limit=5)
-
-    writes = await throughput([writer(r) for r in refs], seconds)
-    reads = await throughput([reader(r) for r in refs], seconds)
-    searches = await throughput([searcher(r) for r in refs], seconds)
-    figures = Figures(
-        writes,
-        reads,
-        searches,
-        await latency(writer(refs[0]), calls),
-        await latency(reader(refs[0]), calls),
-        await latency(searcher(refs[0]), max(20, calls // 5)),
-    )
-    await close_channels()
-    return figures
-
-
-async def pg_admin(admin_dsn: str, sql: str) -> None:
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-def database(admin_dsn: str) -> tuple[str, str]:
-    name = f"sk_bench_{uuid.uuid4().hex[:8]}"
-    asyncio.run(pg_admin(admin_dsn, f'CREATE DATABASE "{name}"'))
-    return name, f"{admin_dsn.rsplit('/', 1)[0]}/{name}"
-
-
-def drop(admin_dsn: str, name: str) -> None:
-    asyncio.run(pg_admin(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-def run_serve(admin_dsn: str, work: Path, args: argparse.Namespace) -> Figures:
-    """Every service in one `sessionkit serve` process, on its own Chroma server."""
-    name, url = database(admin_dsn)
-    chroma = ChromaServer(work / "serve-chroma").start(timeout=120)
-    port = free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{ROOT / 'sdk'}{os.pathsep}{ROOT}",
-        "SESSIONKIT_DATABASE_URL": url,
-        "SESSIONKIT_VECTOR_URL": chroma.url,
-        "SESSIONKIT_DATA_DIR": str(work / "serve-data"),
-        "SESSIONKIT_LOG_LEVEL": "WARNING",
-        "HF_HUB_OFFLINE": "1",
+    ref = support.new_ref("bench")
+    await state.create_session(ref)
+    for i in range(30):
+        await memory.add(ref, f"fact {i}: the user {uuid.uuid4().hex[:6]} likes topic number {i}")
+    out = {
+        "writes/s": await throughput(
+            lambda i: state.set_value(ref, f"k{i % 50}", i), args.workers, args.seconds
+        ),
+        "reads/s": await throughput(lambda i: state.get_state(ref), args.workers, args.seconds),
+        "searches/s": await throughput(
+            lambda i: memory.search(ref, f"topic number {i % 30}"), args.workers, args.seconds
+        ),
+        "read p50 ms": 1e3 * await latency(lambda i: state.get_state(ref), args.calls),
+        "write p50 ms": 1e3 * await latency(lambda i: state.set_value(ref, "one", i), args.calls),
+        "search p50 ms": 1e3 * await latency(lambda i: memory.search(ref, "topic number 3"), args.calls),
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sessionkit.cli", "serve", "--port", str(port), "--http-port", "0"],
-        env=env,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_serving(f"127.0.0.1:{port}", timeout=300)
-        target = f"127.0.0.1:{port}"
-        return asyncio.run(workload({s: target for s in SERVICES}, args.clients, args.seconds, args.calls))
-    finally:
-        proc.terminate()
-        proc.wait(60)
-        chroma.stop()
-        drop(admin_dsn, name)
+    await close_channels()
+    return out
 
 
-def run_cluster(admin_dsn: str, work: Path, replicas: int, args: argparse.Namespace) -> Figures:
-    name, url = database(admin_dsn)
+def run_topology(
+    replicas: int, database_url: str, vector_url: str, args: argparse.Namespace
+) -> dict[str, float]:
+    run_dir = Path(tempfile.mkdtemp(prefix=f"sessionkit-bench-{replicas}-"))
+    hosts = [f"127.0.0.{i + 2}" for i in range(replicas)]
     topology = plan(
-        run_dir=work / f"cluster-{replicas}",
-        database_url=url,
+        run_dir=run_dir,
+        database_url=database_url,
         replicas=replicas,
-        base_port=free_base_port([f"127.0.0.{i + 2}" for i in range(replicas)], len(SERVICES)),
+        base_port=support.free_base_port(hosts, len(SERVICES)),
         http_port=free_port(),
-        chroma_port=free_port(),
+        vector_url=vector_url,
     )
     cluster = Cluster(topology)
-    cluster.up(timeout=900)
+    cluster.up(timeout=600)
     try:
-        return asyncio.run(
-            workload({s: topology.target(s) for s in SERVICES}, args.clients, args.seconds, args.calls)
-        )
+        return asyncio.run(measure({name: topology.target(name) for name in SERVICES}, args))
     finally:
-        cluster.down(timeout=60)
-        drop(admin_dsn, name)
+        cluster.down()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def run_single(database_url: str, vector_url: str, args: argparse.Namespace) -> dict[str, float]:
+    data = Path(tempfile.mkdtemp(prefix="sessionkit-bench-serve-"))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONKIT_")}
+    env.update(
+        SESSIONKIT_PORT=str(port),
+        SESSIONKIT_HTTP_PORT="0",
+        SESSIONKIT_DATABASE_URL=database_url,
+        SESSIONKIT_VECTOR_URL=vector_url,
+        SESSIONKIT_DATA_DIR=str(data),
+        SESSIONKIT_LOG_LEVEL="WARNING",
+        PYTHONPATH=f"{ROOT / 'sdk'}{os.pathsep}{ROOT}",
+    )
+    with open(data / "serve.log", "wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "sessionkit.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        wait_serving(f"127.0.0.1:{port}", timeout=300)
+        return asyncio.run(measure(dict.fromkeys(SERVICES, f"127.0.0.1:{port}"), args))
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--admin-dsn", default="postgresql://postgres@127.0.0.1:5432/test")
-    parser.add_argument("--replicas", type=int, default=3)
-    parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
-    parser.add_argument("--seconds", type=float, default=8.0, help="per throughput phase")
-    parser.add_argument("--calls", type=int, default=200, help="sequential calls of the latency phase")
-    parser.add_argument("--quick", action="store_true", help="shorter phases (make bench)")
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/sessionkit_bench")
+    parser.add_argument("--workers", type=int, default=8, help="concurrent client loops")
+    parser.add_argument("--seconds", type=float, default=5.0, help="of each throughput measurement")
+    parser.add_argument("--calls", type=int, default=100, help="sequential calls of each latency")
     args = parser.parse_args()
-    if args.quick:
-        args.seconds, args.calls = 4.0, 100
-    results: dict[str, Figures] = {}
-    with tempfile.TemporaryDirectory(prefix="sk-cluster-bench-") as tmp:
-        work = Path(tmp)
-        print(f"cluster bench: {args.clients} clients, {args.seconds:g} s per phase, {os.cpu_count()} cores")
-        results["serve (1 process)"] = run_serve(args.admin_dsn, work, args)
-        results["1 replica each"] = run_cluster(args.admin_dsn, work, 1, args)
-        results[f"{args.replicas} replicas each"] = run_cluster(args.admin_dsn, work, args.replicas, args)
-    base = results["serve (1 process)"]
-    print()
-    print(
-        f"{'topology':<20} {'writes/s':>14} {'reads/s':>14} {'searches/s':>14} "
-        f"{'write p50':>14} {'read p50':>14} {'search p50':>14}"
-    )
-    for name, f in results.items():
-        print(
-            f"{name:<20} "
-            f"{f.writes_per_s:>7.0f} ({f.writes_per_s / base.writes_per_s:4.2f}x)"
-            f"{f.reads_per_s:>7.0f} ({f.reads_per_s / base.reads_per_s:4.2f}x)"
-            f"{f.searches_per_s:>7.0f} ({f.searches_per_s / base.searches_per_s:4.2f}x)"
-            f"{f.write_p50_ms:>6.1f} ms ({f.write_p50_ms / base.write_p50_ms:4.2f}x)"
-            f"{f.read_p50_ms:>6.1f} ms ({f.read_p50_ms / base.read_p50_ms:4.2f}x)"
-            f"{f.search_p50_ms:>6.1f} ms ({f.search_p50_ms / base.search_p50_ms:4.2f}x)"
-        )
-    print("\nratios are against serve (1 process); throughput higher is better, latency lower is better")
+    asyncio.run(create_database(args.database_url))
+    chroma_dir = Path(tempfile.mkdtemp(prefix="sessionkit-bench-chroma-"))
+    chroma = ChromaServer(chroma_dir).start()
+    try:
+        results = {
+            "serve (1 process)": run_single(args.database_url, chroma.url, args),
+            "1 replica each": run_topology(1, args.database_url, chroma.url, args),
+            "3 replicas each": run_topology(3, args.database_url, chroma.url, args),
+        }
+    finally:
+        chroma.stop()
+        shutil.rmtree(chroma_dir, ignore_errors=True)
+    table = Table(title=f"cluster bench ({os.cpu_count()} cores, {args.workers} client loops)")
+    table.add_column("metric")
+    for name in results:
+        table.add_column(name, justify="right")
+    table.add_column("3 replicas / serve", justify="right")
+    base, replicated = results["serve (1 process)"], results["3 replicas each"]
+    for metric in base:
+        cells = [f"{r[metric]:.1f}" for r in results.values()]
+        table.add_row(metric, *cells, f"{replicated[metric] / base[metric]:.2f}")
+    Console().print(table)
 
 
 if __name__ == "__main__":

@@ -53,9 +53,17 @@ class DnsServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.records = _Records()
         self.host = host
-        self.udp = DNSServer(self.records, address=host, port=port, logger=_Quiet())
-        self.port = int(self.udp.server.server_address[1])
-        self.tcp = DNSServer(self.records, address=host, port=self.port, tcp=True, logger=_Quiet())
+        # The free UDP port the system picks may be taken for TCP: pick again (closing the UDP socket).
+        for attempt in range(20):
+            self.udp = DNSServer(self.records, address=host, port=port, logger=_Quiet())
+            self.port = int(self.udp.server.server_address[1])
+            try:
+                self.tcp = DNSServer(self.records, address=host, port=self.port, tcp=True, logger=_Quiet())
+                break
+            except OSError:
+                self.udp.server.server_close()
+                if port or attempt == 19:
+                    raise
 
     def set(self, name: str, addresses: list[str]) -> None:
         """Answer ``name`` with ``addresses`` from now on (empty: NXDOMAIN)."""

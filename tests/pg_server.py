@@ -167,9 +167,14 @@ def _reachable_tempdir() -> str:
 
 
 def _run(args: list[Any], as_user: dict[str, Any], what: str, log: Path | None = None) -> None:
-    done = subprocess.run(
-        [str(a) for a in args], capture_output=True, text=True, timeout=120, cwd="/", **as_user
-    )
+    command = [str(a) for a in args]
+    runuser = shutil.which("runuser")
+    if as_user and runuser:
+        # runuser switches user in the child rather than Popen(user=...): that forces a plain fork(),
+        # and a fork of a process whose gRPC threads are busy (a fault test restarting the server
+        # under load) can crash the child before it execs.
+        command, as_user = [runuser, "-u", SERVER_USER, "--", *command], {}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd="/", **as_user)
     if done.returncode != 0:
         detail = log.read_text(errors="replace")[-2000:] if log is not None and log.exists() else ""
         raise PostgresUnavailable(f"{what} failed ({done.returncode}): {done.stderr.strip()}\n{detail}")

@@ -6,6 +6,8 @@ as the agent's LLM. Started once per session: 12 processes, 6 of them loading th
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -26,6 +28,9 @@ TEST_ENV = {
     "SESSIONKIT_MAX_CONNECTION_AGE_GRACE_SECONDS": "60",
     "SESSIONKIT_HEALTH_CHECK_INTERVAL_SECONDS": "1",
     "SESSIONKIT_DRAIN_SECONDS": "10",
+    # Exact duplicates only (by content hash), no merging of similar texts: the fault test counts
+    # the memories it added one by one.
+    "SESSIONKIT_MEMORY_MERGE_THRESHOLD": "1.0",
 }
 
 
@@ -59,13 +64,14 @@ def llm() -> Iterator[LLMServer]:
 
 
 @pytest.fixture(scope="session")
-def cluster(
-    tmp_path_factory: pytest.TempPathFactory, cluster_pg: pg_server.ThrowawayServer, llm: LLMServer
-) -> Iterator[Cluster]:
+def cluster(cluster_pg: pg_server.ThrowawayServer, llm: LLMServer) -> Iterator[Cluster]:
     hosts = [f"127.0.0.{i + 2}" for i in range(REPLICAS)]
+    # Not under pytest's basetemp: another pytest run on the machine prunes old basetemps, which
+    # would delete the Chroma server's data and the logs from under the running topology.
+    run_dir = Path(tempfile.mkdtemp(prefix="sessionkit-cluster-"))
     with fresh_pg_database(cluster_pg.dsn, "sk_cluster", "the cluster tests") as url:
         topology = plan(
-            run_dir=Path(tmp_path_factory.mktemp("cluster")),
+            run_dir=run_dir,
             database_url=url,
             replicas=REPLICAS,
             base_port=free_base_port(hosts, len(SERVICES)),
@@ -81,6 +87,7 @@ def cluster(
             yield cluster
         finally:
             cluster.down(timeout=20)
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

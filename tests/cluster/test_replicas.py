@@ -69,9 +69,8 @@ async def test_memory_dedup_holds_across_replicas(cluster: Cluster) -> None:
         *(support.memory(r.address).add(ref, text) for r in replicas for _ in range(2))
     )
     assert len({r["id"] for r in results}) == 1, "the same memory was stored more than once"
-    # One add stored it; every other found it (by its content hash, or by its vector if it came
-    # while the first was being written: merged into it, the same text).
-    assert sum(not (r["deduplicated"] or r["merged"]) for r in results) == 1
+    # One add stored it; every other found it by its content hash (the row's unique key).
+    assert sum(not r["deduplicated"] for r in results) == 1
     listed = await support.memory(replicas[-1].address).list_all(ref)
     assert [m["text"] for m in listed] == [text]
 
@@ -84,7 +83,7 @@ async def test_turns_of_one_session_serialize_across_agent_replicas(cluster: Clu
     await support.agent(replicas[0].address).create_agent(
         ref, {"name": "Echo", "instructions": "Repeat the message."}
     )
-    messages = [f"message {i}" for i in range(6)]
+    messages = [f"message {i}" for i in range(4)]
     replies = await asyncio.gather(
         *(
             support.agent(replicas[i % len(replicas)].address).chat(ref, "Echo", message)

@@ -92,3 +92,21 @@ def test_netns_layout_relays_loopback_endpoints(tmp_path: Path) -> None:
 def test_bad_options_are_named(tmp_path: Path, options: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         plan(run_dir=tmp_path, database_url="postgresql://h/db", **options)  # type: ignore[arg-type]
+
+
+def test_the_cluster_command_is_a_sessionkit_command(tmp_path: Path) -> None:
+    """Registered through the sessionkit.cli entry point group, like `serve`."""
+    import tomllib
+
+    import typer
+    from typer.testing import CliRunner
+
+    from sessionkit_server.cluster.cli import register
+
+    entry_points = tomllib.loads((K8S.parents[1] / "pyproject.toml").read_text())["project"]["entry-points"]
+    assert entry_points["sessionkit.cli"]["cluster"] == "sessionkit_server.cluster.cli:register"
+    app = typer.Typer()
+    app.command()(lambda: None)  # a second command, so typer keeps "cluster" as a subcommand
+    register(app)
+    result = CliRunner().invoke(app, ["cluster", "status", "--run-dir", str(tmp_path)])
+    assert result.exit_code == 1 and "nothing runs from" in result.output
