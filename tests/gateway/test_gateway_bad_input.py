@@ -140,3 +140,34 @@ def test_a_500_says_connection_close_since_the_server_closes_the_connection() ->
         reply = client.get("/boom")
     assert_error(reply, 500, "INTERNAL")
     assert reply.headers["connection"] == "close"
+
+
+@pytest.mark.parametrize("case", ["knowledge_min_score_nan", "memory_min_score_nan", "memory_max_chars"])
+def test_search_bounds_that_are_not_numbers_in_range_are_invalid_argument(
+    services: ServerThread, case: str
+) -> None:
+    """min_score=NaN compared false and silently hid every hit; max_chars=-1 was taken as a limit."""
+    import grpc
+
+    from sessionkit.v1 import common_pb2, knowledge_pb2, knowledge_pb2_grpc, memory_pb2, memory_pb2_grpc
+
+    session = common_pb2.SessionRef(app_name="app", user_id="u-bounds", session_id="s1")
+    with grpc.insecure_channel(services.address) as channel:
+        calls = {
+            "knowledge_min_score_nan": lambda: knowledge_pb2_grpc.KnowledgeServiceStub(
+                channel
+            ).SearchKnowledge(
+                knowledge_pb2.SearchKnowledgeRequest(session=session, query="q", min_score=float("nan")),
+                timeout=60,
+            ),
+            "memory_min_score_nan": lambda: memory_pb2_grpc.MemoryServiceStub(channel).SearchMemories(
+                memory_pb2.SearchMemoriesRequest(session=session, query="q", min_score=float("nan")),
+                timeout=60,
+            ),
+            "memory_max_chars": lambda: memory_pb2_grpc.MemoryServiceStub(channel).BuildMemoryContext(
+                memory_pb2.BuildMemoryContextRequest(session=session, query="q", max_chars=-1), timeout=60
+            ),
+        }
+        with pytest.raises(grpc.RpcError) as info:
+            calls[case]()
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
