@@ -4,7 +4,11 @@ refused request writes nothing (no session, agent or message)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,7 +16,7 @@ import pytest
 
 from sessionkit_server.common.config import ServerSettings
 from tests.gateway.test_gateway_support import GatewayThread, assert_error, gateway_settings
-from tests.servers import ServerThread
+from tests.servers import ServerThread, child_env
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +175,30 @@ def test_search_bounds_that_are_not_numbers_in_range_are_invalid_argument(
         with pytest.raises(grpc.RpcError) as info:
             calls[case]()
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+
+
+API_KEY = "k" * 32
+BAD_API_KEYS = {
+    "not_json": ("{not json", "api_keys"),
+    "one_key_two_tenants": (
+        json.dumps([{"key": API_KEY, "tenant": "acme"}, {"key": API_KEY, "tenant": "globex"}]),
+        "acme",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_API_KEYS)
+def test_bad_api_keys_settings_are_one_error_line(tmp_path: Path, case: str) -> None:
+    """A key configured for two tenants was accepted (the last won) and invalid JSON printed a
+    129-line traceback: both are one error line and exit code 2, before anything serves."""
+    value, named = BAD_API_KEYS[case]
+    result = subprocess.run(
+        [sys.executable, "-m", "sessionkit.cli", "serve", "--port", "0", "--http-port", "0",
+         "--service", "state", "--data-dir", str(tmp_path / "data")],
+        cwd=tmp_path, env=child_env(SESSIONKIT_API_KEYS=value), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and named in errors[0], result.stderr
+    assert len(result.stderr.splitlines()) <= 3, result.stderr
