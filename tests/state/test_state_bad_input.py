@@ -246,3 +246,27 @@ async def test_a_malformed_request_message_is_invalid_argument(server: ServerThr
             state_pb2.GetStateRequest(session=ref()), timeout=10
         )
         assert reply.version == 0
+
+
+async def test_a_session_stored_with_a_ttl_beyond_the_range_before_the_rule_still_reads(
+    server: ServerThread, database_url: str
+) -> None:
+    """Sessions written before the TTL rule may expire after the year 9999: they read (their times
+    shown at the end of the range) instead of answering INTERNAL on every read until deleted."""
+    from sessionkit_server.state.sql_store import SqlStateStore
+    from sessionkit_server.state.store import SessionKey
+
+    store = SqlStateStore(database_url)
+    await store.start()
+    try:
+        await store.create_session(SessionKey("app", "alice", "old"), 300_000_000_000, {}, False, 0)
+    finally:
+        await store.close()
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = state_pb2_grpc.StateServiceStub(channel)
+        reply = await stub.GetSession(state_pb2.GetSessionRequest(session=ref("old")), timeout=10)
+        assert reply.session.expire_time.ToDatetime().year == 9999
+        listed = await stub.ListSessions(
+            state_pb2.ListSessionsRequest(app_name="app", user_id="alice"), timeout=10
+        )
+        assert "old" in [s.ref.session_id for s in listed.sessions]
