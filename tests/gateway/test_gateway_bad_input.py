@@ -202,3 +202,26 @@ def test_bad_api_keys_settings_are_one_error_line(tmp_path: Path, case: str) -> 
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and named in errors[0], result.stderr
     assert len(result.stderr.splitlines()) <= 3, result.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://\u0087\u00e6\u00a5\u00fc9\u0010\u0086\u00c5\u008f",
+        "http://example.com:99999/",
+        "http://a..b/",
+    ],
+    ids=["control_characters_in_host", "port_out_of_range", "empty_label"],
+)
+def test_a_knowledge_url_that_is_no_url_is_400_naming_url(http: httpx.Client, url: str) -> None:
+    """Found by the gateway fuzz (seed 20261207): the host went to the resolver, whose IDNA encoding
+    failed, and AddKnowledgeSource answered INTERNAL; an out-of-range port did the same."""
+    reply = http.post(
+        "/v1/sessions/s1/knowledge",
+        params={"user_id": "u-url"},
+        json={"url": url, "chunker": {"type": "semantic"}},
+    )
+    error = assert_error(reply, 400)
+    assert [v["field"] for v in error["violations"]] == ["url"], error
+    sources = http.get("/v1/sessions/s1/knowledge", params={"user_id": "u-url"})
+    assert sources.status_code == 200 and sources.json()["sources"] == [], sources.text

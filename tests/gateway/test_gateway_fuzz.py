@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, seed, settings
@@ -57,11 +58,24 @@ def live_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = ServerThread(settings_).start()
     gateway = GatewayThread(gateway_settings(http_max_body_bytes=256 << 10), server.address).start()
     try:
+        _warm_up(gateway.url)
         yield gateway.url
     finally:
         gateway.stop()
         server.stop()
         llm.stop()
+
+
+def _warm_up(url: str) -> None:
+    """Load the embedding model before fuzzing: the first memory write loads it, which on a loaded CI
+    machine can outlast the gateway's upstream deadline (a 504 that is no fault of the case)."""
+    with httpx.Client(base_url=url, timeout=120) as client:
+        for _ in range(5):
+            reply = client.post("/v1/sessions/warm/memories", json={"text": "warm up"})
+            if reply.status_code != 504:
+                assert reply.status_code < 300, reply.text
+                return
+        raise AssertionError("the memory service did not load its embedding model in time")
 
 
 def test_generated_requests_get_documented_answers_and_never_a_5xx(live_gateway: str, tmp_path: Path) -> None:
