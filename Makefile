@@ -7,7 +7,7 @@ PROTO_SRC := $(wildcard protos/sessionkit/v1/*.proto)
 GENERATED := sdk/sessionkit/v1/.generated
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install protos run test lint bench clean
+.PHONY: install protos run cluster cluster-status cluster-down test lint bench clean node-deps buf buf-image
 
 # A virtualenv at .venv with both packages editable (the SDK, sdk/, and the server with every
 # service's extra, .), the dev tools, and the generated stubs. Everything installs from wheels: nothing
@@ -36,13 +36,54 @@ $(GENERATED): $(PROTO_SRC) $(STAMP)
 run: install
 	$(VENV)/bin/sessionkit serve
 
+# The deploy/k8s topology as local processes (docs/CLUSTER.md): CLUSTER_REPLICAS replicas of each gRPC
+# service on 127.0.0.2, .3, ..., the gateway on 127.0.0.1:8080, a Chroma server, on PostgreSQL at
+# CLUSTER_DATABASE_URL (created when missing). Detaches; `make cluster-status`, `make cluster-down`.
+# CLUSTER_ARGS=--netns puts each service in its own network namespace.
+CLUSTER_REPLICAS ?= 3
+CLUSTER_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/sessionkit_cluster
+CLUSTER_ARGS ?=
+cluster: install
+	$(VENV)/bin/sessionkit cluster up --replicas $(CLUSTER_REPLICAS) --database-url "$(CLUSTER_DATABASE_URL)" $(CLUSTER_ARGS)
+
+cluster-status: install
+	$(VENV)/bin/sessionkit cluster status
+
+cluster-down: install
+	$(VENV)/bin/sessionkit cluster down
+
+# The Node.js client's tests install clients/node's packages themselves (tests/node_tools.py) and skip,
+# saying so, where node or npm is missing; .ci/run makes sure CI has them.
 test: install
 	$(PY) -m pytest
 
-lint: install
+lint: install buf
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+# clients/node's dependencies from its package-lock.json: the Node.js client's gRPC packages and buf
+# (@bufbuild/buf ships the binary). Reinstalled only when the lock file changes.
+NODE_DIR := clients/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.package-lock.json
+BUF := $(NODE_DIR)/node_modules/.bin/buf
+node-deps: $(NODE_STAMP)
+
+$(NODE_STAMP): $(NODE_DIR)/package-lock.json $(NODE_DIR)/package.json
+	@command -v npm >/dev/null || { echo "npm not found: install Node.js 20 and npm (for buf and clients/node)" >&2; exit 1; }
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund
+	touch $@
+
+# The gRPC contract (buf.yaml): lint rules, formatting, and no breaking change against the last
+# released contract, protos/buf-image.binpb (a field renumbered, renamed or removed fails).
+buf: node-deps
+	$(BUF) lint
+	$(BUF) format --diff --exit-code
+	$(BUF) breaking --against protos/buf-image.binpb
+
+# On a release only: the contract image the next changes are checked against (docs/CLIENTS.md).
+buf-image: node-deps
+	$(BUF) build --exclude-source-info -o protos/buf-image.binpb
 
 # Latency and throughput against a bare gRPC echo, on SQLite and (if reachable) on PostgreSQL; then
 # memory throughput and search latency against the model alone (--quick: 1k and 10k memories; the full
@@ -62,4 +103,4 @@ bench: install
 	$(PY) bench/gateway_bench.py --quick
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(GENERATED) sdk/sessionkit/v1/*_pb2*.py sdk/sessionkit/v1/*_pb2*.pyi
+	rm -rf $(VENV) $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache $(GENERATED) sdk/sessionkit/v1/*_pb2*.py sdk/sessionkit/v1/*_pb2*.pyi

@@ -13,7 +13,6 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from sessionkit.config import ClientSettings
 from sessionkit.embedded import socket_path
 from sessionkit.errors import SessionKitError
 from sessionkit.transport import close_channels
@@ -55,7 +54,10 @@ def serve(
     address: Annotated[
         str | None,
         typer.Option(
-            "--address", "-a", help="With --service gateway alone: host:port of the services it calls"
+            "--address",
+            "-a",
+            help="With --service gateway alone: gRPC target of the services it calls (host:port, "
+            "dns:///name:port or IP:port,IP:port)",
         ),
     ] = None,
 ) -> None:
@@ -236,11 +238,12 @@ def _serve_gateway_alone(settings: Any) -> None:
     from sessionkit_server.gateway.server import GatewayServer
 
     logs.configure(settings.log_level, settings.log_format)
-    client_settings = ClientSettings()
-    if client_settings.targets(settings.upstream_address or None) is None:
+    client_settings = settings.upstream_client_settings(settings.upstream_address)
+    if client_settings.targets() is None:
         err.print(
             "[red]error:[/red] --service gateway needs the services' address: --address host:port "
-            "(or SESSIONKIT_UPSTREAM_ADDRESS)",
+            "(or SESSIONKIT_UPSTREAM_ADDRESS, or each service's SESSIONKIT_STATE_ADDRESS, "
+            "SESSIONKIT_MEMORY_ADDRESS, SESSIONKIT_KNOWLEDGE_ADDRESS, SESSIONKIT_AGENT_ADDRESS)",
             highlight=False,
             soft_wrap=True,
         )
@@ -250,7 +253,7 @@ def _serve_gateway_alone(settings: Any) -> None:
         raise typer.Exit(2)
 
     async def main() -> None:
-        gateway = GatewayServer.for_target(settings, settings.upstream_address, client_settings)
+        gateway = GatewayServer.for_target(settings, client_settings.address, client_settings)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

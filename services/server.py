@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from grpc_channelz.v1 import channelz
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -20,6 +21,12 @@ from sessionkit_server.common.auth import server_credentials
 from sessionkit_server.common.config import ServerSettings
 from sessionkit_server.common.db import Database
 from sessionkit_server.common.extras import require_extra
+from sessionkit_server.common.health import (
+    Dependency,
+    DependencyMonitor,
+    chroma_dependency,
+    database_dependency,
+)
 from sessionkit_server.common.interceptors import Activity, ErrorAndLogInterceptor
 from sessionkit_server.state.cached_store import CachingStateStore
 from sessionkit_server.state.grpc_servicer import StateServicer
@@ -34,6 +41,7 @@ STATE_SERVICE = state_pb2.DESCRIPTOR.services_by_name["StateService"].full_name
 MEMORY_SERVICE = "sessionkit.v1.MemoryService"
 KNOWLEDGE_SERVICE = "sessionkit.v1.KnowledgeService"
 AGENT_SERVICE = "sessionkit.v1.AgentService"
+CHANNELZ_SERVICE = "grpc.channelz.v1.Channelz"
 
 
 def build_memory(settings: ServerSettings, db: Database, server: grpc.aio.Server) -> Any:
@@ -107,9 +115,9 @@ def build_knowledge(settings: ServerSettings, db: Database, server: grpc.aio.Ser
 
 
 def build_agent(settings: ServerSettings, db: Database, server: grpc.aio.Server, upstream_target: str) -> Any:
-    """The agent service and its servicer. It calls state, memory and knowledge over gRPC at
-    ``upstream_target`` (this server itself unless SESSIONKIT_AGENT_UPSTREAM_ADDRESS names another)."""
-    from sessionkit.config import ClientSettings
+    """The agent service and its servicer. It calls state, memory and knowledge over gRPC: each at its
+    SESSIONKIT_<SERVICE>_ADDRESS when set, else at ``upstream_target`` (this server itself unless
+    SESSIONKIT_AGENT_UPSTREAM_ADDRESS names another)."""
     from sessionkit.knowledge_client import KnowledgeClient
     from sessionkit.memory_client import MemoryClient
     from sessionkit.retry import RetryPolicy
@@ -124,14 +132,15 @@ def build_agent(settings: ServerSettings, db: Database, server: grpc.aio.Server,
 
     # This server's own TLS certificate is the trust root when the agent calls its own TCP port.
     ca = settings.tls_ca_file or settings.tls_cert_file
-    client = ClientSettings(
-        tls_ca_file=str(ca) if ca and settings.tls_cert_file else "", tls_server_name=settings.tls_server_name
+    client = settings.upstream_client_settings(upstream_target).model_copy(
+        update={
+            "tls_ca_file": str(ca) if ca and settings.tls_cert_file else "",
+            "tls_server_name": settings.tls_server_name,
+        }
     )
 
     def upstream(key: str | None) -> Upstream:
-        transport = Transport(
-            client, upstream_target, settings.data_dir, RetryPolicy(deadline=30.0), key or ""
-        )
+        transport = Transport(client, None, settings.data_dir, RetryPolicy(deadline=30.0), key or "")
         return Upstream(StateClient(transport), MemoryClient(transport), KnowledgeClient(transport))
 
     router: Any = (
@@ -176,6 +185,8 @@ class Host:
     knowledge: Any = None  # sessionkit_server.knowledge.service.KnowledgeService, likewise
     agent: Any = None  # sessionkit_server.agent.service.AgentService, likewise
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    monitor: DependencyMonitor | None = None
+    _warm_up: asyncio.Task[None] = field(init=False, repr=False)
 
     async def start(self) -> None:
         """Start answering (health says NOT_SERVING), make storage ready, then SERVING."""
@@ -200,8 +211,21 @@ class Host:
             await self.db.close()
             raise
         self.ready.set()
+        model = self.embedding_model()
         for name in self.served_names():
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            if model is None or name not in model.services:
+                await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        dependencies = self.dependencies() + ([model] if model is not None else [])
+        self.monitor = DependencyMonitor(
+            self.health,
+            dependencies,
+            self.settings.health_check_interval_seconds,
+            down={model.name} if model is not None else set(),
+        )
+        self.tasks.append(asyncio.create_task(self.monitor.run_forever()))
+        if model is not None:
+            # Ready once the model is loaded (seconds of CPU), not at the next round of checks.
+            self.tasks.append(asyncio.create_task(self._report_when_loaded()))
         log.info(
             "serving",
             extra={
@@ -223,16 +247,73 @@ class Host:
             names.append(AGENT_SERVICE)
         return names
 
+    def embedding_model(self) -> Dependency | None:
+        """The embedding model of memory and knowledge, loaded in the background from start-up on:
+        their readiness waits for it (a replica that would take its first calls' deadlines to load a
+        model is not ready), while liveness, the database and the other services do not."""
+        embedders = {id(s.embedder): s.embedder for s in (self.memory, self.knowledge) if s is not None}
+        if not embedders:
+            return None
+        names = [n for n in (MEMORY_SERVICE, KNOWLEDGE_SERVICE) if n in self.served_names()]
+        self._warm_up = asyncio.create_task(self._load_models(list(embedders.values())))
+
+        async def check() -> None:
+            if self._warm_up.done() and self._warm_up.exception() is not None:
+                # A failed load (an embeddings endpoint down at start) is tried again at each check.
+                self._warm_up = asyncio.create_task(self._load_models(list(embedders.values())))
+            await asyncio.shield(self._warm_up)
+
+        return Dependency("embedding model", check, tuple(names))
+
+    @staticmethod
+    async def _load_models(embedders: list[Any]) -> None:
+        for embedder in embedders:
+            await embedder.warm_up()
+
+    async def models_loaded(self) -> None:
+        """Until the embedding model is loaded (at once when this server has none); raises what
+        loading it raised."""
+        warm_up = getattr(self, "_warm_up", None)
+        if warm_up is not None:
+            await asyncio.shield(warm_up)
+
+    async def _report_when_loaded(self) -> None:
+        with contextlib.suppress(Exception):  # the monitor's checks report and retry a failure
+            await asyncio.shield(self._warm_up)
+        if self.monitor is not None:
+            await self.monitor.check_once()
+
+    def dependencies(self) -> list[Dependency]:
+        """What this server's services need to answer: the database (all of them) and, for memory and
+        knowledge, a Chroma server when the vector index is one (an embedded index lives in-process)."""
+        services = [name for name in self.served_names() if name]
+        found = [database_dependency(self.db, services)] if services else []
+        retrieval = [n for n in services if n in (MEMORY_SERVICE, KNOWLEDGE_SERVICE)]
+        if retrieval and self.settings.vector_url.startswith(("http://", "https://")):
+            timeout = max(self.settings.health_check_interval_seconds, 1.0)
+            found.append(chroma_dependency(self.settings.vector_url, retrieval, timeout))
+        return found
+
     async def stop(self, grace: float | None = None) -> None:
-        """Drain: health NOT_SERVING, refuse new calls, let in-flight calls finish within ``grace``."""
+        """Drain: health NOT_SERVING on every name, new calls refused (SERVER_DRAINING: clients retry
+        another replica), calls in flight finished within ``grace`` (default drain_seconds), then stop.
+        The gRPC server keeps accepting connections meanwhile: an agent turn in flight still reaches
+        this server's own state, memory and knowledge services."""
+        grace = self.settings.drain_seconds if grace is None else grace
         await self.health.enter_graceful_shutdown()
+        self.activity.draining = True
         if self.state is not None:
             self.state.begin_shutdown()
         for task in self.tasks:
             task.cancel()
-        await self.server.stop(self.settings.drain_seconds if grace is None else grace)
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+        left = await self._finish_in_flight(grace)
+        # What is left are health watches and calls past the grace: a short goodbye, then cancelled.
+        await self.server.stop(min(left, 1.0))
+        warm_up = getattr(self, "_warm_up", None)
+        if warm_up is not None:
+            warm_up.cancel()  # after the calls in flight, which may be waiting for the model
+        for task in [*self.tasks, *([warm_up] if warm_up is not None else [])]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self.state is not None:
             await self.state.store.close()
@@ -243,6 +324,13 @@ class Host:
         if self.memory is not None:
             await self.memory.close()
         await self.db.close()
+
+    async def _finish_in_flight(self, grace: float) -> float:
+        """Wait up to ``grace`` seconds for the service calls in flight to end; the seconds left."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        await self.activity.wait_quiet(grace)
+        return max(deadline - loop.time(), 0.0)
 
     async def serve_until_signal(self) -> None:
         """Run until SIGTERM/SIGINT (or idle shutdown), then drain."""
@@ -267,6 +355,17 @@ class Host:
                 return
 
 
+def _connection_age_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    """Close each client connection after the maximum age (gRPC adds +-10% jitter), so a client's
+    round_robin channel resolves its target again and finds replicas added since it connected."""
+    if settings.max_connection_age_seconds <= 0:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_seconds * 1000)),
+    ]
+
+
 async def create_server(
     settings: ServerSettings,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),  # type: ignore[type-arg]
@@ -289,13 +388,21 @@ async def create_server(
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
             ("grpc.http2.max_ping_strikes", 0),
+            *_connection_age_options(settings),
         ],
     )
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    # gRPC's own per-server counters (calls started, succeeded, failed; sockets), read with any channelz
+    # client: how calls spread over replicas (`sessionkit cluster status`, tests/cluster).
+    channelz.add_channelz_servicer(server)  # type: ignore[no-untyped-call, arg-type]
     db = Database(settings.resolved_database_url())
     host = Host(server, 0, settings, health_servicer, activity, ready, db)
-    names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+    names = [
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+        CHANNELZ_SERVICE,
+    ]
 
     if "state" in settings.services:
         sql_store = SqlStateStore(db, history_limit=settings.history_limit)

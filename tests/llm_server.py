@@ -57,7 +57,8 @@ class ToolCall:
 class Reply:
     """One scripted answer. ``status`` >= 400 answers an OpenAI-style error (``error`` is its message);
     ``headers`` are sent as they are (e.g. ``Retry-After``); ``raw`` replaces the whole body (bytes sent
-    as they are) for broken-server cases; ``delay`` seconds pass before answering."""
+    as they are) for broken-server cases; ``delay`` seconds pass before answering, and with ``gate``
+    the answer waits until the test sets it (a call held in flight for as long as a test needs)."""
 
     content: str | None = None
     status: int = 200
@@ -67,6 +68,7 @@ class Reply:
     finish_reason: str = ""
     raw: bytes | None = None
     delay: float = 0.0
+    gate: threading.Event | None = None
     #: Streaming only: the content split into these pieces (default: word by word).
     chunks: list[str] | None = None
     #: Streaming only: seconds between pieces (to see that they arrive one by one).
@@ -215,6 +217,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if reply.delay:
             time.sleep(reply.delay)
+        if reply.gate is not None:
+            reply.gate.wait(timeout=300)
         if reply.raw is not None:
             self._send(reply.status, reply.raw, "application/json", reply.headers)
         elif reply.status >= 400:

@@ -72,49 +72,89 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextlib.contextmanager
-def throwaway_server() -> Iterator[str]:
-    """A new PostgreSQL cluster in a temporary directory, served on 127.0.0.1 at a free port, stopped
-    and deleted on exit; yields its admin DSN (user postgres, trust auth, database postgres)."""
-    bindir = find_bindir()
-    if bindir is None:
-        raise PostgresUnavailable(
-            "no PostgreSQL binaries (initdb, pg_ctl, postgres) found in "
-            f"{', '.join(BIN_GLOBS)} or on PATH: install them (Debian/Ubuntu: apt-get install postgresql)"
-        )
-    as_user: dict[str, Any] = {}
-    root = Path(tempfile.mkdtemp(prefix="sessionkit-pg-", dir=_reachable_tempdir()))
-    try:
-        if os.geteuid() == 0:
-            try:
-                account = pwd.getpwnam(SERVER_USER)
-            except KeyError:
-                raise PostgresUnavailable(
-                    f"running as root, and PostgreSQL refuses root: a {SERVER_USER!r} system user is "
-                    "needed to run the throwaway server (apt-get install postgresql creates it)"
-                ) from None
-            os.chown(root, account.pw_uid, account.pw_gid)
-            as_user = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
-        data, log = root / "data", root / "postgres.log"
-        port = _free_port()
-        _run(
-            [bindir / "initdb", "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"],
-            as_user,
-            "initdb",
-        )
+class ThrowawayServer:
+    """A new PostgreSQL cluster in a temporary directory, served on 127.0.0.1 at a free port (user
+    postgres, trust auth, database postgres). ``stop``/``start`` restart it on the same port and data
+    (fault tests); ``close`` stops it and deletes the directory."""
+
+    def __init__(self) -> None:
+        bindir = find_bindir()
+        if bindir is None:
+            raise PostgresUnavailable(
+                "no PostgreSQL binaries (initdb, pg_ctl, postgres) found in "
+                f"{', '.join(BIN_GLOBS)} or on PATH: install them (Debian/Ubuntu: apt-get install postgresql)"
+            )
+        self.bindir = bindir
+        self.as_user: dict[str, Any] = {}
+        self.root = Path(tempfile.mkdtemp(prefix="sessionkit-pg-", dir=_reachable_tempdir()))
+        try:
+            if os.geteuid() == 0:
+                try:
+                    account = pwd.getpwnam(SERVER_USER)
+                except KeyError:
+                    raise PostgresUnavailable(
+                        f"running as root, and PostgreSQL refuses root: a {SERVER_USER!r} system user is "
+                        "needed to run the throwaway server (apt-get install postgresql creates it)"
+                    ) from None
+                os.chown(self.root, account.pw_uid, account.pw_gid)
+                self.as_user = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+            self.data, self.log = self.root / "data", self.root / "postgres.log"
+            self.port = _free_port()
+            _run(
+                [
+                    bindir / "initdb",
+                    "-D",
+                    self.data,
+                    "-U",
+                    "postgres",
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ],
+                self.as_user,
+                "initdb",
+            )
+        except BaseException:
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> ThrowawayServer:
         # Durability off: the cluster lives for one test run; the tests need its semantics, not its fsync.
+        # (A "fast" stop still writes every acknowledged commit out: only a crash would lose them.)
         options = (
-            f"-p {port} -k {root} -c listen_addresses=127.0.0.1 "
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         )
-        _run([bindir / "pg_ctl", "-D", data, "-l", log, "-o", options, "-w", "-t", "60", "start"], as_user,
-             "pg_ctl start", log)  # fmt: skip
+        _run([self.bindir / "pg_ctl", "-D", self.data, "-l", self.log, "-o", options, "-w", "-t", "60",
+              "start"], self.as_user, "pg_ctl start", self.log)  # fmt: skip
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        _run([self.bindir / "pg_ctl", "-D", self.data, "-m", mode, "-w", "stop"], self.as_user, "pg_ctl stop")
+
+    def close(self) -> None:
         try:
-            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+            if (self.data / "postmaster.pid").exists():
+                self.stop("immediate")
         finally:
-            _run([bindir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"], as_user, "pg_ctl stop")
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def throwaway_server() -> Iterator[str]:
+    """A :class:`ThrowawayServer` for the context's duration; yields its admin DSN."""
+    server = ThrowawayServer()
+    try:
+        server.start()
+        yield server.dsn
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        server.close()
 
 
 def _reachable_tempdir() -> str:

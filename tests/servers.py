@@ -44,7 +44,8 @@ class ServerThread:
 
     def start(self) -> ServerThread:
         self.thread.start()
-        self.host, self.port = self.call(self._start())
+        # A loaded machine takes a while to load the embedding model: wait for readiness, not a call.
+        self.host, self.port = self.call(self._start(), timeout=600)
         return self
 
     async def _start(self) -> tuple[Host, int]:
@@ -52,15 +53,18 @@ class ServerThread:
         if self.customize:
             self.customize(host)
         await host.start()
+        # Ready means the model is loaded too (readiness waits for it): no test's first memory or
+        # knowledge call pays for loading it within its deadline.
+        await host.models_loaded()
         return host, port
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def call(self, coro: Any) -> Any:
+    def call(self, coro: Any, timeout: float = 60) -> Any:
         future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        return future.result(timeout=60)
+        return future.result(timeout=timeout)
 
     def stop(self) -> None:
         if self.host is not None:

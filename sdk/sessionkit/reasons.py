@@ -146,6 +146,11 @@ IDEMPOTENCY_KEY_ABANDONED = Reason(
     "an earlier {method} call with idempotency key {key!r} never finished (the server stopped); what it "
     "applied is unknown, so it is not run again: check the result and use a new key",
 )
+SERVER_DRAINING = Reason(
+    "SERVER_DRAINING",
+    ServiceUnavailable,
+    "this server is shutting down and takes no new calls; retry (another replica answers)",
+)
 EXTRA_NOT_INSTALLED = Reason(
     "EXTRA_NOT_INSTALLED",
     FailedPrecondition,

@@ -42,6 +42,9 @@ UPSTREAM_GAVE_UP = frozenset(
 #: Reasons of failures that stay as they are however often they are tried (a bad certificate, a server
 #: that does not speak the protocol).
 PERMANENT = frozenset(r.name for r in (reasons.BAD_REMOTE_RESPONSE, reasons.TLS_FAILED))
+#: Reasons of a call refused before any work was done (a server draining after SIGTERM): safe to repeat
+#: even without an idempotency key.
+REFUSED_UNSTARTED = frozenset({reasons.SERVER_DRAINING.name})
 #: The shortest time worth starting an attempt with: less than this left after a wait means the wait
 #: would use up the deadline.
 MIN_ATTEMPT_SECONDS = 0.01
@@ -54,6 +57,8 @@ def is_transient(error: BaseException, idempotent: bool = True) -> bool:
     reason = getattr(error, "reason", None)
     if reason in UPSTREAM_GAVE_UP or reason in PERMANENT:
         return False
+    if reason in REFUSED_UNSTARTED:
+        return True
     if isinstance(error, ResourceExhausted):
         return error.retry_after is not None
     if isinstance(error, (ServiceUnavailable, DeadlineExceeded)):

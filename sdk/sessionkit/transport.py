@@ -33,6 +33,12 @@ _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    # Every address of the target (a dns:/// name's records, an ipv4:/ipv6: list) gets calls in turn;
+    # gRPC's default, pick_first, sends all of a channel's calls to one replica.
+    ("grpc.lb_policy_name", "round_robin"),
+    # A server's maximum connection age (or a replica going away) makes the channel resolve the name
+    # again, at most this often (default 30 s): a scale-up is picked up within seconds.
+    ("grpc.dns_min_time_between_resolutions_ms", 2000),
 ]
 
 #: Which channel: the target, the API key its calls carry, and the TLS trust (CA file, server name).
@@ -134,7 +140,10 @@ class Transport:
     api_key: str | None = None
 
     def __post_init__(self) -> None:
-        self._targets = self.settings.targets(self.address)
+        try:
+            self._targets = self.settings.targets(self.address)
+        except ValueError as error:
+            raise reasons.INVALID_ARGUMENT.error(detail=f"address: {error}") from None
         self._local_target: str | None = None
 
     @property

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from sessionkit.config import SERVICES, ClientSettings, grpc_target
+
 ServiceName = Literal["state", "memory", "knowledge", "agent"]
 ALL_SERVICES: tuple[ServiceName, ...] = ("state", "memory", "knowledge", "agent")
 
@@ -73,12 +75,27 @@ class ServerSettings(BaseSettings):
     reap_interval_seconds: float = Field(30.0, gt=0)
     #: Seconds to finish in-flight calls after SIGTERM.
     drain_seconds: float = Field(10.0, ge=0)
+    #: A client connection is closed (GOAWAY, the client reconnects and resolves its target again) after
+    #: this many seconds, so clients of a replicated service find new replicas; 0 = never.
+    max_connection_age_seconds: float = Field(60.0, ge=0)
+    #: Seconds the calls in flight on such a connection still get before it is cut: as long as the
+    #: longest call (a large upload, an agent turn).
+    max_connection_age_grace_seconds: float = Field(600.0, ge=0)
+    #: Seconds between checks of this server's dependencies (the database, a Chroma server); a service
+    #: whose dependency is down reports NOT_SERVING on the health service until it is back.
+    health_check_interval_seconds: float = Field(5.0, gt=0)
     #: Shut down after this many seconds with no calls (embedded local servers only; 0 = never).
     idle_shutdown_seconds: float = Field(0.0, ge=0)
     # ---- agent (services/agent; docs/AGENT.md) ------------------------------------------------------
     #: gRPC address of the state, memory and knowledge services the agent service calls; empty = this
     #: server itself (one process serving everything).
     agent_upstream_address: str = ""
+    #: Where each service is, when the agent service or the gateway alone calls them (the SDK's
+    #: variables; each overrides agent_upstream_address / upstream_address for its service).
+    state_address: str = ""
+    memory_address: str = ""
+    knowledge_address: str = ""
+    agent_address: str = ""
     #: Prompt budget of a turn in tokens (system prompt, memory and knowledge context, history, message).
     agent_context_tokens: int = Field(6000, ge=256)
     #: Seconds a turn holds its session's conversation lease between renewals (a dead replica's lapses).
@@ -128,6 +145,18 @@ class ServerSettings(BaseSettings):
     #: The agent POST /agent talks to when the request names none (created on first use).
     default_agent: str = "Assistant"
 
+    @field_validator(
+        "agent_upstream_address",
+        "upstream_address",
+        "state_address",
+        "memory_address",
+        "knowledge_address",
+        "agent_address",
+    )
+    @classmethod
+    def _target(cls, value: str) -> str:
+        return grpc_target(value)
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _hash_api_keys(cls, value: Any) -> dict[str, str]:
@@ -146,6 +175,14 @@ class ServerSettings(BaseSettings):
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
         return self
+
+    def upstream_client_settings(self, base: str) -> ClientSettings:
+        """Client settings reaching each service at its own address when one is set, else at ``base``
+        (with ``base`` empty, SESSIONKIT_ADDRESS still applies)."""
+        explicit = {f"{name}_address": getattr(self, f"{name}_address") for name in SERVICES}
+        if base:
+            explicit["address"] = base
+        return ClientSettings(**{k: v for k, v in explicit.items() if v})
 
     @property
     def auth_enabled(self) -> bool:

@@ -4,14 +4,18 @@ activity is tracked (for the embedded server's idle shutdown)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from grpc_status import rpc_status
 
+from sessionkit import reasons
 from sessionkit.errors import (
     FieldViolation,
     InternalError,
@@ -30,6 +34,31 @@ class Activity:
     def __init__(self) -> None:
         self.in_flight = 0
         self.last_active = time.monotonic()
+        #: sessionkit calls in flight by service ("sessionkit.v1.StateService"); health and reflection
+        #: calls (a long health Watch) are not counted, so a drain never waits on them.
+        self.service_calls: Counter[str] = Counter()
+        #: Set on SIGTERM: new calls are refused (SERVER_DRAINING) while those in flight finish.
+        self.draining = False
+
+        self._quiet = asyncio.Event()
+        self._quiet.set()
+
+    def busy(self) -> int:
+        return sum(self.service_calls.values())
+
+    def call_started(self, service: str) -> None:
+        self.service_calls[service] += 1
+        self._quiet.clear()
+
+    def call_ended(self, service: str) -> None:
+        self.service_calls[service] -= 1
+        if not self.busy():
+            self._quiet.set()
+
+    async def wait_quiet(self, seconds: float) -> None:
+        """Until no service call is in flight, or ``seconds`` have passed."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._quiet.wait(), seconds)
 
     def idle_for(self) -> float:
         return 0.0 if self.in_flight else time.monotonic() - self.last_active
@@ -81,7 +110,8 @@ async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
 
 class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Maps exceptions to statuses, logs calls, tracks activity, and answers UNAVAILABLE (which
-    clients retry) to service calls until ``ready`` is set (storage migrated and open)."""
+    clients retry) to service calls until ``ready`` is set (storage migrated and open) and while the
+    server drains (SERVER_DRAINING). Health, reflection and channelz always answer."""
 
     def __init__(self, activity: Activity | None = None, ready: asyncio.Event | None = None) -> None:
         self.activity = activity or Activity()
@@ -123,7 +153,7 @@ class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
 
     def _unary(self, behavior: Any, method: str, streaming: bool) -> Any:
         async def wrapper(request: Any, context: Any) -> Any:
-            start, outcome = self._begin(), ["OK"]
+            start, outcome = self._begin(method), ["OK"]
             try:
                 self._check_ready(method)
                 return await behavior(_checked(request) if streaming else _refuse(request), context)
@@ -136,10 +166,15 @@ class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
 
     def _stream(self, behavior: Any, method: str, streaming: bool) -> Any:
         async def wrapper(request: Any, context: Any) -> AsyncIterator[Any]:
-            start, outcome = self._begin(), ["OK"]
+            start, outcome = self._begin(method), ["OK"]
             try:
                 self._check_ready(method)
-                async for response in behavior(_checked(request) if streaming else _refuse(request), context):
+                responses = behavior(_checked(request) if streaming else _refuse(request), context)
+                if inspect.isawaitable(responses):
+                    # A handler that writes with context.write (grpc_health's Watch), not a generator.
+                    await responses
+                    return
+                async for response in responses:
                     yield response
             except Exception as error:
                 await self._fail(error, context, method, outcome)
@@ -147,6 +182,13 @@ class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
                 self._end(method, start, outcome[0])
 
         return wrapper
+
+    def _agent_upstream_call(self, method: str) -> bool:
+        """While draining, whether a call may still be the agent's own: a state, memory or knowledge
+        call while agent turns of this process are in flight (a turn calls its upstream services, this
+        very server when it serves them all, until it ends)."""
+        agent = "sessionkit.v1.AgentService"
+        return _service_of(method) != agent and self.activity.service_calls[agent] > 0
 
     @staticmethod
     async def _fail(error: Exception, context: Any, method: str, outcome: list[str]) -> None:
@@ -157,26 +199,34 @@ class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
         await context.abort_with_status(_status_for(error, method))
 
     def _check_ready(self, method: str) -> None:
-        if (
-            self.ready is None
-            or self.ready.is_set()
-            or method.startswith(("/grpc.health", "/grpc.reflection"))
-        ):
+        if method.startswith(("/grpc.health", "/grpc.reflection", "/grpc.channelz")):
+            return
+        if self.activity.draining and not self._agent_upstream_call(method):
+            raise reasons.SERVER_DRAINING.error()
+        if self.ready is None or self.ready.is_set():
             return
         raise ServiceUnavailable(f"{method}: the server is starting and its storage is not ready yet")
 
-    def _begin(self) -> float:
+    def _begin(self, method: str) -> float:
         self.activity.in_flight += 1
+        if method.startswith("/sessionkit."):
+            self.activity.call_started(_service_of(method))
         return time.perf_counter()
 
     def _end(self, method: str, start: float, code: str) -> None:
         self.activity.in_flight -= 1
+        if method.startswith("/sessionkit."):
+            self.activity.call_ended(_service_of(method))
         self.activity.last_active = time.monotonic()
         if log.isEnabledFor(logging.DEBUG) or code not in ("OK", "NOT_FOUND", "ABORTED"):
             log.info(
                 "rpc",
                 extra={"method": method, "code": code, "ms": round((time.perf_counter() - start) * 1e3, 3)},
             )
+
+
+def _service_of(method: str) -> str:
+    return method.split("/")[1]
 
 
 def _is_abort(error: Exception) -> bool:

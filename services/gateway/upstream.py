@@ -61,7 +61,8 @@ class Upstream:
     def __post_init__(self) -> None:
         if self.client_settings.targets(self.address) is None:
             raise ValueError(
-                "the gateway needs the services' address (--address / SESSIONKIT_UPSTREAM_ADDRESS)"
+                "the gateway needs the services' address (--address / SESSIONKIT_UPSTREAM_ADDRESS, or "
+                "each service's SESSIONKIT_STATE_ADDRESS, SESSIONKIT_MEMORY_ADDRESS, ...)"
             )
         # The gateway's own TLS trust for its upstream; keys are the callers', never the environment's.
         self.client_settings = self.client_settings.model_copy(

@@ -21,7 +21,7 @@ from sessionkit.errors import (
     StateConflict,
 )
 from sessionkit.jsonvalues import JsonValue, check_json, dumps
-from sessionkit_server.common import checks, paging
+from sessionkit_server.common import checks, failpoints, paging
 from sessionkit_server.common.idempotency import IDEMPOTENCY_TTL_US, check_key
 from sessionkit_server.common.identity import session_key as session_key  # re-exported
 from sessionkit_server.common.timestamps import now_us as now_us  # re-exported
@@ -391,6 +391,7 @@ class StateService:
             return result
 
         result = await self.store.write(key, idempotency_key, now_us(), run)
+        failpoints.hit("state.after_write_commit")  # committed, not yet answered: the retry must replay
         self.notifier.notify(key)
         return result
 

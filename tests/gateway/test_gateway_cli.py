@@ -43,7 +43,7 @@ print(legacy["response"])
 """
 
 
-def wait_http(url: str, proc: ChildProcess, timeout: float = 60) -> None:
+def wait_http(url: str, proc: ChildProcess, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.returncode is None, f"serve exited with {proc.returncode}:\n{proc.log()[-3000:]}"

@@ -6,8 +6,8 @@
 - the shared layers import no service;
 - the SDK (sdk/sessionkit) imports nothing from sessionkit_server.
 
-services/server.py, services/local.py and services/cli_serve.py are the composition roots: they may
-import every service."""
+services/server.py, services/local.py, services/cli_serve.py and services/cli_migrate.py are the
+composition roots: they may import every service."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ SERVER = ROOT / "services"
 SDK = ROOT / "sdk" / "sessionkit"
 SERVICES = ("state", "memory", "knowledge", "agent", "gateway")
 SHARED = ("common", "retrieval")
-COMPOSITION_ROOTS = ("server.py", "local.py", "cli_serve.py")
+COMPOSITION_ROOTS = ("server.py", "local.py", "cli_serve.py", "cli_migrate.py")
 
 
 def imported_modules(path: Path, root: Path, name: str) -> Iterator[tuple[int, str]]:

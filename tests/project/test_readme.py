@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -107,7 +108,9 @@ def test_readme_remote_example_runs_verbatim_against_make_run(tmp_path: Path) ->
             wait_serving(f"127.0.0.1:{grpc_port}", timeout=120)
         except TimeoutError:
             raise AssertionError((tmp_path / "serve.log").read_text()[-3000:]) from None
-        for _ in range(100):
+        # /health is 200 once every service is ready, the embedding model loaded.
+        ready_by = time.monotonic() + 300
+        while time.monotonic() < ready_by:
             try:
                 if httpx.get("http://127.0.0.1:8080/health", timeout=2).status_code == 200:
                     break
