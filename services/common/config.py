@@ -6,10 +6,10 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from sessionkit.config import SERVICES, ClientSettings, grpc_target
 
@@ -120,7 +120,9 @@ class ServerSettings(BaseSettings):
     #: API keys, each mapped to a tenant: JSON ``{"<key>": "<tenant>"}`` or ``[{"key": ..., "tenant": ...},
     #: {"sha256": "<hex of the key>", "tenant": ...}]``. Only sha256 digests are kept (the validator
     #: hashes raw keys at load). Empty (and no api_keys_file) = auth off, allowed on loopback only.
-    api_keys: dict[str, str] = Field(default_factory=dict, repr=False)
+    #: NoDecode: the raw JSON text reaches hash_api_keys, whose error names the setting in one line
+    #: (pydantic-settings' own JSON decoding failed with a SettingsError and a long traceback).
+    api_keys: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict, repr=False)
     #: A file with the same JSON (e.g. a mounted Kubernetes Secret); merged into api_keys.
     api_keys_file: Path | None = None
     #: Certificate chain and private key (PEM) of the gateway's HTTPS and the gRPC server's TLS.
@@ -167,7 +169,9 @@ class ServerSettings(BaseSettings):
                 loaded = json.loads(self.api_keys_file.read_text())
             except (OSError, ValueError) as error:
                 raise ValueError(f"api_keys_file {self.api_keys_file}: {error}") from None
-            self.api_keys = {**self.api_keys, **hash_api_keys(loaded, str(self.api_keys_file))}
+            self.api_keys = merge_api_keys(
+                self.api_keys, hash_api_keys(loaded, str(self.api_keys_file)), str(self.api_keys_file)
+            )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
         return self
@@ -242,5 +246,18 @@ def hash_api_keys(value: Any, where: str) -> dict[str, str]:
             digest = hashlib.sha256(key.encode()).hexdigest()
         if not isinstance(digest, str) or not _SHA256.fullmatch(digest.lower()):
             raise ValueError(f"{where}: sha256 must be 64 hex digits")
-        out[digest.lower()] = tenant
+        out = merge_api_keys(out, {digest.lower(): tenant}, where)
     return out
+
+
+def merge_api_keys(first: dict[str, str], second: dict[str, str], where: str) -> dict[str, str]:
+    """Both key maps; a key configured for two tenants is an error (last-wins would silently give
+    one tenant's key the other's data)."""
+    for digest, tenant in second.items():
+        other = first.get(digest)
+        if other is not None and other != tenant:
+            raise ValueError(
+                f"{where}: one API key (sha256 {digest[:12]}...) is configured for two tenants, "
+                f"{other!r} and {tenant!r}"
+            )
+    return {**first, **second}

@@ -38,6 +38,7 @@ from sqlalchemy.schema import SchemaItem
 
 from sessionkit import reasons
 from sessionkit.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from sessionkit_server.common import checks
 from sessionkit_server.common.db import Database
 
 #: How long the response of an idempotent write is kept (and replayed).
@@ -136,7 +137,7 @@ def check_key(key: str) -> str:
             "invalid idempotency_key",
             violations=[FieldViolation("idempotency_key", f"1 to {MAX_KEY_LENGTH} characters")],
         )
-    return key
+    return checks.text(key, "idempotency_key")
 
 
 def key_reused(key: str, first_use: str, method: str) -> FailedPrecondition:

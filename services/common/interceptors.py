@@ -16,7 +16,14 @@ import grpc
 from grpc_status import rpc_status
 
 from sessionkit import reasons
-from sessionkit.errors import InternalError, ServiceUnavailable, SessionKitError, to_status
+from sessionkit.errors import (
+    FieldViolation,
+    InternalError,
+    InvalidArgument,
+    ServiceUnavailable,
+    SessionKitError,
+    to_status,
+)
 
 log = logging.getLogger("sessionkit.rpc")
 
@@ -64,6 +71,43 @@ def _status_for(error: BaseException, method: str) -> grpc.Status:
     return rpc_status.to_status(to_status(error))
 
 
+class _Malformed:
+    """A request message that did not parse: handed to the handler wrapper, which refuses it."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """The deserializer, returning _Malformed instead of raising: a request that does not parse
+    (invalid UTF-8 in a string, garbage, nesting over protobuf's limit) is the caller's error, so
+    INVALID_ARGUMENT, where gRPC answers a deserializer's exception with UNKNOWN."""
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as error:  # DecodeError, RecursionError, ValueError: all a bad message
+            return _Malformed(error)
+
+    return parse
+
+
+def _refuse(request: Any) -> Any:
+    if isinstance(request, _Malformed):
+        raise InvalidArgument(
+            f"the request message does not parse: {type(request.error).__name__}",
+            violations=[FieldViolation("request", "not a valid serialized message of this method's type")],
+        )
+    return request
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _refuse(request)
+
+
 class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Maps exceptions to statuses, logs calls, tracks activity, and answers UNAVAILABLE (which
     clients retry) to service calls until ``ready`` is set (storage migrated and open) and while the
@@ -82,36 +126,37 @@ class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
         if handler is None:
             return handler
         method = handler_call_details.method
+        parse = _lenient(handler.request_deserializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                self._unary(handler.unary_unary, method, streaming=False),
+                request_deserializer=parse,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                self._stream(handler.unary_stream, method, streaming=False),
+                request_deserializer=parse,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.stream_unary, method),
-                request_deserializer=handler.request_deserializer,
+                self._unary(handler.stream_unary, method, streaming=True),
+                request_deserializer=parse,
                 response_serializer=handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
-            self._stream(handler.stream_stream, method),
-            request_deserializer=handler.request_deserializer,
+            self._stream(handler.stream_stream, method, streaming=True),
+            request_deserializer=parse,
             response_serializer=handler.response_serializer,
         )
 
-    def _unary(self, behavior: Any, method: str) -> Any:
+    def _unary(self, behavior: Any, method: str, streaming: bool) -> Any:
         async def wrapper(request: Any, context: Any) -> Any:
             start, outcome = self._begin(method), ["OK"]
             try:
                 self._check_ready(method)
-                return await behavior(request, context)
+                return await behavior(_checked(request) if streaming else _refuse(request), context)
             except Exception as error:
                 await self._fail(error, context, method, outcome)
             finally:
@@ -119,12 +164,12 @@ class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
 
         return wrapper
 
-    def _stream(self, behavior: Any, method: str) -> Any:
+    def _stream(self, behavior: Any, method: str, streaming: bool) -> Any:
         async def wrapper(request: Any, context: Any) -> AsyncIterator[Any]:
             start, outcome = self._begin(method), ["OK"]
             try:
                 self._check_ready(method)
-                responses = behavior(request, context)
+                responses = behavior(_checked(request) if streaming else _refuse(request), context)
                 if inspect.isawaitable(responses):
                     # A handler that writes with context.write (grpc_health's Watch), not a generator.
                     await responses

@@ -55,12 +55,33 @@ class Fetched:
 
 
 def check_url(url: str) -> urllib.parse.SplitResult:
-    parsed = urllib.parse.urlsplit(url.strip())
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+    """``url`` split, if it is an http(s) URL whose host a resolver can take and whose port is one:
+    a host that is no hostname (control characters, empty labels) failed in the resolver's IDNA
+    encoding, and an out-of-range port in urllib, both as INTERNAL."""
+    try:
+        parsed = urllib.parse.urlsplit(url.strip())
+        port = parsed.port  # ValueError when not 0-65535
+        host = parsed.hostname or ""
+        if host and not _is_ip(host):
+            host.encode("idna")
+    except (ValueError, UnicodeError) as error:
+        raise InvalidArgument(
+            f"invalid URL {url!r}: {error}",
+            violations=[FieldViolation("url", f"an http:// or https:// URL ({error})")],
+        ) from None
+    if parsed.scheme not in ("http", "https") or not host or port == 0:
         raise InvalidArgument(
             f"invalid URL {url!r}", violations=[FieldViolation("url", "an http:// or https:// URL")]
         )
     return parsed
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _not_allowed(url: str, why: str) -> PermissionDenied:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from sessionkit import reasons
 from sessionkit.errors import FieldViolation, InvalidArgument, NotFound
-from sessionkit_server.common import paging
+from sessionkit_server.common import checks, paging
 from sessionkit_server.common.idempotency import Idempotency, then
 from sessionkit_server.common.identity import Owner
 from sessionkit_server.common.timestamps import now_us
@@ -165,6 +165,8 @@ class KnowledgeService(KnowledgeIngestion):
                 "invalid limit",
                 violations=[FieldViolation("limit", f"must be between 1 and {self.settings.max_limit}")],
             )
+        if min_score is not None:
+            checks.number(min_score, "min_score")  # NaN compares false: it would hide every hit
         wanted = _check_filter(metadata_filter)
         searched = list(scopes) or default_scopes(owner)
         k = max(limit * 4, 40)

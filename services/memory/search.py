@@ -10,7 +10,7 @@ import asyncio
 
 from sessionkit import reasons
 from sessionkit.errors import FieldViolation, InvalidArgument
-from sessionkit_server.common import paging
+from sessionkit_server.common import checks, paging
 from sessionkit_server.common.identity import Owner
 from sessionkit_server.common.timestamps import now_us
 from sessionkit_server.memory import tables as t
@@ -83,6 +83,8 @@ class MemoryReads(MemoryBase):
                 violations=[FieldViolation("limit", f"must be between 1 and {self.settings.max_limit}")],
             )
         check = self._filter(metadata_filter, min_quality)
+        if min_score is not None:
+            checks.number(min_score, "min_score")  # NaN compares false: it would hide every hit
         k = max(limit * 4, 40)
         now = now_us()
         vector = await self.embedder.embed_one(query)
@@ -144,6 +146,7 @@ class MemoryReads(MemoryBase):
         metadata_filter: JsonObject | None = None,
         max_chars: int = 0,
     ) -> tuple[str, list[Hit]]:
+        checks.count(max_chars, "max_chars", high=1_000_000)  # the gateway's bound; 0: no limit
         hits = await self.search(owner, query, memory_type, max_items, min_quality, metadata_filter)
         lines: list[str] = []
         used: list[Hit] = []

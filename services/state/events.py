@@ -33,6 +33,8 @@ async def append_event(
         violations.append(FieldViolation("event.author", "author must be at most 128 characters"))
     if len(idempotency_key) > MAX_KEY_LENGTH:
         violations.append(FieldViolation("idempotency_key", f"1 to {MAX_KEY_LENGTH} characters"))
+    elif idempotency_key and (bad_key := checks.text_violation(idempotency_key, "idempotency_key")):
+        violations.append(bad_key)
     for field, value in (("event.role", role), ("event.content", content), ("event.author", author)):
         violation = checks.text_violation(value, field)
         if violation:

@@ -18,8 +18,14 @@ Context = Any  # grpc.aio.ServicerContext
 
 def _ts(micros: int) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
-    ts.FromMicroseconds(micros)
+    # Clamped: a session stored before TTLs were bounded may expire after the year 9999, which no
+    # Timestamp can say; it reads as expiring at the end of the range instead of failing every read.
+    ts.FromMicroseconds(min(max(micros, checks.MIN_TIMESTAMP_US), checks.MAX_TIMESTAMP_US))
     return ts
+
+
+#: google.protobuf.Duration's largest number of seconds (about 10,000 years).
+MAX_PROTO_SECONDS = 315_576_000_000
 
 
 def session_message(record: SessionRecord) -> state_pb2.Session:
@@ -32,7 +38,7 @@ def session_message(record: SessionRecord) -> state_pb2.Session:
         event_count=record.event_count,
     )
     if record.ttl_seconds is not None:
-        message.ttl.CopyFrom(duration_pb2.Duration(seconds=record.ttl_seconds))
+        message.ttl.CopyFrom(duration_pb2.Duration(seconds=min(record.ttl_seconds, MAX_PROTO_SECONDS)))
     if record.expire_us is not None:
         message.expire_time.CopyFrom(_ts(record.expire_us))
     return message

@@ -286,6 +286,7 @@ class StateService:
     async def restore_version(
         self, key: SessionKey, version: int, expected_version: int | None = None, idempotency_key: str = ""
     ) -> WriteResult:
+        checks.count(version, "version")
         earlier = await self.store.get_version(key, version)
         if earlier is None:
             await self.get_session(key)
@@ -370,6 +371,8 @@ class StateService:
     ) -> WriteResult:
         if idempotency_key:
             check_key(idempotency_key)  # the ledger's rule: what its table can hold
+        if expected_version is not None:
+            checks.count(expected_version, "expected_version")
 
         def run(tx: WriteTx) -> WriteResult:
             if tx.replayed_response is not None:

@@ -4,7 +4,11 @@ refused request writes nothing (no session, agent or message)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,7 +16,7 @@ import pytest
 
 from sessionkit_server.common.config import ServerSettings
 from tests.gateway.test_gateway_support import GatewayThread, assert_error, gateway_settings
-from tests.servers import ServerThread
+from tests.servers import ServerThread, child_env
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +144,84 @@ def test_a_500_says_connection_close_since_the_server_closes_the_connection() ->
         reply = client.get("/boom")
     assert_error(reply, 500, "INTERNAL")
     assert reply.headers["connection"] == "close"
+
+
+@pytest.mark.parametrize("case", ["knowledge_min_score_nan", "memory_min_score_nan", "memory_max_chars"])
+def test_search_bounds_that_are_not_numbers_in_range_are_invalid_argument(
+    services: ServerThread, case: str
+) -> None:
+    """min_score=NaN compared false and silently hid every hit; max_chars=-1 was taken as a limit."""
+    import grpc
+
+    from sessionkit.v1 import common_pb2, knowledge_pb2, knowledge_pb2_grpc, memory_pb2, memory_pb2_grpc
+
+    session = common_pb2.SessionRef(app_name="app", user_id="u-bounds", session_id="s1")
+    with grpc.insecure_channel(services.address) as channel:
+        calls = {
+            "knowledge_min_score_nan": lambda: knowledge_pb2_grpc.KnowledgeServiceStub(
+                channel
+            ).SearchKnowledge(
+                knowledge_pb2.SearchKnowledgeRequest(session=session, query="q", min_score=float("nan")),
+                timeout=60,
+            ),
+            "memory_min_score_nan": lambda: memory_pb2_grpc.MemoryServiceStub(channel).SearchMemories(
+                memory_pb2.SearchMemoriesRequest(session=session, query="q", min_score=float("nan")),
+                timeout=60,
+            ),
+            "memory_max_chars": lambda: memory_pb2_grpc.MemoryServiceStub(channel).BuildMemoryContext(
+                memory_pb2.BuildMemoryContextRequest(session=session, query="q", max_chars=-1), timeout=60
+            ),
+        }
+        with pytest.raises(grpc.RpcError) as info:
+            calls[case]()
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+
+
+API_KEY = "k" * 32
+BAD_API_KEYS = {
+    "not_json": ("{not json", "api_keys"),
+    "one_key_two_tenants": (
+        json.dumps([{"key": API_KEY, "tenant": "acme"}, {"key": API_KEY, "tenant": "globex"}]),
+        "acme",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_API_KEYS)
+def test_bad_api_keys_settings_are_one_error_line(tmp_path: Path, case: str) -> None:
+    """A key configured for two tenants was accepted (the last won) and invalid JSON printed a
+    129-line traceback: both are one error line and exit code 2, before anything serves."""
+    value, named = BAD_API_KEYS[case]
+    result = subprocess.run(
+        [sys.executable, "-m", "sessionkit.cli", "serve", "--port", "0", "--http-port", "0",
+         "--service", "state", "--data-dir", str(tmp_path / "data")],
+        cwd=tmp_path, env=child_env(SESSIONKIT_API_KEYS=value), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and named in errors[0], result.stderr
+    assert len(result.stderr.splitlines()) <= 3, result.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://\u0087\u00e6\u00a5\u00fc9\u0010\u0086\u00c5\u008f",
+        "http://example.com:99999/",
+        "http://a..b/",
+    ],
+    ids=["control_characters_in_host", "port_out_of_range", "empty_label"],
+)
+def test_a_knowledge_url_that_is_no_url_is_400_naming_url(http: httpx.Client, url: str) -> None:
+    """Found by the gateway fuzz (seed 20261207): the host went to the resolver, whose IDNA encoding
+    failed, and AddKnowledgeSource answered INTERNAL; an out-of-range port did the same."""
+    reply = http.post(
+        "/v1/sessions/s1/knowledge",
+        params={"user_id": "u-url"},
+        json={"url": url, "chunker": {"type": "semantic"}},
+    )
+    error = assert_error(reply, 400)
+    assert [v["field"] for v in error["violations"]] == ["url"], error
+    sources = http.get("/v1/sessions/s1/knowledge", params={"user_id": "u-url"})
+    assert sources.status_code == 200 and sources.json()["sources"] == [], sources.text

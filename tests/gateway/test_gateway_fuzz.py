@@ -5,11 +5,13 @@ knowledge, agent), the agent's model a scripted OpenAI-compatible server that al
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, seed, settings
@@ -33,10 +35,10 @@ pytestmark = pytest.mark.slow
 EXAMPLES = 10
 #: /agent turns are real turns (memory and knowledge retrieval, a model call): fewer of them.
 AGENT_EXAMPLES = 6
-#: The run's seed. Other seeds still find 500s (a knowledge upload answered "Internal error from Core"
-#: by gRPC's core; a URL source with odd characters and the semantic chunker: INTERNAL), open under the
-#: hardening issue; a fixed seed keeps CI the same for every clone meanwhile.
-FUZZ_SEED = 1
+#: The run's seed: fixed, so CI fuzzes the same cases in every clone; SESSIONKIT_FUZZ_SEED=N runs
+#: other cases (seed 20261207 found a knowledge upload answered "Internal error from Core" by gRPC's
+#: core, and a URL source with odd characters and the semantic chunker answered INTERNAL).
+FUZZ_SEED = int(os.environ.get("SESSIONKIT_FUZZ_SEED", "1"))
 CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance, content_type_conformance]
 
 
@@ -56,11 +58,24 @@ def live_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = ServerThread(settings_).start()
     gateway = GatewayThread(gateway_settings(http_max_body_bytes=256 << 10), server.address).start()
     try:
+        _warm_up(gateway.url)
         yield gateway.url
     finally:
         gateway.stop()
         server.stop()
         llm.stop()
+
+
+def _warm_up(url: str) -> None:
+    """Load the embedding model before fuzzing: the first memory write loads it, which on a loaded CI
+    machine can outlast the gateway's upstream deadline (a 504 that is no fault of the case)."""
+    with httpx.Client(base_url=url, timeout=120) as client:
+        for _ in range(5):
+            reply = client.post("/v1/sessions/warm/memories", json={"text": "warm up"})
+            if reply.status_code != 504:
+                assert reply.status_code < 300, reply.text
+                return
+        raise AssertionError("the memory service did not load its embedding model in time")
 
 
 def test_generated_requests_get_documented_answers_and_never_a_5xx(live_gateway: str, tmp_path: Path) -> None:

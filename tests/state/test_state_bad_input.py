@@ -161,3 +161,112 @@ async def test_text_a_store_cannot_hold_is_refused_alike_on_every_store(
     assert [name for name, _ in violations(info.value)] == [f"event.{field}"]
     listed = await stub.ListEvents(state_pb2.ListEventsRequest(session=ref()), timeout=10)
     assert list(listed.events) == []
+
+
+async def test_negative_versions_and_a_nul_idempotency_key_are_invalid_argument(
+    stub: state_pb2_grpc.StateServiceStub,
+) -> None:
+    calls = {
+        "expected_version": stub.SetStateValue(
+            state_pb2.SetStateValueRequest(session=ref(), key="a", value=to_value(1), expected_version=-1),
+            timeout=10,
+        ),
+        "version": stub.RestoreStateVersion(
+            state_pb2.RestoreStateVersionRequest(session=ref(), version=-1), timeout=10
+        ),
+        "idempotency_key": stub.SetStateValue(
+            state_pb2.SetStateValueRequest(
+                session=ref(), key="a", value=to_value(1), idempotency_key="k\x00"
+            ),
+            timeout=10,
+        ),
+    }
+    for field, call in calls.items():
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
+        assert [name for name, _ in violations(info.value)] == [field]
+    event = state_pb2.Event(role="user", content="hi")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.AppendEvent(
+            state_pb2.AppendEventRequest(session=ref(), event=event, idempotency_key="k\x00"), timeout=10
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert await state_of(stub) == ({}, 0)
+
+
+def _nested_value(depth: int) -> bytes:
+    """A Value nested ``depth`` list_values deep, serialized by hand (protobuf refuses to build it)."""
+    data = b""
+    for _ in range(depth):
+        # Value.list_value (field 6, length-delimited) holding a ListValue whose values (field 1) is data.
+        inner = b"\x0a" + _varint(len(data)) + data
+        data = b"\x32" + _varint(len(inner)) + inner
+    return data
+
+
+def _varint(n: int) -> bytes:
+    out = b""
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out += bytes([byte | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\xff\xff\xff\xff",
+        # SetStateValueRequest.key (field 2) holding invalid UTF-8.
+        state_pb2.SetStateValueRequest(session=ref()).SerializeToString() + b"\x12\x02\xc3\x28",
+        # SetStateValueRequest.value (field 3) nested past protobuf's recursion limit (100).
+        state_pb2.SetStateValueRequest(session=ref(), key="a").SerializeToString()
+        + b"\x1a"
+        + _varint(len(_nested_value(120)))
+        + _nested_value(120),
+    ],
+    ids=["garbage", "invalid_utf8", "too_deep"],
+)
+async def test_a_malformed_request_message_is_invalid_argument(server: ServerThread, payload: bytes) -> None:
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        await state_pb2_grpc.StateServiceStub(channel).CreateSession(
+            state_pb2.CreateSessionRequest(session=ref()), timeout=10
+        )
+        raw = channel.unary_unary(
+            "/sessionkit.v1.StateService/SetStateValue",
+            request_serializer=lambda data: data,
+            response_deserializer=lambda data: data,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await raw(payload, timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [name for name, _ in violations(info.value)] == ["request"]
+        reply = await state_pb2_grpc.StateServiceStub(channel).GetState(
+            state_pb2.GetStateRequest(session=ref()), timeout=10
+        )
+        assert reply.version == 0
+
+
+async def test_a_session_stored_with_a_ttl_beyond_the_range_before_the_rule_still_reads(
+    server: ServerThread, database_url: str
+) -> None:
+    """Sessions written before the TTL rule may expire after the year 9999: they read (their times
+    shown at the end of the range) instead of answering INTERNAL on every read until deleted."""
+    from sessionkit_server.state.sql_store import SqlStateStore
+    from sessionkit_server.state.store import SessionKey
+
+    store = SqlStateStore(database_url)
+    await store.start()
+    try:
+        await store.create_session(SessionKey("app", "alice", "old"), 300_000_000_000, {}, False, 0)
+    finally:
+        await store.close()
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = state_pb2_grpc.StateServiceStub(channel)
+        reply = await stub.GetSession(state_pb2.GetSessionRequest(session=ref("old")), timeout=10)
+        assert reply.session.expire_time.ToDatetime().year == 9999
+        listed = await stub.ListSessions(
+            state_pb2.ListSessionsRequest(app_name="app", user_id="alice"), timeout=10
+        )
+        assert "old" in [s.ref.session_id for s in listed.sessions]
