@@ -97,6 +97,14 @@ async def measure(targets: dict[str, str], args: argparse.Namespace) -> dict[str
     return out
 
 
+def model_env(args: argparse.Namespace) -> dict[str, str]:
+    """The model threads of every process, the same in each topology. The manifests' 2 fit a pod with
+    2 CPUs of its own; six model processes with 2 spinning threads each on a 2-core machine measure
+    the oversubscription (memory searches fell to a tenth), not the topology."""
+    threads = str(args.model_threads)
+    return {"SESSIONKIT_EMBEDDING_THREADS": threads, "SESSIONKIT_AGENT_OFFLINE_THREADS": threads}
+
+
 def run_topology(
     replicas: int, database_url: str, vector_url: str, args: argparse.Namespace
 ) -> dict[str, float]:
@@ -109,6 +117,7 @@ def run_topology(
         base_port=support.free_base_port(hosts, len(SERVICES)),
         http_port=free_port(),
         vector_url=vector_url,
+        extra_env={name: model_env(args) for name in SERVICES},
     )
     cluster = Cluster(topology)
     cluster.up(timeout=600)
@@ -130,6 +139,7 @@ def run_single(database_url: str, vector_url: str, args: argparse.Namespace) -> 
         SESSIONKIT_VECTOR_URL=vector_url,
         SESSIONKIT_DATA_DIR=str(data),
         SESSIONKIT_LOG_LEVEL="WARNING",
+        **model_env(args),
         PYTHONPATH=f"{ROOT / 'sdk'}{os.pathsep}{ROOT}",
     )
     with open(data / "serve.log", "wb") as log:
@@ -151,6 +161,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8, help="concurrent client loops")
     parser.add_argument("--seconds", type=float, default=5.0, help="of each throughput measurement")
     parser.add_argument("--calls", type=int, default=100, help="sequential calls of each latency")
+    parser.add_argument(
+        "--model-threads",
+        type=int,
+        default=max(1, min(2, (os.cpu_count() or 2) - 1)),
+        help="threads of each process's embedding model (default: one fewer than the cores, at most 2)",
+    )
     args = parser.parse_args()
     asyncio.run(create_database(args.database_url))
     chroma_dir = Path(tempfile.mkdtemp(prefix="sessionkit-bench-chroma-"))
