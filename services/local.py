@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         api_keys={},
         api_keys_file=None,
         http_port=0,
+        # Nobody balances load over it, and many scripts never search: the model loads on first use.
+        preload_models=False,
     )
     logs.configure(settings.log_level, settings.log_format)
 

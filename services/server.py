@@ -211,7 +211,7 @@ class Host:
             await self.db.close()
             raise
         self.ready.set()
-        model = self.embedding_model()
+        model = self.embedding_model() if self.settings.preload_models else None
         for name in self.served_names():
             if model is None or name not in model.services:
                 await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -84,6 +84,10 @@ class ServerSettings(BaseSettings):
     #: Seconds between checks of this server's dependencies (the database, a Chroma server); a service
     #: whose dependency is down reports NOT_SERVING on the health service until it is back.
     health_check_interval_seconds: float = Field(5.0, gt=0)
+    #: Load the embedding model at start-up, memory and knowledge reporting SERVING once it is loaded
+    #: (a replica behind a load balancer); false: on the first call that needs it (the embedded local
+    #: server, which often never searches, and processes that start and stop by the dozen).
+    preload_models: bool = True
     #: Shut down after this many seconds with no calls (embedded local servers only; 0 = never).
     idle_shutdown_seconds: float = Field(0.0, ge=0)
     # ---- agent (services/agent; docs/AGENT.md) ------------------------------------------------------
