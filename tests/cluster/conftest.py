@@ -34,7 +34,7 @@ TEST_ENV = {
 }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cluster_pg() -> Iterator[pg_server.ThrowawayServer]:
     try:
         server = pg_server.ThrowawayServer().start()
@@ -53,7 +53,7 @@ def echo(request: Received) -> Reply:
     return Reply(content=f"echo: {found[-1] if found else '?'}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def llm() -> Iterator[LLMServer]:
     server = LLMServer().start()
     server.fallback = echo
@@ -63,7 +63,7 @@ def llm() -> Iterator[LLMServer]:
         server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cluster(cluster_pg: pg_server.ThrowawayServer, llm: LLMServer) -> Iterator[Cluster]:
     hosts = [f"127.0.0.{i + 2}" for i in range(REPLICAS)]
     # Not under pytest's basetemp: another pytest run on the machine prunes old basetemps, which
