@@ -1,7 +1,8 @@
 """One topology for the cluster tests (tests/cluster): three replicas of each gRPC service as separate
 ``sessionkit serve`` processes on 127.0.0.2-4, the gateway, a ``chroma run`` server, on a fresh database of
 a throwaway PostgreSQL server (the fault test restarts it: never the shared one), with the test LLM server
-as the agent's LLM. Started once for the package (stopped after its last test): 12 processes, 6 of them loading the embedding model."""
+as the agent's LLM. Started once for the package and stopped after its last test (not kept up, polling,
+through the rest of the suite): 12 processes, 6 of them loading the embedding model."""
 
 from __future__ import annotations
 
