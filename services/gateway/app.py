@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from sessionkit_server.common.auth import KeyRing
 from sessionkit_server.common.config import ServerSettings
 from sessionkit_server.gateway import agent_routes, errors, rest_routes
+from sessionkit_server.gateway.admission import Admission
 from sessionkit_server.gateway.bodies import UnicodeJsonRoute
 from sessionkit_server.gateway.deps import COMMON_ERRORS, Gateway
 from sessionkit_server.gateway.limits import BodyLimit, RateLimiter
@@ -56,6 +57,8 @@ def create_app(settings: ServerSettings, upstream: Upstream) -> FastAPI:
     app.add_middleware(
         BodyLimit, max_bytes=settings.http_max_body_bytes, upload_bytes=settings.http_max_upload_bytes
     )
+    # Added last, so outermost: a request is authenticated and rate limited before its body is read.
+    app.add_middleware(Admission, keys=gateway.keys, limiter=gateway.limiter)
 
     @app.get(
         "/health",
