@@ -251,6 +251,13 @@ AGENT_NOT_FOUND = Reason("AGENT_NOT_FOUND", NotFound, "session {session_id!r} ha
 AGENT_EXISTS = Reason(
     "AGENT_EXISTS", AlreadyExists, "session {session_id!r} already has an agent named {name!r}"
 )
+TOO_MANY_WATCHERS = Reason(
+    "TOO_MANY_WATCHERS",
+    ResourceExhausted,
+    "{scope} already has {count} watch streams on this server (limit {limit}, setting {setting}): "
+    "close one, or watch again later",
+    http_override=429,
+)
 AGENT_LIMIT = Reason(
     "AGENT_LIMIT", ResourceExhausted, "session {session_id!r} already has {count} agents (limit {limit})"
 )
