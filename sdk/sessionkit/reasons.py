@@ -253,10 +253,9 @@ AGENT_EXISTS = Reason(
 )
 TOO_MANY_WATCHERS = Reason(
     "TOO_MANY_WATCHERS",
-    ResourceExhausted,
+    RateLimited,
     "{scope} already has {count} watch streams on this server (limit {limit}, setting {setting}): "
     "close one, or watch again later",
-    http_override=429,
 )
 AGENT_LIMIT = Reason(
     "AGENT_LIMIT", ResourceExhausted, "session {session_id!r} already has {count} agents (limit {limit})"

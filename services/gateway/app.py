@@ -25,6 +25,7 @@ from sessionkit_server.gateway.deps import COMMON_ERRORS, Gateway
 from sessionkit_server.gateway.limits import BodyLimit, RateLimiter
 from sessionkit_server.gateway.models import Health
 from sessionkit_server.gateway.upstream import Upstream
+from sessionkit_server.gateway.watch_hub import WatchHub
 
 
 def create_app(settings: ServerSettings, upstream: Upstream) -> FastAPI:
@@ -34,6 +35,7 @@ def create_app(settings: ServerSettings, upstream: Upstream) -> FastAPI:
         upstream,
         KeyRing(settings.api_keys),
         RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+        WatchHub(settings.max_watchers_per_session, settings.max_watchers_per_tenant),
     )
 
     @contextlib.asynccontextmanager

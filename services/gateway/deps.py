@@ -15,6 +15,7 @@ from sessionkit_server.gateway.admission import STATE_KEY
 from sessionkit_server.gateway.limits import RateLimiter
 from sessionkit_server.gateway.models import ErrorBody
 from sessionkit_server.gateway.upstream import Clients, Upstream
+from sessionkit_server.gateway.watch_hub import WatchHub
 
 ID_REGEX = r"^[A-Za-z0-9_][A-Za-z0-9._@:-]{0,127}$"
 APP_REGEX = r"^[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}$"
@@ -108,3 +109,4 @@ class Gateway:
     upstream: Upstream
     keys: KeyRing
     limiter: RateLimiter
+    watches: WatchHub

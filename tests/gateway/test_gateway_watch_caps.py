@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import grpc
 import httpx
@@ -99,18 +101,37 @@ async def test_watchers_are_capped_per_session_and_per_tenant(stub: state_pb2_gr
             call.cancel()  # type: ignore[attr-defined]
 
 
-def test_the_gateway_answers_429_over_the_cap(server: ServerThread) -> None:
-    gateway = GatewayThread(gateway_settings(api_keys={KEY_C: "initech"}), server.address).start()
-    headers = {"X-API-Key": KEY_C}
+def events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    for line in lines:
+        if line.startswith("data:"):
+            yield json.loads(line[5:])
+
+
+def test_gateway_watchers_share_one_upstream_stream_and_are_capped(server: ServerThread) -> None:
+    # The server allows 2 watchers per session; the gateway's 3 SSE watchers of one session fit because
+    # they share one upstream WatchState call. The gateway's own cap refuses the 4th.
+    settings = gateway_settings(api_keys={KEY_C: "initech"}, max_watchers_per_session=3)
+    gateway = GatewayThread(settings, server.address).start()
     try:
-        with httpx.Client(base_url=gateway.url, timeout=30, headers=headers) as http:
+        with httpx.Client(base_url=gateway.url, timeout=30, headers={"X-API-Key": KEY_C}) as http:
             assert http.post("/v1/sessions", json={"session_id": "g1"}).status_code == 201
-            with contextlib.ExitStack() as streams:
-                for _ in range(2):
-                    stream = streams.enter_context(http.stream("GET", "/v1/sessions/g1/watch"))
+            assert http.put("/v1/sessions/g1/state/user:name", json={"value": "ann"}).status_code == 200
+            with contextlib.ExitStack() as stack:
+                readers = []
+                for _ in range(3):
+                    stream = stack.enter_context(http.stream("GET", "/v1/sessions/g1/watch"))
                     assert stream.status_code == 200
+                    reader = events(stream.iter_lines())
+                    snapshot = next(reader)
+                    # Joiners get their own snapshot, with the user: keys a watch's snapshot has.
+                    assert (snapshot["operation"], snapshot["state"]) == ("SNAPSHOT", {"user:name": "ann"})
+                    readers.append(reader)
                 error = assert_error(http.get("/v1/sessions/g1/watch"), 429, "TOO_MANY_WATCHERS")
-                assert "limit 2, setting SESSIONKIT_MAX_WATCHERS_PER_SESSION" in error["message"]
-                assert error["metadata"]["limit"] == "2"
+                assert "limit 3, setting SESSIONKIT_MAX_WATCHERS_PER_SESSION" in error["message"]
+                assert error["metadata"]["limit"] == "3"
+                assert http.put("/v1/sessions/g1/state/k", json={"value": 1}).status_code == 200
+                for reader in readers:
+                    change = next(reader)
+                    assert (change["operation"], change["key"], change["value"]) == ("SET", "k", 1)
     finally:
         gateway.stop()
