@@ -413,6 +413,8 @@ async def create_server(
             max_state_bytes=settings.max_state_bytes,
             max_event_bytes=settings.max_event_bytes,
             history_limit=settings.history_limit,
+            max_watchers_per_session=settings.max_watchers_per_session,
+            max_watchers_per_tenant=settings.max_watchers_per_tenant,
         )
         host.state = StateService(store, limits)
         state_pb2_grpc.add_StateServiceServicer_to_server(StateServicer(host.state), server)  # type: ignore[no-untyped-call]

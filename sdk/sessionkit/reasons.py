@@ -251,6 +251,12 @@ AGENT_NOT_FOUND = Reason("AGENT_NOT_FOUND", NotFound, "session {session_id!r} ha
 AGENT_EXISTS = Reason(
     "AGENT_EXISTS", AlreadyExists, "session {session_id!r} already has an agent named {name!r}"
 )
+TOO_MANY_WATCHERS = Reason(
+    "TOO_MANY_WATCHERS",
+    RateLimited,
+    "{scope} already has {count} watch streams on this server (limit {limit}, setting {setting}): "
+    "close one, or watch again later",
+)
 AGENT_LIMIT = Reason(
     "AGENT_LIMIT", ResourceExhausted, "session {session_id!r} already has {count} agents (limit {limit})"
 )

@@ -68,6 +68,10 @@ class ServerSettings(BaseSettings):
     #: environment). A redirect to another host is checked again.
     knowledge_allowed_hosts: list[str] = Field(default_factory=list)
     history_limit: int = Field(100, ge=1, le=100_000)
+    #: Watch streams (WatchState, the gateway's SSE watch) open at once per session and per tenant on
+    #: one state server; the next is refused (TOO_MANY_WATCHERS, RESOURCE_EXHAUSTED / 429).
+    max_watchers_per_session: int = Field(100, ge=1)
+    max_watchers_per_tenant: int = Field(1000, ge=1)
     max_state_bytes: int = Field(1 << 20, ge=1024)
     max_event_bytes: int = Field(256 << 10, ge=1024)
     #: Largest gRPC message the server accepts (larger ones answer RESOURCE_EXHAUSTED).
@@ -141,6 +145,10 @@ class ServerSettings(BaseSettings):
     http_max_upload_bytes: int = Field(50 << 20, ge=1024)
     #: Per-key (or, with auth off, per-client-address) token bucket: requests per second and burst.
     #: 0 requests per second turns rate limiting off.
+    #: Seconds a request's headers may take to arrive (from the connection or the request's first byte)
+    #: before the gateway closes the connection, and seconds an idle kept-alive connection is kept.
+    http_header_timeout_seconds: float = Field(10.0, gt=0, le=3600)
+    http_keep_alive_seconds: float = Field(5.0, ge=1, le=3600)
     rate_limit_per_second: float = Field(20.0, ge=0)
     rate_limit_burst: int = Field(40, ge=1)
     #: Deadline of one upstream gRPC call made by the gateway (retries included), and of an agent turn.

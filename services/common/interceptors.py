@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 from grpc_status import rpc_status
 
 from sessionkit import reasons
@@ -24,6 +25,7 @@ from sessionkit.errors import (
     SessionKitError,
     to_status,
 )
+from sessionkit_server.common.list_limits import check_lists
 
 log = logging.getLogger("sessionkit.rpc")
 
@@ -95,11 +97,14 @@ def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
 
 
 def _refuse(request: Any) -> Any:
+    """The request, if it parsed and its lists are within their limits (INVALID_ARGUMENT otherwise)."""
     if isinstance(request, _Malformed):
         raise InvalidArgument(
             f"the request message does not parse: {type(request.error).__name__}",
             violations=[FieldViolation("request", "not a valid serialized message of this method's type")],
         )
+    if isinstance(request, Message):
+        check_lists(request)
     return request
 
 

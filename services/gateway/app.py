@@ -19,11 +19,13 @@ from fastapi.responses import JSONResponse
 from sessionkit_server.common.auth import KeyRing
 from sessionkit_server.common.config import ServerSettings
 from sessionkit_server.gateway import agent_routes, errors, rest_routes
+from sessionkit_server.gateway.admission import Admission
 from sessionkit_server.gateway.bodies import UnicodeJsonRoute
 from sessionkit_server.gateway.deps import COMMON_ERRORS, Gateway
 from sessionkit_server.gateway.limits import BodyLimit, RateLimiter
 from sessionkit_server.gateway.models import Health
 from sessionkit_server.gateway.upstream import Upstream
+from sessionkit_server.gateway.watch_hub import WatchHub
 
 
 def create_app(settings: ServerSettings, upstream: Upstream) -> FastAPI:
@@ -33,6 +35,7 @@ def create_app(settings: ServerSettings, upstream: Upstream) -> FastAPI:
         upstream,
         KeyRing(settings.api_keys),
         RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+        WatchHub(settings.max_watchers_per_session, settings.max_watchers_per_tenant),
     )
 
     @contextlib.asynccontextmanager
@@ -56,6 +59,8 @@ def create_app(settings: ServerSettings, upstream: Upstream) -> FastAPI:
     app.add_middleware(
         BodyLimit, max_bytes=settings.http_max_body_bytes, upload_bytes=settings.http_max_upload_bytes
     )
+    # Added last, so outermost: a request is authenticated and rate limited before its body is read.
+    app.add_middleware(Admission, keys=gateway.keys, limiter=gateway.limiter)
 
     @app.get(
         "/health",

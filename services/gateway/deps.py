@@ -8,14 +8,14 @@ from typing import Annotated, Any
 from fastapi import Depends, Header, Path, Query, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from sessionkit import reasons
-from sessionkit.errors import RateLimited, Unauthenticated
 from sessionkit.state_client import SessionRef
-from sessionkit_server.common.auth import KeyRing, Principal
+from sessionkit_server.common.auth import KeyRing, Principal, key_from_headers
 from sessionkit_server.common.config import ServerSettings
+from sessionkit_server.gateway.admission import STATE_KEY
 from sessionkit_server.gateway.limits import RateLimiter
 from sessionkit_server.gateway.models import ErrorBody
 from sessionkit_server.gateway.upstream import Clients, Upstream
+from sessionkit_server.gateway.watch_hub import WatchHub
 
 ID_REGEX = r"^[A-Za-z0-9_][A-Za-z0-9._@:-]{0,127}$"
 APP_REGEX = r"^[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}$"
@@ -62,10 +62,6 @@ class Caller:
         return SessionRef(self.app_name, user_id, session_id)
 
 
-def _client_host(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
-
-
 async def caller(
     request: Request,
     app: Annotated[
@@ -75,32 +71,17 @@ async def caller(
             description="App within the key's tenant (auth off: the app name itself; default 'default').",
         ),
     ] = None,
+    # Declared for the API description only (its security schemes): the key was checked, and the
+    # request rate limited, by the Admission middleware before the body was read.
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
     api_key: Annotated[str | None, Depends(_api_key)] = None,
 ) -> Caller:
     gateway: Gateway = request.app.state.gateway
-    key = api_key or (bearer.credentials if bearer else None)
-    try:
-        if not key and request.headers.get("authorization") and gateway.keys.enabled:
-            # Sent, but not as "Bearer <key>": say so instead of "missing".
-            raise reasons.API_KEY_MALFORMED.error()
-        principal = gateway.keys.authenticate(key)
-    except Unauthenticated:
-        # Failed attempts share their client address's bucket, so guessing keys is rate limited too.
-        _take(gateway, f"addr:{_client_host(request)}")
-        raise
-    _take(gateway, principal.key_id if gateway.keys.enabled else f"addr:{_client_host(request)}")
-    return Caller(principal, gateway.upstream.clients(key if gateway.keys.enabled else None), app)
-
-
-def _take(gateway: Gateway, bucket: str) -> None:
-    wait = gateway.limiter.take(bucket)
-    if wait is not None:
-        raise RateLimited(
-            f"rate limit exceeded: {gateway.limiter.rate:g} requests/s (bursts of {gateway.limiter.burst:g}) "
-            "per API key; retry after the Retry-After delay",
-            retry_after=wait,
-        )
+    principal: Principal = getattr(request.state, STATE_KEY)
+    key = None
+    if gateway.keys.enabled:
+        key = key_from_headers(request.headers.get("authorization"), request.headers.get("x-api-key"))
+    return Caller(principal, gateway.upstream.clients(key), app)
 
 
 CallerDep = Annotated[Caller, Depends(caller)]
@@ -128,3 +109,4 @@ class Gateway:
     upstream: Upstream
     keys: KeyRing
     limiter: RateLimiter
+    watches: WatchHub

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sessionkit_server.common.checks import MAX_DURATION_SECONDS
+from sessionkit_server.common.list_limits import list_limit
 
 JsonObject = dict[str, Any]
 MemoryKind = Literal["short", "long"]
@@ -71,7 +72,9 @@ class AgentRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     messages: list[ChatMessage] | None = Field(
-        None, description="The conversation; the last user message is this turn's input."
+        None,
+        max_length=list_limit("AgentRequest.messages"),
+        description="The conversation; the last user message is this turn's input.",
     )
     context: AgentContext | None = None
     query: str | None = Field(None, max_length=1_000_000, description="Legacy body: the message.")
@@ -147,7 +150,7 @@ class SaveState(Strict):
     )
     delete_keys: list[str] = Field(
         default_factory=list,
-        max_length=1000,
+        max_length=list_limit("sessionkit.v1.SaveStateRequest.delete_keys"),
         description="user: and app: keys to delete in the same write.",
     )
 
@@ -171,7 +174,7 @@ class PatchValue(Strict):
     """Exactly one of increment (a number added) and append (values added to a list)."""
 
     increment: float | None = None
-    append: list[Any] | None = None
+    append: list[Any] | None = Field(None, max_length=list_limit("PatchValue.append"))
     expected_version: int | None = Field(None, ge=0, le=INT64_MAX)
 
 
@@ -249,7 +252,9 @@ class NewMemoryIn(Strict):
 
 
 class MemoriesIn(Strict):
-    memories: list[NewMemoryIn] = Field(min_length=1, max_length=1000)
+    memories: list[NewMemoryIn] = Field(
+        min_length=1, max_length=list_limit("sessionkit.v1.AddMemoriesRequest.memories")
+    )
     memory_type: MemoryKind = "long"
     skip_merge: bool = False
 
@@ -404,12 +409,18 @@ class Ingestion(BaseModel):
     seconds: float
 
 
+_SCOPES = list_limit("sessionkit.v1.SearchKnowledgeRequest.scopes")
+
+
 class KnowledgeSearch(Strict):
     query: str = Field(max_length=10_000)
     limit: int = Field(5, ge=1, le=100)
-    scopes: list[Literal["session", "user"]] | None = None
-    collections: list[str] | None = None
-    source_names: list[str] | None = None
+    # collections become scopes too: the service refuses more than its limit of both together.
+    scopes: list[Literal["session", "user"]] | None = Field(None, max_length=_SCOPES)
+    collections: list[str] | None = Field(None, max_length=_SCOPES)
+    source_names: list[str] | None = Field(
+        None, max_length=list_limit("sessionkit.v1.SearchKnowledgeRequest.source_names")
+    )
     metadata_filter: JsonObject | None = None
 
 

@@ -16,6 +16,7 @@ from sessionkit.config import ClientSettings
 from sessionkit_server.common.auth import check_binding
 from sessionkit_server.common.config import ServerSettings
 from sessionkit_server.gateway.app import create_app
+from sessionkit_server.gateway.http_protocol import with_header_timeout
 from sessionkit_server.gateway.upstream import Upstream
 
 log = logging.getLogger("sessionkit.gateway")
@@ -86,6 +87,10 @@ class GatewayServer:
             ssl_keyfile=str(settings.tls_key_file) if settings.tls_key_file else None,
             timeout_graceful_shutdown=max(1, int(settings.drain_seconds)),
             server_header=False,
+            # Slow or silent clients do not keep connections: headers within a deadline, and an idle
+            # kept-alive connection closed after its own.
+            http=with_header_timeout(settings.http_header_timeout_seconds),
+            timeout_keep_alive=max(1, round(settings.http_keep_alive_seconds)),
         )
         server = _Server(config)
         self._server = server

@@ -3,16 +3,15 @@ route converts the HTTP request to one SDK client call and its result to the res
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from sessionkit import reasons
-from sessionkit.errors import FieldViolation, InternalError, InvalidArgument, SessionKitError
+from sessionkit.errors import FieldViolation, InvalidArgument
 from sessionkit.state_client import SessionInfo, StateChange
 from sessionkit_server.gateway.deps import (
     Caller,
@@ -23,7 +22,6 @@ from sessionkit_server.gateway.deps import (
     SessionIdPath,
     UserQuery,
 )
-from sessionkit_server.gateway.errors import error_body
 from sessionkit_server.gateway.models import (
     INT64_MAX,
     CreatedSession,
@@ -39,13 +37,13 @@ from sessionkit_server.gateway.models import (
     SessionList,
     SessionOut,
     SetValue,
-    StateChangeOut,
     StateOut,
     StateVersionOut,
     ValueOut,
     Version,
     VersionList,
 )
+from sessionkit_server.gateway.watch_hub import WatchHub, change_event, failure_event
 
 KeyPath = Annotated[
     str,
@@ -296,6 +294,7 @@ def add(router: APIRouter) -> None:
         },
     )
     async def watch_state(
+        request: Request,
         session_id: SessionIdPath,
         caller: CallerDep,
         user_id: UserQuery = "default",
@@ -304,18 +303,22 @@ def add(router: APIRouter) -> None:
         ] = 0,
     ) -> StreamingResponse:
         """WatchState as Server-Sent Events."""
-        changes = caller.clients.state.watch(caller.ref(user_id, session_id), since_version)
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        ref = caller.ref(user_id, session_id)
+        if since_version == 0:
+            # The common case shares one upstream call per session among this gateway's watchers.
+            hub: WatchHub = request.app.state.gateway.watches
+            events = await hub.watch(caller.principal.key_id, ref, caller.clients.state)
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+        changes = caller.clients.state.watch(ref, since_version)
         try:
             # Read before answering, so a refused watch (no session, no key) is a plain HTTP error.
             first = await anext(changes)
         except BaseException:
             await changes.aclose()  # type: ignore[attr-defined]
             raise
-        return StreamingResponse(
-            _watch_stream(first, changes),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        stream = _watch_stream(first, changes)
+        return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
     # -- events ------------------------------------------------------------------------------------
 
@@ -357,22 +360,15 @@ def add(router: APIRouter) -> None:
         return EventOut(**vars(event))
 
 
-def _sse(event: str, data: Any) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
-
-
 async def _watch_stream(first: StateChange, changes: AsyncIterator[StateChange]) -> AsyncIterator[bytes]:
     """The watch's SSE body: one ``change`` event per StateChange. A client that disconnects cancels
     this generator, and closing ``changes`` cancels the WatchState call."""
     try:
         change: StateChange | None = first
         while change is not None:
-            yield _sse("change", StateChangeOut(**vars(change)).model_dump(mode="json"))
+            yield change_event(change)
             change = await anext(changes, None)
-    except SessionKitError as error:
-        yield _sse("error", error_body(error))
     except Exception as error:  # the stream has started: report in-band, never a traceback
-        log.error("state watch failed", exc_info=error)
-        yield _sse("error", error_body(InternalError("the watch failed; the gateway log has the details")))
+        yield failure_event(error)
     finally:
         await changes.aclose()  # type: ignore[attr-defined]

@@ -1,4 +1,4 @@
-"""Fetching URL sources with httpx: http(s) only, a timeout, a size cap, a bounded number of
+"""Fetching URL sources with httpx: http(s) only, a total deadline, a size cap, a bounded number of
 redirects (each followed by hand, so every hop is checked), and an SSRF guard: the host is resolved
 and every address checked; private, loopback, link-local, multicast, reserved and unspecified
 addresses are refused unless the server allows them (SESSIONKIT_KNOWLEDGE_ALLOW_PRIVATE_URLS, or
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import httpx
 
 from sessionkit import reasons
-from sessionkit.errors import FieldViolation, InvalidArgument, PermissionDenied, ResourceExhausted
+from sessionkit.errors import FieldViolation, InvalidArgument, PermissionDenied, ResourceExhausted, shown
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 #: Resolves (host, port) to IP address strings, in preference order.
@@ -66,12 +66,16 @@ def check_url(url: str) -> urllib.parse.SplitResult:
             host.encode("idna")
     except (ValueError, UnicodeError) as error:
         raise InvalidArgument(
-            f"invalid URL {url!r}: {error}",
+            f"invalid URL {shown(url, 200)!r}: {error}",
             violations=[FieldViolation("url", f"an http:// or https:// URL ({error})")],
         ) from None
     if parsed.scheme not in ("http", "https") or not host or port == 0:
+        why = "it names no host" if parsed.scheme in ("http", "https") and not host else "port 0"
+        if parsed.scheme not in ("http", "https"):
+            why = "only http:// and https:// URLs are fetched"
         raise InvalidArgument(
-            f"invalid URL {url!r}", violations=[FieldViolation("url", "an http:// or https:// URL")]
+            f"invalid URL {shown(url, 200)!r}: {why}",
+            violations=[FieldViolation("url", f"an http:// or https:// URL ({why})")],
         )
     return parsed
 
@@ -145,19 +149,34 @@ def _pinned(
 
 async def fetch(url: str, settings: FetchSettings, on_bytes: Callable[[int, int], None]) -> Fetched:
     """GET ``url`` (following up to max_redirects redirects, checking each hop and connecting to the
-    address checked); ``on_bytes(read, total)`` is called as the body arrives."""
+    address checked); ``on_bytes(read, total)`` is called as the body arrives. The whole fetch, every
+    hop's resolution, connection and body included, ends at ``timeout_seconds``: httpx's own timeout is
+    per read, so a server sending a byte a second would otherwise keep an ingestion running for ever."""
     current = url.strip()
-    async with httpx.AsyncClient(
-        timeout=settings.timeout_seconds,
-        follow_redirects=False,
-        trust_env=False,
-        limits=httpx.Limits(max_keepalive_connections=0),
-    ) as client:
+    try:
+        async with asyncio.timeout(settings.timeout_seconds):
+            return await _follow(current, settings, on_bytes)
+    except TimeoutError:
+        raise reasons.URL_FETCH_TIMEOUT.error(
+            url=current, seconds=settings.timeout_seconds, metadata={"url": current}
+        ) from None
+
+
+async def _follow(url: str, settings: FetchSettings, on_bytes: Callable[[int, int], None]) -> Fetched:
+    current = url
+    # Requests go through the transport itself, not the client's send: the client builds the next
+    # request of every redirect, and a Location it cannot parse failed there, before this code saw it.
+    async with (
+        httpx.AsyncHTTPTransport(
+            trust_env=False, limits=httpx.Limits(max_keepalive_connections=0)
+        ) as transport,
+        httpx.AsyncClient(timeout=settings.timeout_seconds, trust_env=False, transport=transport) as client,
+    ):
         for _ in range(settings.max_redirects + 1):
             addresses = await resolve_checked(current, settings)
             parsed = check_url(current)
             try:
-                fetched = await _get(client, current, parsed, addresses, settings, on_bytes)
+                fetched = await _get(client, transport, current, parsed, addresses, settings, on_bytes)
             except httpx.TimeoutException:
                 raise reasons.URL_FETCH_TIMEOUT.error(
                     url=current, seconds=settings.timeout_seconds, metadata={"url": current}
@@ -168,49 +187,81 @@ async def fetch(url: str, settings: FetchSettings, on_bytes: Callable[[int, int]
                 ) from None
             if isinstance(fetched, Fetched):
                 return fetched
-            current = fetched
+            current = _redirect_target(current, fetched)
     raise reasons.URL_FETCH_FAILED.error(
         url=url, detail=f"more than {settings.max_redirects} redirects", metadata={"url": url}
     )
 
 
+def _redirect_target(current: str, location: str) -> str:
+    """The URL a redirect from ``current`` names, if it is one this fetch may follow (INVALID_ARGUMENT
+    naming both otherwise: the user asked for ``current``, so say where it led)."""
+    try:
+        # Relative to the URL as the user named it, not to the address connected to.
+        target = str(urllib.parse.urljoin(current, location))
+        check_url(target)
+    except (ValueError, InvalidArgument) as error:
+        why = (
+            error.message
+            if isinstance(error, InvalidArgument)
+            else f"invalid URL {shown(location, 200)!r}: {error}"
+        )
+        raise InvalidArgument(
+            f"the redirect from {current!r} leads to {why}",
+            violations=[FieldViolation("url", f"redirects to an URL that cannot be fetched ({why})")],
+        ) from None
+    return target
+
+
 async def _get(
     client: httpx.AsyncClient,
+    transport: httpx.AsyncHTTPTransport,
     current: str,
     parsed: urllib.parse.SplitResult,
     addresses: list[IPAddress],
     settings: FetchSettings,
     on_bytes: Callable[[int, int], None],
 ) -> Fetched | str:
-    """One hop: the page, or the URL a redirect points to. Tries the checked addresses in order
+    """One hop: the page, or the Location a redirect answers. Tries the checked addresses in order
     until one accepts the connection."""
     for n, address in enumerate(addresses):
         target, headers, extensions = _pinned(parsed, address)
+        request = client.build_request("GET", target, headers=headers, extensions=extensions)
         try:
-            async with client.stream("GET", target, headers=headers, extensions=extensions) as response:
-                if response.is_redirect:
-                    # Relative to the URL as the user named it, not to the address connected to.
-                    return str(urllib.parse.urljoin(current, response.headers.get("location", "")))
-                if response.status_code >= 400:
-                    raise reasons.URL_FETCH_FAILED.error(
-                        url=current,
-                        detail=f"the server answered HTTP {response.status_code}",
-                        metadata={"url": current, "http_status": str(response.status_code)},
-                    )
-                declared = int(response.headers.get("content-length", "0") or 0)
-                if declared > settings.max_bytes:
-                    raise _too_large(current, declared, settings.max_bytes)
-                body = bytearray()
-                async for part in response.aiter_bytes():
-                    body.extend(part)
-                    if len(body) > settings.max_bytes:
-                        raise _too_large(current, len(body), settings.max_bytes)
-                    on_bytes(len(body), declared)
-                return Fetched(current, response.headers.get("content-type", ""), bytes(body))
+            response = await transport.handle_async_request(request)
         except httpx.ConnectError:
             if n == len(addresses) - 1:
                 raise
+            continue
+        try:
+            return await _read(response, current, settings, on_bytes)
+        finally:
+            await response.aclose()
     raise AssertionError("unreachable: resolve_checked returns at least one address")  # pragma: no cover
+
+
+async def _read(
+    response: httpx.Response, current: str, settings: FetchSettings, on_bytes: Callable[[int, int], None]
+) -> Fetched | str:
+    if response.is_redirect:
+        return str(response.headers.get("location", ""))
+    if response.status_code >= 400:
+        raise reasons.URL_FETCH_FAILED.error(
+            url=current,
+            detail=f"the server answered HTTP {response.status_code}",
+            metadata={"url": current, "http_status": str(response.status_code)},
+        )
+    length = response.headers.get("content-length", "0") or "0"
+    declared = int(length) if length.isdigit() else 0
+    if declared > settings.max_bytes:
+        raise _too_large(current, declared, settings.max_bytes)
+    body = bytearray()
+    async for part in response.aiter_bytes():
+        body.extend(part)
+        if len(body) > settings.max_bytes:
+            raise _too_large(current, len(body), settings.max_bytes)
+        on_bytes(len(body), declared)
+    return Fetched(current, response.headers.get("content-type", ""), bytes(body))
 
 
 def _too_large(url: str, size: int, limit: int) -> ResourceExhausted:

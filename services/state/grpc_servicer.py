@@ -175,7 +175,10 @@ class StateServicer(state_pb2_grpc.StateServiceServicer):
         self, request: state_pb2.WatchStateRequest, context: Context
     ) -> AsyncIterator[state_pb2.StateChange]:
         async for change in self.service.watch(_key(request.session), request.since_version):
-            yield change_message(change)
+            # A change is shared by the session's watchers: encode it once for all of them.
+            if not isinstance(change.encoded, state_pb2.StateChange):
+                change.encoded = change_message(change)
+            yield change.encoded
 
     async def ListStateVersions(self, request: state_pb2.ListStateVersionsRequest, context: Context) -> Any:
         versions, token = await self.service.list_versions(

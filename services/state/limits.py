@@ -14,3 +14,7 @@ class StateLimits:
     #: Versions of a session's state kept for history and watch replay.
     history_limit: int = 100
     max_page_size: int = 1000
+    #: Watch streams open at once on one server, per session and per tenant (the app name's part
+    #: before ':'): each is a stream the server keeps and feeds.
+    max_watchers_per_session: int = 100
+    max_watchers_per_tenant: int = 1000

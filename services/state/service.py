@@ -72,7 +72,9 @@ class StateService:
         self.store = store
         self.limits = limits or StateLimits()
         self.poll_interval = poll_interval
-        self.notifier = ChangeNotifier()
+        self.notifier = ChangeNotifier(
+            self.limits.max_watchers_per_session, self.limits.max_watchers_per_tenant
+        )
         self.closing = False
 
     # -- sessions ---------------------------------------------------------------------------------

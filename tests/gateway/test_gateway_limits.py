@@ -53,6 +53,9 @@ def test_rate_limit_is_per_key_with_retry_after(tmp_path: Path) -> None:
     gateway = gateway_for(server, api_keys=KEYS, rate_limit_per_second=0.5, rate_limit_burst=2)
     try:
         with httpx.Client(base_url=gateway.url, timeout=30) as http:
+            # Warm the routes and the upstream channel with the other key first: a slow first request
+            # (seconds on a loaded machine) would let key A's bucket refill between its requests.
+            assert http.get("/v1/sessions", headers={"X-API-Key": KEY_B}).status_code == 200
             a = {"X-API-Key": KEY_A}
             assert http.get("/v1/sessions", headers=a).status_code == 200
             assert http.get("/v1/sessions", headers=a).status_code == 200
