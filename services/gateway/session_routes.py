@@ -3,12 +3,11 @@ route converts the HTTP request to one SDK client call and its result to the res
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from sessionkit import reasons
@@ -46,6 +45,7 @@ from sessionkit_server.gateway.models import (
     Version,
     VersionList,
 )
+from sessionkit_server.gateway.sse import event_stream, sse
 
 KeyPath = Annotated[
     str,
@@ -297,6 +297,7 @@ def add(router: APIRouter) -> None:
     )
     async def watch_state(
         session_id: SessionIdPath,
+        request: Request,
         caller: CallerDep,
         user_id: UserQuery = "default",
         since_version: Annotated[
@@ -311,11 +312,8 @@ def add(router: APIRouter) -> None:
         except BaseException:
             await changes.aclose()  # type: ignore[attr-defined]
             raise
-        return StreamingResponse(
-            _watch_stream(first, changes),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        heartbeat = request.app.state.gateway.settings.sse_heartbeat_seconds
+        return event_stream(_watch_stream(first, changes), heartbeat)
 
     # -- events ------------------------------------------------------------------------------------
 
@@ -357,22 +355,18 @@ def add(router: APIRouter) -> None:
         return EventOut(**vars(event))
 
 
-def _sse(event: str, data: Any) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
-
-
 async def _watch_stream(first: StateChange, changes: AsyncIterator[StateChange]) -> AsyncIterator[bytes]:
     """The watch's SSE body: one ``change`` event per StateChange. A client that disconnects cancels
     this generator, and closing ``changes`` cancels the WatchState call."""
     try:
         change: StateChange | None = first
         while change is not None:
-            yield _sse("change", StateChangeOut(**vars(change)).model_dump(mode="json"))
+            yield sse("change", StateChangeOut(**vars(change)).model_dump(mode="json"))
             change = await anext(changes, None)
     except SessionKitError as error:
-        yield _sse("error", error_body(error))
+        yield sse("error", error_body(error))
     except Exception as error:  # the stream has started: report in-band, never a traceback
         log.error("state watch failed", exc_info=error)
-        yield _sse("error", error_body(InternalError("the watch failed; the gateway log has the details")))
+        yield sse("error", error_body(InternalError("the watch failed; the gateway log has the details")))
     finally:
         await changes.aclose()  # type: ignore[attr-defined]
