@@ -17,8 +17,17 @@ class Served:
     """``sessionkit serve --service state`` (gRPC, and the gateway on ``http_port`` unless 0), data in
     ``data_dir``; ``restart()`` starts it again on the same ports and data."""
 
-    def __init__(self, data_dir: Path, *, http: bool = False, database_url: str = "", **env: str) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        http: bool = False,
+        database_url: str = "",
+        log_dir: Path | None = None,
+        **env: str,
+    ) -> None:
         self.data_dir = data_dir
+        self.log_dir = log_dir or data_dir.parent
         self.port = free_port()
         self.http_port = free_port() if http else 0
         self.env = child_env(
@@ -37,7 +46,7 @@ class Served:
         self.starts += 1
         child = ChildProcess(
             [sys.executable, "-m", "sessionkit.cli", "serve", "--service", "state"],
-            self.data_dir.parent / f"serve-{self.port}-{self.starts}.log",
+            self.log_dir / f"serve-{self.port}-{self.starts}.log",
             env=self.env,
             cwd=ROOT,
         )

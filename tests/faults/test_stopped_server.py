@@ -13,7 +13,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import httpx
@@ -22,23 +22,15 @@ import pytest
 from sessionkit import AsyncSession
 from sessionkit.errors import DeadlineExceeded, ServiceUnavailable, SessionKitError
 from sessionkit.state_client import StateChange
+from tests.faults.conftest import HEARTBEAT
 from tests.faults.support import Served
 
 pytestmark = pytest.mark.slow
 
-HEARTBEAT = 0.5  # the gateway's SSE heartbeat interval in this suite
 KEEPALIVE = 1.0  # the SDK's keepalive ping interval, and its wait for the answer
 DEADLINE = 3.0  # every call's timeout (Session(timeout=))
 #: How late a failure may come after its bound (a loaded CI machine, gRPC's timers' granularity).
 SLACK = 2.5
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    data = tmp_path_factory.mktemp("stopped") / "data"
-    server = Served(data, http=True, SESSIONKIT_SSE_HEARTBEAT_SECONDS=str(HEARTBEAT))
-    yield server
-    server.close()
 
 
 @pytest.fixture(autouse=True)
