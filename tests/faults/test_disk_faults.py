@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +20,7 @@ import pytest
 from sessionkit import Session
 from sessionkit.errors import ResourceExhausted
 from tests.faults.support import Served
+from tests.servers import ROOT, child_env
 
 pytestmark = pytest.mark.slow
 
@@ -70,3 +74,28 @@ def test_a_full_disk_refuses_writes_clearly_and_keeps_reads(disk: Path, served: 
         # Space again: writes work, on the same server, without a restart.
         direct.set_state("big", BIG)
         assert remote.get_state("big") == BIG and direct.state_version() == version + 1
+
+
+def test_a_read_only_data_directory_is_refused_at_start_in_one_line(tmp_path: Path) -> None:
+    """The server cannot keep its SQLite store on a read-only mount: it says so and exits 1, with no
+    traceback (it used to die in an OSError's traceback from its lock file)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only tmpfs needs root (CI runs as root)")
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(read_only)], check=True)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "sessionkit.cli", "serve", "--service", "state", "--port", "0"],
+            env=child_env(SESSIONKIT_DATA_DIR=str(read_only), SESSIONKIT_HTTP_PORT="0"),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        subprocess.run(["umount", "-l", str(read_only)], check=False)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "─" not in done.stderr, done.stderr
+    assert f"cannot write the data directory {read_only}" in done.stderr
+    assert "Read-only file system" in done.stderr
