@@ -162,6 +162,11 @@ STORAGE_READ_ONLY = Reason(
     ServiceUnavailable,
     "the server's storage is read-only ({detail}): writes are refused; reads still work",
 )
+DATABASE_UNAVAILABLE = Reason(
+    "DATABASE_UNAVAILABLE",
+    ServiceUnavailable,
+    "the server's database is unreachable ({detail}); retry later",
+)
 EXTRA_NOT_INSTALLED = Reason(
     "EXTRA_NOT_INSTALLED",
     FailedPrecondition,

@@ -176,6 +176,11 @@ class Database:
             if typed is None:
                 raise
             raise typed from error
+        except OSError as error:
+            # PostgreSQL down or restarting: the pool's reconnect fails before any statement ran.
+            if not self.is_postgres:
+                raise
+            raise reasons.DATABASE_UNAVAILABLE.error(detail=_first_line(error)) from error
 
     async def _transaction(self, fn: Callable[[Connection], T], engine: Engine | None, kind: str) -> T:
         if self._async is not None:
@@ -227,11 +232,22 @@ _SQLITE_FULL, _SQLITE_READONLY = 13, 8
 _PG_RESOURCES, _PG_READ_ONLY = "53", "25006"
 
 
+#: PostgreSQL's SQLSTATEs of a connection lost or refused: class 08, and a server shutting down or
+#: starting (admin_shutdown, crash_shutdown, cannot_connect_now).
+_PG_CONNECTION, _PG_GOING_AWAY = "08", frozenset({"57P01", "57P02", "57P03"})
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).splitlines()
+    return (lines[0] if lines else type(error).__name__)[:200]
+
+
 def storage_error(error: DBAPIError) -> SessionKitError | None:
-    """The typed error of a database that cannot take writes (a full disk, read-only storage), which
-    clients see as STORAGE_FULL / STORAGE_READ_ONLY instead of INTERNAL; None for other failures."""
+    """The typed error of a database that cannot take writes (a full disk, read-only storage) or cannot
+    be reached (PostgreSQL down or restarting), which clients see as STORAGE_FULL, STORAGE_READ_ONLY or
+    DATABASE_UNAVAILABLE (retried) instead of INTERNAL; None for other failures."""
     orig = error.orig
-    detail = str(orig).splitlines()[0][:200] if orig is not None else type(error).__name__
+    detail = _first_line(orig) if orig is not None else type(error).__name__
     code = getattr(orig, "sqlite_errorcode", None)
     if isinstance(code, int):
         if code & 0xFF == _SQLITE_FULL:
@@ -245,4 +261,8 @@ def storage_error(error: DBAPIError) -> SessionKitError | None:
             return reasons.STORAGE_FULL.error(detail=detail)
         if state == _PG_READ_ONLY:
             return reasons.STORAGE_READ_ONLY.error(detail=detail)
+        if state.startswith(_PG_CONNECTION) or state in _PG_GOING_AWAY:
+            return reasons.DATABASE_UNAVAILABLE.error(detail=detail)
+    if error.connection_invalidated:
+        return reasons.DATABASE_UNAVAILABLE.error(detail=detail)
     return None

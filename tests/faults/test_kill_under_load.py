@@ -3,7 +3,8 @@ immediate``: no checkpoint, recovery at start), under a continuous mixed load fr
 processes, each keeping a ledger of what was acknowledged (tests/faults/load_client.py). Afterwards
 the store holds exactly the ledgers: the shared counter equals the acknowledged increments (none lost,
 none applied twice although answers were lost and writes repeated with their idempotency keys), each
-client's list and events are its acknowledged ones, in order, once each.
+client's list and events are its acknowledged ones, in order, once each. While PostgreSQL is down,
+calls are refused with DATABASE_UNAVAILABLE (retried), not INTERNAL.
 
 tests/cluster/test_faults.py does the same against replicas behind a round_robin channel (with memory
 and Chroma); here every client sees the whole outage."""
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from sessionkit.errors import ServiceUnavailable
 from sessionkit.state_client import Event, SessionRef
 from tests import pg_server
 from tests.cluster import support
@@ -81,7 +83,10 @@ def test_nothing_acknowledged_is_lost_or_applied_twice_through_kill9_and_a_postg
         server.restart()  # kill -9, then start again on the same port and database
         _progress(ledgers, clients)
         pg.stop("immediate")  # PostgreSQL crashes under the server's open connections
-        time.sleep(1)
+        # Meanwhile a call is refused with a named, retryable error, not INTERNAL.
+        with pytest.raises(ServiceUnavailable) as refused:
+            asyncio.run(support.state(server.address, deadline=1).get_state(ref))
+        assert refused.value.reason == "DATABASE_UNAVAILABLE", refused.value
         pg.start()
         _progress(ledgers, clients)
         server.restart()
