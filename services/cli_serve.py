@@ -151,6 +151,15 @@ def serve(
         except storage_lock.StorageBusy as error:
             err.print(f"[red]error:[/red] {error}; stop it or use another --data-dir", highlight=False)
             raise typer.Exit(1) from None
+        except OSError as error:  # a read-only or full mount, no permission: one line, no traceback
+            err.print(
+                f"[red]error:[/red] cannot write the data directory {settings.data_dir}: "
+                f"{error.strerror or error}; the server keeps its SQLite database and index there "
+                "(use a writable --data-dir, or SESSIONKIT_DATABASE_URL)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
         settings.unix_socket = socket_path(settings.data_dir.resolve())
         storage_lock.remove_stale_socket(settings.unix_socket)
 

@@ -64,6 +64,12 @@ class ClientSettings(BaseSettings):
     tls_ca_file: str = ""
     #: Host name to check in the services' certificate instead of the address's.
     tls_server_name: str = ""
+    #: While a call is open (a watch, a streamed turn, a long upload) the channel pings the server after
+    #: this many seconds without traffic, and fails the call (UNAVAILABLE) when no answer comes within
+    #: ``keepalive_timeout``: a stopped or unreachable server ends a stream within their sum. The servers
+    #: accept pings as often as every second.
+    keepalive_seconds: float = Field(10.0, ge=1, le=3600)
+    keepalive_timeout: float = Field(10.0, ge=1, le=3600)
 
     @field_validator("address", "state_address", "memory_address", "knowledge_address", "agent_address")
     @classmethod

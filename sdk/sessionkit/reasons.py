@@ -151,6 +151,22 @@ SERVER_DRAINING = Reason(
     ServiceUnavailable,
     "this server is shutting down and takes no new calls; retry (another replica answers)",
 )
+STORAGE_FULL = Reason(
+    "STORAGE_FULL",
+    ResourceExhausted,
+    "the server's storage is full ({detail}): writes are refused until space is freed; reads still work",
+    http_override=507,
+)
+STORAGE_READ_ONLY = Reason(
+    "STORAGE_READ_ONLY",
+    ServiceUnavailable,
+    "the server's storage is read-only ({detail}): writes are refused; reads still work",
+)
+DATABASE_UNAVAILABLE = Reason(
+    "DATABASE_UNAVAILABLE",
+    ServiceUnavailable,
+    "the server's database is unreachable ({detail}); retry later",
+)
 EXTRA_NOT_INSTALLED = Reason(
     "EXTRA_NOT_INSTALLED",
     FailedPrecondition,

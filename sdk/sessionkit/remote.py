@@ -210,7 +210,9 @@ class GatewayClient:
         """Server-Sent Events of one request: ``(event, data)`` pairs, data parsed as JSON. Opening is
         retried as :meth:`request` does (the request must be safe to repeat); an ``error`` event is raised
         as its typed error. ``read_timeout``: the longest wait for the next bytes (None: no limit, for a
-        watch). A server that answers JSON instead of a stream gives one ``("result", body)``."""
+        watch; a gateway's heartbeats bound it anyway: :func:`_silence_limited`). The answer's head
+        comes within the call's deadline. A server that answers JSON instead of a stream gives one
+        ``("result", body)``."""
         if url.startswith("/"):
             url = self.base_url + url
         accept = {"Accept": "text/event-stream", **(headers or {})}
@@ -221,8 +223,17 @@ class GatewayClient:
             request = client.build_request(
                 method, url, params=params, json=json, headers=accept, timeout=timeout
             )
-            with mapped(url, remaining):
-                response = await client.send(request, stream=True)
+            try:
+                # The answer's head within the time left, whatever ``read_timeout`` allows the body.
+                async with asyncio.timeout(remaining):
+                    with mapped(url, remaining):
+                        response = await client.send(request, stream=True)
+            except TimeoutError:
+                raise unreachable(
+                    reasons.DEADLINE_EXCEEDED,
+                    detail=f"timed out waiting for the remote agent at {url} to start its stream "
+                    f"({remaining:.3g}s)",
+                ) from None
             if response.status_code >= 400:
                 with mapped(url, remaining):
                     await response.aread()
@@ -237,8 +248,9 @@ class GatewayClient:
                     await response.aread()
                 yield "result", json_body(url, response)
                 return
+            lines = _silence_limited(response, url)
             with mapped(url, read_timeout or self.policy.deadline):
-                async for event, data in _sse_events(response.aiter_lines()):
+                async for event, data in _sse_events(lines):
                     if event == "error":
                         detail = data.get("error") if isinstance(data, dict) else None
                         code = detail.get("code") if isinstance(detail, dict) else None
@@ -312,6 +324,47 @@ class GatewayClient:
         if response.status_code >= 400:
             raise_for(method, url, response)
         return json_body(url, response)
+
+
+#: A stream that brings no byte for this many of its announced heartbeat intervals has stopped.
+MISSED_HEARTBEATS = 3
+
+
+def heartbeat_seconds(response: httpx.Response) -> float | None:
+    """The heartbeat interval the gateway announces for this stream (``Sessionkit-Heartbeat``), or None
+    (a server that sends none, or an unreadable value)."""
+    try:
+        seconds = float(response.headers.get("sessionkit-heartbeat", ""))
+    except ValueError:
+        return None
+    return seconds if 0 < seconds < float("inf") else None
+
+
+async def _silence_limited(response: httpx.Response, url: str) -> AsyncIterator[str]:
+    """The response's lines; when the server announced heartbeats, a silence of
+    :data:`MISSED_HEARTBEATS` intervals (no event, no heartbeat: the gateway stopped answering, or the
+    network between went away without closing the connection) ends the stream with DEADLINE_EXCEEDED
+    instead of waiting forever."""
+    interval = heartbeat_seconds(response)
+    lines = response.aiter_lines()
+    if interval is None:
+        async for line in lines:
+            yield line
+        return
+    limit = MISSED_HEARTBEATS * interval
+    while True:
+        try:
+            async with asyncio.timeout(limit):
+                line = await anext(lines)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise unreachable(
+                reasons.DEADLINE_EXCEEDED,
+                detail=f"the stream from {url} went silent: nothing for {limit:g}s although the server "
+                f"sends a heartbeat every {interval:g}s (the server stopped answering)",
+            ) from None
+        yield line
 
 
 async def _sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, Any]]:

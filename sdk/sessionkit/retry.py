@@ -40,8 +40,10 @@ UPSTREAM_GAVE_UP = frozenset(
     r.name for r in (reasons.LLM_UNAVAILABLE, reasons.LLM_RATE_LIMITED, reasons.EXTRACTION_LLM_UNAVAILABLE)
 )
 #: Reasons of failures that stay as they are however often they are tried (a bad certificate, a server
-#: that does not speak the protocol).
-PERMANENT = frozenset(r.name for r in (reasons.BAD_REMOTE_RESPONSE, reasons.TLS_FAILED))
+#: that does not speak the protocol, storage mounted read-only).
+PERMANENT = frozenset(
+    r.name for r in (reasons.BAD_REMOTE_RESPONSE, reasons.TLS_FAILED, reasons.STORAGE_READ_ONLY)
+)
 #: Reasons of a call refused before any work was done (a server draining after SIGTERM): safe to repeat
 #: even without an idempotency key.
 REFUSED_UNSTARTED = frozenset({reasons.SERVER_DRAINING.name})

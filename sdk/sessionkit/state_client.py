@@ -300,7 +300,7 @@ class StateClient:
 
     async def watch(self, ref: SessionRef, since_version: int = 0) -> AsyncIterator[StateChange]:
         request = state_pb2.WatchStateRequest(session=ref.message, since_version=since_version)
-        async for message in self.transport.stream("state", Stub, "WatchState", request):
+        async for message in self.transport.stream("state", Stub, "WatchState", request, prompt_start=True):
             yield StateChange.from_message(message)
 
     async def list_versions(

@@ -25,7 +25,6 @@ API_KEY_METADATA = "x-api-key"
 _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 64 << 20),
     ("grpc.max_receive_message_length", 64 << 20),
-    ("grpc.keepalive_time_ms", 30_000),
     ("grpc.enable_retries", 0),  # retries are ours (idempotency keys make writes safe to repeat)
     # A channel whose server went away fails every call until its next reconnect attempt; gRPC's
     # default backoff grows to 120 s, far past our retry deadline, so a restarted server (or a new one on
@@ -41,8 +40,11 @@ _CHANNEL_OPTIONS = [
     ("grpc.dns_min_time_between_resolutions_ms", 2000),
 ]
 
-#: Which channel: the target, the API key its calls carry, and the TLS trust (CA file, server name).
-ChannelKey = tuple[str, str, str, str]
+#: Which channel: the target, the API key its calls carry, the TLS trust (CA file, server name) and the
+#: keepalive (seconds between pings, seconds to wait for the answer).
+ChannelKey = tuple[str, str, str, str, float, float]
+#: Keepalive when none is given: ClientSettings' defaults.
+DEFAULT_KEEPALIVE = (10.0, 10.0)
 
 # Channels are bound to an event loop: one per (loop, target, key, TLS), shared by every Session on it.
 _channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[ChannelKey, grpc.aio.Channel]] = (
@@ -91,12 +93,34 @@ class _KeyStreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[
         return await continuation(_with_key(details, self.key), requests)
 
 
-def channel_for(target: str, api_key: str = "", ca_file: str = "", server_name: str = "") -> grpc.aio.Channel:
+def _keepalive_options(keepalive: tuple[float, float]) -> list[tuple[str, Any]]:
+    """Pings on open calls, so a server that stopped answering (SIGSTOP, a dead host, a cut network:
+    nothing closes the connection) fails a long stream within ``sum(keepalive)`` seconds instead of
+    leaving it waiting forever (a watch has no deadline)."""
+    every, timeout = keepalive
+    return [
+        ("grpc.keepalive_time_ms", int(every * 1000)),
+        ("grpc.keepalive_timeout_ms", int(timeout * 1000)),
+        # gRPC >= 1.6x waits for a ping's answer this long (default a minute), whatever the keepalive's.
+        ("grpc.http2.ping_timeout_ms", int(timeout * 1000)),
+        # gRPC stops pinging after two pings with no data frame between them; a quiet watch sends none.
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def channel_for(
+    target: str,
+    api_key: str = "",
+    ca_file: str = "",
+    server_name: str = "",
+    keepalive: tuple[float, float] = DEFAULT_KEEPALIVE,
+) -> grpc.aio.Channel:
     """The loop's channel to ``target``; with ``api_key`` every call carries it (``x-api-key``), with
-    ``ca_file`` the channel is TLS, trusting that CA (``server_name`` overrides the name checked)."""
+    ``ca_file`` the channel is TLS, trusting that CA (``server_name`` overrides the name checked).
+    ``keepalive``: seconds between pings on open calls, and seconds to wait for the answer."""
     loop = asyncio.get_running_loop()
     per_loop = _channels.setdefault(loop, {})
-    key: ChannelKey = (target, api_key, ca_file, server_name)
+    key: ChannelKey = (target, api_key, ca_file, server_name, *keepalive)
     channel = per_loop.get(key)
     if channel is None:
         interceptors: list[Any] = (
@@ -109,7 +133,7 @@ def channel_for(target: str, api_key: str = "", ca_file: str = "", server_name: 
             if api_key
             else []
         )
-        options: list[tuple[str, Any]] = list(_CHANNEL_OPTIONS)
+        options: list[tuple[str, Any]] = [*_CHANNEL_OPTIONS, *_keepalive_options(keepalive)]
         if ca_file and not target.startswith("unix:"):
             if server_name:
                 options.append(("grpc.ssl_target_name_override", server_name))
@@ -168,10 +192,12 @@ class Transport:
 
     async def stub(self, service: str, stub_class: Callable[[grpc.aio.Channel], T]) -> T:
         target = await self.target(service)
+        keepalive = (self.settings.keepalive_seconds, self.settings.keepalive_timeout)
         if self._targets is None:  # the embedded server: a local socket, no keys, no TLS
-            return stub_class(channel_for(target))
+            return stub_class(channel_for(target, keepalive=keepalive))
         key = self.settings.api_key if self.api_key is None else self.api_key
-        return stub_class(channel_for(target, key, self.settings.tls_ca_file, self.settings.tls_server_name))
+        settings = self.settings
+        return stub_class(channel_for(target, key, settings.tls_ca_file, settings.tls_server_name, keepalive))
 
     async def unary(
         self, service: str, stub_class: Any, method: str, request: Any, *, idempotent: bool = True
@@ -193,8 +219,14 @@ class Transport:
         between attempts when it went away (streams and uploads use this directly)."""
         return await self.policy.call(attempt, idempotent=idempotent, before_retry=self._before_retry)
 
-    async def stream(self, service: str, stub_class: Any, method: str, request: Any) -> AsyncIterator[Any]:
-        """A server stream; (re)connection is retried until the first message arrives."""
+    async def stream(
+        self, service: str, stub_class: Any, method: str, request: Any, *, prompt_start: bool = False
+    ) -> AsyncIterator[Any]:
+        """A server stream; (re)connection is retried until the first message arrives. The stream has
+        no deadline (a watch lasts as long as it is read, an ingestion as long as it works): the
+        channel's keepalive pings end it when the server stops answering. ``prompt_start``: the
+        server answers the first message at once (a watch's snapshot), so waiting for it is bounded by
+        the call's deadline too."""
         call_holder: list[Any] = []
 
         async def attempt(remaining: float) -> Any:
@@ -202,9 +234,16 @@ class Transport:
             call = getattr(stub, method)(request)
             call_holder[:] = [call]
             try:
-                return await call.read()
+                async with asyncio.timeout(remaining if prompt_start else None):
+                    return await call.read()
             except grpc.RpcError as error:
                 raise self._error(service, error) from None
+            except TimeoutError:
+                call.cancel()
+                raise reasons.DEADLINE_EXCEEDED.error(
+                    detail=f"the {service} service did not start the {method} stream within "
+                    f"{self.policy.deadline:g}s"
+                ) from None
 
         first = await self.retry(attempt)
         call = call_holder[0]
@@ -231,7 +270,12 @@ class Transport:
             # gRPC reports a connection that could not be opened this way: the request never left,
             # so even a call without an idempotency key may be repeated (the retry policy reads it).
             typed.sent = "failed to connect" not in typed.message.lower()  # type: ignore[attr-defined]
-            if not typed.metadata:
+            if "ping timeout" in typed.message or "keepalive" in typed.message.lower():
+                typed.message = (
+                    f"the {service} service stopped answering (no answer to a keepalive ping within "
+                    f"{self.settings.keepalive_timeout:g}s): {typed.message}"
+                )
+            elif not typed.metadata:
                 typed.message = f"{service} service unavailable: {typed.message}"
         typed.args = (typed.message,)
         return typed

@@ -154,6 +154,9 @@ class ServerSettings(BaseSettings):
     #: Deadline of one upstream gRPC call made by the gateway (retries included), and of an agent turn.
     upstream_timeout_seconds: float = Field(30.0, gt=0)
     agent_timeout_seconds: float = Field(300.0, gt=0)
+    #: Seconds between heartbeats (SSE comments) on the gateway's event streams while no event is due:
+    #: a client that hears nothing for a few intervals knows the gateway stopped answering.
+    sse_heartbeat_seconds: float = Field(15.0, gt=0, le=3600)
     #: The agent POST /agent talks to when the request names none (created on first use).
     default_agent: str = "Assistant"
 

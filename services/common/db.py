@@ -24,9 +24,11 @@ from typing import IO, Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from sessionkit.errors import FieldViolation, InvalidArgument
+from sessionkit import reasons
+from sessionkit.errors import FieldViolation, InvalidArgument, SessionKitError
 
 T = TypeVar("T")
 
@@ -167,6 +169,20 @@ class Database:
         return await self._run(fn, self._writer, "write")
 
     async def _run(self, fn: Callable[[Connection], T], engine: Engine | None, kind: str) -> T:
+        try:
+            return await self._transaction(fn, engine, kind)
+        except DBAPIError as error:
+            typed = storage_error(error)
+            if typed is None:
+                raise
+            raise typed from error
+        except OSError as error:
+            # PostgreSQL down or restarting: the pool's reconnect fails before any statement ran.
+            if not self.is_postgres:
+                raise
+            raise reasons.DATABASE_UNAVAILABLE.error(detail=_first_line(error)) from error
+
+    async def _transaction(self, fn: Callable[[Connection], T], engine: Engine | None, kind: str) -> T:
         if self._async is not None:
             if kind == "read":
                 # No BEGIN/COMMIT round trips around a read: each statement is its own snapshot
@@ -206,3 +222,47 @@ class Database:
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
+
+
+#: SQLite's primary result codes of a full disk and of read-only storage (the extended codes keep them
+#: in their low byte).
+_SQLITE_FULL, _SQLITE_READONLY = 13, 8
+#: PostgreSQL's SQLSTATEs: class 53 (insufficient resources: disk full, out of memory) and a read-only
+#: transaction (a standby, default_transaction_read_only).
+_PG_RESOURCES, _PG_READ_ONLY = "53", "25006"
+
+
+#: PostgreSQL's SQLSTATEs of a connection lost or refused: class 08, and a server shutting down or
+#: starting (admin_shutdown, crash_shutdown, cannot_connect_now).
+_PG_CONNECTION, _PG_GOING_AWAY = "08", frozenset({"57P01", "57P02", "57P03"})
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).splitlines()
+    return (lines[0] if lines else type(error).__name__)[:200]
+
+
+def storage_error(error: DBAPIError) -> SessionKitError | None:
+    """The typed error of a database that cannot take writes (a full disk, read-only storage) or cannot
+    be reached (PostgreSQL down or restarting), which clients see as STORAGE_FULL, STORAGE_READ_ONLY or
+    DATABASE_UNAVAILABLE (retried) instead of INTERNAL; None for other failures."""
+    orig = error.orig
+    detail = _first_line(orig) if orig is not None else type(error).__name__
+    code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        if code & 0xFF == _SQLITE_FULL:
+            return reasons.STORAGE_FULL.error(detail=detail)
+        if code & 0xFF == _SQLITE_READONLY:
+            return reasons.STORAGE_READ_ONLY.error(detail=detail)
+        return None
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if isinstance(state, str):
+        if state.startswith(_PG_RESOURCES):
+            return reasons.STORAGE_FULL.error(detail=detail)
+        if state == _PG_READ_ONLY:
+            return reasons.STORAGE_READ_ONLY.error(detail=detail)
+        if state.startswith(_PG_CONNECTION) or state in _PG_GOING_AWAY:
+            return reasons.DATABASE_UNAVAILABLE.error(detail=detail)
+    if error.connection_invalidated:
+        return reasons.DATABASE_UNAVAILABLE.error(detail=detail)
+    return None

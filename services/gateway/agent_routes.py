@@ -9,13 +9,11 @@ A missing session_id creates a session; a missing session or agent is created on
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
 
 from sessionkit import reasons
 from sessionkit.errors import (
@@ -30,6 +28,7 @@ from sessionkit.state_client import SessionRef
 from sessionkit_server.gateway.deps import Caller, CallerDep, IdempotencyKey
 from sessionkit_server.gateway.errors import error_body
 from sessionkit_server.gateway.models import AgentRequest, AgentResponse
+from sessionkit_server.gateway.sse import event_stream, sse
 
 log = logging.getLogger("sessionkit.gateway")
 T = TypeVar("T")
@@ -127,10 +126,6 @@ class Turn:
         return AgentResponse(response=text, session_id=self.session_id, metadata=metadata)
 
 
-def _sse(event: str, data: Any) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
-
-
 def add(router: APIRouter) -> None:
     @router.post(
         "/agent",
@@ -175,11 +170,7 @@ def add(router: APIRouter) -> None:
                 raise
 
         events, first = await turn.run(open_stream)
-        return StreamingResponse(
-            _stream(turn, events, first),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        return event_stream(_stream(turn, events, first), gateway.settings.sse_heartbeat_seconds)
 
 
 async def _stream(
@@ -193,19 +184,19 @@ async def _stream(
             kind = event.get("type")
             if kind == "started":
                 # Sent at once: the client learns the session id (maybe just created) before any text.
-                yield _sse("started", {"session_id": turn.session_id, "turn_id": event.get("turn_id", "")})
+                yield sse("started", {"session_id": turn.session_id, "turn_id": event.get("turn_id", "")})
             elif kind == "delta":
-                yield _sse("delta", {"text": event.get("text", "")})
+                yield sse("delta", {"text": event.get("text", "")})
             elif kind in ("tool_call", "tool_call_completed"):
-                yield _sse(kind, {k: v for k, v in event.items() if k != "type"})
+                yield sse(kind, {k: v for k, v in event.items() if k != "type"})
             elif kind == "result":
-                yield _sse("result", turn.response(event["text"], event["metadata"]).model_dump(mode="json"))
+                yield sse("result", turn.response(event["text"], event["metadata"]).model_dump(mode="json"))
             event = await anext(events, None)
     except SessionKitError as error:
-        yield _sse("error", error_body(error))
+        yield sse("error", error_body(error))
     except Exception as error:  # the stream has started: report in-band, never a traceback
         log.error("agent stream failed", exc_info=error)
-        yield _sse(
+        yield sse(
             "error", error_body(InternalError("the agent stream failed; the gateway log has the details"))
         )
     finally:

@@ -43,6 +43,7 @@ from sessionkit_server.gateway.models import (
     Version,
     VersionList,
 )
+from sessionkit_server.gateway.sse import event_stream
 from sessionkit_server.gateway.watch_hub import WatchHub, change_event, failure_event
 
 KeyPath = Annotated[
@@ -303,13 +304,13 @@ def add(router: APIRouter) -> None:
         ] = 0,
     ) -> StreamingResponse:
         """WatchState as Server-Sent Events."""
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        heartbeat = request.app.state.gateway.settings.sse_heartbeat_seconds
         ref = caller.ref(user_id, session_id)
         if since_version == 0:
             # The common case shares one upstream call per session among this gateway's watchers.
             hub: WatchHub = request.app.state.gateway.watches
             events = await hub.watch(caller.principal.key_id, ref, caller.clients.state)
-            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+            return event_stream(events, heartbeat)
         changes = caller.clients.state.watch(ref, since_version)
         try:
             # Read before answering, so a refused watch (no session, no key) is a plain HTTP error.
@@ -317,8 +318,7 @@ def add(router: APIRouter) -> None:
         except BaseException:
             await changes.aclose()  # type: ignore[attr-defined]
             raise
-        stream = _watch_stream(first, changes)
-        return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+        return event_stream(_watch_stream(first, changes), heartbeat)
 
     # -- events ------------------------------------------------------------------------------------
 

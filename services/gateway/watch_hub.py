@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 from sessionkit import reasons
 from sessionkit.errors import InternalError, SessionKitError
 from sessionkit.state_client import SessionRef, StateChange, StateClient
 from sessionkit_server.gateway.errors import error_body
 from sessionkit_server.gateway.models import StateChangeOut
+from sessionkit_server.gateway.sse import sse
 
 log = logging.getLogger("sessionkit.gateway")
 
@@ -35,10 +34,6 @@ MAX_BACKLOG = 1000
 FeedKey = tuple[str, str, str, str]  # (caller's key id, app_name, user_id, session_id)
 #: (version, SSE bytes); version -1 ends the stream (the bytes are its last event, or empty).
 Item = tuple[int, bytes]
-
-
-def sse(event: str, data: Any) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
 def change_event(change: StateChange) -> bytes:

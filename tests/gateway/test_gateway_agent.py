@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from sessionkit import Session
 from sessionkit_server.common.config import ServerSettings
 from tests.gateway.test_gateway_support import GatewayThread, assert_error, gateway_settings
 from tests.llm_server import LLMServer, Reply
@@ -219,3 +220,28 @@ def test_praisonai_remote_session_probes_succeed(http: httpx.Client) -> None:
     assert http.get("/agent/health").status_code == 200
     assert http.get("/agent/health").json()["status"] == "ok"
     assert http.head("/agent").status_code == 405
+
+
+def test_a_quiet_turn_carries_heartbeats_and_the_sdk_waits_through_them(
+    agent_server: ServerThread, llm_server: LLMServer
+) -> None:
+    """While the model thinks, the stream is kept audibly alive (SESSIONKIT_SSE_HEARTBEAT_SECONDS): the
+    SDK, which gives up on a stream silent for 3 intervals (0.9 s here), waits through a 1.5 s pause."""
+    gateway = GatewayThread(gateway_settings(sse_heartbeat_seconds=0.3), agent_server.address).start()
+    try:
+        llm_server.script(Reply(content="worth the wait", delay=1.5))
+        body = {"query": "think", "session_id": "hb", "stream": True}
+        with (
+            httpx.Client(base_url=gateway.url, timeout=60) as http,
+            http.stream("POST", "/agent", json=body) as reply,
+        ):
+            assert reply.headers["sessionkit-heartbeat"] == "0.3"
+            lines = list(reply.iter_lines())
+        assert lines.count(": heartbeat") >= 3, lines
+        events = list(sse_events(iter(lines)))
+        assert events[-1][0] == "result" and events[-1][1]["response"] == "worth the wait"
+        llm_server.script(Reply(content="still here", delay=1.5))
+        with Session("hb2", agent_url=f"{gateway.url}/agent") as session:
+            assert "".join(session.chat("again", stream=True)) == "still here"
+    finally:
+        gateway.stop()

@@ -1,0 +1,101 @@
+"""A full disk under the embedded SQLite store: a write is refused with STORAGE_FULL (gRPC
+RESOURCE_EXHAUSTED, HTTP 507, the SDK's ResourceExhausted), at once (not retried, never INTERNAL)
+and stores nothing of itself, while reads keep answering; once space is freed, writes work again.
+The disk is a real one: the 4 MiB tmpfs of tests/faults/conftest.py."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sessionkit import Session
+from sessionkit.errors import ResourceExhausted
+from tests.faults.support import Served
+from tests.servers import ROOT, child_env
+
+pytestmark = pytest.mark.slow
+
+BIG = "x" * 300_000  # a value larger than what is left once the disk is filled
+
+
+@contextlib.contextmanager
+def filled(disk: Path) -> Iterator[None]:
+    """The disk full to its last byte for the block's duration."""
+    filler = disk / "filler"
+    with open(filler, "wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError as error:
+            assert error.errno == errno.ENOSPC, error
+    try:
+        yield
+    finally:
+        filler.unlink()
+
+
+def test_a_full_disk_refuses_writes_clearly_and_keeps_reads(disk: Path, served: Served) -> None:
+    if not disk.is_mount():
+        pytest.skip("a small disk to fill needs root to mount it (CI runs as root)")
+    with (
+        Session("full", user_id="u", address=served.address, timeout=10) as direct,
+        Session("full", user_id="u", agent_url=f"{served.url}/agent", timeout=10) as remote,
+    ):
+        direct.set_state("kept", {"a": 1})
+        version = direct.state_version()
+        with filled(disk):
+            for session in (direct, remote):
+                started = time.monotonic()
+                with pytest.raises(ResourceExhausted) as refused:
+                    session.set_state("big", BIG)
+                assert refused.value.reason == "STORAGE_FULL", refused.value
+                assert "storage is full" in str(refused.value)
+                assert time.monotonic() - started < 5  # refused, not retried until the deadline
+            with httpx.Client(base_url=served.url, timeout=10) as http:
+                reply = http.put("/v1/sessions/full/state/big", params={"user_id": "u"}, json={"value": BIG})
+                assert reply.status_code == 507, reply.text
+                assert reply.json()["error"]["reason"] == "STORAGE_FULL"
+                # Reads answer, over both transports, and nothing of the refused writes is stored.
+                assert http.get("/v1/sessions/full/state", params={"user_id": "u"}).json()["state"] == {
+                    "kept": {"a": 1}
+                }
+            assert direct.get_state("kept") == {"a": 1} and remote.get_state("kept") == {"a": 1}
+            assert direct.get_state("big") is None and direct.state_version() == version
+        # Space again: writes work, on the same server, without a restart.
+        direct.set_state("big", BIG)
+        assert remote.get_state("big") == BIG and direct.state_version() == version + 1
+
+
+def test_a_read_only_data_directory_is_refused_at_start_in_one_line(tmp_path: Path) -> None:
+    """The server cannot keep its SQLite store on a read-only mount: it says so and exits 1, with no
+    traceback (it used to die in an OSError's traceback from its lock file)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only tmpfs needs root (CI runs as root)")
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(read_only)], check=True)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "sessionkit.cli", "serve", "--service", "state", "--port", "0"],
+            env=child_env(SESSIONKIT_DATA_DIR=str(read_only), SESSIONKIT_HTTP_PORT="0"),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        subprocess.run(["umount", "-l", str(read_only)], check=False)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "─" not in done.stderr, done.stderr
+    assert f"cannot write the data directory {read_only}" in done.stderr
+    assert "Read-only file system" in done.stderr
