@@ -234,11 +234,11 @@ class ProtoStrategies:
         return st.one_of(st.lists(single, max_size=5), st.lists(single, min_size=200, max_size=300))
 
     def _single(self, field: d.FieldDescriptor, depth: int, wild: bool) -> st.SearchStrategy[Any]:
-        if field.message_type is not None:
-            return self.message(field.message_type, depth + 1, wild)
         override = self.overrides.get(field.name)
         if override is not None and not wild:
             return override
+        if field.message_type is not None:
+            return self.message(field.message_type, depth + 1, wild)
         return self._scalar(field, wild)
 
     def _scalar(self, field: d.FieldDescriptor, wild: bool) -> st.SearchStrategy[Any]:

@@ -29,6 +29,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import descriptor as d
+from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -85,12 +86,18 @@ def _refs() -> st.SearchStrategy[Message]:
 STRATEGIES = ProtoStrategies(
     {
         "sessionkit.v1.SessionRef": _refs(),
+        "sessionkit.v1.KnowledgeScope": st.sampled_from(
+            [knowledge_pb2.KnowledgeScope(kind=k) for k in (0, 1, 2)]
+            + [knowledge_pb2.KnowledgeScope(kind=3, collection="docs")]
+        ),
+        # A source of text the service can chunk: ingestions get past their first checks.
+        "text": st.sampled_from(["I like tea", "The meeting is on Monday", "fuzz"]),
+        "metadata_filter": st.just(struct_pb2.Struct()),
         "session_id": st.sampled_from(SESSIONS),
         "user_id": st.just(USER),
         "app_name": st.just(""),
         "key": st.sampled_from(KEYS),
         "page_token": st.just(""),
-        "text": st.sampled_from(["I like tea", "The meeting is on Monday", "fuzz"]),
         "keys": st.sampled_from(KEYS),
         "delete_keys": st.sampled_from(KEYS),
         "agent_name": st.sampled_from([AGENT, "none"]),
