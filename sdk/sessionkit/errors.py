@@ -28,6 +28,10 @@ MAX_FIELD_CHARS = 128
 MAX_DESCRIPTION_CHARS = 512
 MAX_METADATA_CHARS = 256
 MAX_VIOLATIONS = 20
+#: The serialized google.rpc.Status a server sends at most (base64 in grpc-status-details-bin, beside
+#: the message in grpc-message): both within gRPC's default 8 KiB of metadata. Violations past it are
+#: summarized as "N more violations".
+MAX_STATUS_BYTES = 3000
 
 
 def shown(text: str, limit: int = 64) -> str:
@@ -38,10 +42,15 @@ def shown(text: str, limit: int = 64) -> str:
 
 
 def _clip(text: str, limit: int) -> str:
-    if len(text) <= limit:
+    """``text`` within ``limit`` bytes of UTF-8: the trailers carry bytes (grpc-message percent-encodes
+    each non-ASCII byte as three), so a limit in characters let 1024 emoji become 12 KB and overflow
+    gRPC's metadata limit (the call then ends RESOURCE_EXHAUSTED, its error lost)."""
+    encoded = text.encode("utf-8", "surrogatepass")
+    if len(encoded) <= limit:
         return text
     suffix = f"... ({len(text)} characters)"
-    return text[: max(0, limit - len(suffix))] + suffix
+    # "ignore" drops a character cut in two at the end (and any lone surrogate, which no trailer holds).
+    return encoded[: max(0, limit - len(suffix))].decode("utf-8", "ignore") + suffix
 
 
 @dataclass(frozen=True)
@@ -232,17 +241,28 @@ _BY_CODE[grpc.StatusCode.OUT_OF_RANGE] = InvalidArgument
 
 
 def to_status(error: SessionKitError) -> status_pb2.Status:
-    """The google.rpc.Status the server sends for ``error``."""
+    """The google.rpc.Status the server sends for ``error`` (at most MAX_STATUS_BYTES: violations that
+    do not fit are counted in a last one, "N more violations")."""
+    status = _status(error, error.violations)
+    kept = list(error.violations)
+    while status.ByteSize() > MAX_STATUS_BYTES and len(kept) > 1:
+        kept.pop()
+        summary = FieldViolation("...", f"{len(error.violations) - len(kept)} more violations")
+        status = _status(error, [*kept, summary])
+    return status
+
+
+def _status(error: SessionKitError, violations: list[FieldViolation]) -> status_pb2.Status:
     details: list[any_pb2.Any] = []
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
     packed = any_pb2.Any()
     packed.Pack(info)
     details.append(packed)
-    if error.violations:
+    if violations:
         bad = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                for v in error.violations
+                for v in violations
             ]
         )
         packed = any_pb2.Any()

@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from sessionkit import reasons
 from sessionkit.errors import (
@@ -22,7 +22,7 @@ from sessionkit.errors import (
 )
 from sessionkit.jsonvalues import JsonValue, check_json, dumps
 from sessionkit_server.common import checks, failpoints, paging
-from sessionkit_server.common.idempotency import IDEMPOTENCY_TTL_US, check_key
+from sessionkit_server.common.idempotency import IDEMPOTENCY_TTL_US, check_key, key_reused
 from sessionkit_server.common.identity import session_key as session_key  # re-exported
 from sessionkit_server.common.timestamps import now_us as now_us  # re-exported
 from sessionkit_server.state import events, watch
@@ -47,19 +47,36 @@ from sessionkit_server.state.watch import ChangeView as ChangeView  # re-exporte
 log = logging.getLogger("sessionkit.state")
 
 
+#: Each kind of state write by the RPC that makes it, as IDEMPOTENCY_KEY_REUSED names it.
+_WRITE_NAMES = {
+    "SAVE": "SaveState",
+    "SET": "SetStateValue",
+    "DELETE": "DeleteStateValue",
+    "CLEAR": "ClearState",
+    "INCREMENT": "IncrementState",
+    "APPEND": "AppendState",
+    "RESTORE": "RestoreStateVersion",
+}
+
+
 @dataclass
 class WriteResult:
     version: int
     value: JsonValue = None
     existed: bool = False
     length: int = 0
+    #: The kind of write (an Operation's name) that stored this result: a repeat of its idempotency
+    #: key by another kind of write is refused, never answered with this result ("" in records
+    #: stored before the kind was kept: replayed as before).
+    operation: str = ""
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self)).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> WriteResult:
-        return cls(**json.loads(data))
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(data).items() if k in known})
 
 
 class StateService:
@@ -173,7 +190,7 @@ class StateService:
                 self._target(tx, name).pop(_split(name)[1], None)
             return Change(Operation.SAVE), WriteResult(tx.next_version)
 
-        return await self._write(key, expected_version, idempotency_key, apply)
+        return await self._write(key, expected_version, idempotency_key, Operation.SAVE, apply)
 
     async def set_value(
         self,
@@ -195,7 +212,7 @@ class StateService:
                 self._check_size(tx.state, "state")
             return Change(Operation.SET, name, value), WriteResult(tx.next_version)
 
-        return await self._write(key, expected_version, idempotency_key, apply)
+        return await self._write(key, expected_version, idempotency_key, Operation.SET, apply)
 
     async def delete_value(
         self, key: SessionKey, name: str, expected_version: int | None = None, idempotency_key: str = ""
@@ -209,7 +226,7 @@ class StateService:
             target.pop(bare, None)
             return Change(Operation.DELETE, name), WriteResult(tx.next_version, existed=existed)
 
-        return await self._write(key, expected_version, idempotency_key, apply)
+        return await self._write(key, expected_version, idempotency_key, Operation.DELETE, apply)
 
     async def clear_state(
         self,
@@ -227,7 +244,7 @@ class StateService:
                 tx.app_state().clear()
             return Change(Operation.CLEAR), WriteResult(tx.next_version)
 
-        return await self._write(key, expected_version, idempotency_key, apply)
+        return await self._write(key, expected_version, idempotency_key, Operation.CLEAR, apply)
 
     async def increment(
         self,
@@ -254,7 +271,7 @@ class StateService:
             self._check_size(target, name)
             return Change(Operation.INCREMENT, name, new_value), WriteResult(tx.next_version, value=new_value)
 
-        return await self._write(key, expected_version, idempotency_key, apply)
+        return await self._write(key, expected_version, idempotency_key, Operation.INCREMENT, apply)
 
     async def append(
         self,
@@ -283,7 +300,7 @@ class StateService:
                 tx.next_version, length=len(new_value)
             )
 
-        return await self._write(key, expected_version, idempotency_key, apply)
+        return await self._write(key, expected_version, idempotency_key, Operation.APPEND, apply)
 
     async def restore_version(
         self, key: SessionKey, version: int, expected_version: int | None = None, idempotency_key: str = ""
@@ -304,7 +321,7 @@ class StateService:
             tx.state.update(earlier.state)
             return Change(Operation.RESTORE, "", version), WriteResult(tx.next_version)
 
-        return await self._write(key, expected_version, idempotency_key, apply)
+        return await self._write(key, expected_version, idempotency_key, Operation.RESTORE, apply)
 
     async def list_versions(
         self, key: SessionKey, page_size: int, page_token: str
@@ -369,6 +386,7 @@ class StateService:
         key: SessionKey,
         expected_version: int | None,
         idempotency_key: str,
+        operation: Operation,
         apply: Callable[[WriteTx], tuple[Change, WriteResult]],
     ) -> WriteResult:
         if idempotency_key:
@@ -378,7 +396,13 @@ class StateService:
 
         def run(tx: WriteTx) -> WriteResult:
             if tx.replayed_response is not None:
-                return WriteResult.decode(tx.replayed_response)
+                replayed = WriteResult.decode(tx.replayed_response)
+                if replayed.operation and replayed.operation != operation.name:
+                    # Another kind of write's result is not this call's answer (an increment
+                    # answered with a set's result has no value): the key was reused.
+                    first = _WRITE_NAMES.get(replayed.operation, replayed.operation)
+                    raise key_reused(idempotency_key, first, _WRITE_NAMES[operation.name])
+                return replayed
             if expected_version is not None and expected_version != tx.session.version:
                 raise StateConflict(
                     f"session {key.session_id!r} is at version {tx.session.version}, "
@@ -389,6 +413,7 @@ class StateService:
                     },
                 )
             change, result = apply(tx)
+            result.operation = operation.name
             tx.commit(change, result.encode())
             return result
 

@@ -316,3 +316,24 @@ async def test_an_idempotency_key_reused_across_a_write_and_an_event_is_failed_p
     listed = await stub.ListEvents(state_pb2.ListEventsRequest(session=ref()), timeout=10)
     assert [e.id for e in listed.events] == [appended.event.id]
     assert (await stub.IncrementState(write, timeout=10)).version == 1  # each key replays its own kind
+
+
+async def test_an_idempotency_key_reused_by_another_kind_of_state_write_is_failed_precondition(
+    stub: state_pb2_grpc.StateServiceStub,
+) -> None:
+    """Found by tests/fuzz (an IncrementState with a key a SetStateValue had used answered INTERNAL: the
+    set's stored result, which has no value, was replayed as the increment's answer)."""
+    first = state_pb2.SetStateValueRequest(session=ref(), key="a", value=to_value("x"), idempotency_key="k-1")
+    assert (await stub.SetStateValue(first, timeout=10)).version == 1
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.IncrementState(
+            state_pb2.IncrementStateRequest(session=ref(), key="n", delta=1, idempotency_key="k-1"),
+            timeout=10,
+        )
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    found = details(info.value)[0]
+    assert found.reason == "IDEMPOTENCY_KEY_REUSED" and found.metadata["method"] == "SetStateValue"
+    assert "IncrementState" in (info.value.details() or "")
+    # The same kind of write with the key is still a replay of the first answer, and nothing changed.
+    assert (await stub.SetStateValue(first, timeout=10)).version == 1
+    assert await get_state(stub) == ({"a": "x"}, 1)
