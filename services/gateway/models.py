@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, StrictBool, model_serializer
 
 from sessionkit_server.common.checks import MAX_DURATION_SECONDS
 
@@ -279,7 +279,45 @@ class MemoryScores(BaseModel):
     recency: float
 
 
-class MemoryHit(MemoryOut):
+class RetrieverRank(BaseModel):
+    rank: int = Field(description="1-based position among the retriever's candidates, before filters.")
+    score: float = Field(description="The retriever's own score (cosine similarity; lexical relevance).")
+
+
+class ScoreWeights(BaseModel):
+    relevance: float
+    quality: float
+    recency: float
+
+
+class SearchExplanation(BaseModel):
+    """Why a hit scored what it did (only with ``explain: true``): score = weights.relevance *
+    relevance + weights.quality * quality + weights.recency * recency (a null term counts 0)."""
+
+    dense: RetrieverRank | None = Field(description="null: the dense (embedding) ranking missed it.")
+    lexical: RetrieverRank | None = Field(description="null: the lexical (full-text) ranking missed it.")
+    relevance: float = Field(description="The two rankings fused, in [0, 1].")
+    quality: float | None = Field(description="The memory's quality_score; null for knowledge.")
+    recency: float | None = Field(description="1 just changed, halving every half-life; null for knowledge.")
+    weights: ScoreWeights
+    score: float
+
+
+class Explained(BaseModel):
+    """A search hit's explanation: in the JSON only when asked for, so a search without ``explain``
+    answers exactly what it did before (no ``"explanation": null`` on every hit)."""
+
+    explanation: SearchExplanation | None = Field(None, description="Only with explain: true.")
+
+    @model_serializer(mode="wrap")
+    def _without_absent_explanation(self, handler: SerializerFunctionWrapHandler) -> Any:
+        out = handler(self)
+        if isinstance(out, dict) and out.get("explanation") is None:
+            out.pop("explanation", None)
+        return out
+
+
+class MemoryHit(MemoryOut, Explained):
     score: float
     scores: MemoryScores
 
@@ -290,6 +328,8 @@ class MemorySearch(Strict):
     limit: int = Field(5, ge=1, le=100)
     min_quality: float | None = Field(None, ge=0, le=1)
     metadata_filter: JsonObject | None = None
+    #: A JSON true or false, nothing that merely converts to one ("yes", 1): 400 otherwise.
+    explain: StrictBool = Field(False, description="Add each hit's explanation (ranks, scores, terms).")
 
 
 class MemoryHits(BaseModel):
@@ -411,6 +451,8 @@ class KnowledgeSearch(Strict):
     collections: list[str] | None = None
     source_names: list[str] | None = None
     metadata_filter: JsonObject | None = None
+    #: A JSON true or false, nothing that merely converts to one ("yes", 1): 400 otherwise.
+    explain: StrictBool = Field(False, description="Add each hit's explanation (ranks, scores, terms).")
 
 
 class HitSource(BaseModel):
@@ -431,7 +473,7 @@ class KnowledgeScores(BaseModel):
     lexical: float
 
 
-class KnowledgeHit(BaseModel):
+class KnowledgeHit(Explained):
     chunk_id: str
     text: str
     score: float

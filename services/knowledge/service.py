@@ -43,6 +43,7 @@ from sessionkit_server.knowledge.base import (
 )
 from sessionkit_server.knowledge.ingest import KnowledgeIngestion
 from sessionkit_server.knowledge.records import Scope, SourceRecord, vector_collection
+from sessionkit_server.retrieval.explain import Explainer
 from sessionkit_server.retrieval.fusion import rrf_normalized
 
 __all__ = [
@@ -157,7 +158,10 @@ class KnowledgeService(KnowledgeIngestion):
         source_names: Sequence[str] = (),
         metadata_filter: JsonObject | None = None,
         min_score: float | None = None,
+        explain: bool = False,
     ) -> list[Hit]:
+        """The best ``limit`` chunks for ``query``; with ``explain``, each hit carries the ranks and
+        scores its score was made from (retrieval/explain.py)."""
         if not query.strip():
             raise InvalidArgument("empty query", violations=[FieldViolation("query", "must not be empty")])
         if limit < 1 or limit > self.settings.max_limit:
@@ -189,6 +193,7 @@ class KnowledgeService(KnowledgeIngestion):
         lexical_norm = {i: score / top_lexical for i, score in lexical}
         rows = await self.store.current_chunks(owner.app_name, searched, list(fused))
         ids, names = set(source_ids), set(source_names)
+        explainer = Explainer(dense, lexical) if explain else None
         hits: list[Hit] = []
         for chunk_id, score in fused.items():
             found = rows.get(chunk_id)
@@ -206,6 +211,7 @@ class KnowledgeService(KnowledgeIngestion):
                     score,
                     max(0.0, semantic.get(chunk_id, 0.0)),
                     lexical_norm.get(chunk_id, 0.0),
+                    explainer.explain(chunk_id, score, score) if explainer else None,
                 )
             )
         if min_score is not None:

@@ -16,6 +16,7 @@ from sessionkit_server.common.timestamps import now_us
 from sessionkit_server.memory import tables as t
 from sessionkit_server.memory.base import Hit, JsonObject, MemoryBase
 from sessionkit_server.memory.records import ChangeRecord, MemoryRecord, owner_collections
+from sessionkit_server.retrieval.explain import Explainer
 from sessionkit_server.retrieval.fusion import FusionWeights, fused_score, recency, rrf_normalized
 
 
@@ -73,7 +74,10 @@ class MemoryReads(MemoryBase):
         min_quality: float | None = None,
         metadata_filter: JsonObject | None = None,
         min_score: float | None = None,
+        explain: bool = False,
     ) -> list[Hit]:
+        """The best ``limit`` memories for ``query``; with ``explain``, each hit carries the ranks,
+        scores and terms its score was made from (retrieval/explain.py)."""
         if not query.strip():
             raise InvalidArgument("empty query", violations=[FieldViolation("query", "must not be empty")])
         self._check_text(query, "query")
@@ -104,20 +108,28 @@ class MemoryReads(MemoryBase):
         rows = await self.store.by_ids(owner, list(fused), now)  # the rows decide: scope, expiry, deletion
         s = self.settings
         weights = FusionWeights(s.weight_relevance, s.weight_quality, s.weight_recency)
+        explainer = Explainer(dense, lexical) if explain else None
         hits: list[Hit] = []
         for memory_id, relevance in fused.items():
             record = rows.get(memory_id)
             if record is None or not check(record):
                 continue
             fresh = recency(max(0.0, (now - record.update_us) / 86_400e6), s.recency_half_life_days)
+            score = fused_score(relevance, record.quality, fresh, weights)
+            why = (
+                explainer.explain(memory_id, relevance, score, weights, record.quality, fresh)
+                if explainer
+                else None
+            )
             hits.append(
                 Hit(
                     record,
-                    fused_score(relevance, record.quality, fresh, weights),
+                    score,
                     max(0.0, semantic.get(memory_id, 0.0)),
                     lexical_norm.get(memory_id, 0.0),
                     record.quality,
                     fresh,
+                    why,
                 )
             )
         hits.sort(key=lambda h: -h.score)
