@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, StrictBool, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from sessionkit_server.common.checks import MAX_DURATION_SECONDS
 
@@ -307,14 +307,9 @@ class Explained(BaseModel):
     """A search hit's explanation: in the JSON only when asked for, so a search without ``explain``
     answers exactly what it did before (no ``"explanation": null`` on every hit)."""
 
-    explanation: SearchExplanation | None = Field(None, description="Only with explain: true.")
-
-    @model_serializer(mode="wrap")
-    def _without_absent_explanation(self, handler: SerializerFunctionWrapHandler) -> Any:
-        out = handler(self)
-        if isinstance(out, dict) and out.get("explanation") is None:
-            out.pop("explanation", None)
-        return out
+    explanation: SearchExplanation | None = Field(
+        None, description="Only with explain: true.", exclude_if=lambda value: value is None
+    )
 
 
 class MemoryHit(MemoryOut, Explained):

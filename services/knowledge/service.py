@@ -193,7 +193,6 @@ class KnowledgeService(KnowledgeIngestion):
         lexical_norm = {i: score / top_lexical for i, score in lexical}
         rows = await self.store.current_chunks(owner.app_name, searched, list(fused))
         ids, names = set(source_ids), set(source_names)
-        explainer = Explainer(dense, lexical) if explain else None
         hits: list[Hit] = []
         for chunk_id, score in fused.items():
             found = rows.get(chunk_id)
@@ -211,12 +210,16 @@ class KnowledgeService(KnowledgeIngestion):
                     score,
                     max(0.0, semantic.get(chunk_id, 0.0)),
                     lexical_norm.get(chunk_id, 0.0),
-                    explainer.explain(chunk_id, score, score) if explainer else None,
                 )
             )
         if min_score is not None:
             hits = [h for h in hits if h.score >= min_score]
-        return hits[:limit]
+        hits = hits[:limit]
+        if explain:  # after the ranking, for the hits returned only: it cannot change what is found
+            explainer = Explainer(dense, lexical)
+            for hit in hits:  # chunks have no quality or recency: the score is the relevance
+                hit.explanation = explainer.explain(hit.chunk.id, fused[hit.chunk.id], hit.score)
+        return hits
 
     async def _dense(
         self, app_name: str, scopes: Sequence[Scope], vector: list[float], k: int

@@ -108,34 +108,33 @@ class MemoryReads(MemoryBase):
         rows = await self.store.by_ids(owner, list(fused), now)  # the rows decide: scope, expiry, deletion
         s = self.settings
         weights = FusionWeights(s.weight_relevance, s.weight_quality, s.weight_recency)
-        explainer = Explainer(dense, lexical) if explain else None
         hits: list[Hit] = []
         for memory_id, relevance in fused.items():
             record = rows.get(memory_id)
             if record is None or not check(record):
                 continue
             fresh = recency(max(0.0, (now - record.update_us) / 86_400e6), s.recency_half_life_days)
-            score = fused_score(relevance, record.quality, fresh, weights)
-            why = (
-                explainer.explain(memory_id, relevance, score, weights, record.quality, fresh)
-                if explainer
-                else None
-            )
             hits.append(
                 Hit(
                     record,
-                    score,
+                    fused_score(relevance, record.quality, fresh, weights),
                     max(0.0, semantic.get(memory_id, 0.0)),
                     lexical_norm.get(memory_id, 0.0),
                     record.quality,
                     fresh,
-                    why,
                 )
             )
         hits.sort(key=lambda h: -h.score)
         if min_score is not None:
             hits = [h for h in hits if h.score >= min_score]
-        return hits[:limit]
+        hits = hits[:limit]
+        if explain:  # after the ranking, for the hits returned only: it cannot change what is found
+            explainer = Explainer(dense, lexical)
+            for hit in hits:
+                hit.explanation = explainer.explain(
+                    hit.memory.id, fused[hit.memory.id], hit.score, weights, hit.quality, hit.recency
+                )
+        return hits
 
     async def _dense(
         self, owner: Owner, memory_type: int | None, vector: list[float], k: int

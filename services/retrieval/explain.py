@@ -41,23 +41,26 @@ class Explanation:
 RELEVANCE_ONLY = FusionWeights(1.0, 0.0, 0.0)
 
 
-def positions(ranking: list[tuple[str, float]]) -> dict[str, Ranked]:
-    """id -> (rank from 1, score) in a best-first ranking; a repeated id keeps its first place, as
-    the fusion counts it."""
-    out: dict[str, Ranked] = {}
-    for rank, (item, score) in enumerate(ranking, start=1):
-        out.setdefault(item, Ranked(rank, score))
-    return out
+def _places(ranking: list[tuple[str, float]]) -> dict[str, int]:
+    """id -> its 0-based index in a best-first ranking; a repeated id keeps its first place, as the
+    fusion counts it (the reversed walk lets the first occurrence overwrite the later ones)."""
+    return {item: index for index, (item, _) in reversed(list(enumerate(ranking)))}
 
 
 class Explainer:
-    """The two rankings of one search, indexed once, so each hit's explanation is two lookups."""
+    """The two rankings of one search, indexed once, so each hit's explanation is two lookups (only
+    the hits returned get a record: the index is plain ints)."""
 
-    __slots__ = ("dense", "lexical")
+    __slots__ = ("_dense", "_dense_at", "_lexical", "_lexical_at")
 
     def __init__(self, dense: list[tuple[str, float]], lexical: list[tuple[str, float]]) -> None:
-        self.dense = positions(dense)
-        self.lexical = positions(lexical)
+        self._dense, self._lexical = dense, lexical
+        self._dense_at, self._lexical_at = _places(dense), _places(lexical)
+
+    @staticmethod
+    def _ranked(ranking: list[tuple[str, float]], at: dict[str, int], item: str) -> Ranked | None:
+        index = at.get(item)
+        return None if index is None else Ranked(index + 1, ranking[index][1])
 
     def explain(
         self,
@@ -69,7 +72,13 @@ class Explainer:
         recency: float | None = None,
     ) -> Explanation:
         return Explanation(
-            self.dense.get(item), self.lexical.get(item), relevance, quality, recency, weights, score
+            self._ranked(self._dense, self._dense_at, item),
+            self._ranked(self._lexical, self._lexical_at, item),
+            relevance,
+            quality,
+            recency,
+            weights,
+            score,
         )
 
 
