@@ -82,9 +82,16 @@ class Explainer:
         )
 
 
+def _rank_message(ranked: Ranked | None) -> common_pb2.RetrieverRank | None:
+    return None if ranked is None else common_pb2.RetrieverRank(rank=ranked.rank, score=ranked.score)
+
+
 def explanation_message(why: Explanation) -> common_pb2.SearchExplanation:
-    """The gRPC form (sessionkit.v1.SearchExplanation) shared by SearchMemories and SearchKnowledge."""
-    message = common_pb2.SearchExplanation(
+    """The gRPC form (sessionkit.v1.SearchExplanation) shared by SearchMemories and SearchKnowledge; a
+    ranking or term that is None stays unset."""
+    return common_pb2.SearchExplanation(
+        dense=_rank_message(why.dense),
+        lexical=_rank_message(why.lexical),
         relevance=why.relevance,
         quality=why.quality,
         recency=why.recency,
@@ -93,8 +100,3 @@ def explanation_message(why: Explanation) -> common_pb2.SearchExplanation:
         ),
         score=why.score,
     )
-    if why.dense is not None:
-        message.dense.CopyFrom(common_pb2.RetrieverRank(rank=why.dense.rank, score=why.dense.score))
-    if why.lexical is not None:
-        message.lexical.CopyFrom(common_pb2.RetrieverRank(rank=why.lexical.rank, score=why.lexical.score))
-    return message
