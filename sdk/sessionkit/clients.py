@@ -161,6 +161,7 @@ class MemoryAPI(Protocol):
         limit: int = 5,
         min_quality: float | None = None,
         metadata_filter: dict[str, JsonValue] | None = None,
+        explain: bool = False,
     ) -> list[dict[str, Any]]: ...
 
     async def context(self, ref: SessionRef, query: str, max_items: int = 3, kind: str = "all") -> str: ...
@@ -233,6 +234,7 @@ class KnowledgeAPI(Protocol):
         collections: list[str] | None = None,
         source_names: list[str] | None = None,
         metadata_filter: dict[str, JsonValue] | None = None,
+        explain: bool = False,
     ) -> list[dict[str, Any]]: ...
 
     async def list_all(self, ref: SessionRef, scopes: list[str] | None = None) -> list[dict[str, Any]]: ...

@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 
 from sessionkit.errors import FieldViolation, InvalidArgument
+from sessionkit.explain import check_explain, explanation_dict
 from sessionkit.jsonvalues import JsonValue, check_json, from_struct, to_struct
 from sessionkit.state_client import SessionRef, _key
 from sessionkit.transport import Transport
@@ -156,7 +157,7 @@ def source_dict(s: knowledge_pb2.KnowledgeSource) -> dict[str, Any]:
 
 
 def hit_dict(h: knowledge_pb2.KnowledgeHit) -> dict[str, Any]:
-    return {
+    out = {
         "chunk_id": h.chunk_id,
         "text": h.text,
         "score": h.score,
@@ -176,6 +177,9 @@ def hit_dict(h: knowledge_pb2.KnowledgeHit) -> dict[str, Any]:
         "heading_path": list(h.heading_path),
         "metadata": from_struct(h.metadata),
     }
+    if h.HasField("explanation"):
+        out["explanation"] = explanation_dict(h.explanation)
+    return out
 
 
 def progress_dict(p: knowledge_pb2.KnowledgeIngestionProgress) -> dict[str, Any]:
@@ -353,6 +357,7 @@ class KnowledgeClient:
         collections: list[str] | None = None,
         source_names: list[str] | None = None,
         metadata_filter: dict[str, JsonValue] | None = None,
+        explain: bool = False,
     ) -> list[dict[str, Any]]:
         if limit < 1:
             raise InvalidArgument("invalid limit", violations=[FieldViolation("limit", "must be at least 1")])
@@ -365,6 +370,7 @@ class KnowledgeClient:
             scopes=scope_msgs,
             source_names=source_names or [],
             metadata_filter=_struct(metadata_filter, "metadata_filter"),
+            explain=check_explain(explain),
         )
         reply = await self._call("SearchKnowledge", request)
         return [hit_dict(h) for h in reply.hits]

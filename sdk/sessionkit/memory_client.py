@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sessionkit.errors import FieldViolation, InvalidArgument
+from sessionkit.explain import check_explain, explanation_dict
 from sessionkit.jsonvalues import JsonValue, check_json, from_struct, to_struct
 from sessionkit.state_client import SessionRef, _key
 from sessionkit.transport import Transport
@@ -62,6 +63,8 @@ def hit_dict(h: memory_pb2.MemoryHit) -> dict[str, Any]:
         "quality": h.scores.quality,
         "recency": h.scores.recency,
     }
+    if h.HasField("explanation"):
+        out["explanation"] = explanation_dict(h.explanation)
     return out
 
 
@@ -237,6 +240,7 @@ class MemoryClient:
         limit: int = 5,
         min_quality: float | None = None,
         metadata_filter: dict[str, JsonValue] | None = None,
+        explain: bool = False,
     ) -> list[dict[str, Any]]:
         request = memory_pb2.SearchMemoriesRequest(
             session=ref.message,
@@ -245,6 +249,7 @@ class MemoryClient:
             limit=limit,
             min_quality=min_quality,
             metadata_filter=_struct(metadata_filter, "metadata_filter"),
+            explain=check_explain(explain),
         )
         if limit < 1:
             raise InvalidArgument("invalid limit", violations=[FieldViolation("limit", "must be at least 1")])

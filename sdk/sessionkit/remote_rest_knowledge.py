@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sessionkit.errors import FieldViolation, InvalidArgument
+from sessionkit.explain import check_explain
 from sessionkit.jsonvalues import JsonValue, check_json
 from sessionkit.knowledge_client import ProgressCallback, source_kind
 from sessionkit.remote_rest import Rest, unsupported
@@ -76,10 +77,11 @@ class RemoteKnowledgeClient(Rest):
         collections: list[str] | None = None,
         source_names: list[str] | None = None,
         metadata_filter: dict[str, JsonValue] | None = None,
+        explain: bool = False,
     ) -> list[dict[str, Any]]:
         if limit < 1:
             raise InvalidArgument("invalid limit", violations=[FieldViolation("limit", "must be at least 1")])
-        body = {
+        body: dict[str, Any] = {
             "query": query,
             "limit": limit,
             "scopes": scopes,
@@ -87,6 +89,8 @@ class RemoteKnowledgeClient(Rest):
             "source_names": source_names,
             "metadata_filter": metadata_filter,
         }
+        if check_explain(explain):  # only then: a gateway of before explain refuses the field
+            body["explain"] = True
         return list((await self.call("POST", ref, "knowledge", "search", json=body))["hits"])
 
     async def list_all(self, ref: SessionRef, scopes: list[str] | None = None) -> list[dict[str, Any]]:

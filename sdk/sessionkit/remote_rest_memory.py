@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from sessionkit.errors import FieldViolation, InvalidArgument
+from sessionkit.explain import check_explain
 from sessionkit.jsonvalues import JsonValue, check_json
 from sessionkit.memory_client import memory_items, new_memory
 from sessionkit.remote_rest import Rest, unsupported
@@ -39,14 +40,17 @@ class RemoteMemoryClient(Rest):
         limit: int = 5,
         min_quality: float | None = None,
         metadata_filter: dict[str, JsonValue] | None = None,
+        explain: bool = False,
     ) -> list[dict[str, Any]]:
-        body = {
+        body: dict[str, Any] = {
             "query": query,
             "memory_type": kind,
             "limit": limit,
             "min_quality": min_quality,
             "metadata_filter": metadata_filter,
         }
+        if check_explain(explain):  # only then: a gateway of before explain refuses the field
+            body["explain"] = True
         return list((await self.call("POST", ref, "memories", "search", json=body))["hits"])
 
     async def context(self, ref: SessionRef, query: str, max_items: int = 3, kind: str = "all") -> str:

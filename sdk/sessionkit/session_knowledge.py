@@ -55,11 +55,14 @@ class KnowledgeMixin(SessionCore):
         collections: list[str] | None = None,
         source_names: list[str] | None = None,
         metadata_filter: dict[str, Any] | None = None,
+        explain: bool = False,
     ) -> list[dict[str, Any]]:
         """Hybrid search over this session's and this user's knowledge (or the given scopes): chunks,
-        best first, each with text, score, source {id, name, kind}, position and heading_path."""
+        best first, each with text, score, source {id, name, kind}, position and heading_path.
+        ``explain=True`` adds each hit's "explanation": its dense and lexical ranks and scores (None
+        for a ranking that did not find it) and the fused relevance (docs/KNOWLEDGE.md)."""
         return await self._knowledge.search(
-            self._ref, query, limit, scopes, collections, source_names, metadata_filter
+            self._ref, query, limit, scopes, collections, source_names, metadata_filter, explain
         )
 
     async def list_knowledge(self, scopes: list[str] | None = None) -> list[dict[str, Any]]:
@@ -85,8 +88,8 @@ class SessionKnowledge:
     async def add(self, source: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
         return await self._session.add_knowledge(source, **options)
 
-    async def search(self, query: str, limit: int = 5) -> list[dict[str, Any]]:
-        return await self._session.search_knowledge(query, limit)
+    async def search(self, query: str, limit: int = 5, *, explain: bool = False) -> list[dict[str, Any]]:
+        return await self._session.search_knowledge(query, limit, explain=explain)
 
     async def list(self) -> list[dict[str, Any]]:
         return await self._session.list_knowledge()

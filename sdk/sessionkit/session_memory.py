@@ -75,12 +75,18 @@ class MemoryMixin(SessionCore):
         *,
         min_quality: float | None = None,
         metadata_filter: dict[str, Any] | None = None,
+        explain: bool = False,
     ) -> list[dict[str, Any]]:
         """Memories relevant to ``query`` ("all" = this session's short-term and this user's long-term),
-        best first, each a dict with text, id, memory_type, score (and its components), metadata."""
+        best first, each a dict with text, id, memory_type, score (and its components), metadata.
+        ``explain=True`` adds each hit's "explanation": its dense and lexical ranks and scores (None
+        for a ranking that did not find it), the fused relevance, the quality and recency terms, their
+        weights and the final score (docs/MEMORY.md)."""
         if not self._check_memory():
             return []
-        return await self._memory.search(self._ref, query, memory_type, limit, min_quality, metadata_filter)
+        return await self._memory.search(
+            self._ref, query, memory_type, limit, min_quality, metadata_filter, explain
+        )
 
     async def get_memory_context(self, query: str, max_items: int = 3) -> str:
         """The memories relevant to ``query`` as one text block for a prompt ("" when there are none)."""
@@ -158,8 +164,10 @@ class SessionMemory:
     async def add(self, text: str, memory_type: str = "long", **metadata: Any) -> dict[str, Any] | None:
         return await self._session.add_memory(text, memory_type, **metadata)
 
-    async def search(self, query: str, memory_type: str = "all", limit: int = 5) -> list[dict[str, Any]]:
-        return await self._session.search_memory(query, memory_type, limit)
+    async def search(
+        self, query: str, memory_type: str = "all", limit: int = 5, *, explain: bool = False
+    ) -> list[dict[str, Any]]:
+        return await self._session.search_memory(query, memory_type, limit, explain=explain)
 
     async def extract(
         self, messages: list[dict[str, str]], memory_type: str = "long"

@@ -112,6 +112,7 @@ def add(router: APIRouter) -> None:
             body.collections,
             body.source_names,
             body.metadata_filter,
+            body.explain,
         )
         return KnowledgeHits.model_validate({"hits": hits})
 

@@ -126,6 +126,7 @@ def add(router: APIRouter) -> None:
             body.limit,
             body.min_quality,
             body.metadata_filter,
+            body.explain,
         )
         return MemoryHits.model_validate({"hits": hits})
 

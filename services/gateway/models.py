@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from sessionkit_server.common.checks import MAX_DURATION_SECONDS
 from sessionkit_server.common.list_limits import list_limit
@@ -284,7 +284,40 @@ class MemoryScores(BaseModel):
     recency: float
 
 
-class MemoryHit(MemoryOut):
+class RetrieverRank(BaseModel):
+    rank: int = Field(description="1-based position among the retriever's candidates, before filters.")
+    score: float = Field(description="The retriever's own score (cosine similarity; lexical relevance).")
+
+
+class ScoreWeights(BaseModel):
+    relevance: float
+    quality: float
+    recency: float
+
+
+class SearchExplanation(BaseModel):
+    """Why a hit scored what it did (only with ``explain: true``): score = weights.relevance *
+    relevance + weights.quality * quality + weights.recency * recency (a null term counts 0)."""
+
+    dense: RetrieverRank | None = Field(description="null: the dense (embedding) ranking missed it.")
+    lexical: RetrieverRank | None = Field(description="null: the lexical (full-text) ranking missed it.")
+    relevance: float = Field(description="The two rankings fused, in [0, 1].")
+    quality: float | None = Field(description="The memory's quality_score; null for knowledge.")
+    recency: float | None = Field(description="1 just changed, halving every half-life; null for knowledge.")
+    weights: ScoreWeights
+    score: float
+
+
+class Explained(BaseModel):
+    """A search hit's explanation: in the JSON only when asked for, so a search without ``explain``
+    answers exactly what it did before (no ``"explanation": null`` on every hit)."""
+
+    explanation: SearchExplanation | None = Field(
+        None, description="Only with explain: true.", exclude_if=lambda value: value is None
+    )
+
+
+class MemoryHit(MemoryOut, Explained):
     score: float
     scores: MemoryScores
 
@@ -295,6 +328,8 @@ class MemorySearch(Strict):
     limit: int = Field(5, ge=1, le=100)
     min_quality: float | None = Field(None, ge=0, le=1)
     metadata_filter: JsonObject | None = None
+    #: A JSON true or false, nothing that merely converts to one ("yes", 1): 400 otherwise.
+    explain: StrictBool = Field(False, description="Add each hit's explanation (ranks, scores, terms).")
 
 
 class MemoryHits(BaseModel):
@@ -422,6 +457,8 @@ class KnowledgeSearch(Strict):
         None, max_length=list_limit("sessionkit.v1.SearchKnowledgeRequest.source_names")
     )
     metadata_filter: JsonObject | None = None
+    #: A JSON true or false, nothing that merely converts to one ("yes", 1): 400 otherwise.
+    explain: StrictBool = Field(False, description="Add each hit's explanation (ranks, scores, terms).")
 
 
 class HitSource(BaseModel):
@@ -442,7 +479,7 @@ class KnowledgeScores(BaseModel):
     lexical: float
 
 
-class KnowledgeHit(BaseModel):
+class KnowledgeHit(Explained):
     chunk_id: str
     text: str
     score: float

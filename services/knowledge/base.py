@@ -22,6 +22,7 @@ from sessionkit_server.knowledge.fetch import FetchSettings
 from sessionkit_server.knowledge.records import ChunkRecord, Scope, SourceRecord, app_collection
 from sessionkit_server.knowledge.store import KnowledgeStore
 from sessionkit_server.retrieval.embeddings import Embedder
+from sessionkit_server.retrieval.explain import Explanation
 from sessionkit_server.retrieval.vector_index import VectorIndex
 
 log = logging.getLogger("sessionkit.knowledge")
@@ -94,6 +95,8 @@ class Hit:
     score: float
     semantic: float
     lexical: float
+    #: Only when the search was asked to explain (``explain=True``).
+    explanation: Explanation | None = None
 
 
 def collection(app_name: str) -> str:

@@ -28,6 +28,7 @@ from sessionkit_server.knowledge.service import (
     ProgressFn,
     scope_of,
 )
+from sessionkit_server.retrieval.explain import explanation_message
 
 Context = Any
 #: How long a failed upload waits for the client to finish sending before answering.
@@ -135,6 +136,7 @@ def hit_message(hit: Hit) -> knowledge_pb2.KnowledgeHit:
         score=hit.score,
         scores=knowledge_pb2.KnowledgeScores(semantic=hit.semantic, lexical=hit.lexical),
         metadata=to_struct(hit.source.metadata),
+        explanation=None if hit.explanation is None else explanation_message(hit.explanation),
     )
 
 
@@ -331,6 +333,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
             list(request.source_names),
             from_struct(request.metadata_filter),
             request.min_score if request.HasField("min_score") else None,
+            request.explain,
         )
         return knowledge_pb2.SearchKnowledgeResponse(hits=[hit_message(h) for h in hits])
 

@@ -43,6 +43,7 @@ from sessionkit_server.knowledge.base import (
 )
 from sessionkit_server.knowledge.ingest import KnowledgeIngestion
 from sessionkit_server.knowledge.records import Scope, SourceRecord, vector_collection
+from sessionkit_server.retrieval.explain import Explainer
 from sessionkit_server.retrieval.fusion import rrf_normalized
 
 __all__ = [
@@ -157,7 +158,10 @@ class KnowledgeService(KnowledgeIngestion):
         source_names: Sequence[str] = (),
         metadata_filter: JsonObject | None = None,
         min_score: float | None = None,
+        explain: bool = False,
     ) -> list[Hit]:
+        """The best ``limit`` chunks for ``query``; with ``explain``, each hit carries the ranks and
+        scores its score was made from (retrieval/explain.py)."""
         if not query.strip():
             raise InvalidArgument("empty query", violations=[FieldViolation("query", "must not be empty")])
         if limit < 1 or limit > self.settings.max_limit:
@@ -210,7 +214,12 @@ class KnowledgeService(KnowledgeIngestion):
             )
         if min_score is not None:
             hits = [h for h in hits if h.score >= min_score]
-        return hits[:limit]
+        hits = hits[:limit]
+        if explain:  # after the ranking, for the hits returned only: it cannot change what is found
+            explainer = Explainer(dense, lexical)
+            for hit in hits:  # chunks have no quality or recency: the score is the relevance
+                hit.explanation = explainer.explain(hit.chunk.id, fused[hit.chunk.id], hit.score)
+        return hits
 
     async def _dense(
         self, app_name: str, scopes: Sequence[Scope], vector: list[float], k: int

@@ -25,6 +25,7 @@ from sessionkit_server.memory.extraction import FactExtractor
 from sessionkit_server.memory.records import MemoryRecord
 from sessionkit_server.memory.store import MemoryStore
 from sessionkit_server.retrieval.embeddings import Embedder
+from sessionkit_server.retrieval.explain import Explanation
 from sessionkit_server.retrieval.vector_index import VectorIndex
 
 log = logging.getLogger("sessionkit.memory")
@@ -79,6 +80,8 @@ class Hit:
     lexical: float
     quality: float
     recency: float
+    #: Only when the search was asked to explain (``explain=True``).
+    explanation: Explanation | None = None
 
 
 @dataclass

@@ -25,6 +25,7 @@ from sessionkit_server.memory.service import (
     NewMemory,
     Operation,
 )
+from sessionkit_server.retrieval.explain import explanation_message
 
 Context = Any
 R = TypeVar("R")
@@ -72,6 +73,7 @@ def hit_message(hit: Hit) -> memory_pb2.MemoryHit:
         scores=memory_pb2.MemoryScores(
             semantic=hit.semantic, lexical=hit.lexical, quality=hit.quality, recency=hit.recency
         ),
+        explanation=None if hit.explanation is None else explanation_message(hit.explanation),
     )
 
 
@@ -261,6 +263,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             _optional(request, "min_quality"),
             from_struct(request.metadata_filter),
             _optional(request, "min_score"),
+            request.explain,
         )
         return memory_pb2.SearchMemoriesResponse(hits=[hit_message(h) for h in hits])
 

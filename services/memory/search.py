@@ -16,6 +16,7 @@ from sessionkit_server.common.timestamps import now_us
 from sessionkit_server.memory import tables as t
 from sessionkit_server.memory.base import Hit, JsonObject, MemoryBase
 from sessionkit_server.memory.records import ChangeRecord, MemoryRecord, owner_collections
+from sessionkit_server.retrieval.explain import Explainer
 from sessionkit_server.retrieval.fusion import FusionWeights, fused_score, recency, rrf_normalized
 
 
@@ -73,7 +74,10 @@ class MemoryReads(MemoryBase):
         min_quality: float | None = None,
         metadata_filter: JsonObject | None = None,
         min_score: float | None = None,
+        explain: bool = False,
     ) -> list[Hit]:
+        """The best ``limit`` memories for ``query``; with ``explain``, each hit carries the ranks,
+        scores and terms its score was made from (retrieval/explain.py)."""
         if not query.strip():
             raise InvalidArgument("empty query", violations=[FieldViolation("query", "must not be empty")])
         self._check_text(query, "query")
@@ -123,7 +127,14 @@ class MemoryReads(MemoryBase):
         hits.sort(key=lambda h: -h.score)
         if min_score is not None:
             hits = [h for h in hits if h.score >= min_score]
-        return hits[:limit]
+        hits = hits[:limit]
+        if explain:  # after the ranking, for the hits returned only: it cannot change what is found
+            explainer = Explainer(dense, lexical)
+            for hit in hits:
+                hit.explanation = explainer.explain(
+                    hit.memory.id, fused[hit.memory.id], hit.score, weights, hit.quality, hit.recency
+                )
+        return hits
 
     async def _dense(
         self, owner: Owner, memory_type: int | None, vector: list[float], k: int
