@@ -34,7 +34,7 @@ from sessionkit_server.knowledge.records import (
     source_values,
     vector_collection,
 )
-from sessionkit_server.retrieval.words import lexical_terms
+from sessionkit_server.retrieval.words import fts5_match, lexical_terms
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "sk_knowledge_alembic_version"
@@ -291,7 +291,7 @@ class KnowledgeStore:
                     .limit(k)
                 )
                 return [(row[0], float(row[1])) for row in conn.execute(stmt).all()]
-            match = " OR ".join(f'"{term}"' for term in terms)
+            match = fts5_match(query)
             fts = text(
                 "SELECT rowid AS pk, -bm25(sk_knowledge_chunks_fts) AS rank "
                 "FROM sk_knowledge_chunks_fts WHERE sk_knowledge_chunks_fts MATCH :match "

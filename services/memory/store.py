@@ -40,7 +40,7 @@ from sessionkit_server.memory.row_writes import (
     merge_into,
     queue_vector,
 )
-from sessionkit_server.retrieval.words import lexical_terms
+from sessionkit_server.retrieval.words import fts5_match, lexical_terms
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "sk_memory_alembic_version"
@@ -381,7 +381,7 @@ class MemoryStore:
                 "ORDER BY bm25(sk_memories_fts) LIMIT :limit"
             )
             params = {
-                "match": " OR ".join(f'"{term}"' for term in terms),
+                "match": fts5_match(query, keep_stop_words),
                 "app": owner.app_name,
                 "user": owner.user_id,
                 "session": owner.session_id,
