@@ -43,6 +43,7 @@ sys.path[:0] = [str(ROOT / "sdk"), str(ROOT)]
 import eval_data  # noqa: E402
 from eval_data import data_dir, locomo  # noqa: E402
 
+from sessionkit_server.memory.store import CONTEXT_WEIGHT  # noqa: E402
 from sessionkit_server.retrieval.fusion import RRF_K, rrf  # noqa: E402
 from sessionkit_server.retrieval.words import fts5_match  # noqa: E402
 
@@ -66,22 +67,30 @@ class Group:
 
     docs: list[str]
     queries: list[str]
+    #: Per doc: its lexical context (the memory store indexes the previous memory of the session
+    #: beside each memory, migration m0005); "" for knowledge chunks.
+    contexts: list[str]
     #: Per query: the relevant doc indexes (with their grade) and how the query is scored.
     relevant: list[dict[int, float]]
     metric: str  # "recall5" (share of relevant in top 5) or "ndcg10"
 
 
-def lexical_rankings(docs: Sequence[str], queries: Sequence[str]) -> list[list[int]]:
-    """The stores' SQLite lexical ranking (FTS5, 'porter unicode61', bm25), on an in-memory table."""
+def lexical_rankings(docs: Sequence[str], contexts: Sequence[str], queries: Sequence[str]) -> list[list[int]]:
+    """The stores' SQLite lexical ranking (FTS5, 'porter unicode61', bm25 with the memory store's
+    column weights), on an in-memory table."""
     conn = sqlite3.connect(":memory:")
-    conn.execute("CREATE VIRTUAL TABLE f USING fts5(text, tokenize='porter unicode61')")
-    conn.executemany("INSERT INTO f(rowid, text) VALUES (?, ?)", [(i, d) for i, d in enumerate(docs)])
+    conn.execute("CREATE VIRTUAL TABLE f USING fts5(text, context, tokenize='porter unicode61')")
+    conn.executemany(
+        "INSERT INTO f(rowid, text, context) VALUES (?, ?, ?)",
+        [(i, d, c) for i, (d, c) in enumerate(zip(docs, contexts, strict=True))],
+    )
     out: list[list[int]] = []
     for q in queries:
         match = fts5_match(q)
         rows = (
             conn.execute(
-                "SELECT rowid FROM f WHERE f MATCH ? ORDER BY bm25(f) LIMIT ?", (match, DEPTH)
+                "SELECT rowid FROM f WHERE f MATCH ? ORDER BY bm25(f, 1.0, ?) LIMIT ?",
+                (match, CONTEXT_WEIGHT, DEPTH),
             ).fetchall()
             if match
             else []
@@ -105,7 +114,10 @@ def score(ranked: Sequence[int], relevant: dict[int, float], metric: str) -> flo
 
 
 def prepared(groups: list[Group]) -> list[tuple[Group, list[list[int]], list[list[int]]]]:
-    return [(g, dense_rankings(g.docs, g.queries), lexical_rankings(g.docs, g.queries)) for g in groups]
+    return [
+        (g, dense_rankings(g.docs, g.queries), lexical_rankings(g.docs, g.contexts, g.queries))
+        for g in groups
+    ]
 
 
 def evaluate(
@@ -139,10 +151,15 @@ def locomo_groups() -> list[Group]:
     groups: list[Group] = []
     for conv in locomo(folder / "locomo-dev.json"):
         position = {t.dia_id: i for i, t in enumerate(conv.turns)}
+        texts = [t.memory_text() for t in conv.turns]
         groups.append(
             Group(
-                [t.memory_text() for t in conv.turns],
+                texts,
                 [q.text for q in conv.questions],
+                [
+                    texts[i - 1] if i and conv.turns[i - 1].session == t.session else ""
+                    for i, t in enumerate(conv.turns)
+                ],
                 [{position[e]: 1.0 for e in q.evidence} for q in conv.questions],
                 "recall5",
             )
@@ -156,22 +173,21 @@ def synthetic_memory_groups() -> list[Group]:
     groups: list[Group] = []
     for conv in generate():
         texts: list[str] = []
+        contexts: list[str] = []
         where: dict[tuple[int, int], int] = {}
         seen: dict[str, int] = {}
+        last: tuple[int, str] = (-1, "")  # (session, text) of the last memory written
         for turn in conv.turns():  # exact repeats are one memory (the service deduplicates them)
             key = " ".join(turn.text.casefold().split())
             if key not in seen:
                 seen[key] = len(texts)
                 texts.append(turn.text)
+                contexts.append(last[1] if last[0] == turn.session else "")
+                last = (turn.session, turn.text)
             where[(turn.session, turn.index)] = seen[key]
-        groups.append(
-            Group(
-                texts,
-                [q.text for q in conv.questions],
-                [{where[q.gold]: 1.0} for q in conv.questions],
-                "recall5",
-            )
-        )
+        questions = [q.text for q in conv.questions]
+        relevant: list[dict[int, float]] = [{where[q.gold]: 1.0} for q in conv.questions]
+        groups.append(Group(texts, questions, contexts, relevant, "recall5"))
     return groups
 
 
@@ -187,7 +203,7 @@ def synthetic_knowledge_groups() -> list[Group]:
         extracted = parsing.extract(name, "text/markdown", text.encode())
         chunks.extend(c.text for c in chunking.split(extracted.text, config))
     relevant = [{i: 1.0 for i, c in enumerate(chunks) if q.fact in c} for q in data.questions]
-    return [Group(chunks, [q.text for q in data.questions], relevant, "ndcg10")]
+    return [Group(chunks, [q.text for q in data.questions], [""] * len(chunks), relevant, "ndcg10")]
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ from sessionkit_server.knowledge.records import (
     source_values,
     vector_collection,
 )
-from sessionkit_server.retrieval.words import fts5_match, lexical_terms
+from sessionkit_server.retrieval.words import LENGTH_NORMALIZATION, fts5_match, lexical_terms
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "sk_knowledge_alembic_version"
@@ -282,7 +282,10 @@ class KnowledgeStore:
             if conn.dialect.name == "postgresql":
                 tsv: Any = literal_column("sk_knowledge_chunks.tsv")
                 tsquery = func.to_tsquery("english", " | ".join(terms))
-                rank = func.ts_rank_cd(tsv, tsquery).label("rank")
+                # Normalization 1 divides by 1 + log(the document's length), as BM25's length
+                # normalisation does: without it a long text holding the terms once outranks a short
+                # one that is about them.
+                rank = func.ts_rank_cd(tsv, tsquery, LENGTH_NORMALIZATION).label("rank")
                 stmt = (
                     select(c.id, rank)
                     .join(t.sources, visible)

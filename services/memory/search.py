@@ -94,6 +94,7 @@ class MemoryReads(MemoryBase):
         )
         fused = rrf_normalized(
             [[i for i, _ in dense], [i for i, _ in lexical]],
+            k=self.settings.rrf_k,
             weights=[1.0, self.settings.weight_lexical_rank],
         )
         if not fused:
