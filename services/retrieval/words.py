@@ -47,7 +47,7 @@ def lexical_terms(query: str, limit: int = 32, keep_stop_words: bool = False) ->
     return list(seen)[:limit]
 
 
-#: PostgreSQL ``ts_rank_cd`` normalization flag of both stores' lexical ranking: 1 = divide the rank by
+#: PostgreSQL ``ts_rank`` normalization flag of both stores' lexical ranking: 1 = divide the rank by
 #: 1 + log(document length) (FTS5's bm25 normalises by length itself).
 LENGTH_NORMALIZATION = 1
 
