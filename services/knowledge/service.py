@@ -3,7 +3,7 @@
 results and scopes in base.py.
 
 Search ranks like memory search (docs/MEMORY.md): dense cosine similarity (Chroma) and lexical
-relevance (SQLite FTS5 bm25 / PostgreSQL ts_rank_cd) fused by reciprocal rank
+relevance (SQLite FTS5 bm25 / PostgreSQL ts_rank, length-normalised) fused by reciprocal rank
 (sessionkit_server.retrieval.fusion.rrf_normalized). Knowledge chunks have no quality or recency, so the
 score is the normalized RRF value itself."""
 

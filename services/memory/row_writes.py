@@ -31,6 +31,7 @@ def insert_memory(conn: Connection, record: MemoryRecord, actor: str, window: in
     beyond the short-term window."""
     dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     values = _row_values(record)
+    values["context"] = previous_text(conn, record)
     pk = conn.execute(
         dialect_insert(t.memories).values(**values).on_conflict_do_nothing().returning(t.memories.c.pk)
     ).scalar_one_or_none()
@@ -66,6 +67,24 @@ def insert_memory(conn: Connection, record: MemoryRecord, actor: str, window: in
             delete_memory(conn, gone, actor, record.update_us)
             evicted.append(gone.id)
     return AddOutcome(record, evicted=evicted)
+
+
+def previous_text(conn: Connection, record: MemoryRecord) -> str | None:
+    """The text of the last memory of the same type that ``record``'s session wrote (its lexical
+    context), or None. In a conversation the evidence for a question is often split between a turn
+    and the one before it: on LoCoMo dev, indexing it raised recall@5 by 9 points (docs/MEMORY.md)."""
+    m = t.memories.c
+    return conn.execute(
+        select(m.text)
+        .where(
+            m.app_name == record.app_name,
+            m.user_id == record.user_id,
+            m.session_id == record.session_id,
+            m.memory_type == record.memory_type,
+        )
+        .order_by(m.pk.desc())
+        .limit(1)
+    ).scalar_one_or_none()
 
 
 def merge_into(

@@ -1,8 +1,8 @@
 """Reading memories: get, list, history, hybrid search and the context block built from it.
 
 Search ranks by a documented fusion (docs/MEMORY.md): dense cosine similarity (Chroma) and lexical
-relevance (SQLite FTS5 bm25 / PostgreSQL ts_rank_cd) are fused by reciprocal rank, then combined with
-the memory's quality score and its recency (sessionkit_server.retrieval.fusion)."""
+relevance (SQLite FTS5 bm25 / PostgreSQL ts_rank, length-normalised) are fused by reciprocal rank,
+then combined with the memory's quality score and its recency (sessionkit_server.retrieval.fusion)."""
 
 from __future__ import annotations
 
@@ -98,6 +98,7 @@ class MemoryReads(MemoryBase):
         )
         fused = rrf_normalized(
             [[i for i, _ in dense], [i for i, _ in lexical]],
+            k=self.settings.rrf_k,
             weights=[1.0, self.settings.weight_lexical_rank],
         )
         if not fused:

@@ -47,10 +47,14 @@ memories = Table(
     Column("update_us", BigInteger, nullable=False),
     Column("expire_us", BigInteger, nullable=True),
     Column("revision", BigInteger, nullable=False),
+    # Lexical context (migration m0005): the text of the memory its session wrote just before it,
+    # indexed beside its own (a reply is found by the words of the question it answers).
+    Column("context", Text, nullable=True),
     UniqueConstraint(
         "app_name", "user_id", "memory_type", "scope", "content_hash", name="uq_sk_memories_content"
     ),
     Index("ix_sk_memories_owner", "app_name", "user_id", "memory_type", "scope", "create_us"),
+    Index("ix_sk_memories_session", "app_name", "user_id", "session_id", "memory_type", "pk"),
 )
 
 changes = Table(

@@ -47,6 +47,18 @@ def lexical_terms(query: str, limit: int = 32, keep_stop_words: bool = False) ->
     return list(seen)[:limit]
 
 
+#: PostgreSQL ``ts_rank`` normalization flag of both stores' lexical ranking: 1 = divide the rank by
+#: 1 + log(document length) (FTS5's bm25 normalises by length itself).
+LENGTH_NORMALIZATION = 1
+
+
+def fts5_match(query: str, keep_stop_words: bool = False) -> str:
+    """The SQLite FTS5 MATCH expression of ``query``'s :func:`lexical_terms`: each term quoted (no
+    operator survives), any of them (OR: bm25 ranks the documents holding more and rarer terms
+    first, as BM25 does, instead of requiring all). "" when the query has no terms."""
+    return " OR ".join(f'"{term}"' for term in lexical_terms(query, keep_stop_words=keep_stop_words))
+
+
 WEEKDAYS = _set(
     "monday tuesday wednesday thursday friday saturday sunday mon tue tues wed thu thur thurs fri sat sun"
     " weekday weekdays weekend weekends"

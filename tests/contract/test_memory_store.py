@@ -258,7 +258,9 @@ async def test_a_deleted_memory_is_deleted_once_with_a_key(store: MemoryStore) -
 async def test_lexical_search_ranks_the_owners_matches(store: MemoryStore) -> None:
     tea = (await add(store, memory(ALICE, "Alice drinks green tea every morning"))).memory
     both = (await add(store, memory(ALICE, "green tea and tea cakes: tea all day"))).memory
-    await add(store, memory(ALICE, "Alice rides a bicycle"))
+    # Another session: a memory written right after "tea cakes" in the same session would match "tea"
+    # through its lexical context (the next test).
+    await add(store, memory(ALICE_S2, "Alice rides a bicycle"))
     await add(store, memory(BOB, "Bob drinks tea too"))
     hits = await store.lexical(ALICE, None, "tea", 10, now_us())
     assert {memory_id for memory_id, _ in hits} == {tea.id, both.id}
@@ -266,6 +268,45 @@ async def test_lexical_search_ranks_the_owners_matches(store: MemoryStore) -> No
     assert [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
     assert await store.lexical(ALICE, None, "the and of", 10, now_us()) == []  # stop words only
     assert len(await store.lexical(ALICE, None, "tea", 1, now_us())) == 1
+
+
+async def test_lexical_search_stems_and_ignores_stop_words_alike(store: MemoryStore) -> None:
+    await add(store, memory(ALICE, "The weather was nice"))
+    hiking = (await add(store, memory(ALICE, "She hiked up the mountains with her dogs"))).memory
+    # "hiking" / "hiked", "mountain" / "mountains", "dog" / "dogs": one stem each; "what", "did",
+    # "she" are stop words and match nothing on their own.
+    assert [i for i, _ in await store.lexical(ALICE, None, "what hiking mountain dog", 10, now_us())] == [
+        hiking.id
+    ]
+    assert await store.lexical(ALICE, None, "what did she", 10, now_us()) == []
+
+
+async def test_lexical_search_matches_any_term_and_ranks_more_terms_first(store: MemoryStore) -> None:
+    one = (await add(store, memory(ALICE, "We adopted a puppy last spring"))).memory
+    two = (await add(store, memory(ALICE, "The puppy chewed the sofa cushions"))).memory
+    hits = [i for i, _ in await store.lexical(ALICE, None, "puppy sofa", 10, now_us())]
+    assert hits == [two.id, one.id]  # any term matches (OR); both terms rank first
+
+
+async def test_lexical_search_prefers_the_shorter_of_two_equal_matches(store: MemoryStore) -> None:
+    filler = " ".join(["and then we talked about many other things at length"] * 6)
+    long = (await add(store, memory(ALICE, f"Lisbon trip {filler}"))).memory
+    short = (await add(store, memory(ALICE_S2, "Lisbon trip booked"))).memory
+    hits = [i for i, _ in await store.lexical(ALICE, None, "Lisbon trip", 10, now_us())]
+    assert hits == [short.id, long.id]  # document-length normalisation on both backends
+
+
+async def test_a_memory_is_found_by_the_words_of_the_one_its_session_wrote_before(store: MemoryStore) -> None:
+    question = (await add(store, memory(ALICE, "Where did you go for your birthday?"))).memory
+    answer = (await add(store, memory(ALICE, "We went to Porto and ate far too much"))).memory
+    other = (await add(store, memory(ALICE_S2, "Porto was lovely"))).memory  # another session
+    await add(store, memory(ALICE_S2, "My sister lives in Madrid"))
+    hits = [i for i, _ in await store.lexical(ALICE, LONG, "birthday", 10, now_us())]
+    # The question itself first (its own text), then the answer through its context; the other
+    # session's memory written after "Porto was lovely" does not inherit Alice's s1 birthday.
+    assert hits == [question.id, answer.id]
+    hits = [i for i, _ in await store.lexical(ALICE, LONG, "Madrid", 10, now_us())]
+    assert other.id not in hits and len(hits) == 1
 
 
 # -- text on both backends --------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from sessionkit_server.memory.service import MemoryService, content_hash
 from sessionkit_server.memory.store import MemoryRecord, MemoryStore, Owner, app_collection, vector_collection
 from sessionkit_server.retrieval.embeddings import LocalEmbedder
 from sessionkit_server.retrieval.vector_index import ChromaIndex
-from sessionkit_server.retrieval.words import details, lexical_terms
+from sessionkit_server.retrieval.words import details, fts5_match, lexical_terms
 from tests.chroma_server import chroma_server  # noqa: F401 - fixture
 from tests.memory.test_memory import memory_server  # noqa: F401 - fixture (SQLite, PostgreSQL, Chroma server)
 from tests.servers import ServerThread
@@ -197,6 +197,9 @@ async def test_lexical_candidates_are_the_users_own_best_matches(tmp_path: Path)
 def test_stop_words_and_details() -> None:
     assert lexical_terms("What is my favourite colour?") == ["favourite", "colour"]
     assert lexical_terms("What is my favourite colour?", keep_stop_words=True)[:3] == ["what", "is", "my"]
+    # FTS5 MATCH: every term quoted, so an operator or a column filter in the query is a plain word.
+    assert fts5_match('NEAR(colour "blue") OR text: AND') == '"near" OR "colour" OR "blue" OR "text"'
+    assert fts5_match("what is it?") == ""
     assert details("My dentist appointment is on Tuesday at 3 pm.") == {"tuesday", "3", "pm"}
     assert details("My favourite colour is blue.") == set()
     assert details("Omar lives in Lisbon and doesn't drive") == {"omar", "lisbon", "doesn't"}

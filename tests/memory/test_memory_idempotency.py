@@ -316,7 +316,10 @@ async def test_migrations_upgrade_a_0001_database(tmp_path: Path) -> None:
         return version, columns, texts
 
     version, columns, texts = await db.read(check)
-    assert version == "m0004"
+    assert version == "m0005"
+    # m0005: the FTS5 index is rebuilt with the lexical context column; the old row is still found.
+    hits = await store.lexical(Owner("app", "u", "s"), None, "kept", 5, 2)
+    assert [memory_id for memory_id, _ in hits] == ["m-old"]
     # m0004: the shared shape of idempotency tables (sessionkit_server.common.idempotency).
     assert columns == ["app_name", "user_id", "scope", "key", "method", "response", "create_us"]
     assert texts == ["kept"]

@@ -1,0 +1,122 @@
+"""Knowledge search on BEIR SciFact (../shared/data/scifact-train: 5,183 abstracts, the 809 train
+queries) through the public SDK, with the README's metric, against off-the-shelf baselines computed in
+the same run on the same texts (bench/eval_data.py).
+
+Method (../shared/data/README.md): each document is one file ``<_id>.txt`` holding ``title + "\\n\\n" +
+text``, added with ``add_knowledge(path)`` to the embedded default server (``AsyncSession(storage_path=
+...)``); each query is a ``search_knowledge(query, limit=30)``; a document's rank is that of its best
+chunk; nDCG@10 over the queries. The SDK has no folder or batch add, so the files are added one call
+each, ``--parallel`` calls at a time (the server embeds concurrent adds together). With ``--storage
+DIR`` the data directory is kept: a second run re-adds every file, which the service answers
+"unchanged" without re-embedding, so only the searches cost time.
+
+Run: ``.venv/bin/python bench/scifact_eval.py [--storage DIR] [--queries N]``. Skips (exit 0) when the
+data is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path[:0] = [
+    str(Path(__file__).resolve().parent.parent / "sdk"),
+    str(Path(__file__).resolve().parent.parent),
+]
+
+from eval_data import baselines, ndcg_at_10, require_data, scifact  # noqa: E402
+
+from sessionkit import AsyncSession  # noqa: E402
+
+APP = "scifact"
+LIMIT = 30
+
+
+async def run(
+    storage: Path, parallel: int, query_limit: int | None
+) -> tuple[dict[str, float], dict[str, object]]:
+    data = scifact(require_data("scifact-train") / "scifact-train")
+    files = storage / "files"
+    files.mkdir(parents=True, exist_ok=True)
+    for doc_id, content in data.corpus.items():
+        path = files / f"{doc_id}.txt"
+        if not path.exists():
+            path.write_text(content, encoding="utf-8")
+    session = AsyncSession(
+        "scifact", user_id="bench", storage_path=storage / "data", app_name=APP, timeout=600
+    )
+    ids = list(data.corpus)
+    outcomes: dict[str, int] = {}
+    start = time.perf_counter()
+
+    async def worker(part: list[str]) -> None:
+        for doc_id in part:
+            reply = await session.add_knowledge(str(files / f"{doc_id}.txt"), scope="user")
+            outcomes[reply.get("outcome", "?")] = outcomes.get(reply.get("outcome", "?"), 0) + 1
+            done = sum(outcomes.values())
+            if done % 500 == 0:
+                print(
+                    f"  added {done}/{len(ids)}, {done / (time.perf_counter() - start):.1f} files/s",
+                    flush=True,
+                )
+
+    await asyncio.gather(*(worker(ids[i::parallel]) for i in range(parallel)))
+    seconds_add = time.perf_counter() - start
+    queries = list(data.queries.items())[:query_limit]
+    figures: dict[str, list[float]] = {}
+    start = time.perf_counter()
+    for qid, text in queries:
+        hits = await session.search_knowledge(text, limit=LIMIT, scopes=["user"])
+        ranked: list[str] = []
+        for hit in hits:  # a document ranks where its best chunk does
+            doc = hit["source"]["name"].removesuffix(".txt")
+            if doc not in ranked:
+                ranked.append(doc)
+        figures.setdefault("sessionkit search_knowledge (SDK)", []).append(
+            ndcg_at_10(ranked, data.qrels[qid])
+        )
+    seconds_search = time.perf_counter() - start
+    await session.close()
+    for name, rankings in baselines([data.corpus[i] for i in ids], [t for _, t in queries]):
+        for (qid, _), ranking in zip(queries, rankings, strict=True):
+            figures.setdefault(name, []).append(ndcg_at_10([ids[i] for i in ranking], data.qrels[qid]))
+    notes: dict[str, object] = {
+        "files": len(ids),
+        "add outcomes": outcomes,
+        "seconds adding": round(seconds_add, 1),
+        "files/s": round(len(ids) / seconds_add, 1),
+        "search ms mean (SDK, embedded)": round(1000 * seconds_search / max(1, len(queries)), 1),
+        "queries": len(queries),
+    }
+    return {name: sum(v) / len(v) for name, v in figures.items()}, notes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--storage", type=Path, help="keep the data directory here (reruns skip embedding)")
+    parser.add_argument("--parallel", type=int, default=8, help="concurrent add_knowledge calls")
+    parser.add_argument("--queries", type=int, help="only the first N queries")
+    parser.add_argument("--json", type=Path, help="write the figures here too")
+    args = parser.parse_args()
+    require_data("scifact-train")
+    if args.storage:
+        figures, notes = asyncio.run(run(args.storage, args.parallel, args.queries))
+    else:
+        with tempfile.TemporaryDirectory(prefix="sk-scifact-") as tmp:
+            figures, notes = asyncio.run(run(Path(tmp), args.parallel, args.queries))
+    print("| method | nDCG@10 |\n|---|---|")
+    for name, value in figures.items():
+        print(f"| {name} | {value:.3f} |")
+    for key, value in notes.items():
+        print(f"- {key}: {value}")
+    if args.json:
+        args.json.write_text(json.dumps({"ndcg@10": figures, "notes": notes}, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
