@@ -53,7 +53,9 @@ def grpc_session(services: ServerThread) -> Iterator[Session]:
         knowledge_config={"chunker": CHUNKER},
     ) as session:
         session.add_memories([{"text": t, "quality_score": 0.1} for t in MEMORIES])
-        session.add_memories([{"text": t, "quality_score": 0.9} for t in (LEXICAL_ONLY, DENSE_ONLY, BOTH)])
+        # The dense-only fact first: a memory's lexical index holds the session's previous memory too
+        # (docs/MEMORY.md), and the one before it names no query word.
+        session.add_memories([{"text": t, "quality_score": 0.9} for t in (DENSE_ONLY, LEXICAL_ONLY, BOTH)])
         session.add_knowledge(" ".join(CHUNKS), name="drinks")
         for i, fact in enumerate((LEXICAL_ONLY, DENSE_ONLY, BOTH)):  # a chunk each
             session.add_knowledge(fact, name=f"fact-{i}")
@@ -72,24 +74,24 @@ def session(request: pytest.FixtureRequest) -> Session:
     return found
 
 
-def _relevance(why: dict[str, Any], lexical_weight: float) -> float:
+def _relevance(why: dict[str, Any], lexical_weight: float, k: int) -> float:
     """docs/MEMORY.md: normalized weighted reciprocal-rank fusion of the two ranks."""
     total = 0.0
     if why["dense"] is not None:
-        total += 1.0 / (RRF_K + why["dense"]["rank"])
+        total += 1.0 / (k + why["dense"]["rank"])
     if why["lexical"] is not None:
-        total += lexical_weight / (RRF_K + why["lexical"]["rank"])
-    return total / ((1.0 + lexical_weight) / (RRF_K + 1))
+        total += lexical_weight / (k + why["lexical"]["rank"])
+    return total / ((1.0 + lexical_weight) / (k + 1))
 
 
-def _check_consistent(hits: list[dict[str, Any]], lexical_weight: float) -> None:
+def _check_consistent(hits: list[dict[str, Any]], lexical_weight: float, k: int) -> None:
     for hit in hits:
         why = hit["explanation"]
         w = why["weights"]
         formula = w["relevance"] * why["relevance"]
         formula += w["quality"] * (why["quality"] or 0.0) + w["recency"] * (why["recency"] or 0.0)
         assert why["score"] == pytest.approx(hit["score"]) == pytest.approx(formula), hit
-        assert why["relevance"] == pytest.approx(_relevance(why, lexical_weight)), hit
+        assert why["relevance"] == pytest.approx(_relevance(why, lexical_weight, k)), hit
         # The hit's score components agree: a ranking that did not find it contributed nothing.
         assert (why["dense"] is None) == (hit["scores"]["semantic"] == 0.0) or why["dense"]["score"] <= 0
         assert (why["lexical"] is None) == (hit["scores"]["lexical"] == 0.0), hit
@@ -121,7 +123,7 @@ def test_memory_search_explains_each_hit(session: Session) -> None:
         assert why["quality"] == hit["quality_score"] == 0.9
         assert why["recency"] == pytest.approx(hit["scores"]["recency"]) and 0.99 < why["recency"] <= 1.0
         assert why["weights"] == pytest.approx({"relevance": 0.75, "quality": 0.15, "recency": 0.10})
-    _check_consistent(hits, MemorySettings().weight_lexical_rank)
+    _check_consistent(hits, MemorySettings().weight_lexical_rank, MemorySettings().rrf_k)
 
 
 def test_knowledge_search_explains_each_hit(session: Session) -> None:
@@ -134,7 +136,7 @@ def test_knowledge_search_explains_each_hit(session: Session) -> None:
     for why in by_text.values():  # chunks have no quality or recency: the score is the relevance
         assert why["quality"] is None and why["recency"] is None
         assert why["weights"] == {"relevance": 1.0, "quality": 0.0, "recency": 0.0}
-    _check_consistent(hits, KnowledgeSettings().weight_lexical_rank)
+    _check_consistent(hits, KnowledgeSettings().weight_lexical_rank, RRF_K)
 
 
 def test_without_explain_no_hit_has_an_explanation(session: Session) -> None:
