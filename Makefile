@@ -55,7 +55,7 @@ cluster-down: install
 # The Node.js client's tests install clients/node's packages themselves (tests/node_tools.py) and skip,
 # saying so, where node or npm is missing; .ci/run makes sure CI has them.
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 lint: install buf
 	$(VENV)/bin/ruff check .

@@ -28,6 +28,27 @@ BACKENDS = ["sqlite", "postgres"]
 STORE_KINDS = ["sqlite", "sqlite-cached", "postgres"]
 
 
+#: `make test` runs two pytest-xdist workers (`-n 2 --dist loadgroup`): the suite mostly waits on
+#: servers, processes and fsync, so one worker left the second core idle. Each test package is one
+#: group, run whole on one worker, so its package- and module-scoped servers start once. The packages
+#: that start replicas on 127.0.0.2-4 share a group: their ports are probed free on 127.0.0.1 only.
+_GROUP_OF_PACKAGE = {"cluster": "replicas", "scaleout": "replicas"}
+#: Groups are handed to the workers in this order, longest first, so the run does not end on one
+#: worker alone with a long package (the rest follow in collection order).
+_LONGEST_FIRST = ["state", "contract", "replicas", "memory", "sdk", "gateway", "knowledge", "agent"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = Path(__file__).parent
+    groups: dict[pytest.Item, str] = {}
+    for item in items:
+        package = item.path.relative_to(root).parts[0]
+        groups[item] = _GROUP_OF_PACKAGE.get(package, package)
+        item.add_marker(pytest.mark.xdist_group(groups[item]))
+    rank = {group: i for i, group in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(groups[item], len(rank)))  # stable: order within a group kept
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
