@@ -55,7 +55,8 @@ cluster-down: install
 # The Node.js client's tests install clients/node's packages themselves (tests/node_tools.py) and skip,
 # saying so, where node or npm is missing; .ci/run makes sure CI has them.
 test: install
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest -n 2 --dist loadgroup -m 'not serial'
+	$(PY) -m pytest -m serial
 
 lint: install buf
 	$(VENV)/bin/ruff check .

@@ -22,6 +22,7 @@ def readme_example() -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_readme_example_runs_verbatim(tmp_path: Path) -> None:
     script = tmp_path / "example.py"
     script.write_text(readme_example())
@@ -45,6 +46,7 @@ def test_readme_example_runs_verbatim(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_readme_memory_example_runs_verbatim(tmp_path: Path) -> None:
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
     script = tmp_path / "memory_example.py"
@@ -59,6 +61,7 @@ def test_readme_memory_example_runs_verbatim(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_readme_agent_example_runs_verbatim_with_the_offline_model(tmp_path: Path) -> None:
     """The seed's chatbot as a new user runs it with no LLM configured: the packaged SmolLM2 answers."""
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
@@ -78,6 +81,7 @@ def test_readme_agent_example_runs_verbatim_with_the_offline_model(tmp_path: Pat
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_readme_remote_example_runs_verbatim_against_make_run(tmp_path: Path) -> None:
     """`sessionkit serve` (what `make run` runs) with its gateway on the README's 127.0.0.1:8080, then
     the README's remote-session example and its curl line, verbatim."""

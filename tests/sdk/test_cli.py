@@ -198,6 +198,7 @@ except errors.ServiceUnavailable:
 """
 
 
+@pytest.mark.serial
 def test_serve_serves_and_exits_0_on_sigterm_within_the_drain_time(tmp_path: Path) -> None:
     port = free_port()
     data_dir = tmp_path / "data"
