@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from sessionkit import reasons
 from sessionkit.errors import InternalError, SessionKitError
 from sessionkit.state_client import SessionRef, StateChange, StateClient
+from sessionkit_server.common.watchers import tenant_of, too_many_watchers
 from sessionkit_server.gateway.errors import error_body
 from sessionkit_server.gateway.models import StateChangeOut
 from sessionkit_server.gateway.sse import sse
@@ -45,10 +46,6 @@ def failure_event(error: BaseException) -> bytes:
         return sse("error", error_body(error))
     log.error("state watch failed", exc_info=error)
     return sse("error", error_body(InternalError("the watch failed; the gateway log has the details")))
-
-
-def tenant_of(app_name: str) -> str:
-    return app_name.split(":", 1)[0]
 
 
 class _Feed:
@@ -124,9 +121,11 @@ class WatchHub:
         feed = self._feeds.get(key)
         watching = len(feed.subscribers) if feed is not None else 0
         if watching >= self.max_per_session:
-            raise _too_many(f"session {key[3]!r}", watching, self.max_per_session, "SESSION")
+            raise too_many_watchers(f"session {key[3]!r}", watching, self.max_per_session, "SESSION")
         if self._tenants[tenant] >= self.max_per_tenant:
-            raise _too_many(f"tenant {tenant!r}", self._tenants[tenant], self.max_per_tenant, "TENANT")
+            raise too_many_watchers(
+                f"tenant {tenant!r}", self._tenants[tenant], self.max_per_tenant, "TENANT"
+            )
 
     async def _join(
         self, key: FeedKey, ref: SessionRef, state: StateClient, queue: asyncio.Queue[Item]
@@ -185,13 +184,3 @@ class WatchHub:
                     yield data
         finally:
             self._leave(key, tenant, queue)
-
-
-def _too_many(scope: str, count: int, limit: int, per: str) -> SessionKitError:
-    return reasons.TOO_MANY_WATCHERS.error(
-        scope=scope,
-        count=count,
-        limit=limit,
-        setting=f"SESSIONKIT_MAX_WATCHERS_PER_{per}",
-        metadata={"limit": str(limit)},
-    )

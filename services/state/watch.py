@@ -21,10 +21,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sessionkit import reasons
 from sessionkit.errors import ServiceUnavailable, SessionNotFound
 from sessionkit.jsonvalues import JsonValue
 from sessionkit_server.common.timestamps import now_us
+from sessionkit_server.common.watchers import tenant_of, too_many_watchers
 from sessionkit_server.state.store import JsonObject, Operation, SessionKey, VersionRecord
 
 if TYPE_CHECKING:
@@ -127,10 +127,12 @@ class ChangeNotifier:
         feed = self._feeds.get(key)
         watching = feed.watchers if feed is not None else 0
         if watching >= self.max_per_session:
-            raise _too_many(f"session {key.session_id!r}", watching, self.max_per_session, "SESSION")
+            raise too_many_watchers(f"session {key.session_id!r}", watching, self.max_per_session, "SESSION")
         tenant = tenant_of(key.app_name)
         if self._tenants[tenant] >= self.max_per_tenant:
-            raise _too_many(f"tenant {tenant!r}", self._tenants[tenant], self.max_per_tenant, "TENANT")
+            raise too_many_watchers(
+                f"tenant {tenant!r}", self._tenants[tenant], self.max_per_tenant, "TENANT"
+            )
         if feed is None:
             feed = self._feeds[key] = SessionFeed()
         feed.watchers += 1
@@ -145,20 +147,6 @@ class ChangeNotifier:
             del self._tenants[tenant]
         if feed.watchers <= 0 and self._feeds.get(key) is feed:
             del self._feeds[key]
-
-
-def tenant_of(app_name: str) -> str:
-    return app_name.split(":", 1)[0]
-
-
-def _too_many(scope: str, count: int, limit: int, per: str) -> Exception:
-    return reasons.TOO_MANY_WATCHERS.error(
-        scope=scope,
-        count=count,
-        limit=limit,
-        setting=f"SESSIONKIT_MAX_WATCHERS_PER_{per}",
-        metadata={"limit": str(limit)},
-    )
 
 
 async def watch(service: StateService, key: SessionKey, since_version: int = 0) -> AsyncIterator[ChangeView]:
