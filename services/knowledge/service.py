@@ -43,8 +43,8 @@ from sessionkit_server.knowledge.base import (
 )
 from sessionkit_server.knowledge.ingest import KnowledgeIngestion
 from sessionkit_server.knowledge.records import Scope, SourceRecord, vector_collection
-from sessionkit_server.retrieval.explain import Explainer
-from sessionkit_server.retrieval.fusion import rrf_normalized
+from sessionkit_server.retrieval.explain import Explainer, RankFusion
+from sessionkit_server.retrieval.fusion import RRF_K, rrf_normalized
 
 __all__ = [
     "CHUNKING", "CREATED", "EMBEDDING", "FETCHING", "PARSING", "RECEIVING", "STORING", "UNCHANGED",
@@ -216,7 +216,8 @@ class KnowledgeService(KnowledgeIngestion):
             hits = [h for h in hits if h.score >= min_score]
         hits = hits[:limit]
         if explain:  # after the ranking, for the hits returned only: it cannot change what is found
-            explainer = Explainer(dense, lexical)
+            fusion = RankFusion(RRF_K, 1.0, self.settings.weight_lexical_rank)
+            explainer = Explainer(dense, lexical, fusion)
             for hit in hits:  # chunks have no quality or recency: the score is the relevance
                 hit.explanation = explainer.explain(hit.chunk.id, fused[hit.chunk.id], hit.score)
         return hits
