@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import signal
 from pathlib import Path
 from typing import Annotated, Any
@@ -147,21 +148,34 @@ def serve(
         # Serving a SQLite data directory: be its one server, and answer on its unix socket too,
         # so an SDK with that directory as storage_path uses this server instead of starting one.
         try:
-            lock = storage_lock.acquire(settings.data_dir.resolve())
+            if not settings.read_only:
+                lock = storage_lock.acquire(settings.data_dir.resolve())
         except storage_lock.StorageBusy as error:
             err.print(f"[red]error:[/red] {error}; stop it or use another --data-dir", highlight=False)
             raise typer.Exit(1) from None
         except OSError as error:  # a read-only or full mount, no permission: one line, no traceback
-            err.print(
-                f"[red]error:[/red] cannot write the data directory {settings.data_dir}: "
-                f"{error.strerror or error}; the server keeps its SQLite database and index there "
-                "(use a writable --data-dir, or SESSIONKIT_DATABASE_URL)",
-                highlight=False,
-                soft_wrap=True,
-            )
-            raise typer.Exit(1) from None
-        settings.unix_socket = socket_path(settings.data_dir.resolve())
-        storage_lock.remove_stale_socket(settings.unix_socket)
+            database = settings.data_dir / "sessionkit.db"
+            if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and database.is_file():
+                # Data on read-only storage (a mount gone read-only, a snapshot): serve what it holds.
+                settings.read_only = True
+                err.print(
+                    f"note: the data directory {settings.data_dir} is read-only "
+                    f"({error.strerror or error}): serving reads; writes answer STORAGE_READ_ONLY",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            else:
+                err.print(
+                    f"[red]error:[/red] cannot write the data directory {settings.data_dir}: "
+                    f"{error.strerror or error}; the server keeps its SQLite database and index there "
+                    "(use a writable --data-dir, or SESSIONKIT_DATABASE_URL)",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+                raise typer.Exit(1) from None
+        if not settings.read_only:  # a read-only directory can hold no socket: TCP only
+            settings.unix_socket = socket_path(settings.data_dir.resolve())
+            storage_lock.remove_stale_socket(settings.unix_socket)
 
     async def main() -> None:
         check_binding(settings.auth_enabled, settings.host, "the gRPC services")
