@@ -108,6 +108,18 @@ def test_data_on_read_only_storage_is_served_read_only(tmp_path: Path, end: str)
             assert first.child.stop() == 0
         assert (mount / "data" / "sessionkit.db-wal").exists() == (end == "kill")
         subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        if end == "kill":
+            # Memory and knowledge keep the embedded Chroma there, which cannot open read-only: one line.
+            done = subprocess.run(
+                [sys.executable, "-m", "sessionkit.cli", "serve", "--port", "0"],
+                env=child_env(SESSIONKIT_DATA_DIR=str(mount / "data"), SESSIONKIT_HTTP_PORT="0"),
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+            assert "served read-only with --service state" in done.stderr
         served = Served(mount / "data", http=True, log_dir=tmp_path)
         try:
             with (
