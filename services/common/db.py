@@ -21,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, TypeVar
+from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
@@ -90,8 +91,11 @@ class DatabaseLocked(RuntimeError):
 class Database:
     """One database, SQLite or PostgreSQL, behind ``read(fn)`` and ``write(fn)``."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, read_only: bool = False) -> None:
         self.url = normalize_url(url)
+        #: SQLite opened read-only (the data directory is on read-only storage): reads answer, every
+        #: write fails in SQLite with SQLITE_READONLY, which clients see as STORAGE_READ_ONLY.
+        self.read_only = read_only
         self.dialect = make_url(self.url).get_backend_name()
         self._async: AsyncEngine | None = None
         self._writer: Engine | None = None
@@ -106,7 +110,8 @@ class Database:
             if not database or database == ":memory:":
                 raise ValueError("an in-memory SQLite database cannot be shared by connections; use a file")
             self.path = Path(database).resolve()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not read_only:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = self._sqlite_engine("BEGIN IMMEDIATE", pool_size=1)
             self._reader = self._sqlite_engine("BEGIN", pool_size=4)
             # Writers take turns on SQLite's one write lock anyway: one thread and one connection for
@@ -124,8 +129,8 @@ class Database:
 
     def lock_exclusive(self) -> None:
         """SQLite only: make this process the database's only server (a second one fails clearly)."""
-        if self.dialect != "sqlite" or self._lock_file is not None:
-            return
+        if self.dialect != "sqlite" or self._lock_file is not None or self.read_only:
+            return  # read-only: nothing can be written, so there is nothing to serialize (nor a lock file)
         handle = open(f"{self.path}.lock", "a+")  # noqa: SIM115 - held until close()
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -134,9 +139,18 @@ class Database:
             raise DatabaseLocked(f"{self.path} is already served by another sessionkit process") from None
         self._lock_file = handle
 
+    def _read_only_url(self) -> str:
+        """The database as a read-only SQLite URI. WAL needs its -shm file, which a read-only directory
+        cannot get: with no -wal file left (a clean shutdown checkpointed it) the file is opened
+        ``immutable`` (no locks, no -shm); with one, ``mode=ro`` reads it (SQLite uses heap memory for
+        the index when -shm cannot be written), so committed writes still in the WAL are seen."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        mode = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
+        return f"sqlite:///file:{quote(str(self.path))}?{mode}&uri=true"
+
     def _sqlite_engine(self, begin: str, pool_size: int) -> Engine:
         engine = create_engine(
-            self.url,
+            self._read_only_url() if self.read_only else self.url,
             pool_size=pool_size,
             max_overflow=0,
             connect_args={"check_same_thread": False, "timeout": 30},
@@ -146,7 +160,8 @@ class Database:
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
             dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" event issues BEGIN itself
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
+            if not self.read_only:  # the journal mode is the file's (a read-only one keeps WAL)
+                cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.execute("PRAGMA foreign_keys=ON")
@@ -209,7 +224,9 @@ class Database:
                 conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": lock_name})
             upgrade(conn)
 
-        await self.write(run)
+        # Read-only storage: an up-to-date schema needs no write (Alembic only reads its version);
+        # one that needs upgrading fails with STORAGE_READ_ONLY.
+        await (self.read(run) if self.read_only else self.write(run))
 
     async def close(self) -> None:
         if self._async is not None:

@@ -60,7 +60,8 @@ class KnowledgeService(KnowledgeIngestion):
         await self.store.start()
         await self.drain_outbox()
         await self.migrate_vectors()
-        self._purger = asyncio.create_task(self._purge_forever(self.settings.purge_interval_seconds))
+        if not self.store.db.read_only:  # purging deletes: nothing to do on read-only storage
+            self._purger = asyncio.create_task(self._purge_forever(self.settings.purge_interval_seconds))
 
     async def close(self) -> None:
         if self._purger is not None:

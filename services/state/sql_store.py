@@ -15,6 +15,7 @@ from typing import TypeVar
 from sqlalchemy import Connection, delete, insert, select, update
 
 from sessionkit import reasons
+from sessionkit.errors import ServiceUnavailable
 from sessionkit.jsonvalues import dumps, loads
 from sessionkit_server.common.db import Database
 from sessionkit_server.common.idempotency import IdempotencyLedger
@@ -128,7 +129,17 @@ class SqlStateStore(StateStore):
                 )
             return session_record(values), True
 
-        return await self.db.write(run)
+        try:
+            return await self.db.write(run)
+        except ServiceUnavailable as error:
+            # Read-only storage: getting a session that exists needs no write, and the SDK gets its
+            # session this way before every read.
+            if not get_if_exists or error.reason != reasons.STORAGE_READ_ONLY.name:
+                raise
+            found = await self.get_session(key, now_us)
+            if found is None:
+                raise
+            return found, False
 
     async def get_session(self, key: SessionKey, now_us: int) -> SessionRecord | None:
         def run(conn: Connection) -> SessionRecord | None:
