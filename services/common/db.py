@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from sessionkit import reasons
 from sessionkit.errors import FieldViolation, InvalidArgument, SessionKitError
+from sessionkit_server.common.pg_reads import CompiledRead, PgReads, pg_state_error
 
 T = TypeVar("T")
 
@@ -98,8 +99,10 @@ class Database:
         self._reader: Engine | None = None
         self._executors: dict[str, ThreadPoolExecutor] = {}
         self._lock_file: IO[str] | None = None
+        self._pg_reads: PgReads | None = None
         if self.dialect == "postgresql":
             self._async = create_async_engine(self.url, pool_size=pool_size, pool_pre_ping=True)
+            self._pg_reads = PgReads(self.url, max_size=pool_size)
             event.listen(self._async.sync_engine, "before_cursor_execute", refuse_unstorable_text)
         elif self.dialect == "sqlite":
             database = make_url(self.url).database
@@ -164,6 +167,26 @@ class Database:
         """Run ``fn`` in a read transaction (on SQLite a snapshot that never waits for writers)."""
         return await self._run(fn, self._reader, "read")
 
+    async def read_row(self, read: CompiledRead, params: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """The first row of one select (None when it finds none). On PostgreSQL one round trip on
+        asyncpg, a prepared statement and no transaction (sessionkit_server.common.pg_reads); on
+        SQLite a read transaction like ``read``."""
+        if self._pg_reads is None:
+
+            def run(conn: Connection) -> Mapping[str, Any] | None:
+                row = conn.execute(read.statement, dict(params)).first()
+                return None if row is None else dict(row._mapping)
+
+            return await self.read(run)
+        for name, value in params.items():
+            # The net the engine's statements get from refuse_unstorable_text.
+            problem = _text_problem(value) if isinstance(value, str) else None
+            if problem is not None:
+                raise InvalidArgument(
+                    f"invalid {name}: {problem}", violations=[FieldViolation(name, problem)]
+                )
+        return await self._pg_reads.fetch_one(read, params)
+
     async def write(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn`` in a write transaction: committed if it returns, rolled back if it raises."""
         return await self._run(fn, self._writer, "write")
@@ -212,6 +235,8 @@ class Database:
         await self.write(run)
 
     async def close(self) -> None:
+        if self._pg_reads is not None:
+            await self._pg_reads.close()
         if self._async is not None:
             await self._async.dispose()
         for engine in (self._writer, self._reader):
@@ -227,14 +252,6 @@ class Database:
 #: SQLite's primary result codes of a full disk and of read-only storage (the extended codes keep them
 #: in their low byte).
 _SQLITE_FULL, _SQLITE_READONLY = 13, 8
-#: PostgreSQL's SQLSTATEs: class 53 (insufficient resources: disk full, out of memory) and a read-only
-#: transaction (a standby, default_transaction_read_only).
-_PG_RESOURCES, _PG_READ_ONLY = "53", "25006"
-
-
-#: PostgreSQL's SQLSTATEs of a connection lost or refused: class 08, and a server shutting down or
-#: starting (admin_shutdown, crash_shutdown, cannot_connect_now).
-_PG_CONNECTION, _PG_GOING_AWAY = "08", frozenset({"57P01", "57P02", "57P03"})
 
 
 def _first_line(error: BaseException) -> str:
@@ -255,14 +272,9 @@ def storage_error(error: DBAPIError) -> SessionKitError | None:
         if code & 0xFF == _SQLITE_READONLY:
             return reasons.STORAGE_READ_ONLY.error(detail=detail)
         return None
-    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    if isinstance(state, str):
-        if state.startswith(_PG_RESOURCES):
-            return reasons.STORAGE_FULL.error(detail=detail)
-        if state == _PG_READ_ONLY:
-            return reasons.STORAGE_READ_ONLY.error(detail=detail)
-        if state.startswith(_PG_CONNECTION) or state in _PG_GOING_AWAY:
-            return reasons.DATABASE_UNAVAILABLE.error(detail=detail)
+    typed = pg_state_error(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None), detail)
+    if typed is not None:
+        return typed
     if error.connection_invalidated:
         return reasons.DATABASE_UNAVAILABLE.error(detail=detail)
     return None

@@ -14,6 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sessionkit.errors import SessionNotFound
 from sessionkit.jsonvalues import loads
 from sessionkit_server.common.idempotency import IdempotencyLedger, KeySpace, key_state
+from sessionkit_server.common.pg_reads import CompiledRead
 from sessionkit_server.state import tables as t
 from sessionkit_server.state.store import (
     EventRecord,
@@ -92,7 +93,7 @@ _LOCK = (
     .with_for_update(of=t.sessions)
 )
 _U, _A = t.user_states.c, t.app_states.c
-READ_STATE = (
+READ_STATE = CompiledRead(
     select(t.sessions, _U.state.label("user_state"), _A.state.label("app_state"))
     .outerjoin(t.user_states, and_(_U.app_name == _S.app_name, _U.user_id == _S.user_id))
     .outerjoin(t.app_states, _A.app_name == _S.app_name)

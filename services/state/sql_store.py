@@ -170,19 +170,15 @@ class SqlStateStore(StateStore):
         # One statement: the session row with its user and app scopes joined in.
         params = {"p_app": key.app_name, "p_user": key.user_id, "p_session": key.session_id, "p_now": now_us}
 
-        def run(conn: Connection) -> tuple[SessionRecord, JsonObject, JsonObject, JsonObject]:
-            row = conn.execute(READ_STATE, params).first()
-            if row is None:
-                raise not_found(key)
-            m = row._mapping
-            return (
-                session_record(row),
-                loads(m["state"]),
-                loads(m["user_state"] or "{}"),
-                loads(m["app_state"] or "{}"),
-            )
-
-        return await self.db.read(run)
+        m = await self.db.read_row(READ_STATE, params)
+        if m is None:
+            raise not_found(key)
+        return (
+            session_record(m),
+            loads(m["state"]),
+            loads(m["user_state"] or "{}"),
+            loads(m["app_state"] or "{}"),
+        )
 
     async def write(
         self, key: SessionKey, idempotency_key: str, now_us: int, apply: Callable[[WriteTx], T]
