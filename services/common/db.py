@@ -29,6 +29,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from sessionkit import reasons
 from sessionkit.errors import FieldViolation, InvalidArgument, SessionKitError
+from sessionkit_server.common.driver_sql import text_problem
+from sessionkit_server.common.group_commit import GroupCommitter
 from sessionkit_server.common.pg_reads import CompiledRead, PgReads, pg_state_error
 
 T = TypeVar("T")
@@ -44,17 +46,6 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def _text_problem(value: str) -> str | None:
-    if "\x00" in value:
-        return "must not contain NUL (\\u0000)"
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as error:
-            return f"is not valid Unicode: a lone surrogate at character {error.start}"
-    return None
-
-
 def refuse_unstorable_text(
     conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
 ) -> None:
@@ -68,7 +59,7 @@ def refuse_unstorable_text(
         values = row.items() if isinstance(row, dict) else enumerate(row or ())
         for name, value in values:
             if isinstance(value, str):
-                problem = _text_problem(value)
+                problem = text_problem(value)
                 if problem is not None:
                     field = _bind_name(context, name)
                     raise InvalidArgument(
@@ -118,6 +109,8 @@ class Database:
                 "write": ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-write"),
                 "read": ThreadPoolExecutor(max_workers=4, thread_name_prefix="sqlite-read"),
             }
+            # Concurrent writes share one transaction and one fsync (group commit), each in a savepoint.
+            self._group = GroupCommitter(self._writer, self._executors["write"])
         else:
             raise ValueError(f"unsupported database {self.dialect!r}: use sqlite:///PATH or postgresql://...")
 
@@ -180,16 +173,18 @@ class Database:
             return await self.read(run)
         for name, value in params.items():
             # The net the engine's statements get from refuse_unstorable_text.
-            problem = _text_problem(value) if isinstance(value, str) else None
+            problem = text_problem(value) if isinstance(value, str) else None
             if problem is not None:
                 raise InvalidArgument(
                     f"invalid {name}: {problem}", violations=[FieldViolation(name, problem)]
                 )
         return await self._pg_reads.fetch_one(read, params)
 
-    async def write(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn`` in a write transaction: committed if it returns, rolled back if it raises."""
-        return await self._run(fn, self._writer, "write")
+    async def write(self, fn: Callable[[Connection], T], *, solo: bool = False) -> T:
+        """Run ``fn`` in a write transaction: committed if it returns, rolled back if it raises.
+        On SQLite concurrent writes commit together (sessionkit_server.common.group_commit); their
+        effects are those of running them one by one. ``solo``: in a transaction of its own."""
+        return await self._run(fn, self._writer, "solo" if solo else "write")
 
     async def _run(self, fn: Callable[[Connection], T], engine: Engine | None, kind: str) -> T:
         try:
@@ -216,6 +211,9 @@ class Database:
             async with self._async.begin() as conn:
                 return await conn.run_sync(fn)
         assert engine is not None
+        if kind != "read":
+            result: T = await self._group.run(fn, solo=kind == "solo")
+            return result
 
         def job() -> T:
             with engine.begin() as conn:
@@ -232,7 +230,7 @@ class Database:
                 conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": lock_name})
             upgrade(conn)
 
-        await self.write(run)
+        await self.write(run, solo=True)
 
     async def close(self) -> None:
         if self._pg_reads is not None:

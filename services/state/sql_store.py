@@ -235,7 +235,7 @@ class SqlStateStore(StateStore):
 
         def run(conn: Connection) -> EventRecord:
             row = lock_session(conn, key, now_us, idempotency_key)
-            pk = row._mapping["pk"]
+            pk = row["pk"]
             idem = WriteKey(self.keys, row, key, idempotency_key, EVENT_APPEND)
             earlier = idem.replayed(now_us)
             if earlier is not None:
@@ -253,7 +253,7 @@ class SqlStateStore(StateStore):
                 )
                 .returning(e.id)
             ).scalar_one()
-            ttl = row._mapping["ttl_seconds"]
+            ttl = row["ttl_seconds"]
             conn.execute(
                 update(t.sessions)
                 .where(t.sessions.c.pk == pk)
