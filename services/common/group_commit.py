@@ -74,7 +74,13 @@ class GroupCommitter:
             start = not self._draining
             self._draining = True
         if start:
-            self._executor.submit(self._drain)
+            try:
+                self._executor.submit(self._drain)
+            except RuntimeError:  # the executor is shut down (the database closed): refuse, as before
+                with self._lock:
+                    self._pending.remove(job)
+                    self._draining = False
+                raise
         return await job.future
 
     def _next_batch(self) -> list[_Job]:

@@ -170,3 +170,11 @@ async def test_state_writes_in_one_group_keep_expected_versions_and_idempotency_
         assert await service.get_state(key) == ({"n": 3}, 2)
     finally:
         await store.close()
+
+
+async def test_a_write_after_close_is_refused_not_left_waiting(tmp_path: Path) -> None:
+    database = Database(f"sqlite:///{tmp_path / 'closed.db'}")
+    await database.write(lambda conn: conn.execute(text("CREATE TABLE t (x INTEGER)")))
+    await database.close()
+    with pytest.raises(RuntimeError):
+        await asyncio.wait_for(database.write(lambda conn: None), timeout=10)
