@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import os
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -117,14 +118,47 @@ def main() -> None:
         print(f"state store: {args.database_url or 'SQLite (embedded default, read cache on)'}")
         procs, sk_addr, echo_addr = start_servers(Path(tmp), args.database_url)
         try:
-            run(args, sk_addr, echo_addr)
+            run(args, sk_addr, echo_addr, Path(tmp))
         finally:
             for proc in procs:
                 proc.terminate()
                 proc.wait(10)
 
 
-def run(args: argparse.Namespace, sk_addr: str, echo_addr: str) -> None:
+def sqlite_commit(path: Path) -> Callable[[], object]:
+    """One durable SQLite transaction of one row, as the store's settings make it (WAL,
+    synchronous=FULL), on the same disk as the server's database: the floor of a durable write."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v INTEGER)")
+    conn.execute("INSERT OR REPLACE INTO t VALUES (1, 0)")
+    counter = iter(range(10**9))
+
+    def commit() -> object:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("UPDATE t SET v = ? WHERE id = 1", (next(counter),))
+        return conn.execute("COMMIT")
+
+    return commit
+
+
+async def pg_commit(url: str) -> Callable[[], Awaitable[object]]:
+    """One durable PostgreSQL transaction of one row (synchronous_commit on): the floor of a write."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    await conn.execute("CREATE TABLE IF NOT EXISTS bench_commit_durable (id int PRIMARY KEY, v bigint)")
+    await conn.execute("INSERT INTO bench_commit_durable VALUES (1, 0) ON CONFLICT DO NOTHING")
+    counter = iter(range(10**9))
+
+    async def commit() -> object:
+        return await conn.execute("UPDATE bench_commit_durable SET v = $1 WHERE id = 1", next(counter))
+
+    return commit
+
+
+def run(args: argparse.Namespace, sk_addr: str, echo_addr: str, tmp: Path) -> None:
     channel = grpc.insecure_channel(echo_addr)
     echo_call = channel.unary_unary("/bench.Echo/Echo")
     payload = b"x" * 64
@@ -153,8 +187,17 @@ def run(args: argparse.Namespace, sk_addr: str, echo_addr: str) -> None:
         achannel = grpc.aio.insecure_channel(echo_addr)
         aecho = achannel.unary_unary("/bench.Echo/Echo")
         single = AsyncSession("bench", address=sk_addr)
+        if args.database_url:
+            durable = await pg_commit(args.database_url)
+        else:
+            commit_sync = sqlite_commit(tmp / "commit-baseline.db")
+
+            async def durable() -> object:
+                return commit_sync()
+
         aops: dict[str, Callable[[], Awaitable[object]]] = {
             "grpc.aio echo (baseline)": lambda: aecho(payload),
+            "durable commit alone": durable,
             "get_state": lambda: single.get_state("profile"),
             "set_state": lambda: single.set_state("counter", next(counter)),
             "increment_state": lambda: single.increment_state("n"),
@@ -167,6 +210,12 @@ def run(args: argparse.Namespace, sk_addr: str, echo_addr: str) -> None:
             for name, fn in aops.items():
                 asamples[name] += await atimed(fn, per_round)
         report("AsyncSession vs a bare grpc.aio echo, same client stack", asamples, args)
+        echo50, commit50 = (
+            statistics.median(asamples[n]) for n in ("grpc.aio echo (baseline)", "durable commit alone")
+        )
+        for name in ("set_state", "increment_state"):
+            margin = statistics.median(asamples[name]) - echo50 - commit50
+            print(f"{name}: p50 - (echo p50 + durable commit p50) = {margin:+.3f} ms (target <= +0.3)")
 
         sessions = [AsyncSession(f"bench-{i}", address=sk_addr) for i in range(args.clients)]
         for s in sessions:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -30,6 +30,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from sessionkit import reasons
 from sessionkit.errors import FieldViolation, InvalidArgument, SessionKitError
+from sessionkit_server.common.driver_sql import text_problem
+from sessionkit_server.common.group_commit import GroupCommitter
+from sessionkit_server.common.pg_reads import CompiledRead, PgReads, pg_state_error
 
 T = TypeVar("T")
 
@@ -42,17 +45,6 @@ def normalize_url(url: str) -> str:
     elif parsed.drivername in ("sqlite+aiosqlite", "sqlite+pysqlite"):
         parsed = parsed.set(drivername="sqlite")
     return parsed.render_as_string(hide_password=False)
-
-
-def _text_problem(value: str) -> str | None:
-    if "\x00" in value:
-        return "must not contain NUL (\\u0000)"
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as error:
-            return f"is not valid Unicode: a lone surrogate at character {error.start}"
-    return None
 
 
 def refuse_unstorable_text(
@@ -68,7 +60,7 @@ def refuse_unstorable_text(
         values = row.items() if isinstance(row, dict) else enumerate(row or ())
         for name, value in values:
             if isinstance(value, str):
-                problem = _text_problem(value)
+                problem = text_problem(value)
                 if problem is not None:
                     field = _bind_name(context, name)
                     raise InvalidArgument(
@@ -102,8 +94,10 @@ class Database:
         self._reader: Engine | None = None
         self._executors: dict[str, ThreadPoolExecutor] = {}
         self._lock_file: IO[str] | None = None
+        self._pg_reads: PgReads | None = None
         if self.dialect == "postgresql":
             self._async = create_async_engine(self.url, pool_size=pool_size, pool_pre_ping=True)
+            self._pg_reads = PgReads(self.url, max_size=pool_size)
             event.listen(self._async.sync_engine, "before_cursor_execute", refuse_unstorable_text)
         elif self.dialect == "sqlite":
             database = make_url(self.url).database
@@ -120,6 +114,8 @@ class Database:
                 "write": ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-write"),
                 "read": ThreadPoolExecutor(max_workers=4, thread_name_prefix="sqlite-read"),
             }
+            # Concurrent writes share one transaction and one fsync (group commit), each in a savepoint.
+            self._group = GroupCommitter(self._writer, self._executors["write"])
         else:
             raise ValueError(f"unsupported database {self.dialect!r}: use sqlite:///PATH or postgresql://...")
 
@@ -179,9 +175,31 @@ class Database:
         """Run ``fn`` in a read transaction (on SQLite a snapshot that never waits for writers)."""
         return await self._run(fn, self._reader, "read")
 
-    async def write(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn`` in a write transaction: committed if it returns, rolled back if it raises."""
-        return await self._run(fn, self._writer, "write")
+    async def read_row(self, read: CompiledRead, params: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """The first row of one select (None when it finds none). On PostgreSQL one round trip on
+        asyncpg, a prepared statement and no transaction (sessionkit_server.common.pg_reads); on
+        SQLite a read transaction like ``read``."""
+        if self._pg_reads is None:
+
+            def run(conn: Connection) -> Mapping[str, Any] | None:
+                row = conn.execute(read.statement, dict(params)).first()
+                return None if row is None else dict(row._mapping)
+
+            return await self.read(run)
+        for name, value in params.items():
+            # The net the engine's statements get from refuse_unstorable_text.
+            problem = text_problem(value) if isinstance(value, str) else None
+            if problem is not None:
+                raise InvalidArgument(
+                    f"invalid {name}: {problem}", violations=[FieldViolation(name, problem)]
+                )
+        return await self._pg_reads.fetch_one(read, params)
+
+    async def write(self, fn: Callable[[Connection], T], *, solo: bool = False) -> T:
+        """Run ``fn`` in a write transaction: committed if it returns, rolled back if it raises.
+        On SQLite concurrent writes commit together (sessionkit_server.common.group_commit); their
+        effects are those of running them one by one. ``solo``: in a transaction of its own."""
+        return await self._run(fn, self._writer, "solo" if solo else "write")
 
     async def _run(self, fn: Callable[[Connection], T], engine: Engine | None, kind: str) -> T:
         try:
@@ -208,6 +226,9 @@ class Database:
             async with self._async.begin() as conn:
                 return await conn.run_sync(fn)
         assert engine is not None
+        if kind != "read":
+            result: T = await self._group.run(fn, solo=kind == "solo")
+            return result
 
         def job() -> T:
             with engine.begin() as conn:
@@ -226,9 +247,11 @@ class Database:
 
         # Read-only storage: an up-to-date schema needs no write (Alembic only reads its version);
         # one that needs upgrading fails with STORAGE_READ_ONLY.
-        await (self.read(run) if self.read_only else self.write(run))
+        await (self.read(run) if self.read_only else self.write(run, solo=True))
 
     async def close(self) -> None:
+        if self._pg_reads is not None:
+            await self._pg_reads.close()
         if self._async is not None:
             await self._async.dispose()
         for engine in (self._writer, self._reader):
@@ -244,14 +267,6 @@ class Database:
 #: SQLite's primary result codes of a full disk and of read-only storage (the extended codes keep them
 #: in their low byte).
 _SQLITE_FULL, _SQLITE_READONLY = 13, 8
-#: PostgreSQL's SQLSTATEs: class 53 (insufficient resources: disk full, out of memory) and a read-only
-#: transaction (a standby, default_transaction_read_only).
-_PG_RESOURCES, _PG_READ_ONLY = "53", "25006"
-
-
-#: PostgreSQL's SQLSTATEs of a connection lost or refused: class 08, and a server shutting down or
-#: starting (admin_shutdown, crash_shutdown, cannot_connect_now).
-_PG_CONNECTION, _PG_GOING_AWAY = "08", frozenset({"57P01", "57P02", "57P03"})
 
 
 def _first_line(error: BaseException) -> str:
@@ -272,14 +287,9 @@ def storage_error(error: DBAPIError) -> SessionKitError | None:
         if code & 0xFF == _SQLITE_READONLY:
             return reasons.STORAGE_READ_ONLY.error(detail=detail)
         return None
-    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    if isinstance(state, str):
-        if state.startswith(_PG_RESOURCES):
-            return reasons.STORAGE_FULL.error(detail=detail)
-        if state == _PG_READ_ONLY:
-            return reasons.STORAGE_READ_ONLY.error(detail=detail)
-        if state.startswith(_PG_CONNECTION) or state in _PG_GOING_AWAY:
-            return reasons.DATABASE_UNAVAILABLE.error(detail=detail)
+    typed = pg_state_error(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None), detail)
+    if typed is not None:
+        return typed
     if error.connection_invalidated:
         return reasons.DATABASE_UNAVAILABLE.error(detail=detail)
     return None
