@@ -115,7 +115,7 @@ def drive(
 ) -> dict[str, Any]:
     cmd = [str(python), str(HERE / driver), "--dir", str(data_dir), *extra, *opts]
     env = project_env() if driver == "driver_sessionkit.py" else {**os.environ, "PYTHONPATH": ""}
-    began = time.perf_counter()
+    began, load_before = time.perf_counter(), os.getloadavg()[0]
     print(f"\n== {system}", flush=True)
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, timeout=7200)
     if proc.returncode != 0 or not proc.stdout.strip():
@@ -123,6 +123,8 @@ def drive(
     out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     out["system"] = system
     out["seconds"] = time.perf_counter() - began
+    # The systems run one after another: a load that changes between their runs moves the ratios.
+    out["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     return out
 
 
@@ -178,9 +180,18 @@ def summarize(results: list[dict[str, Any]], rec: Recorder) -> str:
             )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
+    lines.append(
+        "Load average (1 min) before / after each system's run: "
+        + ", ".join(f"{r['system']} {r.get('load_average', '?')}" for r in results)
+    )
+    lines.append("")
     lines.append("Cells: p50 per call (ratio to sessionkit embedded); correctness. Behaviour notes:")
+    seen: set[str] = set()
     for r in results:
         for note in r.get("notes", []):
+            if note in seen:
+                continue
+            seen.add(note)
             lines.append(f"- {r['system']}: {note}")
         for name, err in r.get("errors", {}).items():
             lines.append(f"- {r['system']}: {name} failed to run: {err}")
@@ -192,7 +203,18 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="fewer calls, 1k memories only (make bench-quick)")
     p.add_argument("--systems", default="", help="comma-separated subset of the systems")
     args = p.parse_args()
-    opts = ["--calls", "100", "--reads", "5", "--memory-sizes", "1000", "--searches", "50"]
+    opts = [
+        "--calls",
+        "50",
+        "--reads",
+        "5",
+        "--increments",
+        "100",
+        "--memory-sizes",
+        "1000",
+        "--searches",
+        "30",
+    ]
     if not args.quick:
         opts = ["--calls", "300", "--reads", "20", "--memory-sizes", "1000,10000", "--searches", "100"]
     no_memory = [*opts, "--scenarios", "restore_1,restore_100,roundtrip,events,increments"]
@@ -212,7 +234,7 @@ def main() -> None:
         sk, drv = pythons["sessionkit"], "driver_sessionkit.py"
         if want(BASELINE):
             results.append(drive(BASELINE, sk, drv, root / "sk-embedded", [], opts))
-        if want("sessionkit-grpc-sqlite"):
+        if want("sessionkit-grpc-sqlite") and (wanted or not args.quick):  # quick: embedded covers SQLite
             server = Server(root / "sk-grpc", "")
             try:
                 addr = ["--address", f"127.0.0.1:{server.port}"]
