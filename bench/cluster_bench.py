@@ -196,8 +196,8 @@ def main() -> None:
     rec = Recorder("cluster_bench", config={"workers": args.workers, "seconds": args.seconds})
     for topology, figures in results.items():  # for REPORT.md: each topology against one process
         for metric, value in figures.items():
-            base = None if topology == "serve (1 process)" else f"{metric}: serve (1 process)"
-            rec.value(f"{metric}: {topology}", value, n=1, unit="", baseline=base)
+            ref = None if topology == "serve (1 process)" else f"{metric}: serve (1 process)"
+            rec.value(f"{metric}: {topology}", value, n=1, unit="", baseline=ref)
     rec.save()
 
 

@@ -120,9 +120,9 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"ndcg@10": figures, "notes": notes}, indent=2), encoding="utf-8")
     rec = Recorder("scifact_eval", config={k: str(v) for k, v in notes.items()})
-    first = next(iter(figures), None)
-    for name, value in figures.items():  # for REPORT.md: nDCG@10, the first method as the baseline
-        rec.value(f"{name} nDCG@10", value, n=int(notes.get("queries", 0)), unit="nDCG@10",
+    first, queries = next(iter(figures), None), int(str(notes.get("queries", 0)))
+    for name, score in figures.items():  # for REPORT.md: nDCG@10, the first method as the baseline
+        rec.value(f"{name} nDCG@10", score, n=queries, unit="nDCG@10",
                   baseline=None if name == first else f"{first} nDCG@10")  # fmt: skip
     rec.save()
 
