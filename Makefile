@@ -96,8 +96,8 @@ buf-image: node-deps
 # praisonaiagents and google-adk (bench/compare/run.py: each in its own virtualenv under
 # ~/.cache/sessionkit/bench-venvs, created on first use in about a minute). Every script records its figures
 # in bench/results/<script>.json; bench/report.py writes bench/results/REPORT.md and REPORT.json from them.
-# `make bench-quick`: a bounded subset (state, cold start, the side-by-side run's quick scenarios, the
-# gateway) in under 10 minutes.
+# `make bench-quick`: a bounded subset (state latency, cold start, the side-by-side run's quick scenarios)
+# in under 10 minutes.
 BENCH_PG_URL ?= postgresql://postgres@127.0.0.1:5432/test
 bench: install
 	$(PY) bench/report.py --clean
@@ -124,7 +124,6 @@ bench-quick: install
 	$(PY) bench/state_latency.py --calls 500 --rounds 5
 	$(PY) bench/cold_start.py --quick --no-services
 	$(PY) bench/compare/run.py --quick
-	$(PY) bench/gateway_bench.py --quick --rounds 50 --load-seconds 3
 	$(PY) bench/report.py
 
 clean:
