@@ -36,8 +36,8 @@ class Praison(Adapter):
         )
         self.notes.append(
             "memory: default Session config (keyword LIKE search over one long-term SQLite file of the "
-            "whole working directory; Session.search_memory passes no user_id); semantic search needs chromadb + an embedding API (OpenAI by "
-            "default), not run here"
+            "whole working directory; Session.search_memory passes no user_id); semantic search needs "
+            "chromadb + an embedding API (OpenAI by default), not run here"
         )
 
     def session(self, sid: str, user: str = "u") -> Any:
