@@ -203,9 +203,9 @@ def main() -> None:
     parser.add_argument("--clean", action="store_true", help="delete the recorded figures instead")
     args = parser.parse_args()
     if args.clean:
-        for path in args.results.glob("*.json"):
-            path.unlink()
-        (args.results / "REPORT.md").unlink(missing_ok=True)
+        for pattern in ("*.json", "*.md", "*.json.txt"):  # the figures, the reports, raw samples
+            for path in args.results.glob(pattern):
+                path.unlink()
         return
     args.results.mkdir(parents=True, exist_ok=True)
     md, js = aggregate(args.results)
