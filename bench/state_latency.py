@@ -28,6 +28,11 @@ sys.path[:0] = [str(ROOT / "sdk"), str(ROOT)]
 from sessionkit import AsyncSession, Session  # noqa: E402
 from tests.servers import wait_serving  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from report import Recorder  # noqa: E402
+
+RECORDER = Recorder("state_latency")
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -84,6 +89,11 @@ async def atimed(fn: Callable[[], Awaitable[object]], n: int) -> list[float]:
 
 def report(title: str, samples: dict[str, list[float]], args: argparse.Namespace) -> None:
     base = statistics.median(next(iter(samples.values())))
+    baseline = next(iter(samples))
+    for name, values in samples.items():  # for REPORT.md (bench/report.py)
+        RECORDER.samples(
+            f"{title}: {name}", values, baseline=None if name == baseline else f"{title}: {baseline}"
+        )
     print(f"\nLatency: {title} ({args.calls} calls each, {args.rounds} interleaved rounds)")
     print(f"{'operation':26} {'p50 ms':>8} {'p99 ms':>8} {'p50 / echo':>11}")
     for name, values in samples.items():
@@ -114,6 +124,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients for throughput")
     args = parser.parse_args()
 
+    RECORDER.variant = "postgres" if args.database_url.startswith("postgres") else "sqlite"
+    RECORDER.config = {"calls": args.calls, "rounds": args.rounds, "clients": args.clients}
     with tempfile.TemporaryDirectory() as tmp:
         print(f"state store: {args.database_url or 'SQLite (embedded default, read cache on)'}")
         procs, sk_addr, echo_addr = start_servers(Path(tmp), args.database_url)
@@ -123,6 +135,7 @@ def main() -> None:
             for proc in procs:
                 proc.terminate()
                 proc.wait(10)
+    RECORDER.save()
 
 
 def sqlite_commit(path: Path) -> Callable[[], object]:
@@ -235,6 +248,15 @@ def run(args: argparse.Namespace, sk_addr: str, echo_addr: str, tmp: Path) -> No
         for name, op in (("grpc echo (baseline)", echo_op), ("get_state", get_op), ("set_state", set_op)):
             rates[name] = await throughput(op, args.clients, 3.0)
         for name, rate in rates.items():
+            RECORDER.value(
+                f"throughput {args.clients} clients: {name}",
+                rate,
+                n=1,
+                unit="ops/s",
+                baseline=None
+                if name.startswith("grpc echo")
+                else f"throughput {args.clients} clients: grpc echo (baseline)",
+            )
             print(f"{name:24} {rate:10.0f} ops/s {rate / rates['grpc echo (baseline)']:8.2f}x of echo")
         await achannel.close()
 
