@@ -141,7 +141,9 @@ class KnowledgeBase:
         self.embedder = embedder
         self.settings = settings or KnowledgeSettings()
         self.owns_retrieval = owns_retrieval
-        self.vectors = VectorOutbox(store, index, embedder, namespace="knowledge", batch=REINDEX_BATCH)
+        self.vectors = VectorOutbox(
+            store, index, embedder, namespace="knowledge", batch=REINDEX_BATCH, done_rows=store.done_upserts
+        )
         self._purger: asyncio.Task[None] | None = None
 
     async def drain_outbox(self, vectors: dict[str, list[float]] | None = None) -> int:

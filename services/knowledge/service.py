@@ -63,6 +63,7 @@ class KnowledgeService(KnowledgeIngestion):
         self._purger = asyncio.create_task(self._purge_forever(self.settings.purge_interval_seconds))
 
     async def close(self) -> None:
+        await self.vectors.settle()
         if self._purger is not None:
             self._purger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -177,6 +178,7 @@ class KnowledgeService(KnowledgeIngestion):
 
         async def dense_ranking() -> list[tuple[str, float]]:
             vector = await self.embedder.embed_one(query)
+            await self.vectors.settle()  # the vectors of ingestions already answered
             return await self._dense(owner.app_name, searched, vector, k)
 
         # The lexical search does not need the query's vector: it runs while the model embeds it.

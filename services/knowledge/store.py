@@ -385,6 +385,18 @@ class KnowledgeStore:
 
         return await self.db.read(run)
 
+    async def done_upserts(self, chunk_ids: list[str]) -> None:
+        """Delete the "upsert" outbox entries of these chunks (their vectors were written behind the
+        reply: VectorOutbox.write_behind). A "delete" entry queued meanwhile stays and is applied."""
+        if not chunk_ids:
+            return
+
+        def run(conn: Connection) -> None:
+            o = t.outbox.c
+            conn.execute(delete(t.outbox).where(o.action == "upsert", o.chunk_id.in_(chunk_ids)))
+
+        await self.db.write(run)
+
     async def done(self, entry_ids: list[int]) -> None:
         def run(conn: Connection) -> None:
             conn.execute(delete(t.outbox).where(t.outbox.c.id.in_(entry_ids)))

@@ -68,6 +68,7 @@ def test_knowledge_reindex_rebuilds_lost_vectors(knowledge_server: ServerThread)
     other_app.add_knowledge("Penguins huddle in the Antarctic winter.")
     assert knowledge_server.host is not None
     index = knowledge_server.host.knowledge.index
+    knowledge_server.call(knowledge_server.host.knowledge.vectors.settle())  # written behind the replies
     for coll in knowledge_server.call(index.collections(partition_prefix("knowledge:default"))):
         knowledge_server.call(index.drop(coll))  # the vectors are lost
     assert knowledge_server.call(vector_ids(index, "default")) == set()
