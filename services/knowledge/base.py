@@ -21,6 +21,7 @@ from sessionkit_server.knowledge import tables as t
 from sessionkit_server.knowledge.fetch import FetchSettings
 from sessionkit_server.knowledge.records import ChunkRecord, Scope, SourceRecord, app_collection
 from sessionkit_server.knowledge.store import KnowledgeStore
+from sessionkit_server.retrieval.coalesce import CoalescingEmbedder
 from sessionkit_server.retrieval.embeddings import Embedder
 from sessionkit_server.retrieval.explain import Explanation
 from sessionkit_server.retrieval.vector_index import VectorIndex
@@ -141,6 +142,8 @@ class KnowledgeBase:
         self.embedder = embedder
         self.settings = settings or KnowledgeSettings()
         self.owns_retrieval = owns_retrieval
+        #: Chunk embeddings of concurrent ingestions share model calls (a folder added as a batch).
+        self.chunk_embedder = CoalescingEmbedder(embedder)
         self.vectors = VectorOutbox(
             store, index, embedder, namespace="knowledge", batch=REINDEX_BATCH, done_rows=store.done_upserts
         )

@@ -215,7 +215,8 @@ class KnowledgeIngestion(KnowledgeBase):
         progress(Progress(CHUNKING, len(content.data), len(content.data), total, 0, total))
         vectors: list[list[float]] = []
         for start in range(0, total, EMBED_BATCH):
-            vectors.extend(await self.embedder.embed([p.text for p in pieces[start : start + EMBED_BATCH]]))
+            batch = [p.text for p in pieces[start : start + EMBED_BATCH]]
+            vectors.extend(await self.chunk_embedder.embed(batch))
             progress(Progress(EMBEDDING, len(content.data), len(content.data), total, len(vectors), total))
         now = now_us()
         record = SourceRecord(
