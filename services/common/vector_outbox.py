@@ -92,6 +92,8 @@ class VectorOutbox:
         self._done_rows = done_rows
         self._lock = asyncio.Lock()
         self._behind: list[tuple[IndexRow, list[float]]] = []
+        #: Vectors computed by the writes whose drains are running or waiting (see :meth:`drain`).
+        self._computed: Computed = {}
         self._writer: asyncio.Task[None] | None = None
 
     # -- write-behind: vectors a write computed, applied after its reply --------------------------------
@@ -142,9 +144,23 @@ class VectorOutbox:
 
     async def drain(self, computed: Computed | None = None) -> int:
         """Apply the pending entries (idempotent: upserts and deletes by id). Returns how many."""
-        computed = computed or {}
-        applied = 0
+        mine = computed or {}
+        # Concurrent writers' vectors are pooled: whichever drain runs first applies every pending
+        # entry, and without the others' vectors it embedded their texts again (16 concurrent memory
+        # adds: most of each drain's time was the model re-embedding what the other 15 had computed).
+        self._computed.update(mine)
+        computed = self._computed
         await self.settle()  # else the entries of vectors queued behind would be embedded again
+        try:
+            return await self._drain(computed)
+        finally:
+            # When this drain returns, its own entries were applied (by it or by a drain before it).
+            for row_id, value in mine.items():
+                if self._computed.get(row_id) is value:
+                    del self._computed[row_id]
+
+    async def _drain(self, computed: Computed) -> int:
+        applied = 0
         async with self._lock:
             while True:
                 pending = await self.source.pending(self.batch)
@@ -167,14 +183,13 @@ class VectorOutbox:
                 applied += len(pending)
 
     async def _upsert(self, coll: str, rows: Sequence[IndexRow], computed: Computed) -> None:
-        todo = [r for r in rows if computed.get(r.id, ("\x00",))[0] != r.fingerprint]
+        # Taken before the model call: ``computed`` is shared and changes while the model runs.
+        known = {r.id: v for r in rows if (v := _matching(computed, r)) is not None}
+        todo = [r for r in rows if r.id not in known]
         fresh = await self.embedder.embed([r.text for r in todo]) if todo else []
-        vectors = {r.id: v for r, v in zip(todo, fresh, strict=True)}
+        vectors = {**known, **{r.id: v for r, v in zip(todo, fresh, strict=True)}}
         await self.index.upsert(
-            coll,
-            [r.id for r in rows],
-            [vectors[r.id] if r.id in vectors else computed[r.id][1] for r in rows],
-            [r.metadata for r in rows],
+            coll, [r.id for r in rows], [vectors[r.id] for r in rows], [r.metadata for r in rows]
         )
 
     async def reindex(self, app_name: str | None) -> tuple[int, int]:
@@ -238,3 +253,9 @@ class VectorOutbox:
             await self.index.drop(legacy)
             log.warning("moved %s vectors", self.namespace, extra={"app_name": app_name, "count": moved})
         return moved
+
+
+def _matching(computed: Computed, row: IndexRow) -> list[float] | None:
+    """The vector computed for ``row``'s current text, if any."""
+    found = computed.get(row.id)
+    return found[1] if found is not None and found[0] == row.fingerprint else None
