@@ -24,6 +24,7 @@ from sessionkit_server.knowledge.store import KnowledgeStore
 from sessionkit_server.retrieval.coalesce import CoalescingEmbedder
 from sessionkit_server.retrieval.embeddings import Embedder
 from sessionkit_server.retrieval.explain import Explanation
+from sessionkit_server.retrieval.fusion import RRF_K
 from sessionkit_server.retrieval.vector_index import VectorIndex
 
 log = logging.getLogger("sessionkit.knowledge")
@@ -54,6 +55,8 @@ class KnowledgeSettings:
     #: weights a chunk ranked fairly high by both outranks the one dense ranks first (measured in
     #: docs/KNOWLEDGE.md, "Retrieval quality", and docs/MEMORY.md).
     weight_lexical_rank: float = 0.5
+    #: The RRF constant k of that fusion.
+    rrf_k: int = RRF_K
 
 
 @dataclass

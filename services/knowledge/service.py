@@ -186,7 +186,9 @@ class KnowledgeService(KnowledgeIngestion):
             dense_ranking(), self.store.lexical(owner.app_name, searched, query, k)
         )
         fused = rrf_normalized(
-            [[i for i, _ in dense], [i for i, _ in lexical]], weights=[1.0, self.settings.weight_lexical_rank]
+            [[i for i, _ in dense], [i for i, _ in lexical]],
+            k=self.settings.rrf_k,
+            weights=[1.0, self.settings.weight_lexical_rank],
         )
         if not fused:
             return []
