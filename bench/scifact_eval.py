@@ -38,7 +38,9 @@ APP = "scifact"
 LIMIT = 30
 
 
-async def run(storage: Path, query_limit: int | None) -> tuple[dict[str, float], dict[str, object]]:
+async def run(
+    storage: Path, query_limit: int | None, add: bool = True, with_baselines: bool = True
+) -> tuple[dict[str, float], dict[str, object]]:
     data = scifact(require_data("scifact-train") / "scifact-train")
     files = storage / "files"
     files.mkdir(parents=True, exist_ok=True)
@@ -59,8 +61,10 @@ async def run(storage: Path, query_limit: int | None) -> tuple[dict[str, float],
                 f"  added {done}/{len(ids)}, {done / (time.perf_counter() - start):.1f} files/s", flush=True
             )
 
-    added = await session.add_knowledge(files, scope="user", on_progress=progress)
-    outcomes = added["outcomes"]
+    outcomes: dict[str, int] = {}
+    if add:
+        added = await session.add_knowledge(files, scope="user", on_progress=progress)
+        outcomes = added["outcomes"]
     seconds_add = time.perf_counter() - start
     queries = list(data.queries.items())[:query_limit]
     figures: dict[str, list[float]] = {}
@@ -83,14 +87,16 @@ async def run(storage: Path, query_limit: int | None) -> tuple[dict[str, float],
             ndcg_at_10(ranked, data.qrels[qid])
         )
     await session.close()
-    for name, rankings in baselines([data.corpus[i] for i in ids], [t for _, t in queries]):
+    for name, rankings in (
+        baselines([data.corpus[i] for i in ids], [t for _, t in queries]) if with_baselines else []
+    ):
         for (qid, _), ranking in zip(queries, rankings, strict=True):
             figures.setdefault(name, []).append(ndcg_at_10([ids[i] for i in ranking], data.qrels[qid]))
     notes: dict[str, object] = {
         "files": len(ids),
         "add outcomes": outcomes,
         "seconds adding": round(seconds_add, 1),
-        "files/s": round(len(ids) / seconds_add, 1),
+        "files/s": round(len(ids) / seconds_add, 1) if add else None,
         "search ms p50, limit 30 (SDK, embedded)": round(statistics.median(latencies), 1),
         "search ms p50, limit 5 (SDK, embedded)": round(statistics.median(latencies5), 1),
         "queries": len(queries),
@@ -103,13 +109,17 @@ def main() -> None:
     parser.add_argument("--storage", type=Path, help="keep the data directory here (reruns skip embedding)")
     parser.add_argument("--queries", type=int, help="only the first N queries")
     parser.add_argument("--json", type=Path, help="write the figures here too")
+    parser.add_argument("--skip-add", action="store_true", help="search the --storage data as it is")
+    parser.add_argument("--no-baselines", action="store_true", help="the SDK's figure only")
     args = parser.parse_args()
     require_data("scifact-train")
     if args.storage:
-        figures, notes = asyncio.run(run(args.storage, args.queries))
+        figures, notes = asyncio.run(
+            run(args.storage, args.queries, not args.skip_add, not args.no_baselines)
+        )
     else:
         with tempfile.TemporaryDirectory(prefix="sk-scifact-") as tmp:
-            figures, notes = asyncio.run(run(Path(tmp), args.queries))
+            figures, notes = asyncio.run(run(Path(tmp), args.queries, True, not args.no_baselines))
     print("| method | nDCG@10 |\n|---|---|")
     for name, value in figures.items():
         print(f"| {name} | {value:.3f} |")
