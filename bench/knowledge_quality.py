@@ -96,7 +96,18 @@ async def build(data: EvaluationSet, directory: Path) -> tuple[KnowledgeService,
 DEPTH = 40
 #: What-if rows: (the lexical ranking's weight, the RRF k) of the fusion; the service's own setting is
 #: the "hybrid" row. (0.5, 60) was the default before the SciFact fit (bench/fit_scifact.py).
-WHAT_IF = ((0.5, 60), (1.0, 60), (0.25, 60), (1.0, 10), (1.0, 20), (1.5, 20), (2.0, 20), (1.5, 30), (1.0, 30))
+WHAT_IF = (
+    (0.5, 60),
+    (1.0, 60),
+    (0.25, 60),
+    (1.0, 10),
+    (1.0, 20),
+    (0.75, 10),
+    (0.75, 20),
+    (0.5, 10),
+    (0.5, 20),
+    (0.5, 5),
+)
 
 
 async def rankings(service: KnowledgeService, question: Question) -> dict[str, list[str]]:
