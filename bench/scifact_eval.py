@@ -123,8 +123,8 @@ def main() -> None:
     print("| method | nDCG@10 |\n|---|---|")
     for name, value in figures.items():
         print(f"| {name} | {value:.3f} |")
-    for key, value in notes.items():
-        print(f"- {key}: {value}")
+    for key, note in notes.items():
+        print(f"- {key}: {note}")
     if args.json:
         args.json.write_text(json.dumps({"ndcg@10": figures, "notes": notes}, indent=2), encoding="utf-8")
 
