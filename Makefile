@@ -7,7 +7,7 @@ PROTO_SRC := $(wildcard protos/sessionkit/v1/*.proto)
 GENERATED := sdk/sessionkit/v1/.generated
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install protos run cluster cluster-status cluster-down test lint bench clean node-deps buf buf-image
+.PHONY: install protos run cluster cluster-status cluster-down test lint bench bench-quick clean node-deps buf buf-image
 
 # A virtualenv at .venv with both packages editable (the SDK, sdk/, and the server with every
 # service's extra, .), the dev tools, and the generated stubs. Everything installs from wheels: nothing
@@ -92,9 +92,15 @@ buf-image: node-deps
 # overhead over a zero-latency LLM; knowledge ingestion, search and quality; the gateway's overhead over
 # gRPC; memory and knowledge search on LoCoMo dev and SciFact train (../shared/data; skipped when absent;
 # SciFact adds 5,183 files one call each, about half an hour). Each script without --quick is its full
-# run (docs/BENCHMARKS.md).
+# run (docs/BENCHMARKS.md). Then cold start (bench/cold_start.py) and the side-by-side run against
+# praisonaiagents and google-adk (bench/compare/run.py: each in its own virtualenv under
+# ~/.cache/sessionkit/bench-venvs, created on first use in about a minute). Every script records its figures
+# in bench/results/<script>.json; bench/report.py writes bench/results/REPORT.md and REPORT.json from them.
+# `make bench-quick`: a bounded subset (state latency, cold start, the side-by-side run's quick scenarios)
+# in under 10 minutes.
 BENCH_PG_URL ?= postgresql://postgres@127.0.0.1:5432/test
 bench: install
+	$(PY) bench/report.py --clean
 	$(PY) bench/state_latency.py
 	@if pg_isready -q -d "$(BENCH_PG_URL)" 2>/dev/null; then \
 		$(PY) bench/state_latency.py --database-url "$(BENCH_PG_URL)"; \
@@ -109,6 +115,16 @@ bench: install
 	@if pg_isready -q -d "$(BENCH_PG_URL)" 2>/dev/null; then \
 		$(PY) bench/cluster_bench.py; \
 	else echo "PostgreSQL at $(BENCH_PG_URL) not reachable: skipped the cluster bench"; fi
+	$(PY) bench/cold_start.py
+	$(PY) bench/compare/run.py
+	$(PY) bench/report.py
+
+bench-quick: install
+	$(PY) bench/report.py --clean
+	$(PY) bench/state_latency.py --calls 500 --rounds 5
+	$(PY) bench/cold_start.py --quick --no-services
+	$(PY) bench/compare/run.py --quick
+	$(PY) bench/report.py
 
 clean:
 	rm -rf $(VENV) $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache $(GENERATED) sdk/sessionkit/v1/*_pb2*.py sdk/sessionkit/v1/*_pb2*.pyi

@@ -50,6 +50,7 @@ sys.path[:0] = [str(ROOT / "sdk"), str(ROOT)]
 
 from agent_report import STEPS, VARIANTS, Results, Turn, machine, p50, report  # noqa: E402
 from agent_servers import MODEL, REPLY, Servers, postgres_reachable, serve_llm, start_servers  # noqa: E402
+from report import Recorder  # noqa: E402
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 AGENT = "Bench Assistant"
@@ -282,6 +283,21 @@ def measure(args: argparse.Namespace, servers: Servers, session_class: Any, open
     return res
 
 
+def record(res: Results, url: str, args: argparse.Namespace) -> None:
+    """The main figures for REPORT.md (bench/report.py): the turn against the LLM called directly."""
+    variant = ("postgres" if url else "sqlite") + ("-quick" if args.quick else "")
+    rec = Recorder("agent_bench", variant, config={"turns": args.turns, "rounds": args.rounds})
+    direct = "LLM called directly (openai client)"
+    rec.samples(direct, res.calls[direct])
+    for name, turns in res.turns.items():
+        rec.samples(f"{name}: SDK turn", [t.sdk_ms for t in turns], baseline=direct)
+        rec.samples(f"{name}: overhead (SDK turn - llm_ms)", [t.overhead_ms for t in turns],
+                    note=f"target p50 < {args.target:g} ms")  # fmt: skip
+    for name, values in res.ttft.items():
+        rec.samples(f"first streamed piece: {name}", values)
+    rec.save()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -336,7 +352,9 @@ def main() -> None:
         + (f"; server environment {args.env}" if args.env else "")
     )
     for url in stores:
-        report(run_store(args, url), args)
+        res = run_store(args, url)
+        report(res, args)
+        record(res, url, args)
     print(f"\nmachine at the end: {machine()}")
 
 

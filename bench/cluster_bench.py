@@ -190,6 +190,15 @@ def main() -> None:
         cells = [f"{r[metric]:.1f}" for r in results.values()]
         table.add_row(metric, *cells, f"{replicated[metric] / base[metric]:.2f}")
     Console().print(table)
+    sys.path.insert(0, str(ROOT / "bench"))
+    from report import Recorder
+
+    rec = Recorder("cluster_bench", config={"workers": args.workers, "seconds": args.seconds})
+    for topology, figures in results.items():  # for REPORT.md: each topology against one process
+        for metric, value in figures.items():
+            ref = None if topology == "serve (1 process)" else f"{metric}: serve (1 process)"
+            rec.value(f"{metric}: {topology}", value, n=1, unit="", baseline=ref)
+    rec.save()
 
 
 if __name__ == "__main__":

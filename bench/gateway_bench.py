@@ -67,6 +67,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+from report import Recorder  # noqa: E402
+
+
 def machine() -> str:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     cpu = platform.processor() or platform.machine()
@@ -332,6 +335,19 @@ def load(stack: Stack, kind: str, seconds: float) -> dict[str, Any]:
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
+def record(samples: dict[str, list[float]], quick: bool) -> None:
+    """The figures for REPORT.md (bench/report.py): each gateway path against its direct gRPC call."""
+    baselines = {
+        "GET state (gateway)": "GetState (gRPC direct)",
+        "POST /agent (gateway), outside the agent service": "Chat (gRPC direct), outside the agent service",
+    }
+    rec = Recorder("gateway_bench", "quick" if quick else "")
+    for name in sorted(samples, key=lambda n: n in baselines):  # the baselines first
+        base = baselines.get(name)
+        rec.samples(name, samples[name], baseline=base if base in samples else None)
+    rec.save()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -379,6 +395,7 @@ def main() -> None:
                 f"(target < 5 ms: {'met' if agent_overhead < 5 else 'NOT met'})"
             )
             print(f"REST get_state / gRPC GetState p50: {ratio:.2f}x (+{state_overhead:.2f} ms)")
+            record(samples, args.quick)
             print(f"\nLoad: {CONCURRENCY} concurrent clients in a second process, {load_seconds:g} s each")
             for kind in ("agent", "state"):
                 result = load(stack, kind, load_seconds)

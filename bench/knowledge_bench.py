@@ -46,6 +46,7 @@ import numpy as np
 from knowledge_dataset import chunk_texts, corpus, search_queries, write_pdf
 from knowledge_quality import evaluate, report
 from memory_common import ROOT, machine, percentile
+from report import Recorder
 from state_latency import free_port
 
 from sessionkit import AsyncSession
@@ -178,6 +179,8 @@ async def ingestion(work: Path, corpus_mb: float, files: int, pdf_pages: int) ->
         (f"PDF, {pdf_pages} pages", pdf_seconds, pdf_bytes, pdf_chunks),
     ):
         rate = chunks / seconds
+        RECORDER.value(f"ingest {label}", rate, n=1, unit="chunks/s", baseline="model alone, batches of 64",
+                       baseline_median=model)  # fmt: skip
         lines.append(
             f"| {label} | {size / 1e6:.2f} MB | {chunks} | {seconds:.1f} | {size / 1e6 / seconds:.3f} | "
             f"{rate:.1f} | **{rate / model:.2f}x** |"
@@ -362,6 +365,9 @@ async def parts(data_dir: Path, database_url: str, queries: list[str], repeat: i
     return {name: statistics.median(values) for name, values in timings.items()}
 
 
+RECORDER = Recorder("knowledge_bench")  # the figures for REPORT.md (bench/report.py)
+
+
 async def search_latency(
     work: Path, sizes: list[int], queries: int, repeat: int, random_from: int
 ) -> list[str]:
@@ -393,6 +399,8 @@ async def search_latency(
         finally:
             server.stop()
         alone = await parts(server.data_dir, server.database_url, asked[:50], repeat)
+        RECORDER.value(f"search_knowledge ({size} chunks)", figures["p50"], p99=figures["p99"], n=queries,
+                       baseline="query embedding p50", baseline_median=figures["embed_p50"])  # fmt: skip
         lines.append(
             f"| {size:,} | **{figures['p50']:.1f}** | {figures['p99']:.1f} | {figures['first_p50']:.1f} | "
             f"{figures['embed_p50']:.1f} | {figures['p50'] - figures['embed_p50']:.1f} | "
@@ -475,7 +483,9 @@ def main() -> None:
     args.queries = args.queries or (100 if quick else 300)
     args.towns = args.towns or (20 if quick else 60)
     args.small_files = args.small_files or (200 if quick else 1000)
+    RECORDER.variant = "quick" if quick else ""
     asyncio.run(main_async(args))
+    RECORDER.save()
 
 
 if __name__ == "__main__":

@@ -106,6 +106,9 @@ async def evaluate(storage: Path, convs: list[Conversation], table: RecallTable)
     }
 
 
+from report import Recorder  # noqa: E402
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--conversations", type=int, default=5)
@@ -127,6 +130,15 @@ def main() -> None:
         args.json.write_text(
             json.dumps({"table": table.as_json(), "notes": notes}, indent=2), encoding="utf-8"
         )
+    rec = Recorder("locomo_eval", config={"conversations": args.conversations, **notes})
+    questions = sum(len(c.questions) for c in convs)
+    rows = table.as_json()
+    first = next(iter(rows), None)
+    for method, values in rows.items():  # for REPORT.md: recall, the first method as the baseline
+        for k in ("R@5", "R@10"):
+            base = None if method == first else f"{first} {k}"
+            rec.value(f"{method} {k}", values[k], n=questions, unit="recall", baseline=base)
+    rec.save()
 
 
 if __name__ == "__main__":

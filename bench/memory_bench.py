@@ -47,6 +47,7 @@ from memory_dataset import scale_queries, scale_texts
 from memory_ingestion import ingestion, print_ingestion
 from memory_profile import ADD_PARTS, SEARCH_PARTS, breakdown, print_breakdown, print_profile, py_spy
 from memory_scale import SEARCH_USER, Grown, Latency, grow_api, print_latency, search_latency, seed_rows
+from report import Recorder
 
 from sessionkit import AsyncSession
 from sessionkit_server.retrieval.embeddings import LocalEmbedder
@@ -126,11 +127,31 @@ async def run(args: argparse.Namespace, data_dir: Path, extra_env: dict[str, str
                 flush=True,
             )
         print_latency(results, grown)
+        record(args, rates, results)
         print_breakdown(parts)
         if args.py_spy and (data_dir / "search.pyspy").exists():
             print_profile(data_dir / "search.pyspy", "the largest size's searches", SEARCH_PARTS)
     finally:
         server.stop()
+
+
+def record(args: argparse.Namespace, rates: dict[str, list[float]], results: list[Latency]) -> None:
+    """The main figures for REPORT.md (bench/report.py): ingestion rates against the batched model,
+    search latency against the model embedding the query alone."""
+    rec = Recorder(
+        "memory_bench", "quick" if args.quick else "", config={"sizes": args.sizes, "adds": args.adds}
+    )
+    names = list(rates)
+    batched = statistics.median(rates[names[1]])
+    for name, values in rates.items():
+        base = None if name == names[1] else names[1]
+        rec.value(name, statistics.median(values), n=len(values), unit="memories/s", baseline=base,
+                  baseline_median=batched if base else None)  # fmt: skip
+    for lat in results:
+        rec.samples(f"model embeds one query ({lat.size} memories)", lat.embed)
+        rec.samples(f"search_memory p50 ({lat.size} memories)", lat.search,
+                    baseline=f"model embeds one query ({lat.size} memories)")  # fmt: skip
+    rec.save()
 
 
 def main() -> None:

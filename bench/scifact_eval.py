@@ -104,6 +104,9 @@ async def run(
     return {name: sum(v) / len(v) for name, v in figures.items()}, notes
 
 
+from report import Recorder  # noqa: E402
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--storage", type=Path, help="keep the data directory here (reruns skip embedding)")
@@ -127,6 +130,12 @@ def main() -> None:
         print(f"- {key}: {note}")
     if args.json:
         args.json.write_text(json.dumps({"ndcg@10": figures, "notes": notes}, indent=2), encoding="utf-8")
+    rec = Recorder("scifact_eval", config={k: str(v) for k, v in notes.items()})
+    first, queries = next(iter(figures), None), int(str(notes.get("queries", 0)))
+    for name, score in figures.items():  # for REPORT.md: nDCG@10, the first method as the baseline
+        rec.value(f"{name} nDCG@10", score, n=queries, unit="nDCG@10",
+                  baseline=None if name == first else f"{first} nDCG@10")  # fmt: skip
+    rec.save()
 
 
 if __name__ == "__main__":

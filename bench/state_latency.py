@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import os
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -26,6 +27,11 @@ sys.path[:0] = [str(ROOT / "sdk"), str(ROOT)]
 
 from sessionkit import AsyncSession, Session  # noqa: E402
 from tests.servers import wait_serving  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from report import Recorder  # noqa: E402
+
+RECORDER = Recorder("state_latency")
 
 
 def free_port() -> int:
@@ -83,6 +89,11 @@ async def atimed(fn: Callable[[], Awaitable[object]], n: int) -> list[float]:
 
 def report(title: str, samples: dict[str, list[float]], args: argparse.Namespace) -> None:
     base = statistics.median(next(iter(samples.values())))
+    baseline = next(iter(samples))
+    for name, values in samples.items():  # for REPORT.md (bench/report.py)
+        RECORDER.samples(
+            f"{title}: {name}", values, baseline=None if name == baseline else f"{title}: {baseline}"
+        )
     print(f"\nLatency: {title} ({args.calls} calls each, {args.rounds} interleaved rounds)")
     print(f"{'operation':26} {'p50 ms':>8} {'p99 ms':>8} {'p50 / echo':>11}")
     for name, values in samples.items():
@@ -113,18 +124,54 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients for throughput")
     args = parser.parse_args()
 
+    RECORDER.variant = "postgres" if args.database_url.startswith("postgres") else "sqlite"
+    RECORDER.config = {"calls": args.calls, "rounds": args.rounds, "clients": args.clients}
     with tempfile.TemporaryDirectory() as tmp:
         print(f"state store: {args.database_url or 'SQLite (embedded default, read cache on)'}")
         procs, sk_addr, echo_addr = start_servers(Path(tmp), args.database_url)
         try:
-            run(args, sk_addr, echo_addr)
+            run(args, sk_addr, echo_addr, Path(tmp))
         finally:
             for proc in procs:
                 proc.terminate()
                 proc.wait(10)
+    RECORDER.save()
 
 
-def run(args: argparse.Namespace, sk_addr: str, echo_addr: str) -> None:
+def sqlite_commit(path: Path) -> Callable[[], object]:
+    """One durable SQLite transaction of one row, as the store's settings make it (WAL,
+    synchronous=FULL), on the same disk as the server's database: the floor of a durable write."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v INTEGER)")
+    conn.execute("INSERT OR REPLACE INTO t VALUES (1, 0)")
+    counter = iter(range(10**9))
+
+    def commit() -> object:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("UPDATE t SET v = ? WHERE id = 1", (next(counter),))
+        return conn.execute("COMMIT")
+
+    return commit
+
+
+async def pg_commit(url: str) -> Callable[[], Awaitable[object]]:
+    """One durable PostgreSQL transaction of one row (synchronous_commit on): the floor of a write."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    await conn.execute("CREATE TABLE IF NOT EXISTS bench_commit_durable (id int PRIMARY KEY, v bigint)")
+    await conn.execute("INSERT INTO bench_commit_durable VALUES (1, 0) ON CONFLICT DO NOTHING")
+    counter = iter(range(10**9))
+
+    async def commit() -> object:
+        return await conn.execute("UPDATE bench_commit_durable SET v = $1 WHERE id = 1", next(counter))
+
+    return commit
+
+
+def run(args: argparse.Namespace, sk_addr: str, echo_addr: str, tmp: Path) -> None:
     channel = grpc.insecure_channel(echo_addr)
     echo_call = channel.unary_unary("/bench.Echo/Echo")
     payload = b"x" * 64
@@ -153,8 +200,17 @@ def run(args: argparse.Namespace, sk_addr: str, echo_addr: str) -> None:
         achannel = grpc.aio.insecure_channel(echo_addr)
         aecho = achannel.unary_unary("/bench.Echo/Echo")
         single = AsyncSession("bench", address=sk_addr)
+        if args.database_url:
+            durable = await pg_commit(args.database_url)
+        else:
+            commit_sync = sqlite_commit(tmp / "commit-baseline.db")
+
+            async def durable() -> object:
+                return commit_sync()
+
         aops: dict[str, Callable[[], Awaitable[object]]] = {
             "grpc.aio echo (baseline)": lambda: aecho(payload),
+            "durable commit alone": durable,
             "get_state": lambda: single.get_state("profile"),
             "set_state": lambda: single.set_state("counter", next(counter)),
             "increment_state": lambda: single.increment_state("n"),
@@ -167,6 +223,12 @@ def run(args: argparse.Namespace, sk_addr: str, echo_addr: str) -> None:
             for name, fn in aops.items():
                 asamples[name] += await atimed(fn, per_round)
         report("AsyncSession vs a bare grpc.aio echo, same client stack", asamples, args)
+        echo50, commit50 = (
+            statistics.median(asamples[n]) for n in ("grpc.aio echo (baseline)", "durable commit alone")
+        )
+        for name in ("set_state", "increment_state"):
+            margin = statistics.median(asamples[name]) - echo50 - commit50
+            print(f"{name}: p50 - (echo p50 + durable commit p50) = {margin:+.3f} ms (target <= +0.3)")
 
         sessions = [AsyncSession(f"bench-{i}", address=sk_addr) for i in range(args.clients)]
         for s in sessions:
@@ -186,6 +248,15 @@ def run(args: argparse.Namespace, sk_addr: str, echo_addr: str) -> None:
         for name, op in (("grpc echo (baseline)", echo_op), ("get_state", get_op), ("set_state", set_op)):
             rates[name] = await throughput(op, args.clients, 3.0)
         for name, rate in rates.items():
+            RECORDER.value(
+                f"throughput {args.clients} clients: {name}",
+                rate,
+                n=1,
+                unit="ops/s",
+                baseline=None
+                if name.startswith("grpc echo")
+                else f"throughput {args.clients} clients: grpc echo (baseline)",
+            )
             print(f"{name:24} {rate:10.0f} ops/s {rate / rates['grpc echo (baseline)']:8.2f}x of echo")
         await achannel.close()
 

@@ -5,9 +5,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import signal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,6 +19,9 @@ from sessionkit.errors import SessionKitError
 from sessionkit.transport import close_channels
 from sessionkit_server.agent.offline_llm import require_offline_model
 from sessionkit_server.common.extras import missing_modules, require_extra
+
+if TYPE_CHECKING:
+    from sessionkit_server.common.config import ServerSettings
 
 #: The services `--service` may name.
 SERVICES = ("state", "memory", "knowledge", "agent")
@@ -143,25 +147,52 @@ def serve(
         return
     logs.configure(settings.log_level, settings.log_format)
     lock = None
+    if settings.read_only and not settings.database_url and _needs_writable_index(settings):
+        err.print(
+            "[red]error:[/red] SESSIONKIT_READ_ONLY serves the state and agent services only: memory and "
+            "knowledge keep their embedded vector index in the data directory (serve them with "
+            "SESSIONKIT_VECTOR_URL, or --service state)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
     if not settings.database_url:
         # Serving a SQLite data directory: be its one server, and answer on its unix socket too,
         # so an SDK with that directory as storage_path uses this server instead of starting one.
         try:
-            lock = storage_lock.acquire(settings.data_dir.resolve())
+            if not settings.read_only:
+                lock = storage_lock.acquire(settings.data_dir.resolve())
         except storage_lock.StorageBusy as error:
             err.print(f"[red]error:[/red] {error}; stop it or use another --data-dir", highlight=False)
             raise typer.Exit(1) from None
         except OSError as error:  # a read-only or full mount, no permission: one line, no traceback
-            err.print(
-                f"[red]error:[/red] cannot write the data directory {settings.data_dir}: "
-                f"{error.strerror or error}; the server keeps its SQLite database and index there "
-                "(use a writable --data-dir, or SESSIONKIT_DATABASE_URL)",
-                highlight=False,
-                soft_wrap=True,
-            )
-            raise typer.Exit(1) from None
-        settings.unix_socket = socket_path(settings.data_dir.resolve())
-        storage_lock.remove_stale_socket(settings.unix_socket)
+            database = settings.data_dir / "sessionkit.db"
+            if (
+                error.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+                and database.is_file()
+                and not _needs_writable_index(settings)
+            ):
+                # Data on read-only storage (a mount gone read-only, a snapshot): serve what it holds.
+                settings.read_only = True
+                err.print(
+                    f"note: the data directory {settings.data_dir} is read-only "
+                    f"({error.strerror or error}): serving reads; writes answer STORAGE_READ_ONLY",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            else:
+                err.print(
+                    f"[red]error:[/red] cannot write the data directory {settings.data_dir}: "
+                    f"{error.strerror or error}; the server keeps its SQLite database and index there "
+                    "(use a writable --data-dir, or SESSIONKIT_DATABASE_URL; a read-only one holding a "
+                    "database is served read-only with --service state)",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+                raise typer.Exit(1) from None
+        if not settings.read_only:  # a read-only directory can hold no socket: TCP only
+            settings.unix_socket = socket_path(settings.data_dir.resolve())
+            storage_lock.remove_stale_socket(settings.unix_socket)
 
     async def main() -> None:
         check_binding(settings.auth_enabled, settings.host, "the gRPC services")
@@ -287,3 +318,9 @@ def _serve_gateway_alone(settings: Any) -> None:
     except SessionKitError as error:
         err.print(f"[red]error:[/red] {error}", highlight=False)
         raise typer.Exit(1) from None
+
+
+def _needs_writable_index(settings: ServerSettings) -> bool:
+    """Memory and knowledge with the embedded Chroma keep it in the data directory, which Chroma cannot
+    open read-only: they cannot be served from read-only storage (with a Chroma server they can)."""
+    return bool({"memory", "knowledge"} & set(settings.services)) and not settings.vector_url

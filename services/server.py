@@ -197,9 +197,10 @@ class Host:
                 self.db.lock_exclusive()
             if self.state is not None:
                 await self.state.store.start()
-                self.tasks.append(
-                    asyncio.create_task(self.state.reap_forever(self.settings.reap_interval_seconds))
-                )
+                if not self.db.read_only:  # reaping deletes: nothing to do on read-only storage
+                    self.tasks.append(
+                        asyncio.create_task(self.state.reap_forever(self.settings.reap_interval_seconds))
+                    )
             if self.memory is not None:
                 await self.memory.start()
             if self.knowledge is not None:
@@ -396,7 +397,8 @@ async def create_server(
     # gRPC's own per-server counters (calls started, succeeded, failed; sockets), read with any channelz
     # client: how calls spread over replicas (`sessionkit cluster status`, tests/cluster).
     channelz.add_channelz_servicer(server)  # type: ignore[no-untyped-call, arg-type]
-    db = Database(settings.resolved_database_url())
+    read_only = settings.read_only and not settings.database_url  # SQLite only
+    db = Database(settings.resolved_database_url(), read_only=read_only)
     host = Host(server, 0, settings, health_servicer, activity, ready, db)
     names = [
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

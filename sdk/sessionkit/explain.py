@@ -28,7 +28,9 @@ def _rank(message: common_pb2.SearchExplanation, name: str) -> dict[str, Any] | 
 
 def explanation_dict(message: common_pb2.SearchExplanation) -> dict[str, Any]:
     """{"dense": {"rank", "score"} | None, "lexical": ... | None, "relevance", "quality", "recency"
-    (None for knowledge), "weights": {"relevance", "quality", "recency"}, "score"}."""
+    (None for knowledge), "weights": {"relevance", "quality", "recency"}, "score", "fusion": {"k",
+    "dense_weight", "lexical_weight"}}: relevance = (dense_weight / (k + dense rank) + lexical_weight /
+    (k + lexical rank)) / ((dense_weight + lexical_weight) / (k + 1)), a missing ranking adding 0."""
     return {
         "dense": _rank(message, "dense"),
         "lexical": _rank(message, "lexical"),
@@ -41,4 +43,9 @@ def explanation_dict(message: common_pb2.SearchExplanation) -> dict[str, Any]:
             "recency": message.weights.recency,
         },
         "score": message.score,
+        "fusion": {
+            "k": message.fusion.k,
+            "dense_weight": message.fusion.dense_weight,
+            "lexical_weight": message.fusion.lexical_weight,
+        },
     }

@@ -169,6 +169,9 @@ class Transport:
         except ValueError as error:
             raise reasons.INVALID_ARGUMENT.error(detail=f"address: {error}") from None
         self._local_target: str | None = None
+        # Each stub class's stub with the channel it was built on: a stub builds a callable per
+        # method of its service (15 for the state service), which cost more than a call's own work.
+        self._stubs: dict[Any, tuple[grpc.aio.Channel, Any]] = {}
 
     @property
     def embedded(self) -> bool:
@@ -194,10 +197,18 @@ class Transport:
         target = await self.target(service)
         keepalive = (self.settings.keepalive_seconds, self.settings.keepalive_timeout)
         if self._targets is None:  # the embedded server: a local socket, no keys, no TLS
-            return stub_class(channel_for(target, keepalive=keepalive))
-        key = self.settings.api_key if self.api_key is None else self.api_key
-        settings = self.settings
-        return stub_class(channel_for(target, key, settings.tls_ca_file, settings.tls_server_name, keepalive))
+            channel = channel_for(target, keepalive=keepalive)
+        else:
+            key = self.settings.api_key if self.api_key is None else self.api_key
+            settings = self.settings
+            channel = channel_for(target, key, settings.tls_ca_file, settings.tls_server_name, keepalive)
+        cached = self._stubs.get(stub_class)
+        if cached is not None and cached[0] is channel:  # the same loop's same channel
+            stub: T = cached[1]
+            return stub
+        stub = stub_class(channel)
+        self._stubs[stub_class] = (channel, stub)
+        return stub
 
     async def unary(
         self, service: str, stub_class: Any, method: str, request: Any, *, idempotent: bool = True

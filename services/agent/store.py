@@ -16,7 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from sessionkit_server.agent import tables as t
 from sessionkit_server.common.db import Database
-from sessionkit_server.common.idempotency import IdempotencyLedger, KeySpace, Status
+from sessionkit_server.common.idempotency import IdempotencyLedger, KeySpace, KeyTaken, Status
 from sessionkit_server.common.migrate import upgrader
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -155,24 +155,27 @@ class AgentStore:
 
     async def try_lease(self, conv: Conversation, holder: str, now_us: int, ttl_us: int) -> bool:
         """Take the session's conversation for ``holder`` unless another holder's lease is live."""
-        lease = t.leases.c
+        return await self.db.write(lambda conn: _lease_in(conn, conv, holder, now_us, ttl_us))
 
-        def run(conn: Connection) -> bool:
-            taken = conn.execute(
-                update(t.leases)
-                .where(conv.where(t.leases), lease.expire_us < now_us)
-                .values(holder=holder, expire_us=now_us + ttl_us)
-            ).rowcount
-            if taken:
-                return True
-            inserted = conn.execute(
-                _insert_ignore(conn, t.leases).values(
-                    **conv.values(), holder=holder, expire_us=now_us + ttl_us
-                )
-            ).rowcount
-            return bool(inserted)
+    async def claim_and_lease(
+        self, conv: Conversation, key: str, method: str, holder: str, now_us: int, ttl_us: int
+    ) -> tuple[Claim, bool]:
+        """:meth:`claim` and, when this call now holds the key, :meth:`try_lease`, in one transaction
+        (a turn's first durable write): (the claim, whether the lease was taken)."""
+        space = _space(conv)
 
-        return await self.db.write(run)
+        def run(conn: Connection) -> tuple[Claim, bool]:
+            self._keys.lock_in(conn, space, key)
+            state = self._keys.state_in(conn, space, key, method, now_us)
+            if state.status is not Status.FREE:
+                return Claim(False, state.response), False
+            self._keys.record_in(conn, space, key, method, None, now_us)
+            return Claim(True), _lease_in(conn, conv, holder, now_us, ttl_us)
+
+        try:
+            return await self.db.write(run)
+        except KeyTaken:
+            return Claim(False), False
 
     async def renew_lease(self, conv: Conversation, holder: str, now_us: int, ttl_us: int) -> bool:
         lease = t.leases.c
@@ -187,10 +190,20 @@ class AgentStore:
 
         return await self.db.write(run)
 
-    async def release_lease(self, conv: Conversation, holder: str) -> None:
+    async def release_lease(
+        self, conv: Conversation, holder: str, key: str = "", response: bytes | None = None
+    ) -> None:
+        """Release ``holder``'s lease; with ``key``, in the same transaction (a turn's last durable
+        write) complete the key with ``response``, or drop its claim when there is none (the call
+        failed: a retry runs it again)."""
         lease = t.leases.c
+        space = _space(conv)
 
         def run(conn: Connection) -> None:
+            if key and response is not None:
+                self._keys.complete_in(conn, space, key, response)
+            elif key:
+                self._keys.release_in(conn, space, key)
             conn.execute(delete(t.leases).where(conv.where(t.leases), lease.holder == holder))
 
         await self.db.write(run)
@@ -208,6 +221,21 @@ class AgentStore:
     async def abandon(self, conv: Conversation, key: str) -> None:
         """Forget a claim whose call failed: a retry with the key runs the call again."""
         await self._keys.release(_space(conv), key)
+
+
+def _lease_in(conn: Connection, conv: Conversation, holder: str, now_us: int, ttl_us: int) -> bool:
+    lease = t.leases.c
+    taken = conn.execute(
+        update(t.leases)
+        .where(conv.where(t.leases), lease.expire_us < now_us)
+        .values(holder=holder, expire_us=now_us + ttl_us)
+    ).rowcount
+    if taken:
+        return True
+    inserted = conn.execute(
+        _insert_ignore(conn, t.leases).values(**conv.values(), holder=holder, expire_us=now_us + ttl_us)
+    ).rowcount
+    return bool(inserted)
 
 
 def _space(conv: Conversation) -> KeySpace:

@@ -116,16 +116,18 @@ class Turns:
                 violations=[FieldViolation("start.tools", "names must differ from the agent's tools")],
             )
 
-        async def run() -> bytes:
-            async with self.leases.hold(session.conversation, options, deadline) as waited:
-                result = await self.run(session.ref, agent, message, options, stream, extra, turn_io, waited)
+        async def run(waited: float) -> bytes:
+            result = await self.run(session.ref, agent, message, options, stream, extra, turn_io, waited)
             return turn_result_bytes(result)
 
         data, replayed = await run_once(
             self.definitions.store,
+            self.leases,
             session.conversation,
             idempotency_key,
             "Chat",
+            options,
+            deadline,
             run,
             self.settings.busy_poll_seconds,
         )

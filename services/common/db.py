@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, TypeVar
+from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
@@ -29,6 +30,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from sessionkit import reasons
 from sessionkit.errors import FieldViolation, InvalidArgument, SessionKitError
+from sessionkit_server.common.driver_sql import text_problem
+from sessionkit_server.common.group_commit import GroupCommitter
+from sessionkit_server.common.pg_reads import CompiledRead, PgReads, pg_state_error
 
 T = TypeVar("T")
 
@@ -41,17 +45,6 @@ def normalize_url(url: str) -> str:
     elif parsed.drivername in ("sqlite+aiosqlite", "sqlite+pysqlite"):
         parsed = parsed.set(drivername="sqlite")
     return parsed.render_as_string(hide_password=False)
-
-
-def _text_problem(value: str) -> str | None:
-    if "\x00" in value:
-        return "must not contain NUL (\\u0000)"
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as error:
-            return f"is not valid Unicode: a lone surrogate at character {error.start}"
-    return None
 
 
 def refuse_unstorable_text(
@@ -67,7 +60,7 @@ def refuse_unstorable_text(
         values = row.items() if isinstance(row, dict) else enumerate(row or ())
         for name, value in values:
             if isinstance(value, str):
-                problem = _text_problem(value)
+                problem = text_problem(value)
                 if problem is not None:
                     field = _bind_name(context, name)
                     raise InvalidArgument(
@@ -90,23 +83,29 @@ class DatabaseLocked(RuntimeError):
 class Database:
     """One database, SQLite or PostgreSQL, behind ``read(fn)`` and ``write(fn)``."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, read_only: bool = False) -> None:
         self.url = normalize_url(url)
+        #: SQLite opened read-only (the data directory is on read-only storage): reads answer, every
+        #: write fails in SQLite with SQLITE_READONLY, which clients see as STORAGE_READ_ONLY.
+        self.read_only = read_only
         self.dialect = make_url(self.url).get_backend_name()
         self._async: AsyncEngine | None = None
         self._writer: Engine | None = None
         self._reader: Engine | None = None
         self._executors: dict[str, ThreadPoolExecutor] = {}
         self._lock_file: IO[str] | None = None
+        self._pg_reads: PgReads | None = None
         if self.dialect == "postgresql":
             self._async = create_async_engine(self.url, pool_size=pool_size, pool_pre_ping=True)
+            self._pg_reads = PgReads(self.url, max_size=pool_size)
             event.listen(self._async.sync_engine, "before_cursor_execute", refuse_unstorable_text)
         elif self.dialect == "sqlite":
             database = make_url(self.url).database
             if not database or database == ":memory:":
                 raise ValueError("an in-memory SQLite database cannot be shared by connections; use a file")
             self.path = Path(database).resolve()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not read_only:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = self._sqlite_engine("BEGIN IMMEDIATE", pool_size=1)
             self._reader = self._sqlite_engine("BEGIN", pool_size=4)
             # Writers take turns on SQLite's one write lock anyway: one thread and one connection for
@@ -115,6 +114,8 @@ class Database:
                 "write": ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-write"),
                 "read": ThreadPoolExecutor(max_workers=4, thread_name_prefix="sqlite-read"),
             }
+            # Concurrent writes share one transaction and one fsync (group commit), each in a savepoint.
+            self._group = GroupCommitter(self._writer, self._executors["write"])
         else:
             raise ValueError(f"unsupported database {self.dialect!r}: use sqlite:///PATH or postgresql://...")
 
@@ -124,8 +125,8 @@ class Database:
 
     def lock_exclusive(self) -> None:
         """SQLite only: make this process the database's only server (a second one fails clearly)."""
-        if self.dialect != "sqlite" or self._lock_file is not None:
-            return
+        if self.dialect != "sqlite" or self._lock_file is not None or self.read_only:
+            return  # read-only: nothing can be written, so there is nothing to serialize (nor a lock file)
         handle = open(f"{self.path}.lock", "a+")  # noqa: SIM115 - held until close()
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -134,9 +135,18 @@ class Database:
             raise DatabaseLocked(f"{self.path} is already served by another sessionkit process") from None
         self._lock_file = handle
 
+    def _read_only_url(self) -> str:
+        """The database as a read-only SQLite URI. WAL needs its -shm file, which a read-only directory
+        cannot get: with no -wal file left (a clean shutdown checkpointed it) the file is opened
+        ``immutable`` (no locks, no -shm); with one, ``mode=ro`` reads it (SQLite uses heap memory for
+        the index when -shm cannot be written), so committed writes still in the WAL are seen."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        mode = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
+        return f"sqlite:///file:{quote(str(self.path))}?{mode}&uri=true"
+
     def _sqlite_engine(self, begin: str, pool_size: int) -> Engine:
         engine = create_engine(
-            self.url,
+            self._read_only_url() if self.read_only else self.url,
             pool_size=pool_size,
             max_overflow=0,
             connect_args={"check_same_thread": False, "timeout": 30},
@@ -146,7 +156,8 @@ class Database:
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
             dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" event issues BEGIN itself
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
+            if not self.read_only:  # the journal mode is the file's (a read-only one keeps WAL)
+                cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.execute("PRAGMA foreign_keys=ON")
@@ -164,9 +175,31 @@ class Database:
         """Run ``fn`` in a read transaction (on SQLite a snapshot that never waits for writers)."""
         return await self._run(fn, self._reader, "read")
 
-    async def write(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn`` in a write transaction: committed if it returns, rolled back if it raises."""
-        return await self._run(fn, self._writer, "write")
+    async def read_row(self, read: CompiledRead, params: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """The first row of one select (None when it finds none). On PostgreSQL one round trip on
+        asyncpg, a prepared statement and no transaction (sessionkit_server.common.pg_reads); on
+        SQLite a read transaction like ``read``."""
+        if self._pg_reads is None:
+
+            def run(conn: Connection) -> Mapping[str, Any] | None:
+                row = conn.execute(read.statement, dict(params)).first()
+                return None if row is None else dict(row._mapping)
+
+            return await self.read(run)
+        for name, value in params.items():
+            # The net the engine's statements get from refuse_unstorable_text.
+            problem = text_problem(value) if isinstance(value, str) else None
+            if problem is not None:
+                raise InvalidArgument(
+                    f"invalid {name}: {problem}", violations=[FieldViolation(name, problem)]
+                )
+        return await self._pg_reads.fetch_one(read, params)
+
+    async def write(self, fn: Callable[[Connection], T], *, solo: bool = False) -> T:
+        """Run ``fn`` in a write transaction: committed if it returns, rolled back if it raises.
+        On SQLite concurrent writes commit together (sessionkit_server.common.group_commit); their
+        effects are those of running them one by one. ``solo``: in a transaction of its own."""
+        return await self._run(fn, self._writer, "solo" if solo else "write")
 
     async def _run(self, fn: Callable[[Connection], T], engine: Engine | None, kind: str) -> T:
         try:
@@ -193,6 +226,9 @@ class Database:
             async with self._async.begin() as conn:
                 return await conn.run_sync(fn)
         assert engine is not None
+        if kind != "read":
+            result: T = await self._group.run(fn, solo=kind == "solo")
+            return result
 
         def job() -> T:
             with engine.begin() as conn:
@@ -209,9 +245,13 @@ class Database:
                 conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": lock_name})
             upgrade(conn)
 
-        await self.write(run)
+        # Read-only storage: an up-to-date schema needs no write (Alembic only reads its version);
+        # one that needs upgrading fails with STORAGE_READ_ONLY.
+        await (self.read(run) if self.read_only else self.write(run, solo=True))
 
     async def close(self) -> None:
+        if self._pg_reads is not None:
+            await self._pg_reads.close()
         if self._async is not None:
             await self._async.dispose()
         for engine in (self._writer, self._reader):
@@ -227,14 +267,6 @@ class Database:
 #: SQLite's primary result codes of a full disk and of read-only storage (the extended codes keep them
 #: in their low byte).
 _SQLITE_FULL, _SQLITE_READONLY = 13, 8
-#: PostgreSQL's SQLSTATEs: class 53 (insufficient resources: disk full, out of memory) and a read-only
-#: transaction (a standby, default_transaction_read_only).
-_PG_RESOURCES, _PG_READ_ONLY = "53", "25006"
-
-
-#: PostgreSQL's SQLSTATEs of a connection lost or refused: class 08, and a server shutting down or
-#: starting (admin_shutdown, crash_shutdown, cannot_connect_now).
-_PG_CONNECTION, _PG_GOING_AWAY = "08", frozenset({"57P01", "57P02", "57P03"})
 
 
 def _first_line(error: BaseException) -> str:
@@ -255,14 +287,9 @@ def storage_error(error: DBAPIError) -> SessionKitError | None:
         if code & 0xFF == _SQLITE_READONLY:
             return reasons.STORAGE_READ_ONLY.error(detail=detail)
         return None
-    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    if isinstance(state, str):
-        if state.startswith(_PG_RESOURCES):
-            return reasons.STORAGE_FULL.error(detail=detail)
-        if state == _PG_READ_ONLY:
-            return reasons.STORAGE_READ_ONLY.error(detail=detail)
-        if state.startswith(_PG_CONNECTION) or state in _PG_GOING_AWAY:
-            return reasons.DATABASE_UNAVAILABLE.error(detail=detail)
+    typed = pg_state_error(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None), detail)
+    if typed is not None:
+        return typed
     if error.connection_invalidated:
         return reasons.DATABASE_UNAVAILABLE.error(detail=detail)
     return None

@@ -121,6 +121,7 @@ class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
     def __init__(self, activity: Activity | None = None, ready: asyncio.Event | None = None) -> None:
         self.activity = activity or Activity()
         self.ready = ready
+        self._built: dict[str, tuple[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -131,6 +132,16 @@ class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
         if handler is None:
             return handler
         method = handler_call_details.method
+        # The wrapped handler of the same handler object is the same: built once per method, not
+        # per call (a handler, its closures and the lenient parser per call were measurable).
+        built = self._built.get(method)
+        if built is not None and built[0] is handler:
+            return built[1]
+        wrapped = self._wrap(handler, method)
+        self._built[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: Any, method: str) -> Any:
         parse = _lenient(handler.request_deserializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(

@@ -22,6 +22,7 @@ from sessionkit_server.gateway import agent_routes, errors, rest_routes
 from sessionkit_server.gateway.admission import Admission
 from sessionkit_server.gateway.bodies import UnicodeJsonRoute
 from sessionkit_server.gateway.deps import COMMON_ERRORS, Gateway
+from sessionkit_server.gateway.fast_state import FastStateRead
 from sessionkit_server.gateway.limits import BodyLimit, RateLimiter
 from sessionkit_server.gateway.models import Health
 from sessionkit_server.gateway.upstream import Upstream
@@ -59,6 +60,8 @@ def create_app(settings: ServerSettings, upstream: Upstream) -> FastAPI:
     app.add_middleware(
         BodyLimit, max_bytes=settings.http_max_body_bytes, upload_bytes=settings.http_max_upload_bytes
     )
+    # GET state's plain form answered without FastAPI's routing (inside Admission: after the key check).
+    app.add_middleware(FastStateRead, gateway=gateway)
     # Added last, so outermost: a request is authenticated and rate limited before its body is read.
     app.add_middleware(Admission, keys=gateway.keys, limiter=gateway.limiter)
 

@@ -70,6 +70,11 @@ def error_response(
     return JSONResponse(error_body(error, status), status_code=status, headers=out)
 
 
+def sessionkit_error_response(error: SessionKitError) -> JSONResponse:
+    """The answer to a SessionKitError a route raised (the app's handler, and the fast lanes')."""
+    return error_response(_clear(error))
+
+
 def _clear(error: SessionKitError) -> SessionKitError:
     if reasons.DEADLINE_EXCEEDED.matches(error):
         # The SDK's message ("no answer within the 30s deadline") does not say whose answer.
@@ -94,7 +99,7 @@ def validation_error(exc: RequestValidationError) -> InvalidArgument:
 def install(app: FastAPI) -> None:
     async def on_sessionkit(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, SessionKitError)
-        return error_response(_clear(exc))
+        return sessionkit_error_response(exc)
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

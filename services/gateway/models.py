@@ -295,6 +295,15 @@ class ScoreWeights(BaseModel):
     recency: float
 
 
+class RankFusion(BaseModel):
+    """relevance = (dense_weight / (k + dense rank) + lexical_weight / (k + lexical rank)) /
+    ((dense_weight + lexical_weight) / (k + 1)); a ranking that missed the hit adds 0."""
+
+    k: int
+    dense_weight: float
+    lexical_weight: float
+
+
 class SearchExplanation(BaseModel):
     """Why a hit scored what it did (only with ``explain: true``): score = weights.relevance *
     relevance + weights.quality * quality + weights.recency * recency (a null term counts 0)."""
@@ -306,6 +315,7 @@ class SearchExplanation(BaseModel):
     recency: float | None = Field(description="1 just changed, halving every half-life; null for knowledge.")
     weights: ScoreWeights
     score: float
+    fusion: RankFusion = Field(description="The fusion's constant and weights (relevance from the ranks).")
 
 
 class Explained(BaseModel):

@@ -43,7 +43,7 @@ from sessionkit_server.knowledge.base import (
 )
 from sessionkit_server.knowledge.ingest import KnowledgeIngestion
 from sessionkit_server.knowledge.records import Scope, SourceRecord, vector_collection
-from sessionkit_server.retrieval.explain import Explainer
+from sessionkit_server.retrieval.explain import Explainer, RankFusion
 from sessionkit_server.retrieval.fusion import rrf_normalized
 
 __all__ = [
@@ -60,7 +60,8 @@ class KnowledgeService(KnowledgeIngestion):
         await self.store.start()
         await self.drain_outbox()
         await self.migrate_vectors()
-        self._purger = asyncio.create_task(self._purge_forever(self.settings.purge_interval_seconds))
+        if not self.store.db.read_only:  # purging deletes: nothing to do on read-only storage
+            self._purger = asyncio.create_task(self._purge_forever(self.settings.purge_interval_seconds))
 
     async def close(self) -> None:
         await self.vectors.settle()
@@ -220,7 +221,8 @@ class KnowledgeService(KnowledgeIngestion):
             hits = [h for h in hits if h.score >= min_score]
         hits = hits[:limit]
         if explain:  # after the ranking, for the hits returned only: it cannot change what is found
-            explainer = Explainer(dense, lexical)
+            fusion = RankFusion(self.settings.rrf_k, 1.0, self.settings.weight_lexical_rank)
+            explainer = Explainer(dense, lexical, fusion)
             for hit in hits:  # chunks have no quality or recency: the score is the relevance
                 hit.explanation = explainer.explain(hit.chunk.id, fused[hit.chunk.id], hit.score)
         return hits

@@ -16,7 +16,7 @@ from sessionkit_server.common.timestamps import now_us
 from sessionkit_server.memory import tables as t
 from sessionkit_server.memory.base import Hit, JsonObject, MemoryBase
 from sessionkit_server.memory.records import ChangeRecord, MemoryRecord, owner_collections
-from sessionkit_server.retrieval.explain import Explainer
+from sessionkit_server.retrieval.explain import Explainer, RankFusion
 from sessionkit_server.retrieval.fusion import FusionWeights, fused_score, recency, rrf_normalized
 
 
@@ -130,7 +130,8 @@ class MemoryReads(MemoryBase):
             hits = [h for h in hits if h.score >= min_score]
         hits = hits[:limit]
         if explain:  # after the ranking, for the hits returned only: it cannot change what is found
-            explainer = Explainer(dense, lexical)
+            fusion = RankFusion(self.settings.rrf_k, 1.0, self.settings.weight_lexical_rank)
+            explainer = Explainer(dense, lexical, fusion)
             for hit in hits:
                 hit.explanation = explainer.explain(
                     hit.memory.id, fused[hit.memory.id], hit.score, weights, hit.quality, hit.recency

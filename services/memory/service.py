@@ -42,7 +42,8 @@ class MemoryService(MemoryExtraction):
         await self.store.start()
         await self.migrate_vectors()
         await self.drain_outbox()
-        self._purger = asyncio.create_task(self._purge_forever(self.settings.purge_interval_seconds))
+        if not self.store.db.read_only:  # purging deletes: nothing to do on read-only storage
+            self._purger = asyncio.create_task(self._purge_forever(self.settings.purge_interval_seconds))
 
     async def close(self) -> None:
         await self.vectors.settle()

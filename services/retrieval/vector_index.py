@@ -37,18 +37,20 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-import chromadb
 import httpx
-from chromadb.api import ClientAPI
-from chromadb.api.models.Collection import Collection
-from chromadb.api.types import PyEmbedding
-from chromadb.config import Settings
-from chromadb.errors import InternalError, NotFoundError
 
 from sessionkit import reasons
 from sessionkit.errors import FieldViolation, InvalidArgument
+
+if TYPE_CHECKING:
+    # chromadb takes over a second to import: a server that only answers state calls (the embedded
+    # server's first call; bench/cold_start.py) never pays it. It is imported on the index thread
+    # when the first memory or knowledge call connects.
+    from chromadb.api import ClientAPI
+    from chromadb.api.models.Collection import Collection
+    from chromadb.api.types import PyEmbedding
 
 MetadataValue = str | int | float | bool
 Metadata = dict[str, MetadataValue]
@@ -198,6 +200,9 @@ class ChromaIndex(VectorIndex):
         directory = Path(path).expanduser().resolve()
 
         def connect() -> ClientAPI:
+            import chromadb
+            from chromadb.config import Settings
+
             directory.mkdir(parents=True, exist_ok=True)
             return chromadb.PersistentClient(
                 path=str(directory), settings=Settings(anonymized_telemetry=False)
@@ -214,6 +219,9 @@ class ChromaIndex(VectorIndex):
         scheme = "https" if ssl else "http"
 
         def connect() -> ClientAPI:
+            import chromadb
+            from chromadb.config import Settings
+
             # chromadb's own HTTP session has no timeout (a hung server would hang this thread
             # forever), so probe with one first, then give the session one.
             httpx.get(f"{scheme}://{host}:{port}/api/v2/heartbeat", timeout=timeout).raise_for_status()
@@ -271,6 +279,8 @@ class ChromaIndex(VectorIndex):
                 metadata={LOGICAL_NAME_KEY: logical},
             )
         else:
+            from chromadb.errors import NotFoundError  # imported by the client already: cheap
+
             try:
                 collection = client.get_collection(name, embedding_function=None)
             except NotFoundError:
@@ -286,6 +296,8 @@ class ChromaIndex(VectorIndex):
         so is one on which Chroma's core raised ``InternalError`` (e.g. a segment reader it could not
         open): a second failure of that kind is the index being unavailable, a retryable 503, not a
         500."""
+        from chromadb.errors import InternalError, NotFoundError  # imported by the client already
+
         name = collection_name(logical)
         for attempt in range(2):
             collection = self._collection(logical, create)
@@ -437,6 +449,8 @@ class ChromaIndex(VectorIndex):
         name = collection_name(collection)
 
         def op() -> None:
+            from chromadb.errors import NotFoundError
+
             self._collections.pop(name, None)
             with contextlib.suppress(NotFoundError):
                 self._get_client().delete_collection(name)

@@ -8,12 +8,15 @@ from collections.abc import Mapping
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, delete, or_, select
+from sqlalchemy import Connection, Row, and_, bindparam, delete, insert, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 
 from sessionkit.errors import SessionNotFound
 from sessionkit.jsonvalues import loads
-from sessionkit_server.common.idempotency import IdempotencyLedger, KeySpace, key_state
+from sessionkit_server.common.driver_sql import SqliteStatement
+from sessionkit_server.common.idempotency import IdempotencyLedger, KeySpace, KeyTaken, key_state
+from sessionkit_server.common.pg_reads import CompiledRead
 from sessionkit_server.state import tables as t
 from sessionkit_server.state.store import (
     EventRecord,
@@ -92,7 +95,7 @@ _LOCK = (
     .with_for_update(of=t.sessions)
 )
 _U, _A = t.user_states.c, t.app_states.c
-READ_STATE = (
+READ_STATE = CompiledRead(
     select(t.sessions, _U.state.label("user_state"), _A.state.label("app_state"))
     .outerjoin(t.user_states, and_(_U.app_name == _S.app_name, _U.user_id == _S.user_id))
     .outerjoin(t.app_states, _A.app_name == _S.app_name)
@@ -109,7 +112,14 @@ def dialect_insert(conn: Connection) -> Any:
     return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
 
 
-def lock_session(conn: Connection, key: SessionKey, now_us: int, idempotency_key: str) -> Row[Any]:
+_LOCK_SQLITE = SqliteStatement(_LOCK)  # SQLite locks the database at BEGIN IMMEDIATE instead
+_SQLITE_INSERT_KEY = SqliteStatement(
+    insert(t.idempotency),
+    column_keys=("app_name", "user_id", "scope", "key", "method", "response", "create_us"),
+)
+
+
+def lock_session(conn: Connection, key: SessionKey, now_us: int, idempotency_key: str) -> Mapping[str, Any]:
     """The live session's row, locked, with the record of ``idempotency_key`` (``idem_*``)."""
     params = {
         "p_app": key.app_name,
@@ -118,21 +128,25 @@ def lock_session(conn: Connection, key: SessionKey, now_us: int, idempotency_key
         "p_now": now_us,
         "p_idem": idempotency_key,
     }
-    row = conn.execute(_LOCK, params).first()
-    if row is None:
+    found: Mapping[str, Any] | None
+    if conn.dialect.name == "sqlite":
+        found = _LOCK_SQLITE.first(conn, params)
+    else:
+        row = conn.execute(_LOCK, params).first()
+        found = None if row is None else dict(row._mapping)
+    if found is None:
         raise not_found(key)
-    return row
+    return found
 
 
 class WriteKey:
     """The idempotency key of a write on a locked session, decided by the shared ledger's rules."""
 
     def __init__(
-        self, keys: IdempotencyLedger, row: Row[Any], key: SessionKey, idem: str, method: str
+        self, keys: IdempotencyLedger, m: Mapping[str, Any], key: SessionKey, idem: str, method: str
     ) -> None:
         self.keys, self.idem, self.method = keys, idem, method
         self.space = KeySpace(key.app_name, key.user_id, key.session_id)
-        m = row._mapping
         self._stored = SimpleNamespace(
             method=m["idem_method"], response=m["idem_response"], create_us=m["idem_us"]
         )
@@ -146,7 +160,17 @@ class WriteKey:
     def record(self, conn: Connection, response: bytes, now_us: int) -> None:
         if not self.idem:
             return
-        if self._stored.method is None:  # no record at all: the insert alone
+        if self._stored.method is None and conn.dialect.name == "sqlite":
+            # No record at all: the insert alone (on the driver connection, the write's hot path).
+            s = self.space
+            row = {"app_name": s.app_name, "user_id": s.user_id, "scope": s.scope, "key": self.idem}
+            try:
+                _SQLITE_INSERT_KEY.execute(
+                    conn, {**row, "method": self.method, "response": response, "create_us": now_us}
+                )
+            except IntegrityError as error:
+                raise KeyTaken from error
+        elif self._stored.method is None:  # no record at all: the insert alone
             self.keys.insert_in(conn, self.space, self.idem, self.method, response, now_us)
         else:  # an expired record is replaced
             self.keys.record_in(conn, self.space, self.idem, self.method, response, now_us)

@@ -15,6 +15,7 @@ from typing import TypeVar
 from sqlalchemy import Connection, delete, insert, select, update
 
 from sessionkit import reasons
+from sessionkit.errors import ServiceUnavailable
 from sessionkit.jsonvalues import dumps, loads
 from sessionkit_server.common.db import Database
 from sessionkit_server.common.idempotency import IdempotencyLedger
@@ -128,7 +129,17 @@ class SqlStateStore(StateStore):
                 )
             return session_record(values), True
 
-        return await self.db.write(run)
+        try:
+            return await self.db.write(run)
+        except ServiceUnavailable as error:
+            # Read-only storage: getting a session that exists needs no write, and the SDK gets its
+            # session this way before every read.
+            if not get_if_exists or error.reason != reasons.STORAGE_READ_ONLY.name:
+                raise
+            found = await self.get_session(key, now_us)
+            if found is None:
+                raise
+            return found, False
 
     async def get_session(self, key: SessionKey, now_us: int) -> SessionRecord | None:
         def run(conn: Connection) -> SessionRecord | None:
@@ -170,19 +181,15 @@ class SqlStateStore(StateStore):
         # One statement: the session row with its user and app scopes joined in.
         params = {"p_app": key.app_name, "p_user": key.user_id, "p_session": key.session_id, "p_now": now_us}
 
-        def run(conn: Connection) -> tuple[SessionRecord, JsonObject, JsonObject, JsonObject]:
-            row = conn.execute(READ_STATE, params).first()
-            if row is None:
-                raise not_found(key)
-            m = row._mapping
-            return (
-                session_record(row),
-                loads(m["state"]),
-                loads(m["user_state"] or "{}"),
-                loads(m["app_state"] or "{}"),
-            )
-
-        return await self.db.read(run)
+        m = await self.db.read_row(READ_STATE, params)
+        if m is None:
+            raise not_found(key)
+        return (
+            session_record(m),
+            loads(m["state"]),
+            loads(m["user_state"] or "{}"),
+            loads(m["app_state"] or "{}"),
+        )
 
     async def write(
         self, key: SessionKey, idempotency_key: str, now_us: int, apply: Callable[[WriteTx], T]
@@ -239,7 +246,7 @@ class SqlStateStore(StateStore):
 
         def run(conn: Connection) -> EventRecord:
             row = lock_session(conn, key, now_us, idempotency_key)
-            pk = row._mapping["pk"]
+            pk = row["pk"]
             idem = WriteKey(self.keys, row, key, idempotency_key, EVENT_APPEND)
             earlier = idem.replayed(now_us)
             if earlier is not None:
@@ -257,7 +264,7 @@ class SqlStateStore(StateStore):
                 )
                 .returning(e.id)
             ).scalar_one()
-            ttl = row._mapping["ttl_seconds"]
+            ttl = row["ttl_seconds"]
             conn.execute(
                 update(t.sessions)
                 .where(t.sessions.c.pk == pk)

@@ -4,11 +4,13 @@ and the idempotency record) in the write's transaction."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, insert, select, update
 
 from sessionkit.jsonvalues import dumps, loads
+from sessionkit_server.common.driver_sql import SqliteStatement
 from sessionkit_server.state import tables as t
 from sessionkit_server.state.sql_rows import WriteKey, dialect_insert, expire_at, session_record
 from sessionkit_server.state.store import Change, JsonObject, Operation, WriteTx
@@ -28,6 +30,11 @@ _INSERT_VERSION = insert(t.state_versions)
 _PRUNE_VERSIONS = delete(t.state_versions).where(
     _V.session_pk == bindparam("p_pk"), _V.version <= bindparam("p_oldest")
 )
+_VERSION_COLUMNS = ("session_pk", "version", "operation", "key", "value", "state", "time_us")
+# The same statements on SQLite's driver connection (sessionkit_server.common.driver_sql).
+_SQLITE_UPDATE_SESSION = SqliteStatement(_UPDATE_SESSION)
+_SQLITE_INSERT_VERSION = SqliteStatement(_INSERT_VERSION, column_keys=_VERSION_COLUMNS)
+_SQLITE_PRUNE_VERSIONS = SqliteStatement(_PRUNE_VERSIONS)
 
 
 class _Scope:
@@ -43,13 +50,14 @@ class _Scope:
 
 
 class SqlWriteTx(WriteTx):
-    def __init__(self, conn: Connection, row: Row[Any], now_us: int, key: WriteKey) -> None:
+    def __init__(self, conn: Connection, row: Mapping[str, Any], now_us: int, key: WriteKey) -> None:
         self._conn = conn
+        self._sqlite = conn.dialect.name == "sqlite"
         self._key = key
-        self._pk: int = row._mapping["pk"]
+        self._pk: int = row["pk"]
         self._now_us = now_us
         self.session = session_record(row)
-        self.state = loads(row._mapping["state"])
+        self.state = loads(row["state"])
         self.replayed_response = key.replayed(now_us)
         self._user: _Scope | None = None
         self._app: _Scope | None = None
@@ -88,10 +96,17 @@ class SqlWriteTx(WriteTx):
         conn, now, version = self._conn, self._now_us, self.next_version
         state_text = dumps(self.state)
         expire = expire_at(self.session.ttl_seconds, now)
-        conn.execute(
-            _UPDATE_SESSION,
-            {"p_pk": self._pk, "p_state": state_text, "p_version": version, "p_now": now, "p_expire": expire},
-        )
+        session = {
+            "p_pk": self._pk,
+            "p_state": state_text,
+            "p_version": version,
+            "p_now": now,
+            "p_expire": expire,
+        }
+        if self._sqlite:
+            _SQLITE_UPDATE_SESSION.execute(conn, session)
+        else:
+            conn.execute(_UPDATE_SESSION, session)
         k = self.session.key
         if self._user is not None and self._user.changed:
             u = t.user_states.c
@@ -107,18 +122,22 @@ class SqlWriteTx(WriteTx):
                 .values(state=dumps(self._app.state), update_us=now)
             )
         has_value = change.value is not None or change.operation == Operation.SET
-        conn.execute(
-            _INSERT_VERSION,
-            {
-                "session_pk": self._pk,
-                "version": version,
-                "operation": int(change.operation),
-                "key": change.key,
-                "value": dumps(change.value) if has_value else None,
-                "state": state_text,
-                "time_us": now,
-            },
-        )
-        if version > history_limit:
-            conn.execute(_PRUNE_VERSIONS, {"p_pk": self._pk, "p_oldest": version - history_limit})
+        version_row = {
+            "session_pk": self._pk,
+            "version": version,
+            "operation": int(change.operation),
+            "key": change.key,
+            "value": dumps(change.value) if has_value else None,
+            "state": state_text,
+            "time_us": now,
+        }
+        prune = {"p_pk": self._pk, "p_oldest": version - history_limit}
+        if self._sqlite:
+            _SQLITE_INSERT_VERSION.execute(conn, version_row)
+            if version > history_limit:
+                _SQLITE_PRUNE_VERSIONS.execute(conn, prune)
+        else:
+            conn.execute(_INSERT_VERSION, version_row)
+            if version > history_limit:
+                conn.execute(_PRUNE_VERSIONS, prune)
         self._key.record(conn, response, now)

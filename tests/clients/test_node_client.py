@@ -6,8 +6,10 @@ The server checks API keys, so every call proves the client sends its key."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ import pytest
 
 from sessionkit_server.common.auth import server_interceptors
 from sessionkit_server.common.config import ServerSettings
+from tests.faults.support import Served
 from tests.llm_server import LLMServer, Received, Reply, ToolCall
 from tests.node_tools import NODE, NODE_DIR, ROOT, needs_node, node_modules
 from tests.servers import ServerThread
@@ -107,6 +110,19 @@ def test_node_client_balances_over_addresses(tmp_path: Path) -> None:
     finally:
         for server in servers:
             server.stop()
+
+
+def test_node_client_fails_on_a_stopped_server_within_its_keepalive(tmp_path: Path) -> None:
+    """A server process stopped with SIGSTOP (by the Node test, which continues it after): an open
+    watch and a call without a deadline fail within the keepalive bound (issue 14, Faults)."""
+    served = Served(tmp_path / "data")
+    try:
+        env = {"SESSIONKIT_ADDRESS": served.address, "SESSIONKIT_SERVER_PID": str(served.child.proc.pid)}
+        _run_tests("silence.test.js", env)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(served.child.proc.pid, signal.SIGCONT)
+        served.close()
 
 
 def test_docs_example_runs(server: ServerThread, tmp_path: Path) -> None:

@@ -156,3 +156,26 @@ async def test_a_claim_is_per_session_and_completes_or_is_abandoned(store: Agent
 async def test_concurrent_claims_of_one_key_exactly_one_wins(store: AgentStore) -> None:
     claims = await asyncio.gather(*(store.claim(S1, "k1", "Chat", now_us()) for _ in range(8)))
     assert [c.claimed for c in claims].count(True) == 1, claims
+
+
+async def test_claim_and_lease_commit_together_and_release_completes_the_key(store: AgentStore) -> None:
+    """A turn's key and lease: taken in one transaction, completed (or dropped) with the release."""
+    t = now_us()
+    claim, leased = await store.claim_and_lease(S1, "k1", "Chat", "turn-a", t, TTL)
+    assert claim.claimed and leased
+    # Another key while the conversation is busy: the key is claimed, the lease is not taken.
+    claim, leased = await store.claim_and_lease(S1, "k2", "Chat", "turn-b", t + 1, TTL)
+    assert claim.claimed and not leased
+    # A repeat of a running key takes neither.
+    claim, leased = await store.claim_and_lease(S1, "k1", "Chat", "turn-c", t + 2, TTL)
+    assert (claim.claimed, claim.response, leased) == (False, None, False)
+    await store.release_lease(S1, "turn-a", "k1", b"answer")
+    assert await store.try_lease(S1, "turn-b", t + 3, TTL)  # released ...
+    done = await store.claim(S1, "k1", "Chat", t + 4)
+    assert (done.claimed, done.response) == (False, b"answer")  # ... and completed, at once
+    # A failed call (no response) drops its claim with the lease: a retry runs it again.
+    await store.release_lease(S1, "turn-b", "k2")
+    claim, leased = await store.claim_and_lease(S1, "k2", "Chat", "turn-d", t + 5, TTL)
+    assert claim.claimed and leased
+    replay, leased = await store.claim_and_lease(S1, "k1", "Chat", "turn-e", t + 6, TTL)
+    assert (replay.response, leased) == (b"answer", False)

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from sessionkit import Session
-from sessionkit.errors import ResourceExhausted
+from sessionkit.errors import ResourceExhausted, ServiceUnavailable
 from tests.faults.support import Served
 from tests.servers import ROOT, child_env
 
@@ -76,9 +76,82 @@ def test_a_full_disk_refuses_writes_clearly_and_keeps_reads(disk: Path, served: 
         assert remote.get_state("big") == BIG and direct.state_version() == version + 1
 
 
-def test_a_read_only_data_directory_is_refused_at_start_in_one_line(tmp_path: Path) -> None:
-    """The server cannot keep its SQLite store on a read-only mount: it says so and exits 1, with no
-    traceback (it used to die in an OSError's traceback from its lock file)."""
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str = "8m") -> Iterator[Path]:
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.mark.parametrize("end", ["kill", "stop"])
+def test_data_on_read_only_storage_is_served_read_only(tmp_path: Path, end: str) -> None:
+    """A data directory that went read-only (a mount remounted read-only after the server died): serve
+    starts on it, reads answer everything it holds (writes the killed server left in SQLite's WAL
+    included), and every write is refused at once with STORAGE_READ_ONLY (UNAVAILABLE, HTTP 503, not
+    retried), on both transports. The storage is really read-only: the tmpfs is remounted ro (a mount
+    with a writer open cannot be, so the first server ends first: killed, its last writes left in the
+    WAL, or stopped, the WAL checkpointed and gone)."""
+    if os.geteuid() != 0:
+        pytest.skip("remounting a tmpfs read-only needs root (CI runs as root)")
+    with tmpfs(tmp_path / "mnt") as mount:
+        first = Served(mount / "data", log_dir=tmp_path)
+        with Session("ro", user_id="u", address=first.address, timeout=10) as session:
+            session.save_state({"kept": {"a": 1}, "n": 1})
+            session.add_event("user", "hello")
+            version = session.state_version()
+        if end == "kill":
+            first.close()
+        else:
+            assert first.child.stop() == 0
+        assert (mount / "data" / "sessionkit.db-wal").exists() == (end == "kill")
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        if end == "kill":
+            # Memory and knowledge keep the embedded Chroma there, which cannot open read-only: one line.
+            done = subprocess.run(
+                [sys.executable, "-m", "sessionkit.cli", "serve", "--port", "0"],
+                env=child_env(SESSIONKIT_DATA_DIR=str(mount / "data"), SESSIONKIT_HTTP_PORT="0"),
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+            assert "served read-only with --service state" in done.stderr
+        served = Served(mount / "data", http=True, log_dir=tmp_path)
+        try:
+            with (
+                Session("ro", user_id="u", address=served.address, timeout=10) as direct,
+                Session("ro", user_id="u", agent_url=f"{served.url}/agent", timeout=10) as remote,
+            ):
+                for session in (direct, remote):
+                    assert session.restore_state() == {"kept": {"a": 1}, "n": 1}
+                    assert session.state_version() == version
+                    started = time.monotonic()
+                    with pytest.raises(ServiceUnavailable) as refused:
+                        session.set_state("n", 2)
+                    assert refused.value.reason == "STORAGE_READ_ONLY", refused.value
+                    assert "read-only" in str(refused.value)
+                    assert time.monotonic() - started < 5  # refused, not retried until the deadline
+                assert [e.content for e in direct.get_events()] == ["hello"]
+                with pytest.raises(ServiceUnavailable, match="read-only"):
+                    Session("new", user_id="u", address=served.address, timeout=10).set_state("a", 1)
+            with httpx.Client(base_url=served.url, timeout=10) as http:
+                reply = http.put("/v1/sessions/ro/state/n", params={"user_id": "u"}, json={"value": 3})
+                assert reply.status_code == 503, reply.text
+                assert reply.json()["error"]["reason"] == "STORAGE_READ_ONLY"
+                state = http.get("/v1/sessions/ro/state", params={"user_id": "u"}).json()["state"]
+                assert state == {"kept": {"a": 1}, "n": 1}
+            assert "is read-only" in served.child.log() and "serving reads" in served.child.log()
+        finally:
+            served.close()
+
+
+def test_a_read_only_data_directory_without_data_is_refused_at_start_in_one_line(tmp_path: Path) -> None:
+    """A read-only directory with no database holds nothing to serve: serve says so and exits 1, with
+    no traceback (it used to die in an OSError's traceback from its lock file)."""
     if os.geteuid() != 0:
         pytest.skip("mounting a read-only tmpfs needs root (CI runs as root)")
     read_only = tmp_path / "ro"

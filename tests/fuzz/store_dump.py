@@ -1,10 +1,18 @@
-"""A dump of everything a server stored in its SQLite database, to compare before and after a request
-that was refused: a refused request writes nothing."""
+"""A dump of everything a server stored in its database (SQLite or PostgreSQL), to compare before and
+after a request that was refused: a refused request writes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+
+T = TypeVar("T")
 
 #: Tables a server writes on its own schedule, whatever the requests (the memory and knowledge vector
 #: outboxes drain in the background after an accepted write).
@@ -37,3 +45,40 @@ def difference(before: Dump, after: Dump, limit: int = 5) -> str:
             removed = [row[:300] for row in sorted(old - new)[:limit]]
             lines.append(f"{table}: +{len(new - old)} {added} -{len(old - new)} {removed}")
     return "\n".join(lines)
+
+
+class PgDump:
+    """The same dump of a PostgreSQL database (every table of its public schema, each row as JSON), in
+    one query on one connection kept open: a dump runs twice per fuzzed request."""
+
+    def __init__(self, url: str) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="pg-dump")
+        self._thread.start()
+        self._conn = self._run(asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://")))
+        names = [
+            r["tablename"]
+            for r in self._run(
+                self._conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
+            )
+            if r["tablename"] not in BACKGROUND_TABLES
+        ]
+        self._names = names
+        self._sql = " UNION ALL ".join(
+            f"SELECT '{n}' AS t, to_jsonb(x)::text AS r FROM \"{n}\" x" for n in names
+        )
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=60)
+
+    def __call__(self) -> Dump:
+        out: Dump = {name: [] for name in self._names}
+        for row in self._run(self._conn.fetch(self._sql)):
+            out[row["t"]].append((row["r"],))
+        return {name: sorted(rows, key=repr) for name, rows in out.items()}
+
+    def close(self) -> None:
+        self._run(self._conn.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()

@@ -4,15 +4,18 @@ Requests are generated from the proto descriptors (tests/fuzz/proto_strategies.p
 type, with boundary values, huge and negative numbers, NaN and infinities, NUL and very long strings,
 unknown enum numbers, invalid Timestamps and Durations, deep Structs, long repeated fields, and wire
 bytes a protobuf library would not build (invalid UTF-8, garbage, truncation). One server runs all four
-services on SQLite (its agent's model a scripted OpenAI-compatible server). For every request:
+services on SQLite (its agent's model a scripted OpenAI-compatible server), another on a throwaway
+PostgreSQL database with fewer examples (the stores differ in what they accept: NUL, sizes, numbers).
+For every request:
 
 - the status is one of the documented codes (never INTERNAL or UNKNOWN), and every refusal carries
   the sessionkit error details (ErrorInfo), so it came from the services' error mapping;
 - the call ends before its deadline (no hang);
 - a refused request (any status but OK) leaves the database as it was (a dump before and after).
 
-CI runs a bounded number of examples per RPC with a seed derived from SESSIONKIT_FUZZ_SEED (default 1)
-and the RPC's name, so every clone fuzzes the same cases; SESSIONKIT_FUZZ_EXAMPLES=N runs N per RPC.
+CI runs a bounded number of examples per RPC (5 on SQLite, 2 on PostgreSQL; 2 and 1 for the costly
+RPCs) with a seed derived from SESSIONKIT_FUZZ_SEED (default 1) and the RPC's name, so every clone
+fuzzes the same cases, the first ones on both stores; SESSIONKIT_FUZZ_EXAMPLES=N runs N per RPC on both.
 A failure names the seed and the request."""
 
 from __future__ import annotations
@@ -21,9 +24,8 @@ import os
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -39,13 +41,15 @@ from hypothesis import strategies as st
 from sessionkit.v1 import agent_pb2, common_pb2, knowledge_pb2, memory_pb2, state_pb2
 from tests.fuzz.conftest import Services
 from tests.fuzz.proto_strategies import ProtoStrategies, wire_mutations
-from tests.fuzz.store_dump import difference, dump
+from tests.fuzz.store_dump import Dump, difference
 
 pytestmark = pytest.mark.slow
 
 FUZZ_SEED = int(os.environ.get("SESSIONKIT_FUZZ_SEED", "1"))
 #: Examples per RPC: CI's bounded run; SESSIONKIT_FUZZ_EXAMPLES for a longer one.
 EXAMPLES = int(os.environ.get("SESSIONKIT_FUZZ_EXAMPLES", "0")) or 5
+#: The PostgreSQL run's examples per RPC: the same first cases as SQLite's, fewer of them.
+PG_EXAMPLES = int(os.environ.get("SESSIONKIT_FUZZ_EXAMPLES", "0")) or 2
 #: RPCs that run a model turn or an ingestion per request: fewer examples in the bounded run.
 COSTLY = {"Chat", "ChatStream", "RunWorkflow", "ExtractMemories", "AddKnowledgeSource", "UploadKnowledgeFile"}
 #: A call's deadline; one that ends with DEADLINE_EXCEEDED at or after it hung.
@@ -221,7 +225,8 @@ def has_error_info(status: Any) -> bool:
 @dataclass
 class FuzzTarget:
     channel: grpc.Channel
-    db_file: Path
+    dump: Callable[[], Dump]
+    backend: str
 
     def ensure_fixtures(self) -> None:
         """The sessions and the agent generated requests name: a fuzzed DeleteSession removes them."""
@@ -252,13 +257,14 @@ class FuzzTarget:
         )
 
 
-@pytest.fixture(scope="module")
-def target(services: Services) -> Iterator[FuzzTarget]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def target(request: pytest.FixtureRequest) -> Iterator[FuzzTarget]:
+    services: Services = request.getfixturevalue("services" if request.param == "sqlite" else "pg_services")
     channel = grpc.insecure_channel(
         services.server.address, options=[("grpc.max_send_message_length", 64 << 20)]
     )
     try:
-        fuzz = FuzzTarget(channel, services.db_file)
+        fuzz = FuzzTarget(channel, services.dump, services.backend)
         fuzz.ensure_fixtures()
         yield fuzz
     finally:
@@ -294,17 +300,22 @@ def rpc_seed(rpc: Rpc) -> int:
 def test_generated_requests_get_documented_codes_and_refusals_write_nothing(
     target: FuzzTarget, rpc: Rpc
 ) -> None:
-    examples = max(2, EXAMPLES // 3) if rpc.method.name in COSTLY else EXAMPLES
+    many = EXAMPLES if target.backend == "sqlite" else PG_EXAMPLES
+    examples = max(1, many // 3) if rpc.method.name in COSTLY else many
+    if target.backend == "sqlite":
+        examples = max(2, examples)
 
     @seed(rpc_seed(rpc))
     @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(messages=requests_for(rpc))
     def run(messages: list[bytes]) -> None:
         target.ensure_fixtures()
-        before = dump(target.db_file)
+        before = target.dump()
         outcome = call(target.channel, rpc, messages)
-        OUTCOMES[rpc.method.name, outcome.code.name] += 1
-        SAMPLES.setdefault((rpc.method.name, outcome.code.name), []).append(outcome.details)
+        OUTCOMES[f"{target.backend}:{rpc.method.name}", outcome.code.name] += 1
+        SAMPLES.setdefault((f"{target.backend}:{rpc.method.name}", outcome.code.name), []).append(
+            outcome.details
+        )
         assert outcome.elapsed < DEADLINE - 1, f"{rpc.path} hung ({outcome.elapsed:.1f} s): {outcome.details}"
         assert outcome.code in DOCUMENTED | {grpc.StatusCode.OK}, (
             f"{rpc.path}: {outcome.code} {outcome.details}"
@@ -316,7 +327,7 @@ def test_generated_requests_get_documented_codes_and_refusals_write_nothing(
             assert has_error_info(outcome.status), (
                 f"{rpc.path}: {outcome.code} without ErrorInfo: {outcome.details}"
             )
-        changed = difference(before, dump(target.db_file))
+        changed = difference(before, target.dump())
         assert not changed, (
             f"{rpc.path} refused ({outcome.code.name} {outcome.details}) but wrote:\n{changed}"
         )
@@ -325,7 +336,8 @@ def test_generated_requests_get_documented_codes_and_refusals_write_nothing(
         run()
     except BaseException as error:
         error.add_note(
-            f"reproduce: SESSIONKIT_FUZZ_SEED={FUZZ_SEED} (hypothesis seed {rpc_seed(rpc)} for {rpc.path})"
+            f"reproduce: SESSIONKIT_FUZZ_SEED={FUZZ_SEED} (hypothesis seed {rpc_seed(rpc)} for {rpc.path} "
+            f"on {target.backend})"
         )
         raise
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 
@@ -18,8 +19,8 @@ from tests.servers import ServerThread
 
 
 @pytest.fixture
-def retrieval_gateway(database_url: str, tmp_path: Path) -> Iterator[GatewayThread]:
-    """State, memory and knowledge on each backend, behind a gateway."""
+def retrieval_server(database_url: str, tmp_path: Path) -> Iterator[ServerThread]:
+    """State, memory and knowledge on each backend."""
     settings = ServerSettings(
         port=0,
         data_dir=tmp_path / "data",
@@ -28,10 +29,16 @@ def retrieval_gateway(database_url: str, tmp_path: Path) -> Iterator[GatewayThre
         log_format="text",
     )
     server = ServerThread(settings).start()
-    gateway = gateway_for(server)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def retrieval_gateway(retrieval_server: ServerThread) -> Iterator[GatewayThread]:
+    """The server behind a gateway."""
+    gateway = gateway_for(retrieval_server)
     yield gateway
     gateway.stop()
-    server.stop()
 
 
 def test_memories_and_knowledge_round_trip(retrieval_gateway: GatewayThread, tmp_path: Path) -> None:
@@ -157,3 +164,49 @@ def test_memory_context_history_filter_and_idempotent_writes(retrieval_gateway: 
         first = http.delete(f"{base}/knowledge/porto?user_id=ann", headers=drop)
         assert first.json() == http.delete(f"{base}/knowledge/porto?user_id=ann", headers=drop).json()
         assert first.json()["deleted"] is True
+
+
+def test_memory_and_knowledge_writes_name_their_owner_and_need_no_session(
+    retrieval_server: ServerThread, retrieval_gateway: GatewayThread
+) -> None:
+    """The chosen rule (docs/ERRORS.md "Sessions, memory and knowledge"): memory and knowledge writes
+    on a session id the state service does not know are accepted on both transports, and create no
+    session. The ids name the owner; LONG memories and USER/COLLECTION sources belong to no session,
+    and a memory-only or knowledge-only deployment has no state service to ask."""
+    from sessionkit.v1 import common_pb2, knowledge_pb2, knowledge_pb2_grpc, memory_pb2, memory_pb2_grpc
+
+    with httpx.Client(base_url=retrieval_gateway.url, timeout=120) as http:
+        base = "/v1/sessions/never-created"
+        short = http.post(
+            f"{base}/memories?user_id=ann", json={"text": "Asked about trains", "memory_type": "short"}
+        )
+        assert short.status_code == 201, short.text
+        source = http.post(f"{base}/knowledge?user_id=ann", json={"text": "Trains run hourly.", "name": "t"})
+        assert source.status_code == 201, source.text
+
+        # Over gRPC, the same: a SHORT memory and a SESSION source of a session that does not exist.
+        channel = grpc.insecure_channel(retrieval_server.address)
+        ref = common_pb2.SessionRef(user_id="ann", session_id="never-created-2")
+        memory_pb2_grpc.MemoryServiceStub(channel).AddMemory(  # type: ignore[no-untyped-call]
+            memory_pb2.AddMemoryRequest(
+                session=ref, text="Asked about buses", memory_type=memory_pb2.MEMORY_TYPE_SHORT
+            ),
+            timeout=120,
+        )
+        stream = knowledge_pb2_grpc.KnowledgeServiceStub(channel).AddKnowledgeSource(  # type: ignore[no-untyped-call]
+            knowledge_pb2.AddKnowledgeSourceRequest(session=ref, text="Buses run every ten minutes."),
+            timeout=120,
+        )
+        assert [r.WhichOneof("event") for r in stream] == ["result"]
+        channel.close()
+
+        # Neither write created a session, and what each wrote is readable through the other transport.
+        for sid in ("never-created", "never-created-2"):
+            assert_error(http.get(f"/v1/sessions/{sid}?user_id=ann"), 404, "SESSION_NOT_FOUND")
+        listed = http.get("/v1/sessions/never-created-2/memories?user_id=ann&memory_type=short").json()
+        assert [m["text"] for m in listed["memories"]] == ["Asked about buses"]
+        assert [s["name"] for s in http.get(f"{base}/knowledge?user_id=ann").json()["sources"]] == ["t"]
+        # Creating the session later finds its short memories there.
+        assert http.post("/v1/sessions?user_id=ann", json={"session_id": "never-created"}).status_code == 201
+        listed = http.get(f"{base}/memories?user_id=ann&memory_type=short").json()
+        assert [m["text"] for m in listed["memories"]] == ["Asked about trains"]

@@ -99,13 +99,13 @@ async def test_the_model_is_loaded_once_per_process(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(embeddings, "_models", {})  # a fresh process cache (restored afterwards)
     monkeypatch.setattr(sentence_transformers, "SentenceTransformer", counting)
-    first, second = LocalEmbedder(), LocalEmbedder()
+    first, second = LocalEmbedder(runtime="torch"), LocalEmbedder(runtime="torch")
     assert first.dimension == second.dimension == 0  # not loaded yet: lazily, on first use
     a, b = await asyncio.gather(first.embed_one("hello"), second.embed_one("hello"))
     assert loads == [str(default_model_path().resolve())]
     assert a == b
     assert first.dimension == second.dimension == 384
-    third = LocalEmbedder()  # the model is there already: its dimension is known at once
+    third = LocalEmbedder(runtime="torch")  # the model is there already: its dimension is known at once
     assert third.dimension == 384
     await third.embed_one("again")
     assert len(loads) == 1

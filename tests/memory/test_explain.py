@@ -4,13 +4,15 @@ counts them, and its gRPC form with unset rankings and terms left unset."""
 from __future__ import annotations
 
 from sessionkit.explain import explanation_dict
-from sessionkit_server.retrieval.explain import Explainer, Ranked, explanation_message
+from sessionkit_server.retrieval.explain import Explainer, Ranked, RankFusion, explanation_message
 from sessionkit_server.retrieval.fusion import FusionWeights
+
+FUSION = RankFusion(10, 1.0, 0.5)
 
 
 def test_ranks_are_first_places_and_a_missing_ranking_is_none() -> None:
     # A repeated id (two partitions) counts at its first place, as rrf() counts it.
-    explainer = Explainer([("a", 0.9), ("b", 0.8), ("a", 0.1)], [("b", 7.0), ("c", 2.0)])
+    explainer = Explainer([("a", 0.9), ("b", 0.8), ("a", 0.1)], [("b", 7.0), ("c", 2.0)], FUSION)
     a = explainer.explain("a", 0.7, 0.8, FusionWeights(), 0.5, 1.0)
     assert a.dense == Ranked(1, 0.9) and a.lexical is None
     assert explainer.explain("b", 1.0, 1.0).dense == Ranked(2, 0.8)
@@ -21,7 +23,7 @@ def test_ranks_are_first_places_and_a_missing_ranking_is_none() -> None:
 
 
 def test_the_message_round_trips_and_leaves_absent_parts_unset() -> None:
-    explainer = Explainer([("a", 0.9)], [("c", 2.0)])
+    explainer = Explainer([("a", 0.9)], [("c", 2.0)], FUSION)
     memory = explanation_message(explainer.explain("a", 0.6, 0.7, FusionWeights(), 0.5, 0.25))
     assert not memory.HasField("lexical") and memory.HasField("quality")
     assert explanation_dict(memory) == {
@@ -32,6 +34,7 @@ def test_the_message_round_trips_and_leaves_absent_parts_unset() -> None:
         "recency": 0.25,
         "weights": {"relevance": 0.75, "quality": 0.15, "recency": 0.10},
         "score": 0.7,
+        "fusion": {"k": 10, "dense_weight": 1.0, "lexical_weight": 0.5},
     }
     chunk = explanation_message(explainer.explain("c", 0.3, 0.3))
     assert not chunk.HasField("dense") and not chunk.HasField("quality") and not chunk.HasField("recency")

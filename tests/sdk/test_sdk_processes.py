@@ -343,6 +343,55 @@ def test_kill9_during_writes_keeps_every_acknowledged_write(database_url: str, t
     assert state.get(f"k{in_flight}", in_flight) == in_flight
 
 
+def test_kill9_during_grouped_writes_keeps_every_acknowledged_write(tmp_path: Path) -> None:
+    # Eight concurrent writers on SQLite: their writes commit in shared transactions (group commit),
+    # and each is acknowledged only after its group's COMMIT, so none acknowledged is lost.
+    data_dir = tmp_path / "data"
+    server = ServerProcess(free_port(), data_dir, "")
+    acked: dict[int, list[int]] = {w: [] for w in range(8)}
+    stop = threading.Event()
+
+    def write(w: int) -> None:
+        session = Session(f"grouped-{w}", user_id="writer", address=server.address, timeout=2)
+        i = 0
+        try:
+            while not stop.is_set():
+                session.set_state(f"k{i}", i)
+                acked[w].append(i)
+                i += 1
+        except (ServiceUnavailable, DeadlineExceeded):
+            return
+
+    writers = [threading.Thread(target=write, args=(w,), daemon=True) for w in range(8)]
+    for writer in writers:
+        writer.start()
+    try:
+        wait_until(lambda: sum(map(len, acked.values())) >= 400, 60, "400 acknowledged writes")
+        server.kill9()
+        for writer in writers:
+            writer.join(timeout=20)
+        assert not any(writer.is_alive() for writer in writers)
+    finally:
+        stop.set()
+        if server.proc.poll() is None:
+            server.kill9()
+        server.stderr_text()
+    restarted = ServerProcess(free_port(), data_dir, "")
+    try:
+        states = {
+            w: Session(
+                f"grouped-{w}", user_id="writer", address=restarted.address, timeout=10
+            ).restore_state()
+            for w in acked
+        }
+    finally:
+        code = restarted.terminate()
+        log = restarted.stderr_text()
+    assert code == 0, log
+    lost = [(w, i) for w, done in acked.items() for i in done if states[w].get(f"k{i}") != i]
+    assert not lost, f"{len(lost)} acknowledged writes lost after kill -9: {lost[:20]}"
+
+
 # -- e. the embedded server killed -9 comes back on the next call --------------------------------------
 
 SURVIVE_KILL = """

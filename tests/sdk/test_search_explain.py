@@ -73,14 +73,16 @@ def session(request: pytest.FixtureRequest) -> Session:
     return found
 
 
-def _relevance(why: dict[str, Any], lexical_weight: float, k: int) -> float:
-    """docs/MEMORY.md: normalized weighted reciprocal-rank fusion of the two ranks."""
+def _relevance(why: dict[str, Any]) -> float:
+    """docs/MEMORY.md: normalized weighted reciprocal-rank fusion of the two ranks, from the constant
+    and weights the explanation reports."""
+    k, dense_weight, lexical_weight = (why["fusion"][key] for key in ("k", "dense_weight", "lexical_weight"))
     total = 0.0
     if why["dense"] is not None:
-        total += 1.0 / (k + why["dense"]["rank"])
+        total += dense_weight / (k + why["dense"]["rank"])
     if why["lexical"] is not None:
         total += lexical_weight / (k + why["lexical"]["rank"])
-    return total / ((1.0 + lexical_weight) / (k + 1))
+    return float(total / ((dense_weight + lexical_weight) / (k + 1)))
 
 
 def _check_consistent(hits: list[dict[str, Any]], lexical_weight: float, k: int) -> None:
@@ -90,7 +92,9 @@ def _check_consistent(hits: list[dict[str, Any]], lexical_weight: float, k: int)
         formula = w["relevance"] * why["relevance"]
         formula += w["quality"] * (why["quality"] or 0.0) + w["recency"] * (why["recency"] or 0.0)
         assert why["score"] == pytest.approx(hit["score"]) == pytest.approx(formula), hit
-        assert why["relevance"] == pytest.approx(_relevance(why, lexical_weight, k)), hit
+        # The explanation reports the service's fusion settings, and they reproduce the relevance.
+        assert why["fusion"] == pytest.approx({"k": k, "dense_weight": 1.0, "lexical_weight": lexical_weight})
+        assert why["relevance"] == pytest.approx(_relevance(why)), hit
         # The hit's score components agree: a ranking that did not find it contributed nothing.
         assert (why["dense"] is None) == (hit["scores"]["semantic"] == 0.0) or why["dense"]["score"] <= 0
         assert (why["lexical"] is None) == (hit["scores"]["lexical"] == 0.0), hit

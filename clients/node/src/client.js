@@ -29,10 +29,18 @@ const API_KEY_METADATA = 'x-api-key';
 // attempts at most a second apart (gRPC's default backoff grows to 120 s, so a restarted server
 // would go unnoticed), and round_robin over every address a name resolves to (with `dns:///` and a
 // Kubernetes headless Service, one address per replica) instead of pinning every call to the first.
+//
+// Silence: a server that stops answering without closing the connection (SIGSTOP, a dead host, a cut
+// network) would leave a call without a deadline (a watch) waiting forever. The channel pings every
+// `keepaliveMs` while calls are open and drops the connection when a ping is not answered within
+// `keepaliveTimeoutMs`: every open call then fails with UNAVAILABLE within their sum (20 s by
+// default, as the Python SDK's keepalive_seconds + keepalive_timeout). The servers accept pings
+// every 10 s and more often without penalty (services/server.py).
+const DEFAULT_KEEPALIVE_MS = 10000;
+const DEFAULT_KEEPALIVE_TIMEOUT_MS = 10000;
 const CHANNEL_OPTIONS = {
   'grpc.max_send_message_length': 64 << 20,
   'grpc.max_receive_message_length': 64 << 20,
-  'grpc.keepalive_time_ms': 30000,
   'grpc.initial_reconnect_backoff_ms': 100,
   'grpc.min_reconnect_backoff_ms': 100,
   'grpc.max_reconnect_backoff_ms': 1000,
@@ -143,11 +151,21 @@ async function* chatStream(agentService, start, options = {}) {
  * @param {string|{state: string, memory: string, knowledge: string, agent: string}} address
  *   "host:port", "dns:///name:port" (round_robin over every address), or one per service
  * @param {{apiKey?: string, credentials?: import('@grpc/grpc-js').ChannelCredentials,
- *   channelOptions?: Object, protosDir?: string}} [options] `apiKey` is sent as `x-api-key` on
- *   every call; `credentials` default to insecure (use grpc.credentials.createSsl(ca) for TLS)
+ *   keepaliveMs?: number, keepaliveTimeoutMs?: number, channelOptions?: Object, protosDir?: string}}
+ *   [options] `apiKey` is sent as `x-api-key` on every call; `credentials` default to insecure (use
+ *   grpc.credentials.createSsl(ca) for TLS); a server that stops answering fails every open call
+ *   (streams included) within `keepaliveMs + keepaliveTimeoutMs` (10 s + 10 s by default)
  * @returns {{state: Object, memory: Object, knowledge: Object, agent: Object,
  *   chatStream: function(Object, Object=): AsyncIterable<Object>, close: function(): void}}
  */
+function positiveMs(value, fallback, name) {
+  if (value === undefined || value === null) return fallback;
+  if (!Number.isInteger(value) || value < 1) {
+    throw new TypeError(`connect: ${name} must be a positive integer of milliseconds, not ${value}`);
+  }
+  return value;
+}
+
 function connect(address, options = {}) {
   const v1 = loadProtos(options.protosDir);
   const credentials = options.credentials || grpc.credentials.createInsecure();
@@ -165,7 +183,15 @@ function connect(address, options = {}) {
         }),
     );
   }
-  const channelOptions = { ...CHANNEL_OPTIONS, ...(options.channelOptions || {}) };
+  const keepalive = {
+    'grpc.keepalive_time_ms': positiveMs(options.keepaliveMs, DEFAULT_KEEPALIVE_MS, 'keepaliveMs'),
+    'grpc.keepalive_timeout_ms': positiveMs(
+      options.keepaliveTimeoutMs,
+      DEFAULT_KEEPALIVE_TIMEOUT_MS,
+      'keepaliveTimeoutMs',
+    ),
+  };
+  const channelOptions = { ...CHANNEL_OPTIONS, ...keepalive, ...(options.channelOptions || {}) };
   const addresses =
     typeof address === 'string'
       ? { state: address, memory: address, knowledge: address, agent: address }
