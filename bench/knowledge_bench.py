@@ -188,6 +188,62 @@ async def ingestion(work: Path, corpus_mb: float, files: int, pdf_pages: int) ->
     return lines
 
 
+# -- 1b. many small files ---------------------------------------------------------------------------
+
+
+def abstracts(count: int) -> list[str]:
+    """``count`` abstract-sized documents (a title and about 240 words: two generated chunk texts)."""
+    texts = chunk_texts(2 * count, seed=29)
+    return [f"Abstract {n}\n\n{texts[2 * n]} {texts[2 * n + 1]}" for n in range(count)]
+
+
+async def small_files(work: Path, count: int, batch: bool) -> list[str]:
+    """``count`` abstracts, each its own file, added one ``add_knowledge(path)`` call at a time (and,
+    with ``batch``, again as one ``add_knowledge(folder)`` into another session): chunks/s against the
+    model alone embedding the same chunks in batches of 64, before and after (mean of the two)."""
+    folder = work / "abstracts"
+    folder.mkdir(parents=True, exist_ok=True)
+    docs = abstracts(count)
+    paths = []
+    for n, doc in enumerate(docs):
+        path = folder / f"abstract-{n:05d}.txt"
+        path.write_text(doc, encoding="utf-8")
+        paths.append(path)
+    config = chunking.chunker_config(0, 0, None)
+    sample = [c.text for doc in docs[:256] for c in chunking.split(doc, config)]
+    embedder = LocalEmbedder()
+    await embedder.warm_up()
+    before = await model_rate(embedder, sample)
+    server = KnowledgeServer(work / "small").start()
+    rows: list[tuple[str, float, int]] = []
+    try:
+        session = AsyncSession(SESSION, user_id=USER, app_name=APP, address=server.address, timeout=7200)
+        await session.add_knowledge("warm-up: the server loads its model")
+        seconds, _, chunks = await ingest(session, paths)
+        rows.append(("one `add_knowledge(path)` call per file", seconds, chunks))
+        if batch:
+            other = AsyncSession("s2", user_id=USER, app_name=APP, address=server.address, timeout=7200)
+            started = time.perf_counter()
+            results = await other.add_knowledge(folder)
+            chunks = sum(r["source"]["chunk_count"] for r in results["results"])
+            rows.append(("one `add_knowledge(folder)` call", time.perf_counter() - started, chunks))
+    finally:
+        server.stop()
+    after = await model_rate(embedder, sample)
+    model = (before + after) / 2
+    lines = [
+        f"{count} files of about 240 words; model alone (batches of 64, {len(sample)} of their chunks): "
+        f"{before:.1f} chunks/s before, {after:.1f} after, mean {model:.1f}",
+        "",
+        "| how | files/s | chunks/s | / model chunks/s |",
+        "|---|---|---|---|",
+    ]
+    for label, seconds, chunks in rows:
+        rate = chunks / seconds
+        lines.append(f"| {label} | {count / seconds:.1f} | {rate:.1f} | **{rate / model:.2f}x** |")
+    return lines
+
+
 # -- 2. search latency ------------------------------------------------------------------------------
 
 
@@ -362,6 +418,16 @@ async def main_async(args: argparse.Namespace) -> None:
             started = time.perf_counter()
             lines = await ingestion(work, args.corpus_mb, args.files, args.pdf_pages)
             print("\n## Ingestion", *lines, f"({time.perf_counter() - started:.0f} s)", sep="\n", flush=True)
+        if "small" in args.parts:
+            started = time.perf_counter()
+            lines = await small_files(work, args.small_files, args.small_batch)
+            print(
+                "\n## Many small files",
+                *lines,
+                f"({time.perf_counter() - started:.0f} s)",
+                sep="\n",
+                flush=True,
+            )
         if "search" in args.parts:
             print("\n## Search latency (ms)", flush=True)
             started = time.perf_counter()
@@ -384,12 +450,21 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
-    parser.add_argument("--parts", default="ingest,search,quality", help="comma-separated parts to run")
+    parser.add_argument("--parts", default="ingest,small,search,quality", help="comma-separated parts to run")
     parser.add_argument("--corpus-mb", type=float, help="markdown corpus size (default 50; quick 1)")
     parser.add_argument("--files", type=int, help="files the corpus is split into (default 10; quick 2)")
     parser.add_argument("--pdf-pages", type=int, help="PDF pages (default 300; quick 30)")
     parser.add_argument("--sizes", help="chunk counts for the search latency (default 10000,100000)")
     parser.add_argument("--queries", type=int, help="search queries per size (default 300; quick 100)")
+    parser.add_argument(
+        "--small-files", type=int, help="files of the small-files part (default 1000; quick 200)"
+    )
+    parser.add_argument(
+        "--small-batch",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also add them as one folder",
+    )
     parser.add_argument("--towns", type=int, help="quality set documents (default 60; quick 20)")
     parser.add_argument("--repeat", type=int, default=3, help="tries per search query (the best is kept)")
     parser.add_argument(
@@ -407,6 +482,7 @@ def main() -> None:
     args.sizes = [int(x) for x in (args.sizes or ("10000" if quick else "10000,100000")).split(",")]
     args.queries = args.queries or (100 if quick else 300)
     args.towns = args.towns or (20 if quick else 60)
+    args.small_files = args.small_files or (200 if quick else 1000)
     RECORDER.variant = "quick" if quick else ""
     asyncio.run(main_async(args))
     RECORDER.save()

@@ -94,8 +94,20 @@ async def build(data: EvaluationSet, directory: Path) -> tuple[KnowledgeService,
 
 #: Candidates per ranking, as the service asks for a search of 10 (max(limit * 4, 40)).
 DEPTH = 40
-#: What-if rows: the lexical ranking's weight in the fusion.
-WHAT_IF_WEIGHTS = (1.0, 0.25)
+#: What-if rows: (the lexical ranking's weight, the RRF k) of the fusion; the service's own setting is
+#: the "hybrid" row. (0.5, 60) was the default before the SciFact fit (bench/fit_scifact.py).
+WHAT_IF = (
+    (0.5, 60),
+    (1.0, 60),
+    (0.25, 60),
+    (1.0, 10),
+    (1.0, 20),
+    (0.75, 10),
+    (0.75, 20),
+    (0.5, 10),
+    (0.5, 20),
+    (0.5, 5),
+)
 
 
 async def rankings(service: KnowledgeService, question: Question) -> dict[str, list[str]]:
@@ -105,11 +117,11 @@ async def rankings(service: KnowledgeService, question: Question) -> dict[str, l
     lexical = [i for i, _ in await service.store.lexical(OWNER.app_name, scopes, question.text, DEPTH)]
     hybrid = await service.search(OWNER, question.text, limit=K)
     out = {"hybrid": [h.chunk.id for h in hybrid], "dense": dense[:K], "lexical": lexical[:K]}
-    for weight in WHAT_IF_WEIGHTS:
-        # The same candidate lists as the search, fused with another weight (every chunk here is
+    for weight, k in WHAT_IF:
+        # The same candidate lists as the search, fused with another setting (every chunk here is
         # current, so the search's row filter changes nothing).
-        fused = rrf_normalized([dense, lexical], weights=[1.0, weight])
-        out[f"what-if: hybrid, lexical weight {weight}"] = list(fused)[:K]
+        fused = rrf_normalized([dense, lexical], k=k, weights=[1.0, weight])
+        out[f"what-if: hybrid, lexical weight {weight}, rrf k {k}"] = list(fused)[:K]
     return out
 
 

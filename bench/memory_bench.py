@@ -64,7 +64,10 @@ async def run(args: argparse.Namespace, data_dir: Path, extra_env: dict[str, str
     await embedder.warm_up()
     server = MemoryServer(data_dir, extra_env).start()
     try:
-        warm = AsyncSession("warm", user_id="warm", address=server.address, app_name="bench-warm")
+        # A loaded machine takes minutes to load the server's model: the warm-up call waits for it.
+        warm = AsyncSession(
+            "warm", user_id="warm", address=server.address, app_name="bench-warm", timeout=900
+        )
         await warm.store_long_memory("warm-up memory")  # loads the server's model
         await warm.search_memory("warm-up")
         await warm.close()

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from sessionkit.cli_agent import agent_app
 from sessionkit.config import ClientSettings
-from sessionkit.errors import SessionKitError
+from sessionkit.errors import InvalidArgument, SessionKitError
 from sessionkit.ids import DEFAULT
 from sessionkit.knowledge_client import KnowledgeClient
 from sessionkit.memory_client import MemoryClient
@@ -316,11 +316,41 @@ def knowledge_add(
     address: AddressOpt = None,
     storage_path: StorageOpt = None,
 ) -> None:
-    """Add a file (uploaded), a URL (fetched by the service) or text, with a progress bar."""
+    """Add a file (uploaded), a URL (fetched by the service), text, or a folder (every file in it, as
+    one batch), with a progress bar."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    from sessionkit.knowledge_batch import add_batch, batch_files, is_batch
 
     client = _knowledge_client(address, storage_path)
     ref = SessionRef(_app(app_name), user, session_id)
+    if is_batch(source):
+
+        async def checked() -> list[tuple[Path, str]]:  # through _run: a refusal prints "error: ..."
+            if name:
+                raise InvalidArgument("--name applies to one source, not to a folder")
+            return batch_files(source)
+
+        files = _run(checked())
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} files"),
+            console=err, transient=True,
+        ) as bar:  # fmt: skip
+            task = bar.add_task("adding", total=len(files))
+
+            async def add_one(path: Path, file_name: str) -> dict[str, Any]:
+                return await client.add(
+                    ref, path, scope=scope, collection=collection, name=file_name, force=force
+                )
+
+            batch = _run(add_batch(files, add_one, lambda p: bar.update(task, completed=p["files_done"])))
+        counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(batch["outcomes"].items()))
+        out.print(
+            f"{batch['files']} files from {source!r}: {counts}; {batch['chunks_added']} chunks added",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
     with Progress(
         TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TextColumn("{task.fields[chunks]}"),
         console=err, transient=True,

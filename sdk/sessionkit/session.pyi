@@ -2,7 +2,7 @@
 
 import builtins
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, overload
 
@@ -14,7 +14,9 @@ from sessionkit.retry import RetryPolicy
 from sessionkit.state_client import Event, SessionInfo, StateChange, StateVersion
 
 class SyncSessionKnowledge(SyncFacade[SessionKnowledge]):
-    def add(self, source: str | os.PathLike[str], **options: Any) -> dict[str, Any]: ...
+    def add(
+        self, source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], **options: Any
+    ) -> dict[str, Any]: ...
     def clear(self, scope: str = ...) -> int: ...
     def delete(self, source: str) -> bool: ...
     def list(self) -> builtins.list[dict[str, Any]]: ...
@@ -78,7 +80,7 @@ class Session(SyncFacade[AsyncSession]):
     ) -> Event: ...
     def add_knowledge(
         self,
-        source: str | os.PathLike[str],
+        source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         *,
         scope: str = ...,
         collection: str = ...,

@@ -3,9 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from sessionkit.errors import FieldViolation, InvalidArgument
+from sessionkit.knowledge_batch import add_batch, batch_files, is_batch
 from sessionkit.knowledge_client import ProgressCallback
 from sessionkit.session_core import SessionCore
 
@@ -20,7 +25,7 @@ class KnowledgeMixin(SessionCore):
 
     async def add_knowledge(
         self,
-        source: str | os.PathLike[str],
+        source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         *,
         scope: str = "session",
         collection: str = "",
@@ -32,7 +37,39 @@ class KnowledgeMixin(SessionCore):
     ) -> dict[str, Any]:
         """Add a knowledge source: an existing file path (uploaded), an http(s):// URL (fetched by the
         service) or text. Re-adding a source of the same name replaces it ("updated") or changes nothing
-        ("unchanged", same content). Returns {"kind": "file"|"url"|"text", "outcome", "source", ...}."""
+        ("unchanged", same content). Returns {"kind": "file"|"url"|"text", "outcome", "source", ...}.
+
+        A folder (its files, recursively, each named by its path in the folder) or a list of file paths
+        is added as one batch, several uploads at a time, with one ``on_progress`` for the whole batch
+        (adding "files_done" and "files_total"). Returns {"kind": "batch", "results": [each file's
+        result], "outcomes": {"created": n, ...}, "files", "chunks_added", "seconds"}; the first file
+        that fails stops the batch and its error is raised (a note names the file)."""
+        if is_batch(source):
+            if name:
+                raise InvalidArgument(
+                    "name= applies to one source, not to a folder or a list of files",
+                    violations=[FieldViolation("name", "leave empty for a batch (files keep their names)")],
+                )
+            files = await asyncio.to_thread(batch_files, source)
+
+            async def add_one(path: Path, file_name: str) -> dict[str, Any]:
+                return await self._knowledge.add(
+                    self._ref,
+                    path,
+                    scope=scope,
+                    collection=collection,
+                    name=file_name,
+                    content_type=content_type,
+                    chunker=self._chunker,
+                    metadata=metadata,
+                    force=force,
+                )
+
+            return await add_batch(files, add_one, on_progress)
+        if not isinstance(source, (str, os.PathLike)):  # is_batch took every list and tuple
+            raise InvalidArgument(
+                f"a knowledge source must be a str, a path or a list of paths, not {type(source).__name__}"
+            )
         return await self._knowledge.add(
             self._ref,
             source,
@@ -85,7 +122,9 @@ class SessionKnowledge:
     def __init__(self, session: KnowledgeMixin) -> None:
         self._session = session
 
-    async def add(self, source: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
+    async def add(
+        self, source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], **options: Any
+    ) -> dict[str, Any]:
         return await self._session.add_knowledge(source, **options)
 
     async def search(self, query: str, limit: int = 5, *, explain: bool = False) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from sessionkit_server.knowledge import tables as t
 from sessionkit_server.knowledge.fetch import FetchSettings
 from sessionkit_server.knowledge.records import ChunkRecord, Scope, SourceRecord, app_collection
 from sessionkit_server.knowledge.store import KnowledgeStore
+from sessionkit_server.retrieval.coalesce import CoalescingEmbedder
 from sessionkit_server.retrieval.embeddings import Embedder
 from sessionkit_server.retrieval.explain import Explanation
 from sessionkit_server.retrieval.vector_index import VectorIndex
@@ -53,6 +54,11 @@ class KnowledgeSettings:
     #: weights a chunk ranked fairly high by both outranks the one dense ranks first (measured in
     #: docs/KNOWLEDGE.md, "Retrieval quality", and docs/MEMORY.md).
     weight_lexical_rank: float = 0.5
+    #: The RRF constant k of that fusion. 10 (was 60), fitted with bench/fit_scifact.py and
+    #: bench/knowledge_quality.py's what-if rows: SciFact train nDCG@10 0.7050 -> 0.7073 and the synthetic
+    #: set 0.921 -> 0.927; a heavier lexical weight gains more on SciFact (1.0: 0.7243) but loses on the
+    #: synthetic set (0.910), so the weight stays 0.5 (docs/KNOWLEDGE.md, SciFact section).
+    rrf_k: int = 10
 
 
 @dataclass
@@ -141,7 +147,11 @@ class KnowledgeBase:
         self.embedder = embedder
         self.settings = settings or KnowledgeSettings()
         self.owns_retrieval = owns_retrieval
-        self.vectors = VectorOutbox(store, index, embedder, namespace="knowledge", batch=REINDEX_BATCH)
+        #: Chunk embeddings of concurrent ingestions share model calls (a folder added as a batch).
+        self.chunk_embedder = CoalescingEmbedder(embedder)
+        self.vectors = VectorOutbox(
+            store, index, embedder, namespace="knowledge", batch=REINDEX_BATCH, done_rows=store.done_upserts
+        )
         self._purger: asyncio.Task[None] | None = None
 
     async def drain_outbox(self, vectors: dict[str, list[float]] | None = None) -> int:

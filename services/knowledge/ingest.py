@@ -40,6 +40,7 @@ from sessionkit_server.knowledge.base import (
 )
 from sessionkit_server.knowledge.fetch import check_url, fetch
 from sessionkit_server.knowledge.records import ChunkRecord, Replaced, Scope, SourceRecord
+from sessionkit_server.knowledge.store import index_row
 
 
 class KnowledgeIngestion(KnowledgeBase):
@@ -214,7 +215,8 @@ class KnowledgeIngestion(KnowledgeBase):
         progress(Progress(CHUNKING, len(content.data), len(content.data), total, 0, total))
         vectors: list[list[float]] = []
         for start in range(0, total, EMBED_BATCH):
-            vectors.extend(await self.embedder.embed([p.text for p in pieces[start : start + EMBED_BATCH]]))
+            batch = [p.text for p in pieces[start : start + EMBED_BATCH]]
+            vectors.extend(await self.chunk_embedder.embed(batch))
             progress(Progress(EMBEDDING, len(content.data), len(content.data), total, len(vectors), total))
         now = now_us()
         record = SourceRecord(
@@ -272,7 +274,12 @@ class KnowledgeIngestion(KnowledgeBase):
 
         replaced = await self.store.put(record, chunks, force, then(idem, result_of), owner.user_id)
         if not replaced.unchanged:
-            await self.drain_outbox({c.id: v for c, v in zip(chunks, vectors, strict=True)})
+            # The rows and their outbox entries are committed: the vectors go in behind the reply
+            # (searches settle them first), and the old version's, if any, are deleted now.
+            scope = replaced.source.scope
+            self.vectors.write_behind([index_row(c, scope) for c in chunks], vectors)
+            if replaced.chunks_removed:
+                await self.drain_outbox()
         return result_of(replaced)
 
     async def _semantic(self, name: str, text: str, chunker: chunking.ChunkerConfig) -> list[chunking.Chunk]:

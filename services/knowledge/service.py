@@ -44,7 +44,7 @@ from sessionkit_server.knowledge.base import (
 from sessionkit_server.knowledge.ingest import KnowledgeIngestion
 from sessionkit_server.knowledge.records import Scope, SourceRecord, vector_collection
 from sessionkit_server.retrieval.explain import Explainer, RankFusion
-from sessionkit_server.retrieval.fusion import RRF_K, rrf_normalized
+from sessionkit_server.retrieval.fusion import rrf_normalized
 
 __all__ = [
     "CHUNKING", "CREATED", "EMBEDDING", "FETCHING", "PARSING", "RECEIVING", "STORING", "UNCHANGED",
@@ -64,6 +64,7 @@ class KnowledgeService(KnowledgeIngestion):
             self._purger = asyncio.create_task(self._purge_forever(self.settings.purge_interval_seconds))
 
     async def close(self) -> None:
+        await self.vectors.settle()
         if self._purger is not None:
             self._purger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -178,6 +179,7 @@ class KnowledgeService(KnowledgeIngestion):
 
         async def dense_ranking() -> list[tuple[str, float]]:
             vector = await self.embedder.embed_one(query)
+            await self.vectors.settle()  # the vectors of ingestions already answered
             return await self._dense(owner.app_name, searched, vector, k)
 
         # The lexical search does not need the query's vector: it runs while the model embeds it.
@@ -185,7 +187,9 @@ class KnowledgeService(KnowledgeIngestion):
             dense_ranking(), self.store.lexical(owner.app_name, searched, query, k)
         )
         fused = rrf_normalized(
-            [[i for i, _ in dense], [i for i, _ in lexical]], weights=[1.0, self.settings.weight_lexical_rank]
+            [[i for i, _ in dense], [i for i, _ in lexical]],
+            k=self.settings.rrf_k,
+            weights=[1.0, self.settings.weight_lexical_rank],
         )
         if not fused:
             return []
@@ -217,7 +221,7 @@ class KnowledgeService(KnowledgeIngestion):
             hits = [h for h in hits if h.score >= min_score]
         hits = hits[:limit]
         if explain:  # after the ranking, for the hits returned only: it cannot change what is found
-            fusion = RankFusion(RRF_K, 1.0, self.settings.weight_lexical_rank)
+            fusion = RankFusion(self.settings.rrf_k, 1.0, self.settings.weight_lexical_rank)
             explainer = Explainer(dense, lexical, fusion)
             for hit in hits:  # chunks have no quality or recency: the score is the relevance
                 hit.explanation = explainer.explain(hit.chunk.id, fused[hit.chunk.id], hit.score)

@@ -147,7 +147,9 @@ class MemoryBase:
         self.settings = settings or MemorySettings()
         #: The LLM of ExtractMemories; None when the server has none configured.
         self.extractor = extractor
-        self.vectors = VectorOutbox(store, index, embedder, namespace="memories")
+        self.vectors = VectorOutbox(
+            store, index, embedder, namespace="memories", done_rows=store.done_upserts
+        )
         self._purger: asyncio.Task[None] | None = None
         #: Concurrent single adds share one model call (see services/memory/batching.py).
         self._add_embedder = EmbeddingBatcher(embedder)

@@ -143,6 +143,7 @@ class MemoryReads(MemoryBase):
     ) -> list[tuple[str, float]]:
         """The ``k`` nearest of the owner's partitions (the session's short-term and/or the user's
         long-term memories), best first."""
+        await self.vectors.settle()  # the vectors of adds already answered
         found: list[tuple[str, float]] = []
         for coll in owner_collections(owner, memory_type):
             found.extend(await self.index.query(coll, vector, k))

@@ -46,6 +46,7 @@ class MemoryService(MemoryExtraction):
             self._purger = asyncio.create_task(self._purge_forever(self.settings.purge_interval_seconds))
 
     async def close(self) -> None:
+        await self.vectors.settle()
         if self._purger is not None:
             self._purger.cancel()
             with contextlib.suppress(asyncio.CancelledError):

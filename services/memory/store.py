@@ -429,6 +429,18 @@ class MemoryStore:
     ) -> list[tuple[int, IndexRow]]:
         return [(pk, index_row(r)) for pk, r in await self.all_rows(app_name, after_pk, limit)]
 
+    async def done_upserts(self, memory_ids: list[str]) -> None:
+        """Delete the "upsert" outbox entries of these memories (their vectors were written behind
+        the reply: VectorOutbox.write_behind). A "delete" entry queued meanwhile stays and is applied."""
+        if not memory_ids:
+            return
+
+        def run(conn: Connection) -> None:
+            o = t.outbox.c
+            conn.execute(delete(t.outbox).where(o.action == "upsert", o.memory_id.in_(memory_ids)))
+
+        await self.db.write(run)
+
     async def done(self, entry_ids: list[int]) -> None:
         def run(conn: Connection) -> None:
             conn.execute(delete(t.outbox).where(t.outbox.c.id.in_(entry_ids)))

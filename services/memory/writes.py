@@ -19,6 +19,7 @@ from sessionkit_server.memory import tables as t
 from sessionkit_server.memory.base import MERGE_CANDIDATES, AddResult, JsonObject, NewMemory, content_hash
 from sessionkit_server.memory.records import MERGE, AddOutcome, MemoryRecord, MergeInto, owner_collections
 from sessionkit_server.memory.search import MemoryReads
+from sessionkit_server.memory.store import index_row
 from sessionkit_server.retrieval.words import details_differ
 
 
@@ -69,7 +70,12 @@ class MemoryWrites(MemoryReads):
             then(idem, lambda o: AddResult(o.memory, deduplicated=o.deduplicated, evicted=o.evicted)),
         )
         failpoints.hit("memory.after_row_commit")
-        await self.drain_outbox({outcome.memory.id: (outcome.memory.content_hash, vector)})
+        if outcome.memory.id == record.id and not outcome.deduplicated and not outcome.evicted:
+            # A plain insert: its vector goes in behind the reply, coalesced with concurrent adds'
+            # (searches and near-duplicate checks settle it first; the outbox entry stays until then).
+            self.vectors.write_behind([index_row(outcome.memory)], [vector])
+        else:
+            await self.drain_outbox({outcome.memory.id: (outcome.memory.content_hash, vector)})
         return AddResult(outcome.memory, deduplicated=outcome.deduplicated, evicted=outcome.evicted)
 
     def _new_record(
@@ -212,6 +218,7 @@ class MemoryWrites(MemoryReads):
             kind = checked[n][1]
             by_collection[owner_collections(owner, kind)[0]].append(n)
         neighbours: dict[int, list[tuple[str, float]]] = {}
+        await self.vectors.settle()  # near duplicates among the adds already answered
         for coll, members in by_collection.items():
             found = await self.index.query_many(coll, [vector_of[n] for n in members], MERGE_CANDIDATES)
             neighbours.update(zip(members, found, strict=True))
@@ -284,6 +291,7 @@ class MemoryWrites(MemoryReads):
         is another fact, and merging would lose the new one."""
         (coll,) = owner_collections(owner, memory_type)
         threshold = self.settings.merge_threshold
+        await self.vectors.settle()  # near duplicates among the adds already answered
         nearest = [
             hit for hit in await self.index.query(coll, vector, MERGE_CANDIDATES) if hit[1] >= threshold
         ]

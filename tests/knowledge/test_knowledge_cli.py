@@ -58,6 +58,16 @@ def test_knowledge_add_search_ls_rm(knowledge_server: ServerThread, tmp_path: Pa
     assert missing.returncode == 0  # not a file: taken as text
     bad = cli(knowledge_server, "add", "x", "--scope", "galaxy")
     assert bad.returncode == 1 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
+    folder = tmp_path / "guides"
+    (folder / "ferries").mkdir(parents=True)
+    (folder / "owls.md").write_text("Tawny owls call at dusk.")
+    (folder / "ferries" / "night.txt").write_text("The night ferry leaves at ten.")
+    batch = cli(knowledge_server, "add", str(folder), "--user", "bo")
+    assert batch.returncode == 0, batch.stderr
+    assert "2 files from" in batch.stdout and "2 created" in batch.stdout
+    assert "2 sources" in cli(knowledge_server, "ls", "--user", "bo").stdout
+    named = cli(knowledge_server, "add", str(folder), "--user", "bo", "--name", "x")
+    assert named.returncode == 1 and "--name applies to one source" in named.stderr
 
 
 def test_knowledge_reindex_rebuilds_lost_vectors(knowledge_server: ServerThread) -> None:
@@ -68,6 +78,7 @@ def test_knowledge_reindex_rebuilds_lost_vectors(knowledge_server: ServerThread)
     other_app.add_knowledge("Penguins huddle in the Antarctic winter.")
     assert knowledge_server.host is not None
     index = knowledge_server.host.knowledge.index
+    knowledge_server.call(knowledge_server.host.knowledge.vectors.settle())  # written behind the replies
     for coll in knowledge_server.call(index.collections(partition_prefix("knowledge:default"))):
         knowledge_server.call(index.drop(coll))  # the vectors are lost
     assert knowledge_server.call(vector_ids(index, "default")) == set()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
+from typing import Any
 
 from sessionkit import AsyncSession
 from sessionkit_server.retrieval.vector_index import partition_prefix
@@ -139,3 +140,35 @@ def test_vectors_live_in_one_partition_per_scope_and_old_collections_are_moved(t
         assert s.search_knowledge("when is the heating maintained", limit=1)[0]["text"].startswith("Session")
     finally:
         server.stop()
+
+
+def test_vectors_written_behind_the_reply_are_searchable_and_survive_an_index_failure(
+    knowledge_server: ServerThread, monkeypatch: Any
+) -> None:
+    """An add answers once its rows are committed; its vectors follow (VectorOutbox.write_behind). A
+    search right after finds the chunk by meaning, and when the index refuses the write the vectors
+    stay in the outbox and the next drain writes them."""
+    s = session(knowledge_server)
+    s.add_knowledge("Barn owls hunt voles at night by sound alone.")
+    hits = s.search_knowledge("nocturnal birds of prey", limit=1)  # no shared word: dense only
+    assert hits and hits[0]["text"].startswith("Barn owls") and hits[0]["scores"]["semantic"] > 0
+    assert knowledge_server.host is not None
+    service = knowledge_server.host.knowledge
+    real_upsert = service.index.upsert
+    failures: list[str] = []
+
+    async def refuse(collection: str, *args: Any) -> None:
+        failures.append(collection)
+        raise RuntimeError("the index is down")
+
+    monkeypatch.setattr(service.index, "upsert", refuse)
+    added = s.add_knowledge("Swifts sleep while flying over the ocean.")
+    knowledge_server.call(service.vectors.settle())
+    assert failures  # the write behind was tried and failed: the entries are still pending
+    assert knowledge_server.call(service.store.pending(100))
+    monkeypatch.setattr(service.index, "upsert", real_upsert)
+    knowledge_server.call(service.drain_outbox())
+    vectors = knowledge_server.call(
+        vector_ids(service.index, "default", {"source_id": added["source"]["id"]})
+    )
+    assert len(vectors) == added["source"]["chunk_count"]

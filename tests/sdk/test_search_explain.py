@@ -20,7 +20,6 @@ from sessionkit import Session
 from sessionkit.errors import InvalidArgument
 from sessionkit_server.knowledge.base import KnowledgeSettings
 from sessionkit_server.memory.base import MemorySettings
-from sessionkit_server.retrieval.fusion import RRF_K
 from tests.gateway.test_gateway_support import GatewayThread
 from tests.servers import ServerThread
 
@@ -140,7 +139,7 @@ def test_knowledge_search_explains_each_hit(session: Session) -> None:
     for why in by_text.values():  # chunks have no quality or recency: the score is the relevance
         assert why["quality"] is None and why["recency"] is None
         assert why["weights"] == {"relevance": 1.0, "quality": 0.0, "recency": 0.0}
-    _check_consistent(hits, KnowledgeSettings().weight_lexical_rank, RRF_K)
+    _check_consistent(hits, KnowledgeSettings().weight_lexical_rank, KnowledgeSettings().rrf_k)
 
 
 def test_without_explain_no_hit_has_an_explanation(session: Session) -> None:
