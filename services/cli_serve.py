@@ -18,6 +18,7 @@ from sessionkit.embedded import socket_path
 from sessionkit.errors import SessionKitError
 from sessionkit.transport import close_channels
 from sessionkit_server.agent.offline_llm import require_offline_model
+from sessionkit_server.common import event_loop
 from sessionkit_server.common.extras import missing_modules, require_extra
 
 if TYPE_CHECKING:
@@ -224,7 +225,7 @@ def serve(
             await close_channels()
 
     try:
-        asyncio.run(main())
+        event_loop.run(main(), settings.event_loop)
     except (OSError, RuntimeError) as error:  # grpc raises RuntimeError("Failed to bind to address ...")
         err.print(
             f"[red]error:[/red] cannot serve on {settings.host}:{settings.port}: {error}", highlight=False
@@ -307,7 +308,7 @@ def _serve_gateway_alone(settings: Any) -> None:
             await close_channels()
 
     try:
-        asyncio.run(main())
+        event_loop.run(main(), settings.event_loop)
     except OSError as error:
         err.print(
             f"[red]error:[/red] cannot serve the gateway on {settings.http_host}:{settings.http_port}: "

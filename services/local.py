@@ -7,12 +7,11 @@ server opens a storage_path's files; a second one started in a race exits at onc
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import sys
 from pathlib import Path
 
-from sessionkit_server.common import logs, storage_lock
+from sessionkit_server.common import event_loop, logs, storage_lock
 from sessionkit_server.common.config import ServerSettings
 from sessionkit_server.server import create_server
 
@@ -50,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         await host.serve_until_signal()
 
     try:
-        asyncio.run(run())
+        event_loop.run(run(), settings.event_loop)
     finally:
         with contextlib.suppress(FileNotFoundError):
             args.socket.unlink()

@@ -96,6 +96,18 @@ class RetryPolicy:
         each new attempt (the embedded transport restarts its server there); ``deadline_error``: what
         to raise when no time is left to even start an attempt (default DeadlineExceeded)."""
         deadline = self.clock() + self.deadline
+        # The first attempt runs without tenacity: a call that succeeds (nearly all) does not pay for
+        # building the retry machinery (about a tenth of the SDK's own time per call). Its failure is
+        # handed to the same loop as attempt 1, so waits, stops and retries are exactly as before.
+        remaining = deadline - self.clock()
+        if remaining <= 0:
+            if deadline_error is not None:
+                raise deadline_error()
+            raise reasons.DEADLINE_EXCEEDED.error(detail=f"no answer within the {self.deadline:g}s deadline")
+        try:
+            return await attempt(remaining)
+        except Exception as error:
+            first_error: BaseException | None = error
         retrying = AsyncRetrying(
             stop=_Stop(self, deadline),
             wait=_Wait(self),
@@ -106,6 +118,9 @@ class RetryPolicy:
         last_error: BaseException | None = None
         async for attempt_state in retrying:
             with attempt_state:
+                if first_error is not None:  # attempt 1, already made: its outcome
+                    last_error, first_error = first_error, None
+                    raise last_error
                 if last_error is not None and before_retry is not None:
                     await before_retry(last_error)
                 remaining = deadline - self.clock()

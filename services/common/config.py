@@ -118,6 +118,8 @@ class ServerSettings(BaseSettings):
     #: CPU threads of the offline model (used when no LLM endpoint is configured); unset: min(2, cores - 1)
     #: (llama.cpp's threads spin-wait for each other, so using every core collapses under any other load).
     agent_offline_threads: int | None = Field(None, ge=1)
+    #: The servers' event loop: "uvloop" (where installed; asyncio's own otherwise) or "asyncio".
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     log_level: str = "INFO"
     #: "json" (one JSON object per line) or "text".
     log_format: Literal["json", "text"] = "json"
