@@ -328,6 +328,12 @@ class LocalEmbedder(Embedder):
         task.add_done_callback(_prefetched)
         task.add_done_callback(self._prefetches.discard)
 
+    async def close(self) -> None:
+        """Let the prefetches under way end (each is one short text), so none is left pending when
+        the event loop closes."""
+        if self._prefetches:
+            await asyncio.gather(*self._prefetches, return_exceptions=True)
+
     async def _embed_one(self, text: str) -> list[float]:
         cached = self._recent.get(text)
         if cached is not None:
