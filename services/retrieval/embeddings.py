@@ -256,8 +256,12 @@ def prefetch(text: str) -> None:
     search for it is coming (an agent turn calls it once it knows it will search memory or knowledge,
     before its lookups, lease and search calls, so the query's vector is ready or under way when the
     search asks for it). Must be called on the event loop the searches run on."""
+    loop = asyncio.get_running_loop()
     for embedder in list(_live):
-        embedder.prefetch(text)
+        # Only the embedders this loop's searches use: another server in the same process (tests run
+        # several) has its own loop and closes its own embedder.
+        if embedder.loop is loop:
+            embedder.prefetch(text)
 
 
 class LocalEmbedder(Embedder):
@@ -290,6 +294,8 @@ class LocalEmbedder(Embedder):
         self._recent: OrderedDict[str, list[float]] = OrderedDict()
         self._inflight: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Future[list[float]]] = {}
         self._prefetches: set[asyncio.Task[list[float]]] = set()
+        #: The event loop of the last single-text embedding (the one the searches run on).
+        self.loop: asyncio.AbstractEventLoop | None = None
         _live.add(self)
         loaded = _models.get((self.runtime, str(self.path)))
         if loaded is not None:
@@ -335,6 +341,7 @@ class LocalEmbedder(Embedder):
             await asyncio.gather(*self._prefetches, return_exceptions=True)
 
     async def _embed_one(self, text: str) -> list[float]:
+        self.loop = asyncio.get_running_loop()
         cached = self._recent.get(text)
         if cached is not None:
             self._recent.move_to_end(text)

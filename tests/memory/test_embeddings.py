@@ -118,7 +118,7 @@ async def test_a_prefetched_text_is_embedded_once_and_ready_for_the_search(
     """An agent turn prefetches its message (embeddings.prefetch) before memory and knowledge search for
     it: the model runs once, and a search asking meanwhile waits for that run instead of starting one."""
     embedder = LocalEmbedder()
-    await embedder.warm_up()
+    await embedder.embed_one("a search on this loop")  # prefetch serves the embedders this loop uses
     runs: list[list[str]] = []
     real = embeddings._encode
 
