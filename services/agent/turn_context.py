@@ -1,7 +1,7 @@
 """What a turn reads before the prompt is built: the agent's recent history from the session's event log,
-memories and knowledge passages relevant to the message. The three reads run concurrently; the user's
-message is appended to the event log right after the history is read (so the history does not contain
-it, and it is kept even when the LLM then fails)."""
+memories and knowledge passages relevant to the message. The three reads run concurrently, and so does
+the append of the user's message to the event log (the history leaves it out; it is kept even when the
+LLM then fails)."""
 
 from __future__ import annotations
 
@@ -69,25 +69,38 @@ async def read_context(up: Upstream, request: ContextRequest, latency: TurnLaten
 
 
 async def _history(up: Upstream, request: ContextRequest, latency: TurnLatency) -> tuple[list[Any], int]:
-    """This agent's part of the session's event log, read before the new message is appended."""
+    """This agent's part of the session's event log without the new message, and the new message's
+    event id. The read and the append run concurrently (the append's commit waits for the disk, the read
+    does not need it): the read may see the new message, so this turn's own events are left out."""
     t0 = time.perf_counter()
     n = request.history_events
-    events, _ = await up.state.list_events(request.ref, tail=min(1000, n * 4))
+    # One more than the filter needs, in case the new message is among them.
+    listed, appended = await asyncio.gather(
+        up.state.list_events(request.ref, tail=min(1000, n * 4 + 1)),
+        up.state.append_event(
+            request.ref,
+            "user",
+            request.message,
+            author="user",
+            metadata=request.event_metadata,
+            idempotency_key=f"{request.turn_id}:user",
+        ),
+        return_exceptions=True,
+    )
+    latency.history_ms = ms(time.perf_counter() - t0)
+    for outcome in (appended, listed):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    events, _ = listed  # type: ignore[misc]
     mine = [
         e
         for e in events
-        if e.role in ("user", "assistant") and e.content and e.metadata.get("agent") == request.agent.name
+        if e.role in ("user", "assistant")
+        and e.content
+        and e.metadata.get("agent") == request.agent.name
+        and e.metadata.get("turn_id") != request.turn_id
     ][-n:]
-    user_event = await up.state.append_event(
-        request.ref,
-        "user",
-        request.message,
-        author="user",
-        metadata=request.event_metadata,
-        idempotency_key=f"{request.turn_id}:user",
-    )
-    latency.history_ms = ms(time.perf_counter() - t0)
-    return mine, user_event.id
+    return mine, appended.id  # type: ignore[union-attr]
 
 
 async def _memories(up: Upstream, request: ContextRequest, latency: TurnLatency) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import time
 import uuid
 from collections.abc import Awaitable
@@ -115,6 +116,11 @@ class Turns:
                 f"tool {sorted(clash)[0]!r} is already one of the agent's tools",
                 violations=[FieldViolation("start.tools", "names must differ from the agent's tools")],
             )
+
+        if _first(options.use_memory, agent.memory, True) or _first(
+            options.use_knowledge, agent.knowledge, True
+        ):
+            _prefetch_embedding(message)
 
         async def run(waited: float) -> bytes:
             result = await self.run(session.ref, agent, message, options, stream, extra, turn_io, waited)
@@ -275,6 +281,16 @@ class Turns:
         meta.event_ids.append(reply_event.id)
         meta.stored_memory_ids.extend(stored)
         meta.latency.persistence_ms = ms(time.perf_counter() - t0)
+
+
+def _prefetch_embedding(message: str) -> None:
+    """When this process serves memory or knowledge with a local model, start embedding the message now:
+    the turn's searches embed the same text, and the model then runs while the turn takes its lease and
+    calls them (the embedding is the longest step of a search). Nothing happens in a process that embeds
+    nothing (the module is not even imported there), and the searches stay correct without it."""
+    embeddings = sys.modules.get("sessionkit_server.retrieval.embeddings")
+    if embeddings is not None:
+        embeddings.prefetch(message)
 
 
 def _first(override: Any, setting: Any, default: Any) -> Any:

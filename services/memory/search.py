@@ -91,10 +91,15 @@ class MemoryReads(MemoryBase):
             checks.number(min_score, "min_score")  # NaN compares false: it would hide every hit
         k = max(limit * 4, 40)
         now = now_us()
-        vector = await self.embedder.embed_one(query)
+
+        async def dense_ranking() -> list[tuple[str, float]]:
+            vector = await self.embedder.embed_one(query)
+            return await self._dense(owner, memory_type, vector, k)
+
+        # The lexical search does not need the query's vector: it runs while the model embeds it (in
+        # a turn, the embedding is the longest step of the search).
         dense, lexical = await asyncio.gather(
-            self._dense(owner, memory_type, vector, k),
-            self.store.lexical(owner, memory_type, query, k, now),
+            dense_ranking(), self.store.lexical(owner, memory_type, query, k, now)
         )
         fused = rrf_normalized(
             [[i for i, _ in dense], [i for i, _ in lexical]],
@@ -144,9 +149,10 @@ class MemoryReads(MemoryBase):
         """The ``k`` nearest of the owner's partitions (the session's short-term and/or the user's
         long-term memories), best first."""
         await self.vectors.settle()  # the vectors of adds already answered
-        found: list[tuple[str, float]] = []
-        for coll in owner_collections(owner, memory_type):
-            found.extend(await self.index.query(coll, vector, k))
+        answers = await asyncio.gather(
+            *(self.index.query(coll, vector, k) for coll in owner_collections(owner, memory_type))
+        )
+        found = [hit for answer in answers for hit in answer]
         found.sort(key=lambda hit: -hit[1])
         return found[:k]
 

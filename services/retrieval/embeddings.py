@@ -24,6 +24,7 @@ import asyncio
 import logging
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -246,6 +247,23 @@ def _encode(model: _Model, texts: list[str]) -> list[list[float]]:
     return model.encode(texts)
 
 
+#: Every LocalEmbedder of this process, for :func:`prefetch`.
+_live: weakref.WeakSet[LocalEmbedder] = weakref.WeakSet()
+
+
+def prefetch(text: str) -> None:
+    """Start embedding ``text`` with every local model of this process, without waiting: a hint that a
+    search for it is coming (an agent turn calls it once it knows it will search memory or knowledge,
+    before its lookups, lease and search calls, so the query's vector is ready or under way when the
+    search asks for it). Must be called on the event loop the searches run on."""
+    loop = asyncio.get_running_loop()
+    for embedder in list(_live):
+        # Only the embedders this loop's searches use: another server in the same process (tests run
+        # several) has its own loop and closes its own embedder.
+        if embedder.loop is loop:
+            embedder.prefetch(text)
+
+
 class LocalEmbedder(Embedder):
     """A sentence-transformers model on the CPU, offline; all-MiniLM-L6-v2 (384 dimensions) by default."""
 
@@ -275,6 +293,10 @@ class LocalEmbedder(Embedder):
         # or again soon after is embedded once.
         self._recent: OrderedDict[str, list[float]] = OrderedDict()
         self._inflight: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Future[list[float]]] = {}
+        self._prefetches: set[asyncio.Task[list[float]]] = set()
+        #: The event loop of the last single-text embedding (the one the searches run on).
+        self.loop: asyncio.AbstractEventLoop | None = None
+        _live.add(self)
         loaded = _models.get((self.runtime, str(self.path)))
         if loaded is not None:
             self._learn_dimension(loaded)
@@ -303,7 +325,23 @@ class LocalEmbedder(Embedder):
             return [list(await self._embed_one(texts[0]))]
         return await self._embed_many(texts)
 
+    def prefetch(self, text: str) -> None:
+        """Start embedding ``text`` (kept with the recent texts) unless it is known or under way."""
+        if text in self._recent or (asyncio.get_running_loop(), text) in self._inflight:
+            return
+        task = asyncio.get_running_loop().create_task(self._embed_one(text))
+        self._prefetches.add(task)  # a reference until done (the loop keeps weak ones only)
+        task.add_done_callback(_prefetched)
+        task.add_done_callback(self._prefetches.discard)
+
+    async def close(self) -> None:
+        """Let the prefetches under way end (each is one short text), so none is left pending when
+        the event loop closes."""
+        if self._prefetches:
+            await asyncio.gather(*self._prefetches, return_exceptions=True)
+
     async def _embed_one(self, text: str) -> list[float]:
+        self.loop = asyncio.get_running_loop()
         cached = self._recent.get(text)
         if cached is not None:
             self._recent.move_to_end(text)
@@ -339,6 +377,13 @@ class LocalEmbedder(Embedder):
             batch = list(texts[start : start + self.batch_size])
             vectors.extend(await loop.run_in_executor(_embedding_executor(), _encode, model, batch))
         return vectors
+
+
+def _prefetched(task: asyncio.Task[list[float]]) -> None:
+    """A failed prefetch is not an error: the search that needs the vector embeds it again (and reports
+    what fails then)."""
+    if not task.cancelled():
+        task.exception()
 
 
 # -- OpenAI-compatible endpoints ----------------------------------------------------------------------

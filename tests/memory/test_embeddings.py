@@ -9,6 +9,7 @@ import itertools
 import json
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -109,6 +110,39 @@ async def test_the_model_is_loaded_once_per_process(monkeypatch: pytest.MonkeyPa
     assert third.dimension == 384
     await third.embed_one("again")
     assert len(loads) == 1
+
+
+async def test_a_prefetched_text_is_embedded_once_and_ready_for_the_search(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An agent turn prefetches its message (embeddings.prefetch) before memory and knowledge search for
+    it: the model runs once, and a search asking meanwhile waits for that run instead of starting one."""
+    embedder = LocalEmbedder()
+    await embedder.embed_one("a search on this loop")  # prefetch serves the embedders this loop uses
+    runs: list[list[str]] = []
+    real = embeddings._encode
+
+    def counting(model: Any, texts: list[str]) -> list[list[float]]:
+        runs.append(texts)
+        return real(model, texts)
+
+    monkeypatch.setattr(embeddings, "_encode", counting)
+    # Only this test's embedder (others of earlier tests may still be alive in this process).
+    monkeypatch.setattr(embeddings, "_live", weakref.WeakSet([embedder]))
+    text = "What did we decide about the Berlin office move?"
+    embeddings.prefetch(text)
+    embeddings.prefetch(text)  # already under way: not started twice
+    for _ in range(1000):  # the prefetch runs with nobody awaiting it
+        if runs:
+            break
+        await asyncio.sleep(0.01)
+    assert runs == [[text]]
+    during = await embedder.embed_one(text)  # asked while the prefetch runs (or after): no new run
+    after = await embedder.embed_one(text)
+    assert runs == [[text]]
+    assert during == after
+    monkeypatch.setattr(embeddings, "_encode", real)
+    assert cosine(during, (await LocalEmbedder().embed(["x", text]))[1]) > 0.9999
 
 
 async def test_missing_model_files_fail_clearly(tmp_path: Path) -> None:
