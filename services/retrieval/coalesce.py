@@ -5,7 +5,7 @@ embedding thread. Concurrent ingestions of small sources (a folder added as a ba
 flight, each with one or two chunks) each need a few texts embedded: instead of one model call each,
 they join a batch. There is no timer: the first call goes to the model at once, and the calls that
 arrive while a batch runs form the next one (up to ``max_batch`` texts), so a lone caller waits for
-nothing and a busy server batches by itself. (sessionkit_server.memory.batching does the same for
+nothing and a busy server batches by itself. (sessionkit_server.memory.batching builds on it for
 single texts.)"""
 
 from __future__ import annotations
