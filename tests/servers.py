@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sessionkit_server.common.config import ServerSettings
@@ -212,3 +213,17 @@ class ServerProcess:
     def stderr_text(self) -> str:
         """What the server has written to stderr (and stdout) so far."""
         return self.child.log()
+
+
+def wait_http(url: str, proc: ChildProcess, timeout: float = 300) -> None:
+    """Until the gateway at ``url`` answers /health with 200; fails at once if ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.returncode is None, f"serve exited with {proc.returncode}:\n{proc.log()[-3000:]}"
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url}/health not 200 after {timeout}s")

@@ -28,7 +28,7 @@ from sessionkit.state_client import SessionRef
 from sessionkit_server.gateway.deps import Caller, CallerDep, IdempotencyKey
 from sessionkit_server.gateway.errors import error_body
 from sessionkit_server.gateway.models import AgentRequest, AgentResponse
-from sessionkit_server.gateway.sse import event_stream, sse
+from sessionkit_server.gateway.sse import event_schema, event_stream, sse
 
 log = logging.getLogger("sessionkit.gateway")
 T = TypeVar("T")
@@ -133,7 +133,13 @@ def add(router: APIRouter) -> None:
         tags=["agent"],
         responses={
             200: {
-                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "content": {
+                    "text/event-stream": {
+                        "schema": event_schema(
+                            "started", "delta", "tool_call", "tool_call_completed", "result", "error"
+                        )
+                    }
+                },
                 "description": SSE_DESCRIPTION,
             }
         },

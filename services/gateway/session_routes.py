@@ -43,7 +43,7 @@ from sessionkit_server.gateway.models import (
     Version,
     VersionList,
 )
-from sessionkit_server.gateway.sse import event_stream
+from sessionkit_server.gateway.sse import event_schema, event_stream
 from sessionkit_server.gateway.watch_hub import WatchHub, change_event, failure_event
 
 KeyPath = Annotated[
@@ -289,7 +289,7 @@ def add(router: APIRouter) -> None:
         response_class=StreamingResponse,
         responses={
             200: {
-                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "content": {"text/event-stream": {"schema": event_schema("change", "error")}},
                 "description": WATCH_DESCRIPTION,
             }
         },

@@ -20,6 +20,20 @@ HEARTBEAT_HEADER = "Sessionkit-Heartbeat"
 HEARTBEAT = b": heartbeat\n\n"
 
 
+def event_schema(*events: str) -> dict[str, Any]:
+    """The OpenAPI schema of one event of a stream that sends ``events``: OpenAPI before 3.2 has the
+    schema of a ``text/event-stream`` response describe each event (field name -> value), and
+    schema-driven clients and fuzzers validate every event received against it."""
+    return {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"type": "string", "enum": list(events)},
+            "data": {"type": "string", "contentMediaType": "application/json"},
+        },
+    }
+
+
 def sse(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 

@@ -8,7 +8,6 @@ import json
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 from sessionkit_server.common.config import ServerSettings
 from tests.conftest import free_port
 from tests.llm_server import LLMServer, llm_server_fixture  # noqa: F401 - the llm_server fixture
-from tests.servers import ChildProcess, ServerThread, child_env
+from tests.servers import ChildProcess, ServerThread, child_env, wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -41,19 +40,6 @@ legacy = requests.post(base + "/agent", json={"query": "And again", "user_id": "
 assert legacy["session_id"] and legacy["session_id"] != "session_123", legacy
 print(legacy["response"])
 """
-
-
-def wait_http(url: str, proc: ChildProcess, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.returncode is None, f"serve exited with {proc.returncode}:\n{proc.log()[-3000:]}"
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url}/health not 200 after {timeout}s")
 
 
 def stop(proc: ChildProcess) -> str:

@@ -241,9 +241,13 @@ def test_idempotency_keys_keys_with_slashes_versions_and_watch(http: httpx.Clien
 
 def test_keep_alive_requests_do_not_wait_for_delayed_acks(http: httpx.Client) -> None:
     """Responses on a kept-alive connection go out at once (TCP_NODELAY): without it each one waited
-    ~40 ms for the client's delayed ACK, so 20 requests took over 800 ms."""
+    ~40 ms for the client's delayed ACK, so 20 requests took over 800 ms and none under 40 ms."""
     http.get("/v1/sessions")  # open the connection
-    start = time.monotonic()
+    fastest = float("inf")
     for _ in range(20):
+        start = time.monotonic()
         assert http.get("/v1/sessions").status_code == 200
-    assert time.monotonic() - start < 0.4
+        fastest = min(fastest, time.monotonic() - start)
+    # The fastest of 20, not their sum: a delayed ACK holds back every response by ~40 ms, while the
+    # load of a busy CI machine only slows some of them.
+    assert fastest < 0.03, f"the fastest of 20 kept-alive requests took {fastest * 1000:.1f} ms"
