@@ -27,6 +27,7 @@ from sessionkit_server.common.health import (
     chroma_dependency,
     database_dependency,
 )
+from sessionkit_server.common.in_process import InProcessCalls, InProcessTransport
 from sessionkit_server.common.interceptors import Activity, ErrorAndLogInterceptor
 from sessionkit_server.state.cached_store import CachingStateStore
 from sessionkit_server.state.grpc_servicer import StateServicer
@@ -44,7 +45,7 @@ AGENT_SERVICE = "sessionkit.v1.AgentService"
 CHANNELZ_SERVICE = "grpc.channelz.v1.Channelz"
 
 
-def build_memory(settings: ServerSettings, db: Database, server: grpc.aio.Server) -> Any:
+def build_memory(settings: ServerSettings, db: Database, registrar: Any) -> Any:
     """The memory service and its servicer (imported here: the retrieval stack is heavy to import)."""
     from sessionkit.v1 import memory_pb2_grpc
     from sessionkit_server.memory.extraction import FactExtractor
@@ -73,11 +74,11 @@ def build_memory(settings: ServerSettings, db: Database, server: grpc.aio.Server
         if settings.llm_configured
         else None,
     )
-    memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(service), server)  # type: ignore[no-untyped-call]
+    memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(service), registrar)  # type: ignore[no-untyped-call]
     return service
 
 
-def build_knowledge(settings: ServerSettings, db: Database, server: grpc.aio.Server, memory: Any) -> Any:
+def build_knowledge(settings: ServerSettings, db: Database, registrar: Any, memory: Any) -> Any:
     """The knowledge service and its servicer. It shares the memory service's embedder and vector index
     when memory is served too (one model and one Chroma client per process)."""
     from sessionkit.v1 import knowledge_pb2_grpc
@@ -110,14 +111,23 @@ def build_knowledge(settings: ServerSettings, db: Database, server: grpc.aio.Ser
         ),
         owns_retrieval=owns,
     )
-    knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server(KnowledgeServicer(service), server)  # type: ignore[no-untyped-call]
+    knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server(KnowledgeServicer(service), registrar)  # type: ignore[no-untyped-call]
     return service
 
 
-def build_agent(settings: ServerSettings, db: Database, server: grpc.aio.Server, upstream_target: str) -> Any:
-    """The agent service and its servicer. It calls state, memory and knowledge over gRPC: each at its
-    SESSIONKIT_<SERVICE>_ADDRESS when set, else at ``upstream_target`` (this server itself unless
-    SESSIONKIT_AGENT_UPSTREAM_ADDRESS names another)."""
+def build_agent(
+    settings: ServerSettings,
+    db: Database,
+    server: grpc.aio.Server,
+    upstream_target: str,
+    in_process: InProcessCalls | None = None,
+    local: Sequence[str] = (),
+) -> Any:
+    """The agent service and its servicer. It calls state, memory and knowledge through the SDK's
+    clients: each at its SESSIONKIT_<SERVICE>_ADDRESS when set, else at ``upstream_target`` (this server
+    itself unless SESSIONKIT_AGENT_UPSTREAM_ADDRESS names another). The ``local`` services, served by
+    this very server, are called in-process through ``in_process`` (same interceptors, auth, errors and
+    retries; no network hop), the others over gRPC."""
     from sessionkit.knowledge_client import KnowledgeClient
     from sessionkit.memory_client import MemoryClient
     from sessionkit.retry import RetryPolicy
@@ -141,6 +151,8 @@ def build_agent(settings: ServerSettings, db: Database, server: grpc.aio.Server,
 
     def upstream(key: str | None) -> Upstream:
         transport = Transport(client, None, settings.data_dir, RetryPolicy(deadline=30.0), key or "")
+        if in_process is not None and local:
+            transport = InProcessTransport.over(transport, in_process, local)
         return Upstream(StateClient(transport), MemoryClient(transport), KnowledgeClient(transport))
 
     router: Any = (
@@ -377,8 +389,12 @@ async def create_server(
         require_extra(service)
     activity = Activity()
     ready = asyncio.Event()
+    chain = [ErrorAndLogInterceptor(activity, ready), *interceptors]
+    # The agent's calls to this server's own state, memory and knowledge services run in-process,
+    # through the same interceptors (services/common/in_process.py).
+    in_process = InProcessCalls(chain)
     server = grpc.aio.server(
-        interceptors=[ErrorAndLogInterceptor(activity, ready), *interceptors],
+        interceptors=chain,
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -419,13 +435,15 @@ async def create_server(
             max_watchers_per_tenant=settings.max_watchers_per_tenant,
         )
         host.state = StateService(store, limits)
-        state_pb2_grpc.add_StateServiceServicer_to_server(StateServicer(host.state), server)  # type: ignore[no-untyped-call]
+        state_pb2_grpc.add_StateServiceServicer_to_server(
+            StateServicer(host.state), in_process.registrar(server)
+        )  # type: ignore[no-untyped-call]
         names.append(STATE_SERVICE)
     if "memory" in settings.services:
-        host.memory = build_memory(settings, db, server)
+        host.memory = build_memory(settings, db, in_process.registrar(server))
         names.append(MEMORY_SERVICE)
     if "knowledge" in settings.services:
-        host.knowledge = build_knowledge(settings, db, server, host.memory)
+        host.knowledge = build_knowledge(settings, db, in_process.registrar(server), host.memory)
         names.append(KNOWLEDGE_SERVICE)
     if settings.unix_socket is not None:
         server.add_insecure_port(f"unix:{settings.unix_socket}")
@@ -440,7 +458,18 @@ async def create_server(
         upstream = settings.agent_upstream_address or (
             f"unix:{settings.unix_socket}" if settings.unix_socket is not None else f"127.0.0.1:{host.port}"
         )
-        host.agent = build_agent(settings, db, server, upstream)
+        # In-process only for what the agent would otherwise reach at this very server: a service
+        # served here and given no address of its own, with no other upstream named.
+        local = (
+            []
+            if settings.agent_upstream_address
+            else [
+                name
+                for name in ("state", "memory", "knowledge")
+                if name in settings.services and not getattr(settings, f"{name}_address")
+            ]
+        )
+        host.agent = build_agent(settings, db, server, upstream, in_process, local)
         names.append(AGENT_SERVICE)
     for name in host.served_names():
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)

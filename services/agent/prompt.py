@@ -9,6 +9,7 @@ context items; the system prompt and the message are always kept."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,13 @@ from sessionkit_server.retrieval.tokens import count_tokens
 #: Head-room for the difference between our tokenizer and the model's, and per-message overhead.
 TOKEN_MARGIN = 1.15
 PER_MESSAGE = 4
+#: Token counts of recent texts: a turn counts its whole history window again (20 messages, 19 of them
+#: counted by the previous turn) and the same memories and chunks recur; the counts were ~5 ms of a
+#: turn's event-loop time, between the searches and the LLM call. Texts up to COUNTED_CHARS only, so
+#: the cache holds at most COUNTED_TEXTS * COUNTED_CHARS characters.
+COUNTED_TEXTS = 1024
+COUNTED_CHARS = 8192
+_counted: OrderedDict[str, int] = OrderedDict()
 
 
 @dataclass
@@ -47,7 +55,20 @@ class Prompt:
 
 
 def tokens(text: str) -> int:
-    return int(count_tokens(text) * TOKEN_MARGIN) + PER_MESSAGE
+    return int(_count(text) * TOKEN_MARGIN) + PER_MESSAGE
+
+
+def _count(text: str) -> int:
+    if len(text) > COUNTED_CHARS:
+        return count_tokens(text)
+    found = _counted.get(text)
+    if found is not None:
+        _counted.move_to_end(text)
+        return found
+    found = _counted[text] = count_tokens(text)
+    if len(_counted) > COUNTED_TEXTS:
+        _counted.popitem(last=False)
+    return found
 
 
 def system_prompt(persona: Persona, tool_names: list[str]) -> str:

@@ -55,7 +55,15 @@ def load_tokenizer(path: Path | str | None = None) -> Tokenizer:
     """The process's tokenizer for ``path`` (default: the packaged model's), loaded once, with
     truncation and padding off. Raises ``FailedPrecondition`` (EMBEDDING_MODEL_UNAVAILABLE) when the
     file is missing or unreadable."""
-    file = default_tokenizer_path() if path is None else Path(path)
+    if path is None:
+        # The prompt builder counts tokens of every message of every turn: resolving the packaged
+        # model's path (an import lookup and pathlib) each time cost more than the small texts' counts.
+        default = _tokenizers.get("")
+        if default is not None:
+            return default
+        default = _tokenizers[""] = load_tokenizer(default_tokenizer_path())
+        return default
+    file = Path(path)
     key = str(file)
     tokenizer = _tokenizers.get(key)
     if tokenizer is not None:
