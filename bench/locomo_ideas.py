@@ -92,7 +92,11 @@ def with_dates(text: str, day: date) -> str:
     """``text`` with each relative date expression followed by its absolute date in parentheses."""
     for pattern, absolute in RELATIVE:
         when = absolute(day)
-        text = re.sub(pattern, lambda m, when=when: f"{m.group(0)} ({when})", text, flags=re.IGNORECASE)
+
+        def annotate(m: re.Match[str], when: str = when) -> str:
+            return f"{m.group(0)} ({when})"
+
+        text = re.sub(pattern, annotate, text, flags=re.IGNORECASE)
     return text
 
 
