@@ -4,7 +4,9 @@ it): the dense ranking is the service's Chroma partition queried as the service 
 ranking ``KnowledgeStore.lexical`` on the same database, each ``--depth`` deep (the service's depth for
 the eval's limit of 30: max(4 x 30, 40) = 120), fused by ``rrf_normalized`` as the service fuses
 them; a document ranks at its best chunk; nDCG@10 over the 809 train queries (eval_data.ndcg_at_10).
-Prints the grid and the service's current setting; the default in services/knowledge/base.py is set from
+Two grids: the service's fusion (``rrf_grouped``: sources ranked, a source's best chunk scoring the
+rankings read source by source) and the chunk-level fusion it replaced (``rrf_normalized`` over chunks).
+Prints the grids and the service's current setting; the default in services/knowledge/base.py is set from
 it by hand, checked against bench/knowledge_quality.py (the synthetic set must not get worse).
 
 Run: ``.venv/bin/python bench/fit_scifact.py --storage DIR``.
@@ -29,7 +31,7 @@ from sessionkit_server.knowledge import tables as t  # noqa: E402
 from sessionkit_server.knowledge.base import KnowledgeSettings  # noqa: E402
 from sessionkit_server.knowledge.store import KnowledgeStore, Scope, vector_collection  # noqa: E402
 from sessionkit_server.retrieval.embeddings import LocalEmbedder  # noqa: E402
-from sessionkit_server.retrieval.fusion import rrf_normalized  # noqa: E402
+from sessionkit_server.retrieval.fusion import rrf_grouped, rrf_normalized  # noqa: E402
 from sessionkit_server.retrieval.vector_index import ChromaIndex  # noqa: E402
 
 APP, USER = "scifact", "bench"
@@ -61,12 +63,16 @@ async def rankings(storage: Path, depth: int) -> Rankings:
     return qids, dense, lexical, doc_of
 
 
-def score(found: Rankings, qrels: dict[str, dict[str, int]], w: float, k: int) -> float:
+def score(found: Rankings, qrels: dict[str, dict[str, int]], w: float, k: int, grouped: bool = True) -> float:
     qids, dense, lexical, doc_of = found
     total = 0.0
     for qid, d, lx in zip(qids, dense, lexical, strict=True):
         ranked: list[str] = []
-        for chunk in rrf_normalized([d, lx], k=k, weights=[1.0, w]):
+        if grouped:
+            fused = rrf_grouped([d, lx], doc_of, k, [1.0, w])[0]
+        else:
+            fused = rrf_normalized([d, lx], k=k, weights=[1.0, w])
+        for chunk in fused:
             doc = doc_of.get(chunk)
             if doc is not None and doc not in ranked:
                 ranked.append(doc)
@@ -83,19 +89,21 @@ def main() -> None:
     qrels = scifact(require_data("scifact-train") / "scifact-train").qrels
     current = KnowledgeSettings()
     print(f"{len(found[0])} queries, depth {args.depth}")
-    print("| lexical weight \\ rrf k | " + " | ".join(str(k) for k in RRF_KS) + " |")
-    print("|---" * (len(RRF_KS) + 1) + "|")
-    best = (0.0, 0.0, 0)
-    for w in WEIGHTS:
-        row = []
-        for k in RRF_KS:
-            value = score(found, qrels, w, k)
-            row.append(f"{value:.4f}")
-            best = max(best, (value, w, k))
-        print(f"| {w} | " + " | ".join(row) + " |")
-    now = score(found, qrels, current.weight_lexical_rank, current.rrf_k)
-    print(f"current ({current.weight_lexical_rank} / {current.rrf_k}): {now:.4f}")
-    print(f"best: {best[0]:.4f} at lexical weight {best[1]}, rrf k {best[2]}")
+    for grouped in (True, False):
+        print("sources ranked (the service, rrf_grouped)" if grouped else "chunks ranked (before)")
+        print("| lexical weight \\ rrf k | " + " | ".join(str(k) for k in RRF_KS) + " |")
+        print("|---" * (len(RRF_KS) + 1) + "|")
+        best = (0.0, 0.0, 0)
+        for w in WEIGHTS:
+            row = []
+            for k in RRF_KS:
+                value = score(found, qrels, w, k, grouped)
+                row.append(f"{value:.4f}")
+                best = max(best, (value, w, k))
+            print(f"| {w} | " + " | ".join(row) + " |")
+        now = score(found, qrels, current.weight_lexical_rank, current.rrf_k, grouped)
+        print(f"current ({current.weight_lexical_rank} / {current.rrf_k}): {now:.4f}")
+        print(f"best: {best[0]:.4f} at lexical weight {best[1]}, rrf k {best[2]}")
 
 
 if __name__ == "__main__":

@@ -95,3 +95,47 @@ def fused_score(
     """w_relevance * rrf_norm + w_quality * quality + w_recency * recency (weights in that order)."""
     w_relevance, w_quality, w_recency = weights
     return w_relevance * rrf_norm + w_quality * quality + w_recency * recency
+
+
+def group_rankings(rankings: list[list[str]], group_of: dict[str, str]) -> list[list[str]]:
+    """Each ranking of items read as a ranking of their groups: a group at the place of its first
+    item, each group once (items with no group are left out)."""
+    out: list[list[str]] = []
+    for ranking in rankings:
+        seen: dict[str, None] = {}
+        for item in ranking:
+            group = group_of.get(item)
+            if group is not None and group not in seen:
+                seen[group] = None
+        out.append(list(seen))
+    return out
+
+
+def rrf_grouped(
+    rankings: list[list[str]],
+    group_of: dict[str, str],
+    k: int = RRF_K,
+    weights: list[float] | None = None,
+) -> tuple[dict[str, float], set[str]]:
+    """:func:`rrf_normalized` that ranks groups (a knowledge source) rather than their items (its
+    chunks): each group's best item (the first of the group in the item-level fusion) scores the
+    fusion of the rankings read at the group level (:func:`group_rankings`), its other items keep their
+    item-level score. A document whose evidence the two rankings found in two different chunks (the
+    dense one in one, the lexical one in the other) then counts as found by both, as a document of one
+    chunk does; the other chunks of a long document are not lifted, so it does not fill the results.
+    Returns (item -> score, best first; the items that scored their group's fusion)."""
+    items = rrf_normalized(rankings, k, weights)
+    groups = rrf_normalized(group_rankings(rankings, group_of), k, weights)
+    scores: dict[str, float] = {}
+    leaders: set[str] = set()
+    led: set[str] = set()
+    for item, value in items.items():
+        group = group_of.get(item)
+        if group is not None and group not in led:
+            led.add(group)
+            leaders.add(item)
+            value = max(value, groups[group])
+        scores[item] = value
+    order = {item: n for n, item in enumerate(items)}  # ties: the item-level order
+    ranked = sorted(scores, key=lambda item: (-scores[item], order[item]))
+    return {item: scores[item] for item in ranked}, leaders
