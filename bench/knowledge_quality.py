@@ -39,7 +39,7 @@ from sessionkit_server.knowledge import chunking  # noqa: E402
 from sessionkit_server.knowledge.service import KnowledgeService, Progress, default_scopes  # noqa: E402
 from sessionkit_server.knowledge.store import KnowledgeStore  # noqa: E402
 from sessionkit_server.retrieval.embeddings import LocalEmbedder  # noqa: E402
-from sessionkit_server.retrieval.fusion import rrf_grouped, rrf_normalized  # noqa: E402
+from sessionkit_server.retrieval.fusion import rrf_normalized  # noqa: E402
 from sessionkit_server.retrieval.vector_index import ChromaIndex  # noqa: E402
 
 K = 10
@@ -89,12 +89,7 @@ async def build(data: EvaluationSet, directory: Path) -> tuple[KnowledgeService,
     while rows := await service.store.chunks_after(OWNER.app_name, after, 1000):
         after = rows[-1][0]
         texts.update({chunk.id: chunk.text for _, chunk, _ in rows})
-        SOURCE_OF.update({chunk.id: chunk.source_id for _, chunk, _ in rows})
     return service, texts, db
-
-
-#: chunk id -> its source's id, for the what-if rows that rank sources (rrf_grouped, as the service).
-SOURCE_OF: dict[str, str] = {}
 
 
 #: Candidates per ranking, as the service asks for a search of 10 (max(limit * 4, 40)).
@@ -128,9 +123,7 @@ async def rankings(service: KnowledgeService, question: Question) -> dict[str, l
         # The same candidate lists as the search, fused with another setting (every chunk here is
         # current, so the search's row filter changes nothing).
         fused = rrf_normalized([dense, lexical], k=k, weights=[1.0, weight])
-        out[f"what-if: hybrid, chunks ranked, lexical weight {weight}, rrf k {k}"] = list(fused)[:K]
-        grouped = rrf_grouped([dense, lexical], SOURCE_OF, k, [1.0, weight])[0]
-        out[f"what-if: hybrid, sources ranked, lexical weight {weight}, rrf k {k}"] = list(grouped)[:K]
+        out[f"what-if: hybrid, lexical weight {weight}, rrf k {k}"] = list(fused)[:K]
     return out
 
 

@@ -44,7 +44,7 @@ from sessionkit_server.knowledge.base import (
 from sessionkit_server.knowledge.ingest import KnowledgeIngestion
 from sessionkit_server.knowledge.records import Scope, SourceRecord, vector_collection
 from sessionkit_server.retrieval.explain import Explainer, RankFusion
-from sessionkit_server.retrieval.fusion import rrf_grouped
+from sessionkit_server.retrieval.fusion import rrf_normalized
 
 __all__ = [
     "CHUNKING", "CREATED", "EMBEDDING", "FETCHING", "PARSING", "RECEIVING", "STORING", "UNCHANGED",
@@ -186,20 +186,17 @@ class KnowledgeService(KnowledgeIngestion):
         dense, lexical = await asyncio.gather(
             dense_ranking(), self.store.lexical(owner.app_name, searched, query, k)
         )
-        rankings = [[i for i, _ in dense], [i for i, _ in lexical]]
-        candidates = list(dict.fromkeys(rankings[0] + rankings[1]))
-        if not candidates:
+        fused = rrf_normalized(
+            [[i for i, _ in dense], [i for i, _ in lexical]],
+            k=self.settings.rrf_k,
+            weights=[1.0, self.settings.weight_lexical_rank],
+        )
+        if not fused:
             return []
-        rows = await self.store.current_chunks(owner.app_name, searched, candidates)
-        # Sources are ranked, not chunks (rrf_grouped): a source's best chunk scores the fusion of the
-        # rankings read source by source, so an abstract whose two chunks were found one by each
-        # ranking is not ranked below a one-chunk abstract found by both (docs/KNOWLEDGE.md, SciFact).
-        source_of = {chunk_id: source.id for chunk_id, (_, source) in rows.items()}
-        weights = [1.0, self.settings.weight_lexical_rank]
-        fused, leaders = rrf_grouped(rankings, source_of, self.settings.rrf_k, weights)
         semantic = dict(dense)
         top_lexical = max((score for _, score in lexical), default=0.0) or 1.0
         lexical_norm = {i: score / top_lexical for i, score in lexical}
+        rows = await self.store.current_chunks(owner.app_name, searched, list(fused))
         ids, names = set(source_ids), set(source_names)
         hits: list[Hit] = []
         for chunk_id, score in fused.items():
@@ -226,17 +223,8 @@ class KnowledgeService(KnowledgeIngestion):
         if explain:  # after the ranking, for the hits returned only: it cannot change what is found
             fusion = RankFusion(self.settings.rrf_k, 1.0, self.settings.weight_lexical_rank)
             explainer = Explainer(dense, lexical, fusion)
-            # A source's best chunk is explained by its source's places (the rankings read source by
-            # source, each source scored as its best chunk there): the places its relevance came from.
-            by_source = Explainer(
-                _source_ranking(dense, source_of), _source_ranking(lexical, source_of), fusion
-            )
             for hit in hits:  # chunks have no quality or recency: the score is the relevance
-                chunk_id = hit.chunk.id
-                if chunk_id in leaders:
-                    hit.explanation = by_source.explain(hit.source.id, fused[chunk_id], hit.score)
-                else:
-                    hit.explanation = explainer.explain(chunk_id, fused[chunk_id], hit.score)
+                hit.explanation = explainer.explain(hit.chunk.id, fused[hit.chunk.id], hit.score)
         return hits
 
     async def _dense(
@@ -261,14 +249,3 @@ class KnowledgeService(KnowledgeIngestion):
         """Move the vectors of each app's single collection of old (before partitions, filtered by
         bucket) into the per-scope partitions, then drop it. Returns the vectors moved."""
         return await self.vectors.migrate(page)
-
-
-def _source_ranking(ranking: list[tuple[str, float]], source_of: dict[str, str]) -> list[tuple[str, float]]:
-    """A ranking of chunks read as a ranking of their sources: each source once, at the place and with
-    the score of its first (best) chunk in it."""
-    seen: dict[str, float] = {}
-    for chunk_id, score in ranking:
-        source = source_of.get(chunk_id)
-        if source is not None and source not in seen:
-            seen[source] = score
-    return list(seen.items())

@@ -9,9 +9,7 @@ from sessionkit_server.retrieval.fusion import (
     best_rrf,
     fused_score,
     recency,
-    group_rankings,
     rrf,
-    rrf_grouped,
     rrf_normalized,
 )
 
@@ -50,28 +48,6 @@ def test_normalized_rrf_and_the_final_score() -> None:
     ) == pytest.approx(0.65)
     # A fresher, better item outranks an equally relevant stale one.
     assert fused_score(0.6, 0.9, recency(1, 30)) > fused_score(0.6, 0.9, recency(90, 30))
-
-
-def test_grouped_rrf_ranks_a_document_split_over_two_chunks_as_found_by_both() -> None:
-    # Document "two" is split: dense found its first chunk, lexical its second, each second. Document
-    # "one" (one chunk) is first lexically and fourth by dense. Chunk by chunk, "one" wins (the only
-    # one found by both); read document by document, "two" is found by both, second in each.
-    dense = ["x1", "two:a", "z1", "one"]
-    lexical = ["one", "two:b", "y1"]
-    group_of = {"x1": "x", "two:a": "two", "two:b": "two", "z1": "z", "one": "one", "y1": "y"}
-    assert group_rankings([dense, lexical], group_of) == [["x", "two", "z", "one"], ["one", "two", "y"]]
-    chunks = rrf_normalized([dense, lexical], k=10)
-    assert next(iter(chunks)) == "one"
-    fused, leaders = rrf_grouped([dense, lexical], group_of, k=10)
-    assert list(fused)[:2] == ["two:a", "one"]
-    assert fused["two:a"] == pytest.approx(1.0 * (2 / 12) / (2 / 11))  # second in both, by document
-    # One item per group scores the group's fusion; the other chunk keeps its own (lower) score, so a
-    # long document's many chunks are not all lifted.
-    assert leaders == {"two:a", "one", "x1", "y1", "z1"}
-    assert fused["two:b"] == pytest.approx(chunks["two:b"])
-    # Without groups it is the item-level fusion; an item with no group keeps its score.
-    assert rrf_grouped([dense, lexical], {}, k=10)[0] == chunks
-    assert rrf_grouped([], {}) == ({}, set())
 
 
 def test_weighted_rrf_discounts_a_ranking() -> None:
