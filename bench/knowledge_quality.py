@@ -98,6 +98,9 @@ DEPTH = 40
 #: the "hybrid" row. (0.5, 60) was the default before the SciFact fit (bench/fit_scifact.py).
 WHAT_IF = (
     (0.5, 60),
+    (0.5, 3),
+    (0.75, 5),
+    (0.9, 5),
     (1.0, 60),
     (0.25, 60),
     (1.0, 10),
