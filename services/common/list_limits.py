@@ -56,7 +56,7 @@ def check_lists(message: Message, prefix: str = "") -> None:
     """Refuse ``message`` if any list in it (at any depth) holds more items than its limit. Only the
     fields that may hold a limited list are visited (a plan per message type, built once): most
     requests (a SessionRef and scalars) cost one dict lookup, on every RPC."""
-    limited, nested = _plan(message.DESCRIPTOR)
+    limited, nested = _plan(message.DESCRIPTOR)  # type: ignore[arg-type]  # upb's Descriptor type
     for name, limit in limited:
         value = getattr(message, name)
         if len(value) > limit:

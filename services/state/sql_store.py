@@ -16,7 +16,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from sessionkit import reasons
 from sessionkit.errors import ServiceUnavailable
-from sessionkit.jsonvalues import dumps, loads
+from sessionkit.jsonvalues import dumps
 from sessionkit_server.common.db import Database
 from sessionkit_server.common.idempotency import IdempotencyLedger
 from sessionkit_server.common.migrate import upgrader

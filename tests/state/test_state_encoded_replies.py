@@ -8,15 +8,14 @@ from sessionkit.jsonvalues import dumps, from_struct
 from sessionkit.v1 import state_pb2
 from sessionkit_server.state.grpc_servicer import EncodedStates
 from sessionkit_server.state.service import StateSnapshot
+from sessionkit_server.state.store import JsonObject
 
 
-def snapshot(
-    version: int, own: dict[str, object], keys: tuple[str, ...] = (), user: str = "{}"
-) -> StateSnapshot:
+def snapshot(version: int, own: JsonObject, keys: tuple[str, ...] = (), user: str = "{}") -> StateSnapshot:
     return StateSnapshot(version, (dumps(own), user, "{}", keys))
 
 
-def decode(reply: bytes) -> tuple[dict[str, object], int]:
+def decode(reply: bytes) -> tuple[JsonObject, int]:
     message = state_pb2.GetStateResponse.FromString(reply)
     return from_struct(message.state), message.version
 
@@ -45,6 +44,6 @@ def test_the_kept_encodings_stay_within_their_byte_budget() -> None:
         )
     assert 0 < replies._bytes <= 4000
     assert len(replies._entries) < 100
-    big = {"blob": "y" * 5000}  # over the entry limit: answered, not kept
+    big: JsonObject = {"blob": "y" * 5000}  # over the entry limit: answered, not kept
     assert decode(replies.encode(snapshot(1, big))) == (big, 1)
     assert all("y" * 5000 not in content[0] for content in replies._entries)
