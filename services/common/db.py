@@ -15,6 +15,7 @@ Store logic is written once as plain functions of a SQLAlchemy ``Connection`` (`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import re
 from collections.abc import Callable, Mapping
@@ -254,6 +255,11 @@ class Database:
             await self._pg_reads.close()
         if self._async is not None:
             await self._async.dispose()
+        if self._executors:
+            # The writer thread's held connection goes back to the pool first (on that thread, after
+            # the writes queued before it), so disposing of the engine closes it.
+            with contextlib.suppress(RuntimeError):  # the executor is shut down already
+                await asyncio.wrap_future(self._executors["write"].submit(self._group.release))
         for engine in (self._writer, self._reader):
             if engine is not None:
                 engine.dispose()

@@ -17,8 +17,9 @@ COMMIT fails, every write of the group fails with that error and none is acknowl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +65,41 @@ class GroupCommitter:
         self._lock = threading.Lock()
         self._pending: list[_Job] = []
         self._draining = False
+        #: The writer thread's connection, kept between transactions: checking one out of the pool and
+        #: back in (a Connection object, the pool's bookkeeping and reset) cost per transaction about
+        #: what a write's statements do. Only the writer thread touches it.
+        self._conn: Connection | None = None
+
+    def _connection(self) -> Connection:
+        conn = self._conn
+        if conn is None or conn.closed or conn.invalidated:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            conn = self._conn = self._engine.connect()
+        return conn
+
+    def release(self) -> None:
+        """Give the held connection back to the pool (on the writer thread: close() runs this there
+        before the engine is disposed)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """A write transaction on the held connection: committed if the block returns, rolled back if
+        it raises. After a failure the connection goes back to the pool, whose reset rolls back what
+        SQLite may still hold open (a COMMIT that failed leaves its transaction open), and the next
+        transaction takes one afresh."""
+        conn = self._connection()
+        try:
+            with conn.begin():
+                yield conn
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.release()
+            raise
 
     async def run(self, fn: Callable[[Connection], Any], solo: bool = False) -> Any:
         """Run ``fn`` in a write transaction shared with concurrent writes (``solo``: alone)."""
@@ -121,7 +157,7 @@ class GroupCommitter:
         if len(batch) == 1:
             job = batch[0]
             try:
-                with self._engine.begin() as conn:
+                with self._transaction() as conn:
                     job.result = job.fn(conn)
             except BaseException as error:
                 job.error = error
@@ -129,7 +165,7 @@ class GroupCommitter:
             return
         ran: list[_Job] = []
         try:
-            with self._engine.begin() as conn:
+            with self._transaction() as conn:
                 raw: Any = conn.connection.dbapi_connection
                 for i, job in enumerate(batch):
                     # Savepoints on the driver connection: SQLAlchemy's nested transactions cost

@@ -108,6 +108,18 @@ def _refuse(request: Any) -> Any:
     return request
 
 
+def _passthrough(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """The serializer, passing a reply that is already its encoding (bytes) through: a handler may
+    answer with bytes it encoded (or cached) itself, such as GetState's reply of an unchanged state."""
+    if serializer is None:
+        return None
+
+    def serialize(reply: Any) -> bytes:
+        return reply if type(reply) is bytes else serializer(reply)
+
+    return serialize
+
+
 async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
     async for request in requests:
         yield _refuse(request)
@@ -143,46 +155,51 @@ class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
 
     def _wrap(self, handler: Any, method: str) -> Any:
         parse = _lenient(handler.request_deserializer)
+        serialize = _passthrough(handler.response_serializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(handler.unary_unary, method, streaming=False),
                 request_deserializer=parse,
-                response_serializer=handler.response_serializer,
+                response_serializer=serialize,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 self._stream(handler.unary_stream, method, streaming=False),
                 request_deserializer=parse,
-                response_serializer=handler.response_serializer,
+                response_serializer=serialize,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
                 self._unary(handler.stream_unary, method, streaming=True),
                 request_deserializer=parse,
-                response_serializer=handler.response_serializer,
+                response_serializer=serialize,
             )
         return grpc.stream_stream_rpc_method_handler(
             self._stream(handler.stream_stream, method, streaming=True),
             request_deserializer=parse,
-            response_serializer=handler.response_serializer,
+            response_serializer=serialize,
         )
 
     def _unary(self, behavior: Any, method: str, streaming: bool) -> Any:
+        service = _tracked_service(method)
+
         async def wrapper(request: Any, context: Any) -> Any:
-            start, outcome = self._begin(method), ["OK"]
+            start, outcome = self._begin(service), ["OK"]
             try:
                 self._check_ready(method)
                 return await behavior(_checked(request) if streaming else _refuse(request), context)
             except Exception as error:
                 await self._fail(error, context, method, outcome)
             finally:
-                self._end(method, start, outcome[0])
+                self._end(method, service, start, outcome[0])
 
         return wrapper
 
     def _stream(self, behavior: Any, method: str, streaming: bool) -> Any:
+        service = _tracked_service(method)
+
         async def wrapper(request: Any, context: Any) -> AsyncIterator[Any]:
-            start, outcome = self._begin(method), ["OK"]
+            start, outcome = self._begin(service), ["OK"]
             try:
                 self._check_ready(method)
                 responses = behavior(_checked(request) if streaming else _refuse(request), context)
@@ -195,7 +212,7 @@ class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
             except Exception as error:
                 await self._fail(error, context, method, outcome)
             finally:
-                self._end(method, start, outcome[0])
+                self._end(method, service, start, outcome[0])
 
         return wrapper
 
@@ -223,22 +240,31 @@ class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
             return
         raise ServiceUnavailable(f"{method}: the server is starting and its storage is not ready yet")
 
-    def _begin(self, method: str) -> float:
+    def _begin(self, service: str | None) -> float:
         self.activity.in_flight += 1
-        if method.startswith("/sessionkit."):
-            self.activity.call_started(_service_of(method))
+        if service is not None:
+            self.activity.call_started(service)
         return time.perf_counter()
 
-    def _end(self, method: str, start: float, code: str) -> None:
+    def _end(self, method: str, service: str | None, start: float, code: str) -> None:
         self.activity.in_flight -= 1
-        if method.startswith("/sessionkit."):
-            self.activity.call_ended(_service_of(method))
+        if service is not None:
+            self.activity.call_ended(service)
         self.activity.last_active = time.monotonic()
-        if log.isEnabledFor(logging.DEBUG) or code not in ("OK", "NOT_FOUND", "ABORTED"):
+        if code not in _QUIET_CODES or log.isEnabledFor(logging.DEBUG):
             log.info(
                 "rpc",
                 extra={"method": method, "code": code, "ms": round((time.perf_counter() - start) * 1e3, 3)},
             )
+
+
+#: Outcomes not logged per call unless at DEBUG (a not-found read, a lost compare-and-set are normal).
+_QUIET_CODES = frozenset(("OK", "NOT_FOUND", "ABORTED"))
+
+
+def _tracked_service(method: str) -> str | None:
+    """The service a call counts for in Activity (sessionkit's services only), once per method."""
+    return _service_of(method) if method.startswith("/sessionkit.") else None
 
 
 def _service_of(method: str) -> str:

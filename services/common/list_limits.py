@@ -11,6 +11,7 @@ stalled every other request): each is far above what a real call needs. Lists in
 
 from __future__ import annotations
 
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 
 from sessionkit.errors import FieldViolation, InvalidArgument
@@ -53,21 +54,52 @@ def list_limit(field: str) -> int:
 
 def check_lists(message: Message, prefix: str = "") -> None:
     """Refuse ``message`` if any list in it (at any depth) holds more items than its limit. Only the
-    fields that are set are visited, so a small request costs a few attribute reads."""
-    for field, value in message.ListFields():
+    fields that may hold a limited list are visited (a plan per message type, built once): most
+    requests (a SessionRef and scalars) cost one dict lookup, on every RPC."""
+    limited, nested = _plan(message.DESCRIPTOR)  # type: ignore[arg-type]  # upb's Descriptor type
+    for name, limit in limited:
+        value = getattr(message, name)
+        if len(value) > limit:
+            path = f"{prefix}{name}"
+            description = f"has {len(value)} items; at most {limit}"
+            raise InvalidArgument(
+                f"invalid {path}: {description}", violations=[FieldViolation(path, description)]
+            )
+    for name, repeated in nested:
+        if repeated:
+            for i, item in enumerate(getattr(message, name)):
+                check_lists(item, f"{prefix}{name}[{i}].")
+        elif message.HasField(name):
+            check_lists(getattr(message, name), f"{prefix}{name}.")
+
+
+#: Message type -> (its limited lists: (field, limit); its message fields that may hold one:
+#: (field, repeated)).
+_Plan = tuple[tuple[tuple[str, int], ...], tuple[tuple[str, bool], ...]]
+_PLANS: dict[Descriptor, _Plan] = {}
+
+
+def _plan(descriptor: Descriptor) -> _Plan:
+    plan = _PLANS.get(descriptor)
+    if plan is None:
+        plan = _PLANS[descriptor] = _build_plan(descriptor, set())
+    return plan
+
+
+def _build_plan(descriptor: Descriptor, visiting: set[str]) -> _Plan:
+    visiting = visiting | {descriptor.full_name}
+    limited: list[tuple[str, int]] = []
+    nested: list[tuple[str, bool]] = []
+    for field in descriptor.fields:
         described = field.message_type
         if described is not None and described.full_name.startswith("google.protobuf."):
+            continue  # Struct, ListValue, Timestamp...: bounded by size limits, not list limits
+        limit = LIST_LIMITS.get(field.full_name)
+        if field.is_repeated and limit is not None:
+            limited.append((field.name, limit))
+        if described is None or described.GetOptions().map_entry:
             continue
-        path = f"{prefix}{field.name}"
-        if field.is_repeated:
-            limit = LIST_LIMITS.get(field.full_name)
-            if limit is not None and len(value) > limit:
-                description = f"has {len(value)} items; at most {limit}"
-                raise InvalidArgument(
-                    f"invalid {path}: {description}", violations=[FieldViolation(path, description)]
-                )
-            if described is not None and not described.GetOptions().map_entry:
-                for i, item in enumerate(value):
-                    check_lists(item, f"{path}[{i}].")
-        elif described is not None:
-            check_lists(value, f"{path}.")
+        # A type met again on the way down (a recursive message) is visited: it may hold a list.
+        if described.full_name in visiting or any(_build_plan(described, visiting)):
+            nested.append((field.name, field.is_repeated))
+    return tuple(limited), tuple(nested)

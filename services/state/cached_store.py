@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TypeVar
 
-from sessionkit.jsonvalues import dumps, loads
 from sessionkit_server.state.store import (
     EventRecord,
     JsonObject,
@@ -28,14 +27,16 @@ from sessionkit_server.state.store import (
 )
 
 T = TypeVar("T")
-_Entry = tuple[SessionRecord, JsonObject, JsonObject, JsonObject]
+#: (session, own keys, user scope, app scope), the scopes as their JSON texts.
+_Entry = tuple[SessionRecord, str, str, str]
 
 
 class CachingStateStore(StateStore):
     def __init__(self, inner: StateStore, max_sessions: int = 10_000) -> None:
         self.inner = inner
         self.max_sessions = max_sessions
-        # Entries hold JSON text, parsed on every hit: callers get objects of their own.
+        # Entries hold JSON text, parsed on every hit (callers get objects of their own), or handed
+        # out as text to a reader that reuses its work on equal texts (read_state_text).
         self._sessions: OrderedDict[SessionKey, tuple[SessionRecord, str]] = OrderedDict()
         self._users: dict[tuple[str, str], str] = {}
         self._apps: dict[str, str] = {}
@@ -94,10 +95,10 @@ class CachingStateStore(StateStore):
         if key not in self._sessions:
             self._user_refs[(key.app_name, key.user_id)] += 1
             self._app_refs[key.app_name] += 1
-        self._sessions[key] = (record, dumps(own))
+        self._sessions[key] = (record, own)
         self._sessions.move_to_end(key)
-        self._users[(key.app_name, key.user_id)] = dumps(user)
-        self._apps[key.app_name] = dumps(app)
+        self._users[(key.app_name, key.user_id)] = user
+        self._apps[key.app_name] = app
         while len(self._sessions) > self.max_sessions:
             self._drop_session(next(iter(self._sessions)))
 
@@ -111,18 +112,16 @@ class CachingStateStore(StateStore):
         if record.expire_us is not None and record.expire_us <= now_us:
             return None
         self._sessions.move_to_end(key)
-        return replace(record), loads(own), loads(user), loads(app)
+        return replace(record), own, user, app
 
     # -- reads ------------------------------------------------------------------------------------------
 
-    async def read_state(
-        self, key: SessionKey, now_us: int
-    ) -> tuple[SessionRecord, JsonObject, JsonObject, JsonObject]:
+    async def read_state_text(self, key: SessionKey, now_us: int) -> tuple[SessionRecord, str, str, str]:
         hit = self._cached(key, now_us)
         if hit is not None:
             return hit
         generation = self._generation
-        entry = await self.inner.read_state(key, now_us)
+        entry = await self.inner.read_state_text(key, now_us)
         self._fill(generation, entry)
         return entry
 

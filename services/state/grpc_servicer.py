@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,7 +11,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from sessionkit.jsonvalues import from_list_value, from_struct, from_value, to_struct, to_value
 from sessionkit.v1 import common_pb2, state_pb2, state_pb2_grpc
 from sessionkit_server.common import checks
-from sessionkit_server.state.service import ChangeView, StateService, session_key
+from sessionkit_server.state.service import ChangeView, StateService, StateSnapshot, session_key
 from sessionkit_server.state.store import EventRecord, SessionRecord, VersionRecord
 
 Context = Any  # grpc.aio.ServicerContext
@@ -86,9 +87,51 @@ def _expected(request: Any) -> int | None:
     return request.expected_version if request.HasField("expected_version") else None
 
 
+class EncodedStates:
+    """GetState's replies as bytes, the state part kept per snapshot content (LRU, bounded in bytes).
+
+    Why: building a reply (parse three JSON texts, merge, build a Struct, serialize it) was most of
+    a read's own CPU, and most reads find a state unchanged since the last one. An entry is keyed by
+    the stored texts themselves, never by session and version: a read reuses an encoding only for
+    the very state it read (from any replica's write), so there is nothing to invalidate. The reply
+    is that encoding followed by the version's field (two serialized messages of one type
+    concatenated parse as one, protobuf's merge rule)."""
+
+    def __init__(self, max_bytes: int = 32 << 20, max_entry_bytes: int = 256 << 10) -> None:
+        self.max_bytes = max_bytes
+        self.max_entry_bytes = max_entry_bytes
+        self._entries: OrderedDict[tuple[str, str, str, tuple[str, ...]], bytes] = OrderedDict()
+        self._bytes = 0
+
+    def encode(self, snapshot: StateSnapshot) -> bytes:
+        version = state_pb2.GetStateResponse(version=snapshot.version).SerializeToString()
+        content = snapshot.content
+        encoded = self._entries.get(content)
+        if encoded is not None:
+            self._entries.move_to_end(content)
+            return encoded + version
+        encoded = state_pb2.GetStateResponse(state=to_struct(snapshot.state())).SerializeToString()
+        size = _size(content) + len(encoded)
+        if size <= self.max_entry_bytes:
+            self._entries[content] = encoded
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                old_content, old = self._entries.popitem(last=False)
+                self._bytes -= _size(old_content) + len(old)
+        return encoded + version
+
+
+def _size(content: tuple[str, str, str, tuple[str, ...]]) -> int:
+    own, user, app, keys = content
+    return len(own) + len(user) + len(app) + sum(len(k) for k in keys)
+
+
 class StateServicer(state_pb2_grpc.StateServiceServicer):
     def __init__(self, service: StateService) -> None:
         self.service = service
+        #: GetState answers with bytes: the server's interceptor (ErrorAndLogInterceptor) passes a
+        #: bytes reply through its serializer as the encoded message.
+        self.state_replies = EncodedStates()
 
     async def CreateSession(self, request: state_pb2.CreateSessionRequest, context: Context) -> Any:
         ttl = int(checks.duration_proto(request.ttl, "ttl")) if request.HasField("ttl") else None
@@ -115,8 +158,8 @@ class StateServicer(state_pb2_grpc.StateServiceServicer):
         return state_pb2.DeleteSessionResponse(deleted=deleted)
 
     async def GetState(self, request: state_pb2.GetStateRequest, context: Context) -> Any:
-        state, version = await self.service.get_state(_key(request.session), list(request.keys))
-        return state_pb2.GetStateResponse(state=to_struct(state), version=version)
+        snapshot = await self.service.read_state(_key(request.session), request.keys)
+        return self.state_replies.encode(snapshot)
 
     async def SaveState(self, request: state_pb2.SaveStateRequest, context: Context) -> Any:
         result = await self.service.save_state(

@@ -20,7 +20,7 @@ from sessionkit.errors import (
     SessionNotFound,
     StateConflict,
 )
-from sessionkit.jsonvalues import JsonValue, check_json, dumps
+from sessionkit.jsonvalues import JsonValue, check_json, dumps, loads
 from sessionkit_server.common import checks, failpoints, paging
 from sessionkit_server.common.idempotency import IDEMPOTENCY_TTL_US, check_key, key_reused
 from sessionkit_server.common.identity import session_key as session_key  # re-exported
@@ -77,6 +77,24 @@ class WriteResult:
     def decode(cls, data: bytes) -> WriteResult:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in json.loads(data).items() if k in known})
+
+
+@dataclass(frozen=True, slots=True)
+class StateSnapshot:
+    """A session's state as read: its version, and what the state is made of, ``content``: the JSON
+    texts of the session's own keys, its user scope and its app scope, and the keys asked for (all
+    when empty). Equal contents are equal states, whatever the session or version."""
+
+    version: int
+    content: tuple[str, str, str, tuple[str, ...]]
+
+    def state(self) -> JsonObject:
+        """The merged state (user:/app: keys prefixed), only the keys asked for when some were."""
+        own, user, app, keys = self.content
+        merged = merge(loads(own), loads(user), loads(app))
+        if keys:
+            merged = {name: merged[name] for name in keys if name in merged}
+        return merged
 
 
 class StateService:
@@ -138,13 +156,16 @@ class StateService:
     # -- state --------------------------------------------------------------------------------------
 
     async def get_state(self, key: SessionKey, keys: list[str] | None = None) -> tuple[JsonObject, int]:
-        for i, name in enumerate(keys or []):
+        snapshot = await self.read_state(key, keys)
+        return snapshot.state(), snapshot.version
+
+    async def read_state(self, key: SessionKey, keys: Sequence[str] | None = None) -> StateSnapshot:
+        """get_state's answer as the stored texts it is made of (parsed on demand): a reader that
+        keeps what it made of a snapshot's ``content`` may reuse it for any equal one."""
+        for i, name in enumerate(keys or ()):
             _check_key(name, f"keys[{i}]")
-        record, own, user, app = await self.store.read_state(key, now_us())
-        merged = merge(own, user, app)
-        if keys:
-            merged = {name: merged[name] for name in keys if name in merged}
-        return merged, record.version
+        record, own, user, app = await self.store.read_state_text(key, now_us())
+        return StateSnapshot(record.version, (own, user, app, tuple(keys or ())))
 
     async def save_state(
         self,

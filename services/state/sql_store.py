@@ -16,7 +16,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from sessionkit import reasons
 from sessionkit.errors import ServiceUnavailable
-from sessionkit.jsonvalues import dumps, loads
+from sessionkit.jsonvalues import dumps
 from sessionkit_server.common.db import Database
 from sessionkit_server.common.idempotency import IdempotencyLedger
 from sessionkit_server.common.migrate import upgrader
@@ -175,21 +175,14 @@ class SqlStateStore(StateStore):
 
         return await self.db.write(run)
 
-    async def read_state(
-        self, key: SessionKey, now_us: int
-    ) -> tuple[SessionRecord, JsonObject, JsonObject, JsonObject]:
+    async def read_state_text(self, key: SessionKey, now_us: int) -> tuple[SessionRecord, str, str, str]:
         # One statement: the session row with its user and app scopes joined in.
         params = {"p_app": key.app_name, "p_user": key.user_id, "p_session": key.session_id, "p_now": now_us}
 
         m = await self.db.read_row(READ_STATE, params)
         if m is None:
             raise not_found(key)
-        return (
-            session_record(m),
-            loads(m["state"]),
-            loads(m["user_state"] or "{}"),
-            loads(m["app_state"] or "{}"),
-        )
+        return session_record(m), m["state"], m["user_state"] or "{}", m["app_state"] or "{}"
 
     async def write(
         self, key: SessionKey, idempotency_key: str, now_us: int, apply: Callable[[WriteTx], T]

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from sessionkit.jsonvalues import JsonValue
+from sessionkit.jsonvalues import JsonValue, loads
 
 # Defined once for every service; re-exported for the state store's implementations.
 from sessionkit_server.common.identity import SessionKey as SessionKey
@@ -151,11 +151,17 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     async def delete_session(self, key: SessionKey) -> bool: ...
 
-    @abc.abstractmethod
     async def read_state(
         self, key: SessionKey, now_us: int
     ) -> tuple[SessionRecord, JsonObject, JsonObject, JsonObject]:
         """(session, own keys, user scope, app scope). Raises SessionNotFound."""
+        record, own, user, app = await self.read_state_text(key, now_us)
+        return record, loads(own), loads(user), loads(app)
+
+    @abc.abstractmethod
+    async def read_state_text(self, key: SessionKey, now_us: int) -> tuple[SessionRecord, str, str, str]:
+        """read_state's objects as their stored JSON texts, unparsed: equal texts are equal states, so
+        a reader may reuse what it made of the same texts before (GetState's encoded reply)."""
 
     @abc.abstractmethod
     async def write(

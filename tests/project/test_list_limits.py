@@ -84,3 +84,18 @@ def test_the_check_names_the_field_and_its_limit_and_passes_lists_at_the_limit()
     messages = [memory_pb2.ConversationMessage(content="hi")] * 1001
     with pytest.raises(InvalidArgument):
         check_lists(memory_pb2.ExtractMemoriesRequest(messages=messages))
+
+
+def test_lists_inside_nested_and_repeated_messages_are_checked_with_their_path() -> None:
+    task = agent_pb2.WorkflowTask(context_tasks=[f"t{n}" for n in range(101)])
+    request = agent_pb2.RunWorkflowRequest(tasks=[agent_pb2.WorkflowTask(), task])
+    with pytest.raises(InvalidArgument) as info:
+        check_lists(request)
+    assert [v.field for v in info.value.violations] == ["tasks[1].context_tasks"]
+    check_lists(agent_pb2.RunWorkflowRequest(tasks=[agent_pb2.WorkflowTask(context_tasks=["t"] * 100)]))
+    keys = state_pb2.GetStateRequest(keys=["k"] * 1001)
+    with pytest.raises(InvalidArgument, match="invalid keys: has 1001 items; at most 1000"):
+        check_lists(keys)
+    # A request with no list anywhere (a SessionRef and scalars) passes, and so does an unset message.
+    check_lists(state_pb2.SetStateValueRequest(key="k"))
+    check_lists(agent_pb2.RunWorkflowRequest())

@@ -33,7 +33,8 @@ S1 = SessionKey("app", "alice", "s1")
 S2 = SessionKey("app", "alice", "s2")
 BOB = SessionKey("app", "bob", "s1")
 
-ReadState = Callable[[SessionKey, int], Awaitable[tuple[SessionRecord, JsonObject, JsonObject, JsonObject]]]
+#: The store's read under the cache (StateStore.read_state_text): the scopes as their JSON texts.
+ReadState = Callable[[SessionKey, int], Awaitable[tuple[SessionRecord, str, str, str]]]
 
 
 def now_us() -> int:
@@ -45,12 +46,10 @@ class Spy:
 
     def __init__(self, inner: SqlStateStore, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[SessionKey] = []
-        self._read: ReadState = inner.read_state
-        monkeypatch.setattr(inner, "read_state", self.read_state)
+        self._read: ReadState = inner.read_state_text
+        monkeypatch.setattr(inner, "read_state_text", self.read_state_text)
 
-    async def read_state(
-        self, key: SessionKey, now: int
-    ) -> tuple[SessionRecord, JsonObject, JsonObject, JsonObject]:
+    async def read_state_text(self, key: SessionKey, now: int) -> tuple[SessionRecord, str, str, str]:
         self.calls.append(key)
         return await self._read(key, now)
 
@@ -259,19 +258,17 @@ async def test_a_read_that_started_before_a_write_and_ends_after_it_is_not_cache
     cache: CachingStateStore, spy: Spy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await cache.create_session(S1, None, {"a": 1}, False, now_us())
-    original: ReadState = cache.inner.read_state
+    original: ReadState = cache.inner.read_state_text
     read_done, gate = asyncio.Event(), asyncio.Event()
 
-    async def held_read(
-        key: SessionKey, now: int
-    ) -> tuple[SessionRecord, JsonObject, JsonObject, JsonObject]:
+    async def held_read(key: SessionKey, now: int) -> tuple[SessionRecord, str, str, str]:
         result = await original(key, now)  # read from the database before the write...
         read_done.set()
         await gate.wait()  # ...and handed back after it
         return result
 
     with monkeypatch.context() as patch:
-        patch.setattr(cache.inner, "read_state", held_read)
+        patch.setattr(cache.inner, "read_state_text", held_read)
         slow = asyncio.create_task(cache.read_state(S1, now_us()))
         await asyncio.wait_for(read_done.wait(), 5)
         await cache.write(S1, "", now_us(), setter(a=2, user__u=1))

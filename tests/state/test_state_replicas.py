@@ -49,6 +49,12 @@ def test_each_write_through_one_replica_is_read_through_the_other_on_the_next_ca
             assert b.get_state("n") == i
             assert a.get_state("n") == i
             assert b.restore_state()["n"] == i
+        # A state both replicas served before (their encoded replies of it are kept), written back
+        # through one of them: the other answers it with the new version, and then the next change.
+        version = b.set_state("n", 0)
+        assert (a.get_state("n"), a.state_version()) == (0, version)
+        a.set_state("n", 1)
+        assert b.get_state("n") == 1
         # Every kind of write and the user and app scopes, each read back at once on the other replica.
         assert (a.get_state("count"), b.get_state("count")) == (None, None)
         a.increment_state("count", 5)
