@@ -138,13 +138,21 @@ class _Registrar:
 class _UnaryCall:
     """A stub's multicallable for one in-process unary method."""
 
-    def __init__(self, calls: InProcessCalls, method: str, api_key: str) -> None:
+    def __init__(
+        self, calls: InProcessCalls, method: str, api_key: str, deserializer: Callable[[bytes], Any] | None
+    ) -> None:
         self._calls = calls
         self._method = method
         self._api_key = api_key
+        self._deserializer = deserializer
 
-    def __call__(self, request: Any, *, timeout: float | None = None, **_: Any) -> Any:
-        return self._calls.unary(self._method, request, self._api_key, timeout)
+    async def __call__(self, request: Any, *, timeout: float | None = None, **_: Any) -> Any:  # noqa: ASYNC109 - grpc.aio stub signature
+        reply = await self._calls.unary(self._method, request, self._api_key, timeout)
+        if type(reply) is bytes and self._deserializer is not None:
+            # A handler may answer with its reply already encoded (GetState's cached encodings): the
+            # network would have decoded it with the stub's deserializer, so do the same.
+            return self._deserializer(reply)
+        return reply
 
 
 class InProcessTransport(Transport):
@@ -191,9 +199,11 @@ class _StubChannel:
     def _network(self, method: str) -> Any:
         return getattr(self._stub, method.rsplit("/", 1)[-1])
 
-    def unary_unary(self, method: str, **_: Any) -> Any:
+    def unary_unary(
+        self, method: str, response_deserializer: Callable[[bytes], Any] | None = None, **_: Any
+    ) -> Any:
         if self._calls.serves(method):
-            return _UnaryCall(self._calls, method, self._api_key)
+            return _UnaryCall(self._calls, method, self._api_key, response_deserializer)
         return self._network(method)
 
     def unary_stream(self, method: str, **_: Any) -> Any:
