@@ -296,6 +296,41 @@ async def test_lexical_search_prefers_the_shorter_of_two_equal_matches(store: Me
     assert hits == [short.id, long.id]  # document-length normalisation on both backends
 
 
+async def test_lexical_search_ranks_a_rare_word_above_a_common_one(store: MemoryStore) -> None:
+    """BM25's inverse document frequency: a memory holding the query's rare word (a name in one
+    memory) outranks one holding its common word twice ("coffee" in most memories). ts_rank, with no
+    document frequencies, ranked the two "coffee" the higher."""
+    for n in range(5):
+        await add(store, memory(ALICE_S2, f"coffee at the office, cup number {n}"))
+    common = (await add(store, memory(ALICE, "coffee, more coffee"))).memory
+    rare = (await add(store, memory(ALICE_S2, "We flew to Zanzibar"))).memory
+    for _ in range(3):  # another user's words never count in Alice's ranking nor come back
+        await add(store, memory(BOB, f"Zanzibar, Zanzibar and Zanzibar {uuid.uuid4().hex}"))
+    hits = await store.lexical(ALICE, LONG, "coffee Zanzibar", 10, now_us())
+    assert [i for i, _ in hits][:2] == [rare.id, common.id]
+    assert len(hits) == 7  # Alice's six coffee memories and her Zanzibar one, none of Bob's
+    scores = dict(hits)
+    assert scores[rare.id] > 2 * scores[common.id]
+
+
+async def test_lexical_statistics_of_another_user_do_not_move_a_ranking(store: MemoryStore) -> None:
+    """On PostgreSQL BM25's statistics (row count, average length, document frequencies) are the
+    searching user's own (migration m0006): Bob's memories leave Alice's scores as they were. SQLite's
+    FTS5 keeps one set of statistics for the whole table (documented in docs/MEMORY.md)."""
+    if not store.db.is_postgres:
+        pytest.skip("FTS5's bm25 statistics cover every user's rows (docs/MEMORY.md)")
+    await add(store, memory(ALICE, "We flew to Zanzibar in June"))
+    await add(store, memory(ALICE_S2, "the flight was long"))
+    before = await store.lexical(ALICE, LONG, "Zanzibar flight", 10, now_us())
+    for n in range(20):
+        await add(store, memory(BOB, f"Zanzibar flight {n} " + "word " * n))
+    after = await store.lexical(ALICE, LONG, "Zanzibar flight", 10, now_us())
+    assert after == before and len(before) == 2
+    # Deletes and updates keep the statistics too: clearing Bob's memories leaves Alice's ranking as is.
+    await store.clear(BOB, None, now_us(), "tester")
+    assert await store.lexical(ALICE, LONG, "Zanzibar flight", 10, now_us()) == before
+
+
 async def test_a_memory_is_found_by_the_words_of_the_one_its_session_wrote_before(store: MemoryStore) -> None:
     question = (await add(store, memory(ALICE, "Where did you go for your birthday?"))).memory
     answer = (await add(store, memory(ALICE, "We went to Porto and ate far too much"))).memory
