@@ -430,14 +430,13 @@ def _bm25(
         return []
     in_scopes_sql = f"s.app_name = :app AND ({' OR '.join(alternatives)})"
     sql = text(
-        f"WITH {bm25.QUERY_CTE}, "
-        "stats AS (SELECT greatest(coalesce(sum(s.lexical_chunks), 0), 1)::float8 AS n, "
+        "WITH stats AS (SELECT greatest(coalesce(sum(s.lexical_chunks), 0), 1)::float8 AS n, "
         "greatest(coalesce(sum(s.lexical_tokens), 0), 1)::float8 "
         "/ greatest(coalesce(sum(s.lexical_chunks), 0), 1) AS avglen "
         f"FROM sk_knowledge_sources AS s WHERE {in_scopes_sql}), "
         "cand AS (SELECT c.id, c.tsv, c.tsv_len FROM sk_knowledge_chunks AS c "
-        "JOIN sk_knowledge_sources AS s ON s.id = c.source_id AND s.version = c.version CROSS JOIN q "
-        f"WHERE c.tsv @@ q.query AND {in_scopes_sql})" + bm25.SCORE_SQL
+        "JOIN sk_knowledge_sources AS s ON s.id = c.source_id AND s.version = c.version "
+        f"WHERE c.tsv @@ {bm25.TSQUERY} AND {in_scopes_sql})" + bm25.SCORE_SQL
     )
     return [(row[0], float(row[1])) for row in conn.execute(sql, params).all()]
 

@@ -375,12 +375,11 @@ class MemoryStore:
                 # holding any query lexeme (GIN index), N and the average length the user's
                 # statistics row (migration m0006): another user's rows neither rank nor weigh here.
                 sql = text(
-                    f"WITH {bm25.QUERY_CTE}, "
-                    "stats AS (SELECT greatest(coalesce(max(docs), 0), 1)::float8 AS n, "
+                    "WITH stats AS (SELECT greatest(coalesce(max(docs), 0), 1)::float8 AS n, "
                     "greatest(coalesce(max(tokens), 0), 1)::float8 / greatest(coalesce(max(docs), 0), 1) "
                     "AS avglen FROM sk_memory_lexical_stats WHERE app_name = :app AND user_id = :user), "
-                    "cand AS (SELECT m.id, m.tsv, m.tsv_len FROM sk_memories AS m CROSS JOIN q "
-                    "WHERE m.tsv @@ q.query AND m.app_name = :app AND m.user_id = :user "
+                    "cand AS (SELECT m.id, m.tsv, m.tsv_len FROM sk_memories AS m "
+                    f"WHERE m.tsv @@ {bm25.TSQUERY} AND m.app_name = :app AND m.user_id = :user "
                     f"AND {kinds} AND (m.expire_us IS NULL OR m.expire_us > :now))" + bm25.SCORE_SQL
                 )
                 params.update(bm25.query_params(terms, CONTEXT_WEIGHT))

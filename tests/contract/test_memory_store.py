@@ -7,8 +7,10 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from typing import Any
 
 import pytest
+from sqlalchemy import Connection, text
 
 from sessionkit.errors import InvalidArgument, NotFound, StateConflict
 from sessionkit_server.common.db import Database
@@ -329,6 +331,28 @@ async def test_lexical_statistics_of_another_user_do_not_move_a_ranking(store: M
     # Deletes and updates keep the statistics too: clearing Bob's memories leaves Alice's ranking as is.
     await store.clear(BOB, None, now_us(), "tester")
     assert await store.lexical(ALICE, LONG, "Zanzibar flight", 10, now_us()) == before
+    # The statistics rows are the sums of the rows after inserts, a text update and deletes.
+    (first, _) = [i for i, _ in before]
+    await store.update(ALICE, first, now_us(), "tester", text_hash=("Zanzibar, June", "h2"))
+    await add(store, memory(BOB, "one more"))
+
+    def sums(conn: Connection) -> tuple[list[Any], list[Any]]:
+        kept = conn.execute(
+            text(
+                "SELECT app_name, user_id, docs, tokens FROM sk_memory_lexical_stats "
+                "WHERE docs > 0 ORDER BY 1, 2"
+            )
+        ).all()
+        rows = conn.execute(
+            text(
+                "SELECT app_name, user_id, count(*), sum(tsv_len) FROM sk_memories "
+                "GROUP BY 1, 2 ORDER BY 1, 2"
+            )
+        ).all()
+        return [tuple(r) for r in kept], [tuple(r) for r in rows]
+
+    kept, counted = await store.db.read(sums)
+    assert kept == counted and len(kept) == 2
 
 
 async def test_a_memory_is_found_by_the_words_of_the_one_its_session_wrote_before(store: MemoryStore) -> None:
