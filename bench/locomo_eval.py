@@ -13,8 +13,14 @@ stands for every turn whose add returned it (a merged turn is found through the 
 into); how many turns were merged, and whether merged evidence is still found, is reported (item 7 of
 issue 13).
 
-Run: ``.venv/bin/python bench/locomo_eval.py [--conversations 5] [--json out.json]``. Skips (exit 0)
-when the data is absent.
+``--database-url postgresql://...`` runs the same on PostgreSQL, configured as a user configures it
+(``SESSIONKIT_DATABASE_URL`` in the embedded server's environment), under an app name of its own per
+run (an empty database is not needed). Every run also reports the store's lexical ranking alone
+(``MemoryStore.lexical`` on the server's database: FTS5 bm25 on SQLite, BM25 in SQL on PostgreSQL,
+sessionkit_server.retrieval.bm25), the figure to hold against bm25s.
+
+Run: ``.venv/bin/python bench/locomo_eval.py [--conversations 5] [--json out.json] [--database-url
+URL]``. Skips (exit 0) when the data is absent.
 """
 
 from __future__ import annotations
@@ -22,9 +28,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 sys.path[:0] = [
@@ -35,9 +43,24 @@ sys.path[:0] = [
 from eval_data import Conversation, RecallTable, baselines, locomo, require_data  # noqa: E402
 
 from sessionkit import AsyncSession  # noqa: E402
+from sessionkit_server.common.db import Database  # noqa: E402
+from sessionkit_server.common.identity import Owner  # noqa: E402
+from sessionkit_server.memory.store import MemoryStore  # noqa: E402
+from sessionkit_server.memory.tables import LONG  # noqa: E402
 
 APP = "locomo"
 LIMIT = 10
+
+
+def database_url(storage: Path) -> str:
+    """The URL of the database the embedded server writes: SESSIONKIT_DATABASE_URL, or its SQLite file."""
+    configured = os.environ.get("SESSIONKIT_DATABASE_URL")
+    if configured:
+        return configured
+    found = sorted(storage.rglob("sessionkit.db"))
+    if not found:
+        raise SystemExit(f"no sessionkit.db under {storage}")
+    return f"sqlite:///{found[0]}"
 
 
 async def ingest(storage: Path, conv: Conversation) -> tuple[dict[str, set[str]], dict[str, str], int]:
@@ -82,7 +105,14 @@ async def evaluate(storage: Path, convs: list[Conversation], table: RecallTable)
             f"{conv.sample_id}-q", user_id=conv.sample_id, storage_path=storage, app_name=APP
         )
         shared = {d for ids in held.values() if len(ids) > 1 for d in ids}
+        store_db = Database(database_url(storage))
+        store = MemoryStore(store_db)
+        owner = Owner(APP, conv.sample_id, f"{conv.sample_id}-q")
+        engine = "BM25 in SQL, PostgreSQL" if store_db.is_postgres else "FTS5 bm25, SQLite"
+        lexical_name = f"store lexical only ({engine})"
         for q in conv.questions:
+            lexical = await store.lexical(owner, LONG, q.text, LIMIT, time.time_ns() // 1000)
+            table.add(lexical_name, q, [held.get(i, set()) for i, _ in lexical])
             start = time.perf_counter()
             hits = await session.search_memory(q.text, memory_type="long", limit=LIMIT)
             seconds_search += time.perf_counter() - start
@@ -92,6 +122,7 @@ async def evaluate(storage: Path, convs: list[Conversation], table: RecallTable)
             top = {d for ids in ranked for d in ids}
             merged_evidence += [(e, e in top) for e in q.evidence if e in shared]
         await session.close()
+        await store_db.close()
         texts = [t.memory_text() for t in conv.turns]
         for name, rankings in baselines(texts, [q.text for q in conv.questions]):
             for q, ranking in zip(conv.questions, rankings, strict=True):
@@ -113,7 +144,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--conversations", type=int, default=5)
     parser.add_argument("--json", type=Path, help="write the figures here too")
+    parser.add_argument(
+        "--database-url", help="run on this database (e.g. postgresql://user@host/db) instead of SQLite"
+    )
     args = parser.parse_args()
+    global APP
+    if args.database_url:
+        # As a user configures PostgreSQL: the embedded server reads it from its environment. An app
+        # name per run keeps reruns on one database apart (dedup would find the last run's turns).
+        os.environ["SESSIONKIT_DATABASE_URL"] = args.database_url
+        APP = f"locomo-{uuid.uuid4().hex[:8]}"
     folder = require_data("locomo-dev.json")
     convs = locomo(folder / "locomo-dev.json")[: args.conversations]
     print(
@@ -130,7 +170,11 @@ def main() -> None:
         args.json.write_text(
             json.dumps({"table": table.as_json(), "notes": notes}, indent=2), encoding="utf-8"
         )
-    rec = Recorder("locomo_eval", config={"conversations": args.conversations, **notes})
+    backend = "postgresql" if args.database_url else "sqlite"
+    rec = Recorder(
+        "locomo_eval" if backend == "sqlite" else "locomo_eval_pg",
+        config={"conversations": args.conversations, "backend": backend, **notes},
+    )
     questions = sum(len(c.questions) for c in convs)
     rows = table.as_json()
     first = next(iter(rows), None)

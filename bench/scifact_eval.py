@@ -10,8 +10,13 @@ uploads in flight; the server embeds concurrent adds together). With ``--storage
 DIR`` the data directory is kept: a second run re-adds every file, which the service answers
 "unchanged" without re-embedding, so only the searches cost time.
 
-Run: ``.venv/bin/python bench/scifact_eval.py [--storage DIR] [--queries N]``. Skips (exit 0) when the
-data is absent.
+``--database-url postgresql://...`` runs the same on PostgreSQL, configured as a user configures it
+(``SESSIONKIT_DATABASE_URL`` in the embedded server's environment), under an app name of its own per
+run. Every run also reports the store's lexical ranking alone (``KnowledgeStore.lexical`` on the
+server's database, top 30 chunks: FTS5 bm25 on SQLite, BM25 in SQL on PostgreSQL).
+
+Run: ``.venv/bin/python bench/scifact_eval.py [--storage DIR] [--queries N] [--database-url URL]``.
+Skips (exit 0) when the data is absent.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 sys.path[:0] = [
@@ -33,6 +40,10 @@ sys.path[:0] = [
 from eval_data import baselines, ndcg_at_10, require_data, scifact  # noqa: E402
 
 from sessionkit import AsyncSession  # noqa: E402
+from sessionkit_server.common.db import Database  # noqa: E402
+from sessionkit_server.knowledge.records import Scope  # noqa: E402
+from sessionkit_server.knowledge.store import KnowledgeStore  # noqa: E402
+from sessionkit_server.knowledge.tables import USER  # noqa: E402
 
 APP = "scifact"
 LIMIT = 30
@@ -87,6 +98,23 @@ async def run(
             ndcg_at_10(ranked, data.qrels[qid])
         )
     await session.close()
+    url = (
+        os.environ.get("SESSIONKIT_DATABASE_URL")
+        or f"sqlite:///{next((storage / 'data').rglob('sessionkit.db'))}"
+    )
+    store_db = Database(url)
+    store, scope = KnowledgeStore(store_db), Scope(USER, "bench", "")
+    engine = "BM25 in SQL, PostgreSQL" if store_db.is_postgres else "FTS5 bm25, SQLite"
+    for qid, text in queries:
+        lexical = await store.lexical(APP, [scope], text, LIMIT)
+        found = await store.current_chunks(APP, [scope], [chunk_id for chunk_id, _ in lexical])
+        ranked: list[str] = []
+        for chunk_id, _ in lexical:
+            doc = found[chunk_id][1].name.removesuffix(".txt")
+            if doc not in ranked:
+                ranked.append(doc)
+        figures.setdefault(f"store lexical only ({engine})", []).append(ndcg_at_10(ranked, data.qrels[qid]))
+    await store_db.close()
     for name, rankings in (
         baselines([data.corpus[i] for i in ids], [t for _, t in queries]) if with_baselines else []
     ):
@@ -114,7 +142,16 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the figures here too")
     parser.add_argument("--skip-add", action="store_true", help="search the --storage data as it is")
     parser.add_argument("--no-baselines", action="store_true", help="the SDK's figure only")
+    parser.add_argument(
+        "--database-url", help="run on this database (e.g. postgresql://user@host/db) instead of SQLite"
+    )
     args = parser.parse_args()
+    global APP
+    if args.database_url:
+        # As a user configures PostgreSQL: the embedded server reads it from its environment. An app
+        # name per run keeps reruns on one database apart.
+        os.environ["SESSIONKIT_DATABASE_URL"] = args.database_url
+        APP = f"scifact-{uuid.uuid4().hex[:8]}"
     require_data("scifact-train")
     if args.storage:
         figures, notes = asyncio.run(
@@ -130,7 +167,10 @@ def main() -> None:
         print(f"- {key}: {note}")
     if args.json:
         args.json.write_text(json.dumps({"ndcg@10": figures, "notes": notes}, indent=2), encoding="utf-8")
-    rec = Recorder("scifact_eval", config={k: str(v) for k, v in notes.items()})
+    rec = Recorder(
+        "scifact_eval_pg" if args.database_url else "scifact_eval",
+        config={k: str(v) for k, v in notes.items()},
+    )
     first, queries = next(iter(figures), None), int(str(notes.get("queries", 0)))
     for name, score in figures.items():  # for REPORT.md: nDCG@10, the first method as the baseline
         rec.value(f"{name} nDCG@10", score, n=queries, unit="nDCG@10",

@@ -73,9 +73,25 @@ def build_memory(settings: ServerSettings, db: Database, registrar: Any) -> Any:
         )
         if settings.llm_configured
         else None,
+        query_expander(settings),
     )
     memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(service), registrar)  # type: ignore[no-untyped-call]
     return service
+
+
+def query_expander(settings: ServerSettings) -> Any:
+    """The LLM that rewrites search queries (sessionkit_server.retrieval.expansion) when
+    SESSIONKIT_SEARCH_QUERY_EXPANSION is on and an LLM is configured; else None (off)."""
+    if not (settings.search_query_expansion and settings.llm_configured):
+        return None
+    from sessionkit_server.retrieval.expansion import QueryExpander
+
+    return QueryExpander(
+        settings.llm_model,
+        base_url=settings.llm_base_url or None,
+        api_key=settings.llm_api_key or None,
+        timeout=min(settings.llm_timeout_seconds, settings.search_query_expansion_timeout_seconds),
+    )
 
 
 def build_knowledge(settings: ServerSettings, db: Database, registrar: Any, memory: Any) -> Any:
@@ -110,6 +126,7 @@ def build_knowledge(settings: ServerSettings, db: Database, registrar: Any, memo
             ),
         ),
         owns_retrieval=owns,
+        expander=query_expander(settings),
     )
     knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server(KnowledgeServicer(service), registrar)  # type: ignore[no-untyped-call]
     return service

@@ -219,6 +219,15 @@ EXTRACTION_LLM_REJECTED = Reason(
     "{where} refused the request ({status}): {detail}; check SESSIONKIT_LLM_MODEL and the key",
 )
 
+QUERY_LLM_UNAVAILABLE = Reason(
+    "QUERY_LLM_UNAVAILABLE", ServiceUnavailable, "{where} {problem} ({attempts} attempts): {detail}"
+)
+QUERY_LLM_REJECTED = Reason(
+    "QUERY_LLM_REJECTED",
+    FailedPrecondition,
+    "{where} refused the request ({status}): {detail}; check SESSIONKIT_LLM_MODEL and the key",
+)
+
 # -- embeddings and the vector index (memory and knowledge) -----------------------------------------
 
 EMBEDDING_MODEL_UNAVAILABLE = Reason(

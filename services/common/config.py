@@ -56,6 +56,13 @@ class ServerSettings(BaseSettings):
     )
     #: Seconds one LLM request may take (each of its retries gets as long again).
     llm_timeout_seconds: float = Field(60.0, gt=0)
+    #: Memory and knowledge search: the LLM above rewrites each query into other queries searched too
+    #: (sessionkit_server.retrieval.expansion). Off by default: one LLM call per search; ignored
+    #: without an LLM. A failure of the LLM searches with the query alone (a logged warning).
+    search_query_expansion: bool = False
+    #: Seconds a search waits for the query's rewording (at most llm_timeout_seconds); then it
+    #: searches with the query alone.
+    search_query_expansion_timeout_seconds: float = Field(5.0, gt=0)
     memory_short_window: int = Field(100, ge=1, le=100_000)
     memory_short_ttl_seconds: int | None = Field(None, ge=1)
     memory_merge_threshold: float = Field(0.93, gt=0, le=1)

@@ -23,6 +23,7 @@ from sessionkit_server.knowledge.records import ChunkRecord, Scope, SourceRecord
 from sessionkit_server.knowledge.store import KnowledgeStore
 from sessionkit_server.retrieval.coalesce import CoalescingEmbedder
 from sessionkit_server.retrieval.embeddings import Embedder
+from sessionkit_server.retrieval.expansion import QueryExpander
 from sessionkit_server.retrieval.explain import Explanation
 from sessionkit_server.retrieval.vector_index import VectorIndex
 
@@ -141,12 +142,16 @@ class KnowledgeBase:
         embedder: Embedder,
         settings: KnowledgeSettings | None = None,
         owns_retrieval: bool = True,
+        expander: QueryExpander | None = None,
     ) -> None:
         self.store = store
         self.index = index
         self.embedder = embedder
         self.settings = settings or KnowledgeSettings()
         self.owns_retrieval = owns_retrieval
+        #: The LLM that rewrites search queries (SESSIONKIT_SEARCH_QUERY_EXPANSION); None: off. Its own
+        #: (closed with the service), also when the index and embedder are memory's.
+        self.expander = expander
         #: Chunk embeddings of concurrent ingestions share model calls (a folder added as a batch).
         self.chunk_embedder = CoalescingEmbedder(embedder)
         self.vectors = VectorOutbox(

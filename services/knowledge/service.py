@@ -3,7 +3,7 @@
 results and scopes in base.py.
 
 Search ranks like memory search (docs/MEMORY.md): dense cosine similarity (Chroma) and lexical
-relevance (SQLite FTS5 bm25 / PostgreSQL ts_rank, length-normalised) fused by reciprocal rank
+relevance (SQLite FTS5 bm25 / BM25 in SQL on PostgreSQL) fused by reciprocal rank
 (sessionkit_server.retrieval.fusion.rrf_normalized). Knowledge chunks have no quality or recency, so the
 score is the normalized RRF value itself."""
 
@@ -43,6 +43,7 @@ from sessionkit_server.knowledge.base import (
 )
 from sessionkit_server.knowledge.ingest import KnowledgeIngestion
 from sessionkit_server.knowledge.records import Scope, SourceRecord, vector_collection
+from sessionkit_server.retrieval.expansion import best_scores, rankings_with_expansion
 from sessionkit_server.retrieval.explain import Explainer, RankFusion
 from sessionkit_server.retrieval.fusion import rrf_normalized
 
@@ -73,6 +74,8 @@ class KnowledgeService(KnowledgeIngestion):
         if self.owns_retrieval:
             await self.index.close()
             await self.embedder.close()
+        if self.expander is not None:
+            await self.expander.close()
 
     async def _purge_forever(self, interval: float) -> None:
         """Delete idempotency records once they are 24 hours old (replays ignore them already)."""
@@ -177,25 +180,27 @@ class KnowledgeService(KnowledgeIngestion):
         searched = list(scopes) or default_scopes(owner)
         k = max(limit * 4, 40)
 
-        async def dense_ranking() -> list[tuple[str, float]]:
-            vector = await self.embedder.embed_one(query)
-            await self.vectors.settle()  # the vectors of ingestions already answered
-            return await self._dense(owner.app_name, searched, vector, k)
+        async def rankings_of(text: str) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+            async def dense_ranking() -> list[tuple[str, float]]:
+                vector = await self.embedder.embed_one(text)
+                await self.vectors.settle()  # the vectors of ingestions already answered
+                return await self._dense(owner.app_name, searched, vector, k)
 
-        # The lexical search does not need the query's vector: it runs while the model embeds it.
-        dense, lexical = await asyncio.gather(
-            dense_ranking(), self.store.lexical(owner.app_name, searched, query, k)
+            # The lexical search does not need the query's vector: it runs while the model embeds it.
+            dense, lexical = await asyncio.gather(
+                dense_ranking(), self.store.lexical(owner.app_name, searched, text, k)
+            )
+            return dense, lexical
+
+        rankings, weights = await rankings_with_expansion(
+            self.expander, query, rankings_of, self.settings.weight_lexical_rank
         )
         fused = rrf_normalized(
-            [[i for i, _ in dense], [i for i, _ in lexical]],
-            k=self.settings.rrf_k,
-            weights=[1.0, self.settings.weight_lexical_rank],
+            [[i for i, _ in ranking] for ranking in rankings], k=self.settings.rrf_k, weights=weights
         )
         if not fused:
             return []
-        semantic = dict(dense)
-        top_lexical = max((score for _, score in lexical), default=0.0) or 1.0
-        lexical_norm = {i: score / top_lexical for i, score in lexical}
+        semantic, lexical_norm = best_scores(rankings)
         rows = await self.store.current_chunks(owner.app_name, searched, list(fused))
         ids, names = set(source_ids), set(source_names)
         hits: list[Hit] = []
@@ -222,7 +227,8 @@ class KnowledgeService(KnowledgeIngestion):
         hits = hits[:limit]
         if explain:  # after the ranking, for the hits returned only: it cannot change what is found
             fusion = RankFusion(self.settings.rrf_k, 1.0, self.settings.weight_lexical_rank)
-            explainer = Explainer(dense, lexical, fusion)
+            # With query expansion the ranks shown are the query's own (docs/KNOWLEDGE.md).
+            explainer = Explainer(rankings[0], rankings[1], fusion)
             for hit in hits:  # chunks have no quality or recency: the score is the relevance
                 hit.explanation = explainer.explain(hit.chunk.id, fused[hit.chunk.id], hit.score)
         return hits

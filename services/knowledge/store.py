@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, and_, delete, func, insert, literal_column, select, text, update
+from sqlalchemy import Connection, and_, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from sessionkit.jsonvalues import dumps
@@ -34,7 +34,8 @@ from sessionkit_server.knowledge.records import (
     source_values,
     vector_collection,
 )
-from sessionkit_server.retrieval.words import LENGTH_NORMALIZATION, fts5_match, lexical_terms
+from sessionkit_server.retrieval import bm25
+from sessionkit_server.retrieval.words import fts5_match, lexical_terms
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "sk_knowledge_alembic_version"
@@ -146,6 +147,17 @@ class KnowledgeStore:
                         }
                         for c in chunks
                     ],
+                )
+            if conn.dialect.name == "postgresql":
+                # BM25's statistics of the source's current version (migration k0005), in this
+                # transaction: a search sums them over the scopes it searches.
+                conn.execute(
+                    text(
+                        "UPDATE sk_knowledge_sources SET (lexical_chunks, lexical_tokens) = "
+                        "(SELECT count(*), coalesce(sum(tsv_len), 0) FROM sk_knowledge_chunks "
+                        "WHERE source_id = :id AND version = :version) WHERE id = :id"
+                    ),
+                    {"id": new.id, "version": new.version},
                 )
             return Replaced(new, row is None, removed)
 
@@ -280,21 +292,7 @@ class KnowledgeStore:
             c, s = t.chunks.c, t.sources.c
             visible = and_(s.id == c.source_id, s.version == c.version)
             if conn.dialect.name == "postgresql":
-                tsv: Any = literal_column("sk_knowledge_chunks.tsv")
-                tsquery = func.to_tsquery("english", " | ".join(terms))
-                # ts_rank (term frequency, like BM25) with normalization 1 (divide by 1 + log(the
-                # document's length), like BM25's length normalisation): measured on LoCoMo dev,
-                # lexical-only recall@5 0.524 vs 0.521 for ts_rank_cd without normalisation, and a
-                # long text holding the terms once no longer ties with a short one about them.
-                rank = func.ts_rank(tsv, tsquery, LENGTH_NORMALIZATION).label("rank")
-                stmt = (
-                    select(c.id, rank)
-                    .join(t.sources, visible)
-                    .where(in_scopes(app_name, scopes), tsv.op("@@")(tsquery))
-                    .order_by(rank.desc())
-                    .limit(k)
-                )
-                return [(row[0], float(row[1])) for row in conn.execute(stmt).all()]
+                return _bm25(conn, app_name, scopes, terms, k)
             match = fts5_match(query)
             fts = text(
                 "SELECT rowid AS pk, -bm25(sk_knowledge_chunks_fts) AS rank "
@@ -415,6 +413,32 @@ class KnowledgeStore:
             conn.execute(delete(t.outbox).where(t.outbox.c.id.in_(entry_ids)))
 
         await self.db.write(run)
+
+
+def _bm25(
+    conn: Connection, app_name: str, scopes: Sequence[Scope], terms: list[str], k: int
+) -> list[tuple[str, float]]:
+    """PostgreSQL's BM25 (sessionkit_server.retrieval.bm25) over the current chunks of the sources in
+    ``scopes``: N and the average length summed over those sources (migration k0005), document
+    frequencies counted among the candidates, so no other scope's chunk is ranked or weighs."""
+    params: dict[str, Any] = {"app": app_name, "limit": k, **bm25.query_params(terms)}
+    alternatives = []
+    for n, scope in enumerate(scopes):
+        alternatives.append(f"(s.scope_kind = :kind{n} AND s.owner = :owner{n} AND s.scope_key = :key{n})")
+        params.update({f"kind{n}": scope.kind, f"owner{n}": scope.owner, f"key{n}": scope.key})
+    if not alternatives:
+        return []
+    in_scopes_sql = f"s.app_name = :app AND ({' OR '.join(alternatives)})"
+    sql = text(
+        "WITH stats AS (SELECT greatest(coalesce(sum(s.lexical_chunks), 0), 1)::float8 AS n, "
+        "greatest(coalesce(sum(s.lexical_tokens), 0), 1)::float8 "
+        "/ greatest(coalesce(sum(s.lexical_chunks), 0), 1) AS avglen "
+        f"FROM sk_knowledge_sources AS s WHERE {in_scopes_sql}), "
+        "cand AS (SELECT c.id, c.tsv, c.tsv_len FROM sk_knowledge_chunks AS c "
+        "JOIN sk_knowledge_sources AS s ON s.id = c.source_id AND s.version = c.version "
+        f"WHERE c.tsv @@ {bm25.TSQUERY} AND {in_scopes_sql})" + bm25.SCORE_SQL
+    )
+    return [(row[0], float(row[1])) for row in conn.execute(sql, params).all()]
 
 
 def _delete_chunks(conn: Connection, source_id: str, coll: str) -> int:

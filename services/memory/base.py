@@ -25,6 +25,7 @@ from sessionkit_server.memory.extraction import FactExtractor
 from sessionkit_server.memory.records import MemoryRecord
 from sessionkit_server.memory.store import MemoryStore
 from sessionkit_server.retrieval.embeddings import Embedder
+from sessionkit_server.retrieval.expansion import QueryExpander
 from sessionkit_server.retrieval.explain import Explanation
 from sessionkit_server.retrieval.vector_index import VectorIndex
 
@@ -140,6 +141,7 @@ class MemoryBase:
         embedder: Embedder,
         settings: MemorySettings | None = None,
         extractor: FactExtractor | None = None,
+        expander: QueryExpander | None = None,
     ) -> None:
         self.store = store
         self.index = index
@@ -147,6 +149,8 @@ class MemoryBase:
         self.settings = settings or MemorySettings()
         #: The LLM of ExtractMemories; None when the server has none configured.
         self.extractor = extractor
+        #: The LLM that rewrites search queries (SESSIONKIT_SEARCH_QUERY_EXPANSION); None: off.
+        self.expander = expander
         self.vectors = VectorOutbox(
             store, index, embedder, namespace="memories", done_rows=store.done_upserts
         )

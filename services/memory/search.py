@@ -1,8 +1,10 @@
 """Reading memories: get, list, history, hybrid search and the context block built from it.
 
 Search ranks by a documented fusion (docs/MEMORY.md): dense cosine similarity (Chroma) and lexical
-relevance (SQLite FTS5 bm25 / PostgreSQL ts_rank, length-normalised) are fused by reciprocal rank,
-then combined with the memory's quality score and its recency (sessionkit_server.retrieval.fusion)."""
+relevance (SQLite FTS5 bm25 / BM25 in SQL on PostgreSQL) are fused by reciprocal rank, then combined
+with the memory's quality score and its recency (sessionkit_server.retrieval.fusion). With query
+expansion on (sessionkit_server.retrieval.expansion) the LLM's rewordings of the query add their own
+dense and lexical rankings to the fusion."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from sessionkit_server.common.timestamps import now_us
 from sessionkit_server.memory import tables as t
 from sessionkit_server.memory.base import Hit, JsonObject, MemoryBase
 from sessionkit_server.memory.records import ChangeRecord, MemoryRecord, owner_collections
+from sessionkit_server.retrieval.expansion import best_scores, rankings_with_expansion
 from sessionkit_server.retrieval.explain import Explainer, RankFusion
 from sessionkit_server.retrieval.fusion import FusionWeights, fused_score, recency, rrf_normalized
 
@@ -92,28 +95,21 @@ class MemoryReads(MemoryBase):
         k = max(limit * 4, 40)
         now = now_us()
 
-        async def dense_ranking() -> list[tuple[str, float]]:
-            vector = await self.embedder.embed_one(query)
-            return await self._dense(owner, memory_type, vector, k)
-
-        # The lexical search does not need the query's vector: it runs while the model embeds it (in
-        # a turn, the embedding is the longest step of the search).
-        dense, lexical = await asyncio.gather(
-            dense_ranking(), self.store.lexical(owner, memory_type, query, k, now)
+        rankings, weights = await rankings_with_expansion(
+            self.expander,
+            query,
+            lambda q: self._rankings(owner, memory_type, q, k, now),
+            self.settings.weight_lexical_rank,
         )
         fused = rrf_normalized(
-            [[i for i, _ in dense], [i for i, _ in lexical]],
-            k=self.settings.rrf_k,
-            weights=[1.0, self.settings.weight_lexical_rank],
+            [[i for i, _ in ranking] for ranking in rankings], k=self.settings.rrf_k, weights=weights
         )
         if not fused:
             return []
-        semantic = dict(dense)
-        top_lexical = max((score for _, score in lexical), default=0.0) or 1.0
-        lexical_norm = {i: score / top_lexical for i, score in lexical}
+        semantic, lexical_norm = best_scores(rankings)
         rows = await self.store.by_ids(owner, list(fused), now)  # the rows decide: scope, expiry, deletion
         s = self.settings
-        weights = FusionWeights(s.weight_relevance, s.weight_quality, s.weight_recency)
+        terms = FusionWeights(s.weight_relevance, s.weight_quality, s.weight_recency)
         hits: list[Hit] = []
         for memory_id, relevance in fused.items():
             record = rows.get(memory_id)
@@ -123,7 +119,7 @@ class MemoryReads(MemoryBase):
             hits.append(
                 Hit(
                     record,
-                    fused_score(relevance, record.quality, fresh, weights),
+                    fused_score(relevance, record.quality, fresh, terms),
                     max(0.0, semantic.get(memory_id, 0.0)),
                     lexical_norm.get(memory_id, 0.0),
                     record.quality,
@@ -135,13 +131,31 @@ class MemoryReads(MemoryBase):
             hits = [h for h in hits if h.score >= min_score]
         hits = hits[:limit]
         if explain:  # after the ranking, for the hits returned only: it cannot change what is found
+            # With query expansion the ranks shown are the query's own; the fused score counts the
+            # rewordings' rankings too (docs/MEMORY.md, "Query expansion").
             fusion = RankFusion(self.settings.rrf_k, 1.0, self.settings.weight_lexical_rank)
-            explainer = Explainer(dense, lexical, fusion)
+            explainer = Explainer(rankings[0], rankings[1], fusion)
             for hit in hits:
                 hit.explanation = explainer.explain(
-                    hit.memory.id, fused[hit.memory.id], hit.score, weights, hit.quality, hit.recency
+                    hit.memory.id, fused[hit.memory.id], hit.score, terms, hit.quality, hit.recency
                 )
         return hits
+
+    async def _rankings(
+        self, owner: Owner, memory_type: int | None, query: str, k: int, now: int
+    ) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+        """The dense and lexical rankings of ``query``, ``k`` deep each."""
+
+        async def dense_ranking() -> list[tuple[str, float]]:
+            vector = await self.embedder.embed_one(query)
+            return await self._dense(owner, memory_type, vector, k)
+
+        # The lexical search does not need the query's vector: it runs while the model embeds it (in
+        # a turn, the embedding is the longest step of the search).
+        dense, lexical = await asyncio.gather(
+            dense_ranking(), self.store.lexical(owner, memory_type, query, k, now)
+        )
+        return dense, lexical
 
     async def _dense(
         self, owner: Owner, memory_type: int | None, vector: list[float], k: int

@@ -56,6 +56,8 @@ class MemoryService(MemoryExtraction):
         await self.embedder.close()
         if self.extractor is not None:
             await self.extractor.close()
+        if self.expander is not None:
+            await self.expander.close()
 
     async def _purge_forever(self, interval: float) -> None:
         """Delete idempotency records once they are 24 hours old (replays ignore them already)."""

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, and_, delete, func, literal_column, or_, select, text, update
+from sqlalchemy import Connection, and_, delete, or_, select, text, update
 
 from sessionkit.jsonvalues import dumps
 from sessionkit_server.common.db import Database
@@ -40,7 +40,8 @@ from sessionkit_server.memory.row_writes import (
     merge_into,
     queue_vector,
 )
-from sessionkit_server.retrieval.words import LENGTH_NORMALIZATION, fts5_match, lexical_terms
+from sessionkit_server.retrieval import bm25
+from sessionkit_server.retrieval.words import fts5_match, lexical_terms
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "sk_memory_alembic_version"
@@ -357,38 +358,11 @@ class MemoryStore:
             return []
 
         def run(conn: Connection) -> list[tuple[str, float]]:
-            m = t.memories.c
-            if conn.dialect.name == "postgresql":
-                tsv: Any = literal_column("sk_memories.tsv")
-                tsquery = func.to_tsquery("english", " | ".join(terms))
-                # ts_rank (term frequency, like BM25) with normalization 1 (divide by 1 + log(the
-                # document's length), like BM25's length normalisation): measured on LoCoMo dev,
-                # lexical-only recall@5 0.524 vs 0.521 for ts_rank_cd without normalisation, and a
-                # long text holding the terms once no longer ties with a short one about them.
-                rank = func.ts_rank(tsv, tsquery, LENGTH_NORMALIZATION).label("rank")
-                stmt = (
-                    select(m.id, rank)
-                    .where(visible(owner, memory_type, now_us), tsv.op("@@")(tsquery))
-                    .order_by(rank.desc())
-                    .limit(k)
-                )
-                return [(row[0], float(row[1])) for row in conn.execute(stmt).all()]
-            # The owner's filter is inside the query, so the k best are the owner's k best (not the
-            # best k * 4 of every user, then filtered). CROSS JOIN makes SQLite drive the join from
-            # the FTS5 matches and look each row up by its primary key.
             kinds = {
                 t.SHORT: "m.memory_type = 1 AND m.scope = :session",
                 t.LONG: "m.memory_type = 2",
             }.get(memory_type or 0, "((m.memory_type = 1 AND m.scope = :session) OR m.memory_type = 2)")
-            fts = text(
-                "SELECT m.id, -bm25(sk_memories_fts, 1.0, :context_weight) AS rank FROM sk_memories_fts "
-                "CROSS JOIN sk_memories AS m ON m.pk = sk_memories_fts.rowid "
-                "WHERE sk_memories_fts MATCH :match AND m.app_name = :app AND m.user_id = :user "
-                f"AND {kinds} AND (m.expire_us IS NULL OR m.expire_us > :now) "
-                "ORDER BY bm25(sk_memories_fts, 1.0, :context_weight) LIMIT :limit"
-            )
-            params = {
-                "match": fts5_match(query, keep_stop_words),
+            params: dict[str, Any] = {
                 "app": owner.app_name,
                 "user": owner.user_id,
                 "session": owner.session_id,
@@ -396,6 +370,31 @@ class MemoryStore:
                 "limit": k,
                 "context_weight": CONTEXT_WEIGHT,
             }
+            if conn.dialect.name == "postgresql":
+                # BM25 (sessionkit_server.retrieval.bm25): the candidates are the owner's visible rows
+                # holding any query lexeme (GIN index), N and the average length the user's
+                # statistics row (migration m0006): another user's rows neither rank nor weigh here.
+                sql = text(
+                    "WITH stats AS (SELECT greatest(coalesce(max(docs), 0), 1)::float8 AS n, "
+                    "greatest(coalesce(max(tokens), 0), 1)::float8 / greatest(coalesce(max(docs), 0), 1) "
+                    "AS avglen FROM sk_memory_lexical_stats WHERE app_name = :app AND user_id = :user), "
+                    "cand AS (SELECT m.id, m.tsv, m.tsv_len FROM sk_memories AS m "
+                    f"WHERE m.tsv @@ {bm25.TSQUERY} AND m.app_name = :app AND m.user_id = :user "
+                    f"AND {kinds} AND (m.expire_us IS NULL OR m.expire_us > :now))" + bm25.SCORE_SQL
+                )
+                params.update(bm25.query_params(terms, CONTEXT_WEIGHT))
+                return [(row[0], float(row[1])) for row in conn.execute(sql, params).all()]
+            # The owner's filter is inside the query, so the k best are the owner's k best (not the
+            # best k * 4 of every user, then filtered). CROSS JOIN makes SQLite drive the join from
+            # the FTS5 matches and look each row up by its primary key.
+            fts = text(
+                "SELECT m.id, -bm25(sk_memories_fts, 1.0, :context_weight) AS rank FROM sk_memories_fts "
+                "CROSS JOIN sk_memories AS m ON m.pk = sk_memories_fts.rowid "
+                "WHERE sk_memories_fts MATCH :match AND m.app_name = :app AND m.user_id = :user "
+                f"AND {kinds} AND (m.expire_us IS NULL OR m.expire_us > :now) "
+                "ORDER BY bm25(sk_memories_fts, 1.0, :context_weight) LIMIT :limit"
+            )
+            params["match"] = fts5_match(query, keep_stop_words)
             return [(row[0], float(row[1])) for row in conn.execute(fts, params).all()]
 
         return await self.db.read(run)

@@ -47,11 +47,6 @@ def lexical_terms(query: str, limit: int = 32, keep_stop_words: bool = False) ->
     return list(seen)[:limit]
 
 
-#: PostgreSQL ``ts_rank`` normalization flag of both stores' lexical ranking: 1 = divide the rank by
-#: 1 + log(document length) (FTS5's bm25 normalises by length itself).
-LENGTH_NORMALIZATION = 1
-
-
 def fts5_match(query: str, keep_stop_words: bool = False) -> str:
     """The SQLite FTS5 MATCH expression of ``query``'s :func:`lexical_terms`: each term quoted (no
     operator survives), any of them (OR: bm25 ranks the documents holding more and rarer terms

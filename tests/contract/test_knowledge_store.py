@@ -217,3 +217,48 @@ async def test_unicode_names_text_and_metadata_round_trip(store: KnowledgeStore)
 async def test_a_nul_in_chunk_text_is_refused_alike_on_both_backends(store: KnowledgeStore) -> None:
     with pytest.raises(InvalidArgument):
         await store.put(source(ALICE, "notes", "x"), chunks("before\x00after"))
+
+
+# -- lexical ranking (BM25 on both backends) -----------------------------------------------------------
+
+
+async def test_lexical_search_ranks_rare_words_and_short_chunks_first(store: KnowledgeStore) -> None:
+    """BM25 on both backends: a chunk holding the query's rare word outranks one holding its common
+    word twice (inverse document frequency), and of two chunks with the same matches the shorter
+    ranks first (length normalisation)."""
+    for n in range(5):
+        await put(store, DOCS, f"memo {n}", f"protein folding assay number {n}")
+    common = await put(store, DOCS, "common", "protein and more protein")
+    rare = await put(store, DOCS, "rare", "the ribosome stalls")
+    filler = " ".join(["measurements were repeated under several other conditions"] * 5)
+    long = await put(store, DOCS, "long", f"kinase inhibitor {filler}")
+    short = await put(store, DOCS, "short", "kinase inhibitor trial")
+    await put(store, BOB, "bob", "ribosome ribosome ribosome")  # another scope: never returned
+
+    async def ranked(query: str) -> list[str]:
+        hits = await store.lexical(APP, [DOCS], query, 10)
+        found = await store.current_chunks(APP, [DOCS], [c for c, _ in hits])
+        return [found[c][1].name for c, _ in hits]
+
+    assert (await ranked("protein ribosome"))[:2] == [rare.source.name, common.source.name]
+    assert await ranked("kinase inhibitor") == [short.source.name, long.source.name]
+    assert "bob" not in await ranked("ribosome")
+
+
+async def test_lexical_statistics_are_those_of_the_searched_scopes(store: KnowledgeStore) -> None:
+    """On PostgreSQL BM25's statistics are summed over the searched scopes' sources (migration k0005):
+    another scope's chunks, added, replaced or deleted, leave a ranking's scores as they were. SQLite's
+    FTS5 keeps one set of statistics for the whole table (docs/KNOWLEDGE.md)."""
+    if not store.db.is_postgres:
+        pytest.skip("FTS5's bm25 statistics cover every scope's chunks (docs/KNOWLEDGE.md)")
+    await put(store, ALICE, "a", "the ribosome stalls on the mRNA")
+    await put(store, ALICE, "b", "mRNA decay")
+    before = await store.lexical(APP, [ALICE], "ribosome mRNA", 10)
+    for n in range(10):
+        await put(store, BOB, f"bob {n}", f"ribosome mRNA {n} " + "filler " * n)
+    assert await store.lexical(APP, [ALICE], "ribosome mRNA", 10) == before and len(before) == 2
+    replaced = await put(store, ALICE, "b", "mRNA decay and ribosome")  # a new version counts, the old not
+    again = await store.lexical(APP, [ALICE], "ribosome mRNA", 10)
+    assert replaced.source.version == 2 and len(again) == 2 and again != before
+    await store.clear(APP, BOB)
+    assert await store.lexical(APP, [ALICE], "ribosome mRNA", 10) == again

@@ -7,8 +7,10 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from typing import Any
 
 import pytest
+from sqlalchemy import Connection, text
 
 from sessionkit.errors import InvalidArgument, NotFound, StateConflict
 from sessionkit_server.common.db import Database
@@ -294,6 +296,63 @@ async def test_lexical_search_prefers_the_shorter_of_two_equal_matches(store: Me
     short = (await add(store, memory(ALICE_S2, "Lisbon trip booked"))).memory
     hits = [i for i, _ in await store.lexical(ALICE, None, "Lisbon trip", 10, now_us())]
     assert hits == [short.id, long.id]  # document-length normalisation on both backends
+
+
+async def test_lexical_search_ranks_a_rare_word_above_a_common_one(store: MemoryStore) -> None:
+    """BM25's inverse document frequency: a memory holding the query's rare word (a name in one
+    memory) outranks one holding its common word twice ("coffee" in most memories). ts_rank, with no
+    document frequencies, ranked the two "coffee" the higher."""
+    for n in range(5):
+        await add(store, memory(ALICE_S2, f"coffee at the office, cup number {n}"))
+    common = (await add(store, memory(ALICE, "coffee, more coffee"))).memory
+    rare = (await add(store, memory(ALICE_S2, "We flew to Zanzibar"))).memory
+    for _ in range(3):  # another user's words never count in Alice's ranking nor come back
+        await add(store, memory(BOB, f"Zanzibar, Zanzibar and Zanzibar {uuid.uuid4().hex}"))
+    hits = await store.lexical(ALICE, LONG, "coffee Zanzibar", 10, now_us())
+    assert [i for i, _ in hits][:2] == [rare.id, common.id]
+    assert len(hits) == 7  # Alice's six coffee memories and her Zanzibar one, none of Bob's
+    scores = dict(hits)
+    assert scores[rare.id] > 2 * scores[common.id]
+
+
+async def test_lexical_statistics_of_another_user_do_not_move_a_ranking(store: MemoryStore) -> None:
+    """On PostgreSQL BM25's statistics (row count, average length, document frequencies) are the
+    searching user's own (migration m0006): Bob's memories leave Alice's scores as they were. SQLite's
+    FTS5 keeps one set of statistics for the whole table (documented in docs/MEMORY.md)."""
+    if not store.db.is_postgres:
+        pytest.skip("FTS5's bm25 statistics cover every user's rows (docs/MEMORY.md)")
+    await add(store, memory(ALICE, "We flew to Zanzibar in June"))
+    await add(store, memory(ALICE_S2, "the flight was long"))
+    before = await store.lexical(ALICE, LONG, "Zanzibar flight", 10, now_us())
+    for n in range(20):
+        await add(store, memory(BOB, f"Zanzibar flight {n} " + "word " * n))
+    after = await store.lexical(ALICE, LONG, "Zanzibar flight", 10, now_us())
+    assert after == before and len(before) == 2
+    # Deletes and updates keep the statistics too: clearing Bob's memories leaves Alice's ranking as is.
+    await store.clear(BOB, None, now_us(), "tester")
+    assert await store.lexical(ALICE, LONG, "Zanzibar flight", 10, now_us()) == before
+    # The statistics rows are the sums of the rows after inserts, a text update and deletes.
+    (first, _) = [i for i, _ in before]
+    await store.update(ALICE, first, now_us(), "tester", text_hash=("Zanzibar, June", "h2"))
+    await add(store, memory(BOB, "one more"))
+
+    def sums(conn: Connection) -> tuple[list[Any], list[Any]]:
+        kept = conn.execute(
+            text(
+                "SELECT app_name, user_id, docs, tokens FROM sk_memory_lexical_stats "
+                "WHERE docs > 0 ORDER BY 1, 2"
+            )
+        ).all()
+        rows = conn.execute(
+            text(
+                "SELECT app_name, user_id, count(*), sum(tsv_len) FROM sk_memories "
+                "GROUP BY 1, 2 ORDER BY 1, 2"
+            )
+        ).all()
+        return [tuple(r) for r in kept], [tuple(r) for r in rows]
+
+    kept, counted = await store.db.read(sums)
+    assert kept == counted and len(kept) == 2
 
 
 async def test_a_memory_is_found_by_the_words_of_the_one_its_session_wrote_before(store: MemoryStore) -> None:

@@ -316,8 +316,9 @@ async def test_migrations_upgrade_a_0001_database(tmp_path: Path) -> None:
         return version, columns, texts
 
     version, columns, texts = await db.read(check)
-    assert version == "m0005"
-    # m0005: the FTS5 index is rebuilt with the lexical context column; the old row is still found.
+    assert version == "m0006"
+    # m0006: nothing on SQLite (FTS5's bm25 keeps its own statistics). m0005: the FTS5 index is
+    # rebuilt with the lexical context column; the old row is still found.
     hits = await store.lexical(Owner("app", "u", "s"), None, "kept", 5, 2)
     assert [memory_id for memory_id, _ in hits] == ["m-old"]
     # m0004: the shared shape of idempotency tables (sessionkit_server.common.idempotency).
@@ -327,3 +328,46 @@ async def test_migrations_upgrade_a_0001_database(tmp_path: Path) -> None:
     (entry,) = await store.pending()
     assert (entry.row_id, entry.collection) == ("m-old", None)
     await db.close()
+
+
+async def test_m0006_backfills_the_bm25_statistics_of_existing_rows(empty_database: str) -> None:
+    """On PostgreSQL m0006 adds each row's lexical length and each user's statistics for the rows
+    already there; a search after the upgrade ranks by BM25 among the user's own rows."""
+    from sessionkit_server.memory.store import MIGRATIONS, VERSION_TABLE
+
+    db = Database(empty_database)
+    if not db.is_postgres:
+        await db.close()
+        pytest.skip("m0006 changes nothing on SQLite")
+
+    def to_0005(conn: Connection) -> None:
+        command.upgrade(alembic_config(MIGRATIONS, VERSION_TABLE, conn), "m0005")
+        for n, (user, words) in enumerate(
+            [("u", "green tea"), ("u", "green tea and more tea"), ("v", "tea for two"), ("u", "coffee")]
+        ):
+            conn.execute(
+                text(
+                    "INSERT INTO sk_memories (id, app_name, user_id, session_id, memory_type, scope, "
+                    "text, content_hash, quality, metadata, create_us, update_us, expire_us, revision) "
+                    f"VALUES ('m-{n}', 'app', '{user}', 's', 2, '', '{words}', 'h{n}', 0.5, '{{}}', 1, 1, "
+                    "NULL, 1)"
+                )
+            )
+
+    try:
+        await db.migrate(to_0005, VERSION_TABLE)
+        store = MemoryStore(db)
+        await store.start()
+        stats = await db.read(
+            lambda conn: [
+                tuple(r)
+                for r in conn.execute(
+                    text("SELECT user_id, docs, tokens FROM sk_memory_lexical_stats ORDER BY user_id")
+                )
+            ]
+        )
+        assert stats == [("u", 3, 6), ("v", 1, 2)]  # 2 + 3 ("and", "more": stop words) + 1 words
+        hits = await store.lexical(Owner("app", "u", "s"), None, "tea", 5, 2)
+        assert [memory_id for memory_id, _ in hits] == ["m-1", "m-0"]  # tea twice: the first
+    finally:
+        await db.close()
