@@ -179,7 +179,7 @@ class KnowledgeService(KnowledgeIngestion):
 
         async def dense_ranking() -> list[tuple[str, float]]:
             vector = await self.embedder.embed_one(query)
-            await self.vectors.settle()  # the vectors of ingestions already answered
+            await self.vectors.searchable()  # the vectors of ingestions already answered
             return await self._dense(owner.app_name, searched, vector, k)
 
         # The lexical search does not need the query's vector: it runs while the model embeds it.

@@ -218,7 +218,7 @@ class MemoryWrites(MemoryReads):
             kind = checked[n][1]
             by_collection[owner_collections(owner, kind)[0]].append(n)
         neighbours: dict[int, list[tuple[str, float]]] = {}
-        await self.vectors.settle()  # near duplicates among the adds already answered
+        await self.vectors.searchable()  # near duplicates among the adds already answered
         for coll, members in by_collection.items():
             found = await self.index.query_many(coll, [vector_of[n] for n in members], MERGE_CANDIDATES)
             neighbours.update(zip(members, found, strict=True))
@@ -291,10 +291,8 @@ class MemoryWrites(MemoryReads):
         is another fact, and merging would lose the new one."""
         (coll,) = owner_collections(owner, memory_type)
         threshold = self.settings.merge_threshold
-        await self.vectors.settle()  # near duplicates among the adds already answered
-        nearest = [
-            hit for hit in await self.index.query(coll, vector, MERGE_CANDIDATES) if hit[1] >= threshold
-        ]
+        await self.vectors.searchable()  # near duplicates among the adds already answered
+        nearest = [hit for hit in await self._neighbours((coll, vector)) if hit[1] >= threshold]
         if not nearest:
             return None
         rows = await self.store.by_ids(owner, [memory_id for memory_id, _ in nearest], now_us())
