@@ -4,6 +4,7 @@ history and outbox entry, then the outbox is drained."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import defaultdict
 
@@ -40,15 +41,25 @@ class MemoryWrites(MemoryReads):
         text = self._check_text(text)
         quality = self._check_quality(0.5 if quality is None else quality)
         meta = self._check_metadata(metadata)
-        await self._replay(owner, idem)
-        digest = content_hash(text)
-        existing = await self._same_content(owner, memory_type, digest)
+        # The text is embedded while the key and the same content are looked up (both reads, and a
+        # repeat or an exact duplicate is rare): the reads are off the add's critical path, and
+        # concurrent adds reach the model together. A wasted embedding is the price of a duplicate.
+        embedding = asyncio.ensure_future(self._add_embedder.embed_one(text))
+        embedding.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved if unused
+        try:
+            await self._replay(owner, idem)
+            digest = content_hash(text)
+            existing = await self._same_content(owner, memory_type, digest)
+        except BaseException:
+            embedding.cancel()
+            raise
         if existing is not None:
+            embedding.cancel()
             result = AddResult(existing, deduplicated=True)
             if idem is not None:
                 await self.store.remember(owner, idem, result, now_us())
             return result
-        vector = await self._add_embedder.embed_one(text)
+        vector = await embedding
         if not skip_merge and self.settings.merge_threshold < 1.0:
             merged = await self._merge_into_neighbour(
                 owner,
