@@ -176,12 +176,16 @@ class MemoryWrites(MemoryReads):
         failpoints.hit("memory.after_row_commit")
         # The vectors just computed, for the memories this call inserted (a merge target or an existing
         # duplicate keeps its own vector: its text is not this item's).
-        fresh = {
-            records[n].id: (records[n].content_hash, vector_of[n])
-            for n, i in slot.items()
-            if outcomes[i].memory.id == records[n].id
-        }
-        await self.drain_outbox(fresh)
+        inserted = [
+            (records[n], vector_of[n]) for n, i in slot.items() if outcomes[i].memory.id == records[n].id
+        ]
+        if any(o.evicted or o.deduplicated for o in outcomes):
+            # Deletes (short-term evictions) or a row another write got first: the outbox decides.
+            await self.drain_outbox({r.id: (r.content_hash, v) for r, v in inserted})
+        else:
+            # Plain inserts and merges (a merge keeps its vector): as a single add's, the vectors go
+            # in behind the reply (searches and near-duplicate checks wait for them).
+            self.vectors.write_behind([index_row(r) for r, _ in inserted], [v for _, v in inserted])
         return self._batch_results(checked, digests, stored, first_of, slot, folded, outcomes)
 
     @staticmethod
