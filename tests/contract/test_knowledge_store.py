@@ -217,3 +217,17 @@ async def test_unicode_names_text_and_metadata_round_trip(store: KnowledgeStore)
 async def test_a_nul_in_chunk_text_is_refused_alike_on_both_backends(store: KnowledgeStore) -> None:
     with pytest.raises(InvalidArgument):
         await store.put(source(ALICE, "notes", "x"), chunks("before\x00after"))
+
+
+async def test_lexical_search_finds_a_scopes_matches_behind_many_of_another_scope(
+    store: KnowledgeStore,
+) -> None:
+    """SQLite ranks every scope's chunks together and fetches 2 x k candidates first: when fewer than
+    k of them are visible it looks further (8 x k), so bob's better matches do not hide alice's."""
+    await put(store, BOB, "bobs", *[f"zebra zebra zebra stripes number {n}" for n in range(25)])
+    await put(store, ALICE, "alices", "a zebra among many other words about a long day at the zoo")
+    (hit,) = await store.lexical(APP, [ALICE], "zebra", 5)  # 25 of bob's rank first: > 2 x 5
+    ((chunk, source),) = (await store.current_chunks(APP, [ALICE], [hit[0]])).values()
+    assert source.name == "alices" and "zoo" in chunk.text
+    assert len(await store.lexical(APP, [BOB], "zebra", 5)) == 5  # enough among the first candidates
+    assert len(await store.lexical(APP, [ALICE, BOB], "zebra", 30)) == 26
