@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import json
 import os
 import statistics
 import subprocess
@@ -254,10 +255,13 @@ def random_vectors(count: int, seed: int) -> list[list[float]]:
     return cast(list[list[float]], (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).tolist())
 
 
-async def seed(data_dir: Path, database_url: str, start: int, count: int, random: bool) -> float:
+async def seed(
+    data_dir: Path, database_url: str, start: int, count: int, random: bool, per_source: int = 1000
+) -> float:
     """Add chunks ``start`` .. ``start + count`` to the searched session's scope, the server stopped
-    (see the module docstring); ``random``: random unit vectors instead of the model's. Returns the
-    seconds it took."""
+    (see the module docstring), ``per_source`` chunks per source; ``random``: random unit vectors
+    instead of the model's. Sources are put concurrently (SQLite's group commit shares their
+    transactions) and their vectors upserted together. Returns the seconds it took."""
     started = time.perf_counter()
     db = Database(database_url)
     store = KnowledgeStore(db)
@@ -267,47 +271,58 @@ async def seed(data_dir: Path, database_url: str, start: int, count: int, random
     scope = Scope(t.SESSION, USER, SESSION)
     texts = chunk_texts(start + count)[start:]
     coll = vector_collection(APP, scope)
-    for offset in range(0, count, SEED_SOURCE_CHUNKS):
-        batch = texts[offset : offset + SEED_SOURCE_CHUNKS]
-        now = time.time_ns() // 1000
-        source_id = "ks-" + uuid.uuid4().hex
-        name = f"seeded-{start + offset:06d}"
-        record = SourceRecord(
-            source_id, APP, scope, name, t.TEXT, USER, SESSION, "", "text/plain", "", uuid.uuid4().hex,
-            sum(len(x) for x in batch), len(batch), {"strategy": 3}, {}, 1, now, now,
-        )  # fmt: skip
-        chunks = [
-            ChunkRecord("kc-" + uuid.uuid4().hex, source_id, 1, APP, n, text, 0, 0, len(text))
-            for n, text in enumerate(batch)
-        ]
-        await store.put(record, chunks)
+    group = max(per_source, 2000)  # chunks per round of concurrent puts and one vector upsert
+    for at in range(0, count, group):
+        puts = []
+        ids: list[str] = []
+        metadatas: list[dict[str, str | int | float | bool]] = []
+        for offset in range(at, min(at + group, count), per_source):
+            batch = texts[offset : offset + per_source]
+            now = time.time_ns() // 1000
+            source_id = "ks-" + uuid.uuid4().hex
+            name = f"seeded-{start + offset:06d}"
+            record = SourceRecord(
+                source_id, APP, scope, name, t.TEXT, USER, SESSION, "", "text/plain", "", uuid.uuid4().hex,
+                sum(len(x) for x in batch), len(batch), {"strategy": 3}, {}, 1, now, now,
+            )  # fmt: skip
+            chunks = [
+                ChunkRecord("kc-" + uuid.uuid4().hex, source_id, 1, APP, n, text, 0, 0, len(text))
+                for n, text in enumerate(batch)
+            ]
+            puts.append(store.put(record, chunks))
+            ids.extend(c.id for c in chunks)
+            metadatas.extend({"bucket": scope.bucket, "source_id": source_id} for _ in chunks)
+        await asyncio.gather(*puts)
+        done = min(at + group, count)
         if random:
-            vectors = random_vectors(len(batch), start + offset)
+            vectors = random_vectors(len(ids), start + at)
         else:
-            vectors = await embedder.embed([" ".join(text.split()[:32]) for text in batch])
-        await index.upsert(
-            coll,
-            [c.id for c in chunks],
-            vectors,
-            [{"bucket": scope.bucket, "source_id": source_id} for _ in chunks],
-        )
+            vectors = await embedder.embed([" ".join(text.split()[:32]) for text in texts[at:done]])
+        await index.upsert(coll, ids, vectors, metadatas)
         while pending := await store.pending(2000):
             await store.done([entry.id for entry in pending])
+        if done % 20000 == 0:
+            print(f"  seeded {start + done:,} chunks ({time.perf_counter() - started:.0f} s)", flush=True)
     await index.close()
     await db.close()
     return time.perf_counter() - started
 
 
 async def latency(
-    server: KnowledgeServer, queries: list[str], embedder: LocalEmbedder, repeat: int
+    server: KnowledgeServer,
+    queries: list[str],
+    embedder: LocalEmbedder,
+    repeat: int,
+    limit: int = 5,
+    padding: int = 0,
 ) -> dict[str, float]:
     """Each query searched ``repeat`` times in a row; per query the fastest (on a machine shared
     with other work, the one least delayed by it) and the first are kept. Each try appends n spaces
     to the query: the same terms and vector, but not the embedder's cache of recent texts (which would
     make every try after the first skip the model)."""
     session = AsyncSession(SESSION, user_id=USER, app_name=APP, address=server.address)
-    for query in queries[:10]:  # warm-up: connections, caches
-        await session.search_knowledge(query)
+    for query in queries[:10]:  # warm-up: connections, caches (padded: not a text measured below)
+        await session.search_knowledge(query + " " * 99, limit)
     best: list[float] = []
     first: list[float] = []
     embeddings: list[float] = []
@@ -315,14 +330,14 @@ async def latency(
         times: list[float] = []
         for n in range(repeat):
             started = time.perf_counter()
-            await session.search_knowledge(query + " " * n)
+            await session.search_knowledge(query + " " * (padding + n), limit)
             times.append((time.perf_counter() - started) * 1000)
         best.append(min(times))
         first.append(times[0])
         spent: list[float] = []
         for n in range(repeat):
             started = time.perf_counter()
-            await embedder.embed_one(query + " " * (n + repeat))  # not a text embedded before
+            await embedder.embed_one(query + " " * (padding + n + repeat))  # not a text embedded before
             spent.append((time.perf_counter() - started) * 1000)
         embeddings.append(min(spent))
     return {
@@ -369,44 +384,72 @@ RECORDER = Recorder("knowledge_bench")  # the figures for REPORT.md (bench/repor
 
 
 async def search_latency(
-    work: Path, sizes: list[int], queries: int, repeat: int, random_from: int
+    work: Path,
+    sizes: list[int],
+    queries: int,
+    repeat: int,
+    random_from: int,
+    per_source: int = SEED_SOURCE_CHUNKS,
+    limits: tuple[int, ...] = (5,),
+    store: Path | None = None,
 ) -> list[str]:
-    server = KnowledgeServer(work / "search")
+    """Search latency at each size. ``store``: a data directory kept between runs (what it holds is
+    recorded in its seeded.json; it is grown, never re-seeded, when the same shape asks for more)."""
+    server = KnowledgeServer(store or work / "search")
     server.data_dir.mkdir(parents=True, exist_ok=True)
+    marker = server.data_dir / "seeded.json"
+    have = 0
+    if marker.exists():
+        seeded = json.loads(marker.read_text())
+        if seeded["per_source"] != per_source or seeded["random_from"] != random_from:
+            raise SystemExit(f"{server.data_dir} holds another shape ({seeded}): use another --store")
+        have = seeded["chunks"]
     embedder = LocalEmbedder()
     await embedder.warm_up()
     asked = search_queries(queries)
     lines = [
-        f"best of {repeat} per query; vectors beyond {random_from:,} chunks are random unit vectors",
+        f"best of {repeat} per query; {per_source} chunks per source; vectors beyond {random_from:,} "
+        "chunks are random unit vectors",
         "",
-        "| chunks | search p50 | p99 | first try p50 | query embedding p50 | rest p50 | Chroma query "
-        "| lexical | rows | seeded in |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| chunks | sources | limit | search p50 | p99 | first try p50 | query embedding p50 | rest p50 "
+        "| Chroma query | lexical | rows | seeded in |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    have = 0
     for size in sizes:
         seconds = 0.0
-        if have < random_from:
+        if have < min(size, random_from):
             model_part = min(size, random_from) - have
-            seconds += await seed(server.data_dir, server.database_url, have, model_part, random=False)
+            seconds += await seed(server.data_dir, server.database_url, have, model_part, False, per_source)
             have += model_part
         if size > have:
-            seconds += await seed(server.data_dir, server.database_url, have, size - have, random=True)
-        have = size
+            seconds += await seed(server.data_dir, server.database_url, have, size - have, True, per_source)
+            have = size
+        if have > size:
+            print(f"  {server.data_dir} holds {have:,} chunks: measuring that, not {size:,}", flush=True)
+        marker.write_text(json.dumps({"chunks": have, "per_source": per_source, "random_from": random_from}))
+        sources = -(-have // per_source)
         server.start()
         try:
-            figures = await latency(server, asked, embedder, repeat)
+            # Each limit's queries padded further: no search hits the server's cache of recent
+            # query embeddings (nor the baseline its own) because another limit embedded it.
+            measured = [
+                (limit, await latency(server, asked, embedder, repeat, limit, 2 * repeat * n))
+                for n, limit in enumerate(limits)
+            ]
         finally:
             server.stop()
         alone = await parts(server.data_dir, server.database_url, asked[:50], repeat)
-        RECORDER.value(f"search_knowledge ({size} chunks)", figures["p50"], p99=figures["p99"], n=queries,
-                       baseline="query embedding p50", baseline_median=figures["embed_p50"])  # fmt: skip
-        lines.append(
-            f"| {size:,} | **{figures['p50']:.1f}** | {figures['p99']:.1f} | {figures['first_p50']:.1f} | "
-            f"{figures['embed_p50']:.1f} | {figures['p50'] - figures['embed_p50']:.1f} | "
-            f"{alone['dense']:.1f} | {alone['lexical']:.1f} | {alone['rows']:.1f} | {seconds:.0f} s |"
-        )
-        print(lines[-1], flush=True)
+        for limit, figures in measured:
+            RECORDER.value(f"search_knowledge ({have} chunks, {sources} sources, limit {limit})",
+                           figures["p50"], p99=figures["p99"], n=queries,
+                           baseline="query embedding p50", baseline_median=figures["embed_p50"])  # fmt: skip
+            lines.append(
+                f"| {have:,} | {sources:,} | {limit} | **{figures['p50']:.1f}** | {figures['p99']:.1f} | "
+                f"{figures['first_p50']:.1f} | {figures['embed_p50']:.1f} | "
+                f"{figures['p50'] - figures['embed_p50']:.1f} | {alone['dense']:.1f} | "
+                f"{alone['lexical']:.1f} | {alone['rows']:.1f} | {seconds:.0f} s |"
+            )
+            print(lines[-1], flush=True)
     return lines
 
 
@@ -431,7 +474,16 @@ async def main_async(args: argparse.Namespace) -> None:
         if "search" in args.parts:
             print("\n## Search latency (ms)", flush=True)
             started = time.perf_counter()
-            await search_latency(work, args.sizes, args.queries, args.repeat, args.random_vectors_from)
+            await search_latency(
+                work,
+                args.sizes,
+                args.queries,
+                args.repeat,
+                args.random_vectors_from,
+                args.source_chunks,
+                tuple(int(x) for x in args.limits.split(",")),
+                args.store,
+            )
             print(f"({time.perf_counter() - started:.0f} s)", flush=True)
         if "quality" in args.parts:
             started = time.perf_counter()
@@ -472,6 +524,18 @@ def main() -> None:
         type=int,
         default=10**9,
         help="seed random unit vectors instead of the model's beyond this many chunks (faster)",
+    )
+    parser.add_argument(
+        "--source-chunks",
+        type=int,
+        default=SEED_SOURCE_CHUNKS,
+        help="chunks per seeded source of the search part (10: 100k chunks from 10k files)",
+    )
+    parser.add_argument("--limits", default="5", help="search limits, comma-separated (e.g. 5,30)")
+    parser.add_argument(
+        "--store",
+        type=Path,
+        help="keep the search part's seeded data directory here and reuse it (seeded once)",
     )
     args = parser.parse_args()
     quick = args.quick

@@ -95,6 +95,11 @@ class VectorOutbox:
         #: Vectors computed by the writes whose drains are running or waiting (see :meth:`drain`).
         self._computed: Computed = {}
         self._writer: asyncio.Task[None] | None = None
+        #: Vectors queued by write_behind so far, and how many of them (in queue order) are in the
+        #: index or have failed (left in the outbox): what :meth:`searchable` waits for.
+        self._queued = 0
+        self._indexed = 0
+        self._waiters: list[asyncio.Future[None]] = []
 
     # -- write-behind: vectors a write computed, applied after its reply --------------------------------
 
@@ -108,6 +113,7 @@ class VectorOutbox:
         if self._done_rows is None:
             raise RuntimeError("write_behind needs the done_rows callable")
         self._behind.extend(zip(rows, vectors, strict=True))
+        self._queued += len(rows)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_behind())
 
@@ -117,25 +123,53 @@ class VectorOutbox:
         while self._writer is not None and not self._writer.done():
             await asyncio.shield(self._writer)
 
+    async def searchable(self) -> None:
+        """Return once every vector queued by :meth:`write_behind` so far is in the index (or has
+        failed and stays in the outbox), without waiting for their outbox entries' deletion nor for
+        vectors queued after this call: what a search or a near-duplicate check needs to see the
+        writes already answered. (``settle`` waits for the writer to go idle: under a stream of
+        concurrent adds each check waited for the adds queued after it too, and for a commit.)"""
+        target = self._queued
+        while self._indexed < target and self._writer is not None and not self._writer.done():
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
     async def _write_behind(self) -> None:
         assert self._done_rows is not None
-        while self._behind:
-            batch, self._behind = self._behind, []
-            by_collection: dict[str, dict[str, tuple[IndexRow, list[float]]]] = defaultdict(dict)
-            for row, vector in batch:
-                by_collection[row.collection][row.id] = (row, vector)
-            try:
-                async with self._lock:
-                    for coll, items in by_collection.items():
-                        await self.index.upsert(
-                            coll,
-                            list(items),
-                            [vector for _, vector in items.values()],
-                            [row.metadata for row, _ in items.values()],
-                        )
-                    await self._done_rows([row.id for row, _ in batch])
-            except Exception:  # the entries stay: the next drain applies them (the rows decide)
-                log.exception("applying %d %s vectors failed; left in the outbox", len(batch), self.namespace)
+        try:
+            while self._behind:
+                batch, self._behind = self._behind, []
+                by_collection: dict[str, dict[str, tuple[IndexRow, list[float]]]] = defaultdict(dict)
+                for row, vector in batch:
+                    by_collection[row.collection][row.id] = (row, vector)
+                try:
+                    async with self._lock:
+                        try:
+                            for coll, items in by_collection.items():
+                                await self.index.upsert(
+                                    coll,
+                                    list(items),
+                                    [vector for _, vector in items.values()],
+                                    [row.metadata for row, _ in items.values()],
+                                )
+                        finally:  # in the index, or failed and left in the outbox: readers go on
+                            self._indexed += len(batch)
+                            self._wake()
+                        await self._done_rows([row.id for row, _ in batch])
+                except Exception:  # the entries stay: the next drain applies them (the rows decide)
+                    log.exception(
+                        "applying %d %s vectors failed; left in the outbox", len(batch), self.namespace
+                    )
+        finally:  # idle (or cancelled): whatever is not queued any more is applied or left in the outbox
+            self._indexed = max(self._indexed, self._queued - len(self._behind))
+            self._wake()
 
     def app_collection(self, app_name: str) -> str:
         """An app's logical collection: its partitions are named after it (and, before partitions, it

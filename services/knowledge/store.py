@@ -299,27 +299,36 @@ class KnowledgeStore:
                 "FROM sk_knowledge_chunks_fts WHERE sk_knowledge_chunks_fts MATCH :match "
                 "ORDER BY bm25(sk_knowledge_chunks_fts) LIMIT :limit"
             ).columns()
-            hits = {
-                row[0]: float(row[1]) for row in conn.execute(fts, {"match": match, "limit": k * 8}).all()
-            }
-            if not hits:
-                return []
-            # One join on keys (chunk pk, source id) and only the columns the filter needs: with one
-            # or two chunks per source the hits come from hundreds of sources, and reading each
-            # whole source row (and decoding its JSON) took most of the search (11 vs 3.5 ms at 10k
-            # chunks from 5,000 files against 10 files; docs/BENCHMARKS.md). The scope test is done
-            # here, not in SQL, for the plan reason given at _visible_sources.
             wanted = {(x.kind, x.owner, x.key) for x in scopes}
-            rows = conn.execute(
-                select(c.pk, c.id, s.app_name, s.scope_kind, s.owner, s.scope_key)
-                .join(t.sources, visible)
-                .where(c.pk.in_(list(hits)))
-            ).all()
-            found = [
-                (row[1], hits[row[0]])
-                for row in rows
-                if row[2] == app_name and (row[3], row[4], row[5]) in wanted
-            ]
+            # FTS5 ranks every app's and scope's chunks, and old versions': candidates beyond k are
+            # fetched for the filter below. First 2 x k: when k of them are visible they are the
+            # best k visible ones among any more candidates, so the answer is the one 8 x k gives;
+            # otherwise 8 x k, as before. With k = 120 (a search of 30), sorting and joining 960
+            # candidates was a large part of the lexical search at 100k chunks (docs/BENCHMARKS.md).
+            found: list[tuple[str, float]] = []
+            for limit in (k * 2, k * 8):
+                hits = {
+                    row[0]: float(row[1]) for row in conn.execute(fts, {"match": match, "limit": limit}).all()
+                }
+                if not hits:
+                    return []
+                # One join on keys (chunk pk, source id) and only the columns the filter needs: with
+                # one or two chunks per source the hits come from hundreds of sources, and reading
+                # each whole source row (and decoding its JSON) took most of the search (11 vs 3.5 ms
+                # at 10k chunks from 5,000 files against 10 files; docs/BENCHMARKS.md). The scope
+                # test is done here, not in SQL, for the plan reason given at _visible_sources.
+                rows = conn.execute(
+                    select(c.pk, c.id, s.app_name, s.scope_kind, s.owner, s.scope_key)
+                    .join(t.sources, visible)
+                    .where(c.pk.in_(list(hits)))
+                ).all()
+                found = [
+                    (row[1], hits[row[0]])
+                    for row in rows
+                    if row[2] == app_name and (row[3], row[4], row[5]) in wanted
+                ]
+                if len(found) >= k or len(hits) < limit:  # enough, or no more candidates
+                    break
             return sorted(found, key=lambda item: -item[1])[:k]
 
         return await self.db.read(run)

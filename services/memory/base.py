@@ -24,6 +24,7 @@ from sessionkit_server.memory.batching import EmbeddingBatcher
 from sessionkit_server.memory.extraction import FactExtractor
 from sessionkit_server.memory.records import MemoryRecord
 from sessionkit_server.memory.store import MemoryStore
+from sessionkit_server.retrieval.coalesce import Coalescer
 from sessionkit_server.retrieval.embeddings import Embedder
 from sessionkit_server.retrieval.expansion import QueryExpander
 from sessionkit_server.retrieval.explain import Explanation
@@ -157,6 +158,27 @@ class MemoryBase:
         self._purger: asyncio.Task[None] | None = None
         #: Concurrent single adds share one model call (see services/memory/batching.py).
         self._add_embedder = EmbeddingBatcher(embedder)
+        #: Concurrent adds' same-content reads share one read transaction, and their near-duplicate
+        #: checks one vector query per partition (sessionkit_server.retrieval.coalesce.Coalescer).
+        self._same_contents: Coalescer[tuple[Owner, int, str], MemoryRecord | None] = Coalescer(
+            lambda keys: self.store.by_hash_many(keys, now_us())
+        )
+        self._neighbours: Coalescer[tuple[str, list[float]], list[tuple[str, float]]] = Coalescer(
+            self._nearest_many
+        )
+
+    async def _nearest_many(self, asked: list[tuple[str, list[float]]]) -> list[list[tuple[str, float]]]:
+        """The ``MERGE_CANDIDATES`` nearest of each (partition, vector), in order: one query per
+        partition (each vector is looked up in its own owner's partition only)."""
+        by_collection: dict[str, list[int]] = {}
+        for n, (coll, _) in enumerate(asked):
+            by_collection.setdefault(coll, []).append(n)
+        found: list[list[tuple[str, float]]] = [[] for _ in asked]
+        for coll, members in by_collection.items():
+            answers = await self.index.query_many(coll, [asked[n][1] for n in members], MERGE_CANDIDATES)
+            for n, answer in zip(members, answers, strict=True):
+                found[n] = answer
+        return found
 
     async def drain_outbox(self, vectors: Computed | None = None) -> int:
         """Apply pending outbox entries to the vector index (sessionkit_server.common.vector_outbox).

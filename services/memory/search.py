@@ -162,7 +162,7 @@ class MemoryReads(MemoryBase):
     ) -> list[tuple[str, float]]:
         """The ``k`` nearest of the owner's partitions (the session's short-term and/or the user's
         long-term memories), best first."""
-        await self.vectors.settle()  # the vectors of adds already answered
+        await self.vectors.searchable()  # the vectors of adds already answered
         answers = await asyncio.gather(
             *(self.index.query(coll, vector, k) for coll in owner_collections(owner, memory_type))
         )
@@ -197,4 +197,4 @@ class MemoryReads(MemoryBase):
 
     async def _same_content(self, owner: Owner, memory_type: int, digest: str) -> MemoryRecord | None:
         # A fast path only: the unique constraint is what guarantees one row under concurrency.
-        return await self.store.by_hash(owner, memory_type, digest, now_us())
+        return await self._same_contents((owner, memory_type, digest))

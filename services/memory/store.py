@@ -281,6 +281,23 @@ class MemoryStore:
 
         return await self.db.read(run)
 
+    async def by_hash_many(
+        self, keys: list[tuple[Owner, int, str]], now_us: int
+    ) -> list[MemoryRecord | None]:
+        """:meth:`by_hash` for each (owner, memory type, hash), in order, in one read transaction (the
+        same-content checks of concurrent adds: one hop to a reader thread instead of one each)."""
+
+        def run(conn: Connection) -> list[MemoryRecord | None]:
+            m = t.memories.c
+            found: list[MemoryRecord | None] = []
+            for owner, memory_type, digest in keys:
+                where = (m.content_hash == digest, visible(owner, memory_type, now_us))
+                row = conn.execute(select(t.memories).where(*where)).first()
+                found.append(None if row is None else memory_of(row))
+            return found
+
+        return await self.db.read(run)
+
     async def by_hashes(
         self, owner: Owner, digests: list[str], now_us: int
     ) -> dict[tuple[int, str], MemoryRecord]:

@@ -4,6 +4,7 @@ history and outbox entry, then the outbox is drained."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import defaultdict
 
@@ -40,15 +41,25 @@ class MemoryWrites(MemoryReads):
         text = self._check_text(text)
         quality = self._check_quality(0.5 if quality is None else quality)
         meta = self._check_metadata(metadata)
-        await self._replay(owner, idem)
-        digest = content_hash(text)
-        existing = await self._same_content(owner, memory_type, digest)
+        # The text is embedded while the key and the same content are looked up (both reads, and a
+        # repeat or an exact duplicate is rare): the reads are off the add's critical path, and
+        # concurrent adds reach the model together. A wasted embedding is the price of a duplicate.
+        embedding = asyncio.ensure_future(self._add_embedder.embed_one(text))
+        embedding.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved if unused
+        try:
+            await self._replay(owner, idem)
+            digest = content_hash(text)
+            existing = await self._same_content(owner, memory_type, digest)
+        except BaseException:
+            embedding.cancel()
+            raise
         if existing is not None:
+            embedding.cancel()
             result = AddResult(existing, deduplicated=True)
             if idem is not None:
                 await self.store.remember(owner, idem, result, now_us())
             return result
-        vector = await self._add_embedder.embed_one(text)
+        vector = await embedding
         if not skip_merge and self.settings.merge_threshold < 1.0:
             merged = await self._merge_into_neighbour(
                 owner,
@@ -165,12 +176,16 @@ class MemoryWrites(MemoryReads):
         failpoints.hit("memory.after_row_commit")
         # The vectors just computed, for the memories this call inserted (a merge target or an existing
         # duplicate keeps its own vector: its text is not this item's).
-        fresh = {
-            records[n].id: (records[n].content_hash, vector_of[n])
-            for n, i in slot.items()
-            if outcomes[i].memory.id == records[n].id
-        }
-        await self.drain_outbox(fresh)
+        inserted = [
+            (records[n], vector_of[n]) for n, i in slot.items() if outcomes[i].memory.id == records[n].id
+        ]
+        if any(o.evicted or o.deduplicated for o in outcomes):
+            # Deletes (short-term evictions) or a row another write got first: the outbox decides.
+            await self.drain_outbox({r.id: (r.content_hash, v) for r, v in inserted})
+        else:
+            # Plain inserts and merges (a merge keeps its vector): as a single add's, the vectors go
+            # in behind the reply (searches and near-duplicate checks wait for them).
+            self.vectors.write_behind([index_row(r) for r, _ in inserted], [v for _, v in inserted])
         return self._batch_results(checked, digests, stored, first_of, slot, folded, outcomes)
 
     @staticmethod
@@ -218,7 +233,7 @@ class MemoryWrites(MemoryReads):
             kind = checked[n][1]
             by_collection[owner_collections(owner, kind)[0]].append(n)
         neighbours: dict[int, list[tuple[str, float]]] = {}
-        await self.vectors.settle()  # near duplicates among the adds already answered
+        await self.vectors.searchable()  # near duplicates among the adds already answered
         for coll, members in by_collection.items():
             found = await self.index.query_many(coll, [vector_of[n] for n in members], MERGE_CANDIDATES)
             neighbours.update(zip(members, found, strict=True))
@@ -291,10 +306,8 @@ class MemoryWrites(MemoryReads):
         is another fact, and merging would lose the new one."""
         (coll,) = owner_collections(owner, memory_type)
         threshold = self.settings.merge_threshold
-        await self.vectors.settle()  # near duplicates among the adds already answered
-        nearest = [
-            hit for hit in await self.index.query(coll, vector, MERGE_CANDIDATES) if hit[1] >= threshold
-        ]
+        await self.vectors.searchable()  # near duplicates among the adds already answered
+        nearest = [hit for hit in await self._neighbours((coll, vector)) if hit[1] >= threshold]
         if not nearest:
             return None
         rows = await self.store.by_ids(owner, [memory_id for memory_id, _ in nearest], now_us())

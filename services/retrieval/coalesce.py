@@ -11,11 +11,16 @@ single texts.)"""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
 
 from sessionkit_server.retrieval.embeddings import Embedder
 
 #: Texts sent to the model at once, at most (the local model's own batch size); a larger call runs alone.
 MAX_BATCH = 64
+
+In = TypeVar("In")
+Out = TypeVar("Out")
 
 
 class CoalescingEmbedder:
@@ -69,3 +74,44 @@ class CoalescingEmbedder:
                 if not future.done():
                     future.set_result(vectors[start : start + len(texts)])
                 start += len(texts)
+
+
+class Coalescer(Generic[In, Out]):
+    """Concurrent calls of one event loop, each for one item, coalesced into calls of ``run`` on a
+    list of items (``run`` answers in order, one result per item). As :class:`CoalescingEmbedder`:
+    the first item goes at once and the items that arrive while a batch runs form the next one (up to
+    ``max_batch``), so a lone caller waits for nothing. If ``run`` raises, every caller of that batch
+    gets the error, as from its own call."""
+
+    def __init__(self, run: Callable[[list[In]], Awaitable[list[Out]]], max_batch: int = MAX_BATCH) -> None:
+        self._run_batch = run
+        self.max_batch = max_batch
+        self._waiting: list[tuple[In, asyncio.Future[Out]]] = []
+        self._worker: asyncio.Task[None] | None = None
+
+    async def __call__(self, item: In) -> Out:
+        future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, future))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        while self._waiting:
+            taken, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
+            live = [(item, future) for item, future in taken if not future.done()]  # skip cancelled
+            if not live:
+                continue
+            try:
+                results = await self._run_batch([item for item, _ in live])
+            except BaseException as error:
+                failure = error if isinstance(error, Exception) else RuntimeError("the batch was cancelled")
+                for _, future in live:
+                    if not future.done():
+                        future.set_exception(failure)
+                if not isinstance(error, Exception):
+                    raise
+                continue
+            for (_, future), result in zip(live, results, strict=True):
+                if not future.done():
+                    future.set_result(result)

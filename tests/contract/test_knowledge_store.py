@@ -262,3 +262,17 @@ async def test_lexical_statistics_are_those_of_the_searched_scopes(store: Knowle
     assert replaced.source.version == 2 and len(again) == 2 and again != before
     await store.clear(APP, BOB)
     assert await store.lexical(APP, [ALICE], "ribosome mRNA", 10) == again
+
+
+async def test_lexical_search_finds_a_scopes_matches_behind_many_of_another_scope(
+    store: KnowledgeStore,
+) -> None:
+    """SQLite ranks every scope's chunks together and fetches 2 x k candidates first: when fewer than
+    k of them are visible it looks further (8 x k), so bob's better matches do not hide alice's."""
+    await put(store, BOB, "bobs", *[f"zebra zebra zebra stripes number {n}" for n in range(25)])
+    await put(store, ALICE, "alices", "a zebra among many other words about a long day at the zoo")
+    (hit,) = await store.lexical(APP, [ALICE], "zebra", 5)  # 25 of bob's rank first: > 2 x 5
+    ((chunk, source),) = (await store.current_chunks(APP, [ALICE], [hit[0]])).values()
+    assert source.name == "alices" and "zoo" in chunk.text
+    assert len(await store.lexical(APP, [BOB], "zebra", 5)) == 5  # enough among the first candidates
+    assert len(await store.lexical(APP, [ALICE, BOB], "zebra", 30)) == 26

@@ -207,3 +207,44 @@ async def test_a_drain_makes_the_index_follow_the_chunk_rows(knowledge: Knowledg
     index.data.clear()
     assert await outbox.reindex(APP) == (1, 1)
     assert index.all_ids() == {second[0].id}
+
+
+# -- write-behind: what a reader waits for ------------------------------------------------------------
+
+
+async def test_searchable_waits_for_the_vectors_queued_before_it_not_their_bookkeeping() -> None:
+    """A search (or a near-duplicate check) waits until the vectors of the writes already answered
+    are in the index, not for their outbox entries' deletion nor for vectors queued after it."""
+    import asyncio
+
+    from sessionkit_server.common.vector_outbox import IndexRow
+
+    index = FakeIndex()
+    bookkeeping = asyncio.Event()
+    deleted: list[str] = []
+
+    async def done_rows(ids: list[str]) -> None:
+        await bookkeeping.wait()  # a slow commit
+        deleted.extend(ids)
+
+    class NoRows:  # the outbox source: never read by write_behind
+        pass
+
+    outbox = VectorOutbox(NoRows(), index, FakeEmbedder(), "memories", done_rows=done_rows)  # type: ignore[arg-type]
+
+    def row(name: str) -> IndexRow:
+        return IndexRow(name, name, "c", {}, name)
+
+    outbox.write_behind([row("a")], [[1.0, 0.0]])
+    await asyncio.wait_for(outbox.searchable(), 5)
+    assert index.all_ids() == {"a"} and deleted == []  # in the index; its entry not deleted yet
+    outbox.write_behind([row("b")], [[0.0, 1.0]])  # queued while the first batch's commit waits
+    waiting = asyncio.ensure_future(outbox.searchable())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # "b" is not in the index yet (the writer is still on "a"'s commit)
+    bookkeeping.set()
+    await asyncio.wait_for(waiting, 5)
+    assert index.all_ids() == {"a", "b"}
+    await asyncio.wait_for(outbox.settle(), 5)  # settle: the entries deleted too
+    assert deleted == ["a", "b"]
+    await asyncio.wait_for(outbox.searchable(), 5)  # nothing queued: returns at once
