@@ -49,7 +49,19 @@ def start_servers(data_dir: Path, database_url: str) -> tuple[list[subprocess.Po
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'sdk'}{os.pathsep}{ROOT}"}
     sk_port, echo_port = free_port(), free_port()
     sk = subprocess.Popen(
-        [sys.executable, "-m", "sessionkit.cli", "serve", "--service", "state", "--port", str(sk_port)],
+        # --http-port 0: the state service alone, without the default gateway's work (and port 8080).
+        [
+            sys.executable,
+            "-m",
+            "sessionkit.cli",
+            "serve",
+            "--service",
+            "state",
+            "--port",
+            str(sk_port),
+            "--http-port",
+            "0",
+        ],
         env={
             **env,
             "SESSIONKIT_DATA_DIR": str(data_dir),
