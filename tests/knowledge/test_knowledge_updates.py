@@ -34,12 +34,14 @@ def test_readding_is_idempotent_and_a_change_replaces_the_chunks(
     assert texts and all("30 days" not in t for t in texts) and any("14 days" in t for t in texts)
     assert knowledge_server.host is not None
     index = knowledge_server.host.knowledge.index
+    knowledge_server.call(knowledge_server.host.knowledge.vectors.settle())  # written behind the replies
     vectors = knowledge_server.call(vector_ids(index, "default", {"source_id": first["source"]["id"]}))
     assert len(vectors) == updated["source"]["chunk_count"]  # the old chunks' vectors are gone
     forced = s.add_knowledge(str(doc), force=True)
     assert forced["outcome"] == "updated"
     assert s.delete_knowledge("policy.md") is True
     assert s.search_knowledge("returns store credit") == []
+    knowledge_server.call(knowledge_server.host.knowledge.vectors.settle())
     assert knowledge_server.call(vector_ids(index, "default", {"source_id": first["source"]["id"]})) == set()
     assert s.delete_knowledge("policy.md") is False
     readded = s.add_knowledge(str(doc))
@@ -120,6 +122,8 @@ def test_vectors_live_in_one_partition_per_scope_and_old_collections_are_moved(t
         assert server.host is not None
         service = server.host.knowledge
         index = service.index
+        # An add's vectors are written behind its reply: wait until both adds' are in the index.
+        server.call(service.vectors.settle())
         partitions = server.call(index.collections(partition_prefix("knowledge:default")))
         assert len(partitions) == 2  # the session's and the user's
         # A deployment from before partitions kept every vector of the app in one collection.
