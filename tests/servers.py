@@ -227,3 +227,35 @@ def wait_http(url: str, proc: ChildProcess, timeout: float = 300) -> None:
             pass
         time.sleep(0.1)
     raise TimeoutError(f"{url}/health not 200 after {timeout}s")
+
+
+def serve_everything(directory: Path, llm_base_url: str, model: str, **env: str) -> tuple[ChildProcess, str]:
+    """``sessionkit serve`` (every service and the gateway) in a child process working in ``directory``,
+    its model the OpenAI-compatible server at ``llm_base_url``; returns it, once its gateway answers
+    /health, with the gateway's URL. ``env``: more settings of the child."""
+    from tests.conftest import free_port  # conftest imports this module
+
+    http_port = free_port()
+    proc = ChildProcess(
+        [
+            sys.executable, "-m", "sessionkit.cli", "serve", "--port", str(free_port()),
+            "--http-port", str(http_port), "--data-dir", str(directory / "data"),
+        ],
+        directory / "serve.log",
+        cwd=directory,
+        env=child_env(
+            SESSIONKIT_LLM_BASE_URL=llm_base_url,
+            SESSIONKIT_LLM_MODEL=model,
+            SESSIONKIT_LLM_API_KEY="sk-test",
+            SESSIONKIT_DRAIN_SECONDS="2",
+            HF_HUB_OFFLINE="1",
+            **env,
+        ),
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{http_port}"
+    try:
+        wait_http(url, proc)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, url

@@ -18,7 +18,7 @@ import pytest
 from sessionkit_server.common.config import ServerSettings
 from tests.conftest import free_port
 from tests.llm_server import LLMServer, llm_server_fixture  # noqa: F401 - the llm_server fixture
-from tests.servers import ChildProcess, ServerThread, child_env, wait_http
+from tests.servers import ChildProcess, ServerThread, child_env, serve_everything, wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -54,25 +54,8 @@ def stop(proc: ChildProcess) -> str:
 @pytest.fixture
 def served(tmp_path: Path, llm_server: LLMServer) -> Iterator[str]:
     """``sessionkit serve`` with every service and the gateway; yields the gateway's URL."""
-    http_port = free_port()
-    proc = ChildProcess(
-        [
-            sys.executable, "-m", "sessionkit.cli", "serve", "--port", str(free_port()),
-            "--http-port", str(http_port), "--data-dir", str(tmp_path / "data"),
-        ],
-        tmp_path / "serve.log",
-        cwd=tmp_path,
-        env=child_env(
-            SESSIONKIT_LLM_BASE_URL=llm_server.base_url,
-            SESSIONKIT_LLM_MODEL=MODEL,
-            SESSIONKIT_LLM_API_KEY="sk-test",
-            SESSIONKIT_DRAIN_SECONDS="2",
-            HF_HUB_OFFLINE="1",
-        ),
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{http_port}"
+    proc, url = serve_everything(tmp_path, llm_server.base_url, MODEL)
     try:
-        wait_http(url, proc)
         yield url
     finally:
         log = stop(proc)

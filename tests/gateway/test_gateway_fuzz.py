@@ -6,7 +6,6 @@ knowledge, agent), the agent's model a scripted OpenAI-compatible server that al
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.conftest import free_port
 from tests.llm_server import LLMServer, Reply
-from tests.servers import ChildProcess, child_env, wait_http
+from tests.servers import serve_everything
 
 pytestmark = pytest.mark.slow
 
@@ -50,29 +48,15 @@ def live_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     "SystemError: AST constructor recursion depth mismatch"."""
     llm = LLMServer("test-model").start()
     llm.fallback = lambda request: Reply(content="fuzzed answer")
-    directory = tmp_path_factory.mktemp("fuzz")
-    http_port = free_port()
-    proc = ChildProcess(
-        [
-            sys.executable, "-m", "sessionkit.cli", "serve", "--port", str(free_port()),
-            "--http-port", str(http_port), "--data-dir", str(directory / "data"),
-        ],
-        directory / "serve.log",
-        cwd=directory,
-        env=child_env(
-            SESSIONKIT_LLM_BASE_URL=llm.base_url,
-            SESSIONKIT_LLM_MODEL="test-model",
-            SESSIONKIT_LLM_API_KEY="sk-test",
-            SESSIONKIT_LOG_FORMAT="text",
-            SESSIONKIT_RATE_LIMIT_PER_SECOND="0",
-            SESSIONKIT_HTTP_MAX_BODY_BYTES=str(256 << 10),
-            SESSIONKIT_DRAIN_SECONDS="2",
-            HF_HUB_OFFLINE="1",
-        ),
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{http_port}"
+    proc, url = serve_everything(
+        tmp_path_factory.mktemp("fuzz"),
+        llm.base_url,
+        "test-model",
+        SESSIONKIT_LOG_FORMAT="text",
+        SESSIONKIT_RATE_LIMIT_PER_SECOND="0",
+        SESSIONKIT_HTTP_MAX_BODY_BYTES=str(256 << 10),
+    )
     try:
-        wait_http(url, proc)
         _warm_up(url)
         yield url
     finally:
